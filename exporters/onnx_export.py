@@ -1,0 +1,153 @@
+"""ONNX export with an onnxruntime check, for models the SFN compiler imports.
+
+Both torch exporters are supported (checked with torch 2.13, opsets 17 and 18):
+
+- legacy TorchScript exporter (``dynamo=False``, the default here): deprecated since
+  torch 2.9 but still present; dynamic batch via ``dynamic_axes``; emits the requested
+  opset directly; in eval mode it folds BatchNorm into the preceding Conv.
+- torch.export-based exporter (``dynamo=True``): dynamic batch via ``dynamic_shapes``
+  with ``torch.export.Dim`` (a batch-1 example input is fine); it only implements
+  opset >= 18, so opset 17 is produced by converting down with the ONNX version
+  converter; its optimizer also folds BatchNorm into Conv. It logs and prints a lot,
+  which is silenced here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch import nn
+
+from .layers import ClipFloor
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+LEVELS_KEY = "sfn.levels"
+
+
+class ExportCheckError(ValueError):
+    """onnxruntime's output for the exported model differs from torch's."""
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' log lines, warnings and prints for the duration."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    saved_levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, saved_levels):
+            logger.setLevel(level)
+
+
+def _export_proto(model: nn.Module, example_input: torch.Tensor, opset: int, dynamo: bool) -> onnx.ModelProto:
+    names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset, verbose=False)
+    with _quiet():
+        if dynamo:
+            batch = torch.export.Dim("batch")
+            program = torch.onnx.export(
+                model, (example_input,), None, dynamo=True, external_data=False,
+                dynamic_shapes=({0: batch},), **names,
+            )
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            model, (example_input,), buffer, dynamo=False,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _check(model: nn.Module, proto: onnx.ModelProto, example_input: torch.Tensor, rtol: float, atol: float) -> None:
+    """Compare onnxruntime with torch on the example input and on a random batch of 3."""
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    random_batch = torch.randn((3, *example_input.shape[1:]), generator=generator, dtype=example_input.dtype)
+    for label, x in (("example", example_input), ("random batch-3", random_batch)):
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=rtol, atol=atol):
+            diff = np.abs(got - expected).max() if got.shape == expected.shape else float("inf")
+            raise ExportCheckError(
+                f"export_onnx: onnxruntime differs from torch on the {label} input: max |diff| = {diff:.3g} "
+                f"(shapes {got.shape} vs {expected.shape}, rtol={rtol}, atol={atol}); the model was not written. "
+                "Look for Python control flow or state in forward() that tracing bakes in."
+            )
+
+
+def _write_atomic(proto: onnx.ModelProto, path: Path) -> None:
+    """Write to a temp file in the target folder, then rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(proto.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def export_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    opset: int = 17,
+    dynamo: bool = False,
+    levels: int | None = None,
+    check: bool = True,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> Path:
+    """Export ``model`` to ONNX at ``path`` and return the path.
+
+    Contract: input named "input", output named "output", batch axis (0) dynamic;
+    exported in eval mode with every ClipFloor at ``quantize=False`` (one Clip node
+    each); the model's training mode and ClipFloor flags are restored afterwards.
+    ``levels`` (if given) is written as metadata ``sfn.levels`` = str(levels), the
+    compiler's default number of levels. With ``check``, onnxruntime must reproduce
+    the torch output (``np.allclose(onnx, torch, rtol, atol)``) on ``example_input``
+    and on a seeded random batch of 3, else ExportCheckError and nothing is written.
+    The file is written atomically (temp file in the same folder + os.replace).
+    """
+    path = Path(path)
+    was_training = model.training
+    clip_floors = [m for m in model.modules() if isinstance(m, ClipFloor)]
+    saved_flags = [m.quantize for m in clip_floors]
+    model.eval()
+    for module in clip_floors:
+        module.quantize = False
+    try:
+        proto = _export_proto(model, example_input, opset, dynamo)
+        if levels is not None:
+            props = {p.key: p.value for p in proto.metadata_props}
+            props[LEVELS_KEY] = str(levels)
+            onnx.helper.set_model_props(proto, props)
+        if check:
+            _check(model, proto, example_input, rtol, atol)
+        _write_atomic(proto, path)
+    finally:
+        for module, flag in zip(clip_floors, saved_flags):
+            module.quantize = flag
+        model.train(was_training)
+    return path

@@ -1,0 +1,102 @@
+"""Training of :class:`EIRNN` on a task batch (trainRNNbrain recipe).
+
+Loss = masked MSE(o, target) + λ_r·mean(y²) + λ_orth·‖BᵀB − diag(BᵀB)‖_F², where B is W_inp with
+unit-norm columns. Adam with L2 weight decay on the full condition batch; after every optimizer
+step :meth:`EIRNN.project_` restores Dale's law and the zero diagonal. Every ``val_every`` steps
+the noiseless loss on the validation batch is measured and the best parameters are restored at
+the end.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .model import EIRNN
+from .tasks import Task, decision, make_task
+
+
+@dataclass
+class TrainResult:
+    best_state: dict
+    history: dict  # "step", "train_loss", "val_step", "val_loss" lists
+    best_val_loss: float
+    r2: float
+    accuracy: float | None
+
+
+def masked_r2(outputs, targets, mask) -> float:
+    """R² = 1 − SSE/SST over the masked (trial, time) entries of all outputs, SST about their mean."""
+    m = np.asarray(mask, dtype=bool)
+    o, t = np.asarray(outputs)[m], np.asarray(targets)[m]
+    return float(1.0 - np.sum((o - t) ** 2) / np.sum((t - t.mean()) ** 2))
+
+
+@torch.no_grad()
+def evaluate(model: EIRNN, task: Task) -> dict:
+    """Noiseless run of the task batch: {"r2": masked R², "accuracy": decision rule or None}."""
+    out, _ = model(torch.from_numpy(task.inputs), noise=False)
+    out = out.numpy()
+    return dict(r2=masked_r2(out, task.targets, task.mask), accuracy=decision(out, task))
+
+
+def orth_penalty(W_inp: torch.Tensor) -> torch.Tensor:
+    """‖BᵀB − diag(BᵀB)‖_F² with B = W_inp / ‖columns‖."""
+    b = W_inp / (W_inp.norm(dim=0, keepdim=True) + 1e-12)
+    g = b.T @ b
+    return ((g - torch.diag(torch.diag(g))) ** 2).sum()
+
+
+def _loss(model, x, y, m, lambda_rate, lambda_orth, noise, generator=None):
+    out, states = model(x, noise=noise, generator=generator)
+    return (torch.mean((out[m] - y[m]) ** 2) + lambda_rate * torch.mean(states ** 2)
+            + lambda_orth * orth_penalty(model.W_inp))
+
+
+def train(model: EIRNN, task: str | Task, steps=1500, lr=0.005, weight_decay=5e-6,
+          lambda_rate=0.05, lambda_orth=0.3, seed=0, progress=True, val_every=10,
+          val_task: Task | None = None) -> TrainResult:
+    """Train ``model`` in place on ``task`` (a Task or a name for :func:`make_task`).
+
+    The validation batch is ``val_task``, by default the training batch itself (run without
+    noise). Returns the best-validation parameters (already loaded into ``model``), the loss
+    history and the final masked R² and decision accuracy on the validation batch.
+    """
+    if isinstance(task, str):
+        task = make_task(task, seed=seed)
+    val_task = val_task or task
+    if (task.n_inputs, task.n_outputs) != (model.n_inputs, model.n_outputs):
+        raise ValueError(f"task has {task.n_inputs} inputs / {task.n_outputs} outputs, model "
+                         f"{model.n_inputs} / {model.n_outputs}")
+    gen = torch.Generator().manual_seed(seed)
+    model.task_name = task.name
+    x, y, m = (torch.from_numpy(a) for a in (task.inputs, task.targets, task.mask))
+    xv, yv, mv = (torch.from_numpy(a) for a in (val_task.inputs, val_task.targets, val_task.mask))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.project_()
+    hist = dict(step=[], train_loss=[], val_step=[], val_loss=[])
+    best_loss, best_state = np.inf, copy.deepcopy(model.state_dict())
+    bar = tqdm(range(steps), disable=not progress, desc=f"{task.name} {model.activation}"
+               f"{' Dale' if model.dale else ''}")
+    for i in bar:
+        loss = _loss(model, x, y, m, lambda_rate, lambda_orth, True, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.project_()
+        hist["step"].append(i)
+        hist["train_loss"].append(loss.item())
+        if (i + 1) % val_every == 0 or i + 1 == steps:
+            with torch.no_grad():
+                val = _loss(model, xv, yv, mv, lambda_rate, lambda_orth, False).item()
+            hist["val_step"].append(i)
+            hist["val_loss"].append(val)
+            if val < best_loss:
+                best_loss, best_state = val, copy.deepcopy(model.state_dict())
+            bar.set_postfix(train=f"{loss.item():.4f}", val=f"{val:.4f}", best=f"{best_loss:.4f}")
+    model.load_state_dict(best_state)
+    ev = evaluate(model, val_task)
+    return TrainResult(best_state, hist, float(best_loss), ev["r2"], ev["accuracy"])

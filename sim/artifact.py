@@ -1,0 +1,215 @@
+"""The `.sfn` artifact: one zip of `manifest.json` and `.npy` arrays.
+
+Written atomically (temp file in the target folder, then rename) with deterministic bytes (fixed
+zip timestamps, sorted members, canonical JSON). The manifest carries a SHA-256 of its own
+canonical form plus every member, checked on load. Arrays load with `allow_pickle=False` and are
+checked against the dtype and shape the manifest declares. Unknown members, paths that leave the
+archive, oversized archives and newer format versions are refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sim.ir import ARRAY_DTYPES, Node, node_from_record
+from toolchain.errors import ArtifactError, InputFileError
+
+FORMAT = "sfn"
+FORMAT_VERSION = 1
+MAX_UNCOMPRESSED = 2 * 1024 ** 3  # bytes; a larger archive is refused before extraction
+MAX_MEMBERS = 100_000
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class Artifact:
+    """A compiled SFN network: nodes in topological order plus metadata and the quantization record.
+
+    `meta` holds JSON-able facts (source hash, target, calibration, levels, per-layer summary);
+    `record` holds per-layer, per-channel float arrays for inspection (weight scales, activation
+    scales), keyed "layer/field".
+    """
+    nodes: list[Node]
+    input: str
+    output: str
+    meta: dict = field(default_factory=dict)
+    record: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.node(self.input).shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.node(self.output).shape
+
+    def validate(self) -> None:
+        """Structural checks: unique names, inputs defined before use, one input and output."""
+        seen = set()
+        for n in self.nodes:
+            if n.name in seen:
+                raise ArtifactError(f"duplicate node name {n.name!r}")
+            missing = [i for i in n.inputs if i not in seen]
+            if missing:
+                raise ArtifactError(f"node {n.name!r} reads {missing} before they are defined")
+            seen.add(n.name)
+        if self.input not in seen or self.output not in seen:
+            raise ArtifactError("manifest input/output names do not match any node")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _digest(manifest: dict, members: dict[str, bytes]) -> str:
+    h = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
+    for name in sorted(members):
+        h.update(name.encode())
+        h.update(members[name])
+    return h.hexdigest()
+
+
+def to_bytes(art: Artifact) -> bytes:
+    """Serialize deterministically (same artifact, same bytes)."""
+    art.validate()
+    members: dict[str, bytes] = {}
+    records = []
+    for i, n in enumerate(art.nodes):
+        arrays = {}
+        for key, value in n.arrays().items():
+            member = f"arrays/{i:05d}_{key}.npy"
+            value = np.asarray(value, dtype=ARRAY_DTYPES.get(key, value.dtype))
+            members[member] = _npy_bytes(value)
+            arrays[key] = {"member": member, "dtype": value.dtype.str, "shape": list(value.shape)}
+        records.append({"name": n.name, "kind": n.kind, "inputs": list(n.inputs),
+                        "shape": list(n.shape), "params": n.params(), "arrays": arrays})
+    record_index = {}
+    for j, key in enumerate(sorted(art.record)):
+        value = np.asarray(art.record[key])
+        member = f"record/{j:05d}.npy"
+        members[member] = _npy_bytes(value)
+        record_index[key] = {"member": member, "dtype": value.dtype.str, "shape": list(value.shape)}
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "input": art.input,
+                "output": art.output, "nodes": records, "meta": art.meta, "record": record_index}
+    manifest["content_sha256"] = _digest(manifest, members)
+    members["manifest.json"] = json.dumps(manifest, sort_keys=True, indent=1).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, members[name])
+    return buf.getvalue()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and a rename: a reader never
+    sees a partial file, and a failure leaves no file behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(art: Artifact, path: str | os.PathLike) -> None:
+    atomic_write(path, to_bytes(art))
+
+
+def _read_member(zf: zipfile.ZipFile, entry: dict, what: str) -> np.ndarray:
+    try:
+        with zf.open(entry["member"]) as f:
+            array = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ArtifactError(f"{what}: unreadable array ({exc})") from None
+    if array.dtype.str != entry["dtype"] or list(array.shape) != list(entry["shape"]):
+        raise ArtifactError(f"{what}: array is {array.dtype.str}{list(array.shape)}, manifest "
+                            f"declares {entry['dtype']}{entry['shape']}")
+    return array
+
+
+def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> Artifact:
+    """Read and fully validate an artifact; any defect raises ArtifactError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such artifact file")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArtifactError(f"{path}: not an .sfn artifact (not a zip archive: {exc})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise ArtifactError(f"{path}: {len(infos)} members, more than {MAX_MEMBERS}")
+        total = sum(i.file_size for i in infos)
+        if total > max_uncompressed:
+            raise ArtifactError(f"{path}: declares {total} uncompressed bytes, over the "
+                                f"{max_uncompressed}-byte limit")
+        names = [i.filename for i in infos]
+        for name in names:
+            if name.startswith("/") or ".." in Path(name).parts or "\\" in name:
+                raise ArtifactError(f"{path}: member {name!r} points outside the archive")
+        if "manifest.json" not in names:
+            raise ArtifactError(f"{path}: not an .sfn artifact (no manifest.json)")
+        try:
+            manifest = json.loads(zf.read("manifest.json"))
+        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            raise ArtifactError(f"{path}: manifest.json is corrupt ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ArtifactError(f"{path}: not an .sfn artifact (format is "
+                                f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        version = manifest.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise ArtifactError(f"{path}: format version {version!r}, this reader knows versions "
+                                f"1 to {FORMAT_VERSION}; upgrade the toolchain")
+        try:
+            declared = {e["member"] for r in manifest["nodes"] for e in r["arrays"].values()}
+            declared |= {e["member"] for e in manifest["record"].values()}
+            unknown = set(names) - declared - {"manifest.json"}
+            if unknown:
+                raise ArtifactError(f"{path}: unknown members {sorted(unknown)[:5]}")
+            members = {name: zf.read(name) for name in sorted(declared)}
+            claimed = manifest.pop("content_sha256", None)
+            if claimed != _digest(manifest, members):
+                raise ArtifactError(f"{path}: content hash mismatch: the artifact is corrupt or "
+                                    "was modified after it was written")
+            nodes = []
+            for r in manifest["nodes"]:
+                arrays = {k: _read_member(zf, e, f"{path}: node {r['name']!r} field {k!r}")
+                          for k, e in r["arrays"].items()}
+                nodes.append(node_from_record(r, arrays))
+            record = {k: _read_member(zf, e, f"{path}: record {k!r}")
+                      for k, e in manifest["record"].items()}
+            art = Artifact(nodes, manifest["input"], manifest["output"], manifest.get("meta", {}),
+                           record)
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, AttributeError, zipfile.BadZipFile, OSError) as exc:
+            raise ArtifactError(f"{path}: malformed manifest or member ({type(exc).__name__}: "
+                                f"{exc})") from None
+    art.validate()
+    return art

@@ -1,0 +1,168 @@
+"""sim.cpu: execute an SFN artifact on a batch, bit-exact to the integer contract.
+
+T = 1 (default): one pass, every neuron a multi-threshold neuron. T > 1: the network runs T steps
+on the same encoded input, neurons keep their state and reset by subtraction, spikes are graded
+(levels per step) or binary; the readout averages the accumulator over T. Counts spikes, synaptic
+operations and state saturations per node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim import semantics
+from sim.artifact import Artifact
+from sim.cpu import kernels
+from toolchain.errors import ShapeError, SimulationError
+
+
+@dataclass
+class LayerStats:
+    """Totals over all samples and timesteps of one node."""
+    spikes: int = 0          # nonzero payloads emitted (neurons)
+    payload: int = 0         # Σ|payload| emitted (neurons)
+    synops: int = 0          # synaptic operations: nonzero input × fan-out (synapses)
+    saturations: int = 0     # 24-bit state clips (neurons)
+    neurons: int = 0         # neurons per sample
+
+
+@dataclass
+class SimResult:
+    output: np.ndarray                    # float32 (N, *output_shape), before softmax
+    accumulator: np.ndarray               # int64 (N, *output_shape), Σ_t readout accumulator
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+    samples: int = 0
+    timesteps: int = 1
+
+    def probabilities(self, softmax: str) -> np.ndarray:
+        if softmax in ("softmax", "logsoftmax"):
+            return semantics.softmax(self.output, log=softmax == "logsoftmax")
+        return self.output
+
+
+def _out_hw(node):
+    return node.shape[-2:]
+
+
+def _synapse(node, x, count):
+    if node.kind == "dense":
+        absum = np.abs(node.weight.astype(np.int64)).sum(axis=1).max(initial=0)
+        dtype = kernels.exact_float_dtype(float(absum) * float(np.abs(x).max(initial=0)))
+        out = kernels.dense(x, node.weight, dtype) << node.weight_exp
+        synops = int(np.count_nonzero(x)) * node.weight.shape[0] if count else 0
+        return out, synops
+    if node.kind == "conv":
+        absum = np.abs(node.weight.astype(np.int64)).sum(axis=(1, 2, 3)).max(initial=0)
+        dtype = kernels.exact_float_dtype(float(absum) * float(np.abs(x).max(initial=0)))
+        out = kernels.conv2d(x, node.weight, node.stride, node.pads, node.dilation, node.groups,
+                             _out_hw(node), dtype) << node.weight_exp
+        synops = kernels.conv_fanout_count((x != 0).astype(np.float32), node.weight.shape,
+                                           node.stride, node.pads, node.dilation, node.groups,
+                                           _out_hw(node)) if count else 0
+        return out, synops
+    if node.kind == "sumpool":
+        out = kernels.sum_pool(x, node.kernel, node.stride, node.pads, _out_hw(node))
+        synops = int(kernels.sum_pool((x != 0).astype(np.int64), node.kernel, node.stride,
+                                      node.pads, _out_hw(node)).sum()) if count else 0
+        return out, synops
+    if node.kind == "maxpool":
+        return kernels.max_pool(x, node.kernel, node.stride, node.pads, node.dilation,
+                                _out_hw(node)), 0
+    raise SimulationError(f"node {node.name!r}: sim.cpu has no kernel for kind {node.kind!r}")
+
+
+def _broadcast(param: np.ndarray) -> np.ndarray:
+    """Channel-wise parameter → shape broadcastable against a (B, *shape) batch."""
+    return np.asarray(param)[None]
+
+
+def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
+        batch_size: int = 1024, count: bool = True, progress=None) -> SimResult:
+    """Run `art` on float inputs x (N, *input_shape). `progress(n)` is called after each batch."""
+    x = np.asarray(x)
+    expect = art.input_shape
+    if x.ndim != len(expect) + 1 or tuple(x.shape[1:]) != tuple(expect):
+        raise ShapeError(f"input has shape {tuple(x.shape)}, the model expects (N, "
+                         f"{', '.join(map(str, expect))})")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ShapeError(f"input dtype is {x.dtype}, expected a float array")
+    if not np.all(np.isfinite(x)):
+        raise ShapeError(f"input contains {int(np.count_nonzero(~np.isfinite(x)))} NaN/Inf values")
+    if timesteps < 1:
+        raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
+    if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
+        raise SimulationError("adaptive fire functions are defined for T = 1 only")
+    stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
+             for n in art.nodes}
+    outs, accs = [], []
+    for start in range(0, len(x), batch_size):
+        out, acc = _run_batch(art, x[start:start + batch_size], timesteps, binary, count, stats)
+        outs.append(out)
+        accs.append(acc)
+        if progress is not None:
+            progress(len(out))
+    readout = art.node(art.output)
+    shape = (0,) + tuple(readout.shape)
+    return SimResult(np.concatenate(outs) if outs else np.zeros(shape, np.float32),
+                     np.concatenate(accs) if accs else np.zeros(shape, np.int64),
+                     stats, len(x), timesteps)
+
+
+def _run_batch(art, x, timesteps, binary, count, stats):
+    values: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
+    acc_sum = None
+    for _ in range(timesteps):
+        for node in art.nodes:
+            ins = [values[i] for i in node.inputs]
+            kind = node.kind
+            if kind == "input":
+                values[node.name] = semantics.encode_input(x, node.inv_scale, node.lo, node.hi)
+            elif kind == "neuron":
+                values[node.name] = _neuron_step(node, ins[0], state, binary, stats[node.name])
+            elif kind == "add":
+                total = 0
+                for k, (xi, e) in enumerate(zip(ins, node.exps)):
+                    total = total + ((_broadcast(node.gains[k]) * xi) << e)
+                    if count:
+                        stats[node.name].synops += int(np.count_nonzero(xi))
+                values[node.name] = total
+            elif kind == "concat":
+                values[node.name] = np.concatenate(ins, axis=node.axis + 1)
+            elif kind == "reshape":
+                values[node.name] = ins[0].reshape((len(ins[0]),) + tuple(node.shape))
+            elif kind == "transpose":
+                values[node.name] = ins[0].transpose((0,) + tuple(p + 1 for p in node.perm))
+            elif kind == "readout":
+                acc_sum = ins[0] if acc_sum is None else acc_sum + ins[0]
+                values[node.name] = ins[0]
+            else:
+                values[node.name], synops = _synapse(node, ins[0], count)
+                stats[node.name].synops += synops
+    readout = art.node(art.output)
+    out = semantics.readout(acc_sum, _broadcast(readout.bias), _broadcast(readout.scale), timesteps)
+    return out, acc_sum
+
+
+def _neuron_step(node, current, state, binary, st: LayerStats):
+    theta = _broadcast(node.threshold)
+    bias = _broadcast(node.bias)
+    if node.fire == "adaptive":
+        v, sat = semantics.saturate(current + bias)
+        out = semantics.fire_adaptive(v, _broadcast(node.thresholds), node.payload)
+    else:
+        k, lo_q, hi_q = semantics.spike_unit(node.lo, node.hi, binary)
+        v = state.get(node.name)
+        if v is None:
+            v = np.broadcast_to(semantics.initial_state(theta, k), current.shape)
+        if node.decay < semantics.LEAK_ONE:
+            v = semantics.leak(v, current + bias, node.decay)
+            v, sat = semantics.saturate(v)
+        else:
+            v, sat = semantics.saturate(v + current + bias)
+        out, state[node.name] = semantics.fire_uniform(v, theta, k, lo_q, hi_q)
+    st.saturations += sat
+    st.spikes += int(np.count_nonzero(out))
+    st.payload += int(np.abs(out).sum())
+    return out

@@ -1,0 +1,84 @@
+"""The integer semantics contract (design.md), defined once.
+
+Both simulators (`sim.cpu`, the `fixed_pt` Lava models) call these functions, and the reference
+ONNX emitted by the compiler spells out the same equations with ONNX ops. All integer arrays are
+int64; floats appear only in the input encoder and the readout.
+
+Equations (θ integer > 0, `//` is floor division):
+- encoder:   n = clip(floor(x · inv_scale + 1/2), lo, hi)          (float32 arithmetic)
+- state:     v ← sat(v + I + b),   sat(z) = clip(z, −(2²³−1), 2²³−1), every clip counted
+- uniform:   q = clip(floor(v / (K·θ)), lo_q, hi_q),   payload = q·K,   v ← v − q·K·θ
+             with v = (K·θ)//2 at the start of a sample; K = 1 (graded spikes, levels [lo, hi])
+             or K = max(hi, −lo) (binary spikes, q ∈ {−1 if lo<0, 0, 1}). At T = 1, K = 1 this is
+             the multi-threshold neuron n = clip(floor((I + b + θ//2) / θ), lo, hi).
+- adaptive:  n = payload[#{k : v ≥ t_k}]   (v = sat(I + b); T = 1 only)
+- leak:      v ← v + floor(d · (I − v) / 4096)   (recurrent networks; d = 4096: no memory)
+- readout:   y = float32(A + T·b) · float32(scale / T),  A = Σ_t accumulator_t
+"""
+from __future__ import annotations
+
+import numpy as np
+
+STATE_BITS = 24
+V_MAX = 2 ** (STATE_BITS - 1) - 1
+LEAK_ONE = 4096
+
+
+def encode_input(x: np.ndarray, inv_scale: np.float32, lo: int, hi: int) -> np.ndarray:
+    """n = clip(floor(x·inv_scale + 1/2), lo, hi), computed in float32 like the reference."""
+    x = np.asarray(x, dtype=np.float32)
+    z = np.floor(x * np.float32(inv_scale) + np.float32(0.5))
+    return np.clip(z, lo, hi).astype(np.int64)
+
+
+def saturate(v: np.ndarray) -> tuple[np.ndarray, int]:
+    """Clip to the signed 24-bit state range; return the clipped array and how many clipped."""
+    over = np.count_nonzero((v > V_MAX) | (v < -V_MAX))
+    if over:
+        v = np.clip(v, -V_MAX, V_MAX)
+    return v, int(over)
+
+
+def spike_unit(lo: int, hi: int, binary: bool) -> tuple[int, int, int]:
+    """(K, lo_q, hi_q) of one timestep: graded spikes use the neuron's levels, binary ones ±1."""
+    if not binary:
+        return 1, lo, hi
+    return max(hi, -lo), (-1 if lo < 0 else 0), (1 if hi > 0 else 0)
+
+
+def initial_state(threshold: np.ndarray, k: int) -> np.ndarray:
+    """v at the start of a sample for the uniform fire function: (K·θ)//2 (the +θ/2 offset)."""
+    return (np.asarray(threshold, dtype=np.int64) * k) // 2
+
+
+def fire_uniform(v: np.ndarray, threshold: np.ndarray, k: int, lo_q: int, hi_q: int):
+    """One step of the uniform multi-threshold neuron; returns (payload, v after reset)."""
+    step = np.asarray(threshold, dtype=np.int64) * k
+    q = np.clip(v // step, lo_q, hi_q)
+    return q * k, v - q * step
+
+
+def fire_adaptive(v: np.ndarray, thresholds: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    """n = payload[#{k : v ≥ t_k}]; thresholds (..., K) ascending per neuron, payload (K+1,)."""
+    count = np.sum(v[..., None] >= thresholds, axis=-1)
+    return np.asarray(payload, dtype=np.int64)[count]
+
+
+def leak(v: np.ndarray, current: np.ndarray, decay: int) -> np.ndarray:
+    """v + floor(d·(I − v)/4096); d = 4096 returns I (no memory)."""
+    return v + (decay * (current - v)) // LEAK_ONE
+
+
+def readout(acc_sum: np.ndarray, bias: np.ndarray, scale: np.ndarray, timesteps: int) -> np.ndarray:
+    """y = float32(A + T·b) · float32(scale / T), A the accumulator summed over T steps."""
+    total = np.asarray(acc_sum, dtype=np.int64) + timesteps * np.asarray(bias, dtype=np.int64)
+    factor = (np.asarray(scale, dtype=np.float64) / timesteps).astype(np.float32)
+    return total.astype(np.float32) * factor
+
+
+def softmax(y: np.ndarray, log: bool = False) -> np.ndarray:
+    """Softmax over the last axis in float64, returned as float32 (readout post-processing)."""
+    z = y.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return (z - lse if log else np.exp(z - lse)).astype(np.float32)

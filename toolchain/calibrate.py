@@ -1,0 +1,99 @@
+"""Calibration: per-channel statistics of float activations, read from onnxruntime.
+
+Every float-graph node is named after the ONNX tensor it computes, so the source model is run
+once with those tensors added as outputs. Per tensor and channel (axis 1) we keep the maximum of
+|value| and the `percentile` of |value| (over a bounded random subsample of each channel).
+Without calibration data the compiler uses 64 samples of N(0, 1) and says so (the fallback).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from toolchain.errors import ShapeError
+
+SAMPLES_PER_CHANNEL = 20_000
+FALLBACK_SAMPLES = 64
+
+
+@dataclass
+class ChannelStats:
+    max_abs: np.ndarray      # (C,)
+    pct_abs: np.ndarray      # (C,) percentile of |x|
+    layer_pct_abs: float     # percentile of |x| over all channels together
+    min: float
+    max: float
+
+
+def session(model: onnx.ModelProto, extra_outputs: list[str]) -> ort.InferenceSession:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in extra_outputs:
+        if name not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                     None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: int = 256):
+    """Yield dicts name → float activations of each batch of x (the source model, onnxruntime)."""
+    sess = session(model, names)
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    step = fixed or batch
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step].astype(np.float32)
+        if fixed and len(chunk) != fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk),) + chunk.shape[1:],
+                                                    np.float32)])
+        outs = sess.run(names, {inp.name: chunk})
+        yield {n: o[:len(x[start:start + step])] for n, o in zip(names, outs)}
+
+
+def calibrate(model: onnx.ModelProto, x: np.ndarray, names: list[str], percentile: float,
+              seed: int = 0) -> dict[str, ChannelStats]:
+    rng = np.random.default_rng(seed)
+    keep: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    mx: dict[str, np.ndarray] = {}
+    lo: dict[str, float] = {n: np.inf for n in names}
+    hi: dict[str, float] = {n: -np.inf for n in names}
+    per_batch = max(1, SAMPLES_PER_CHANNEL * 256 // max(len(x), 1))
+    for acts in run_float(model, x, names):
+        for n, a in acts.items():
+            a = np.abs(a.reshape(a.shape[0], a.shape[1] if a.ndim > 1 else 1, -1))
+            lo[n] = min(lo[n], float(acts[n].min()))
+            hi[n] = max(hi[n], float(acts[n].max()))
+            per_channel = a.transpose(1, 0, 2).reshape(a.shape[1], -1)
+            m = per_channel.max(axis=1)
+            mx[n] = m if n not in mx else np.maximum(mx[n], m)
+            if per_channel.shape[1] > per_batch:
+                idx = rng.choice(per_channel.shape[1], per_batch, replace=False)
+                per_channel = per_channel[:, idx]
+            keep[n].append(per_channel)
+    stats = {}
+    for n in names:
+        values = np.concatenate(keep[n], axis=1)
+        stats[n] = ChannelStats(mx[n], np.percentile(values, percentile, axis=1),
+                                float(np.percentile(values, percentile)), lo[n], hi[n])
+    return stats
+
+
+def fallback_data(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((FALLBACK_SAMPLES,) + tuple(shape)) \
+        .astype(np.float32)
+
+
+def check_data(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+        raise ShapeError(f"{what} has shape {tuple(x.shape)}, the model expects (N, "
+                         f"{', '.join(map(str, shape))})")
+    if not np.issubdtype(x.dtype, np.floating) or not np.all(np.isfinite(x)):
+        raise ShapeError(f"{what} must be finite floats (dtype {x.dtype})")
+    return x.astype(np.float32)

@@ -1,0 +1,89 @@
+"""`compile_onnx`: import → calibrate → quantize → artifact (+ agreement with the float model)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import sim.cpu
+from sim.artifact import Artifact, atomic_write, save
+from toolchain import calibrate as cal
+from toolchain.onnx_import import ImportedModel, import_onnx
+from toolchain.quantize import QuantOptions, Quantizer
+from toolchain.reference import emit_reference
+
+DEFAULT_LEVELS = 15
+DEFAULT_PERCENTILE = 99.99
+
+
+@dataclass
+class Compiled:
+    artifact: Artifact
+    imported: ImportedModel
+    layers: list[dict]
+    notes: list[str] = field(default_factory=list)
+    agreement: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        save(self.artifact, path)
+
+    def write_reference(self, path: str | os.PathLike) -> None:
+        atomic_write(path, emit_reference(self.artifact).SerializeToString())
+
+
+def agreement(float_out: np.ndarray, snn_out: np.ndarray) -> dict:
+    """Top-1 agreement (for class scores) and error of the SNN readout against the float model."""
+    f = float_out.reshape(len(float_out), -1)
+    s = snn_out.reshape(len(snn_out), -1)
+    err = s - f
+    out = {"samples": int(len(f)), "max_abs_error": float(np.abs(err).max(initial=0)),
+           "rel_rms_error": float(np.sqrt((err ** 2).mean()) / max(np.sqrt((f ** 2).mean()), 1e-12))}
+    if f.shape[1] > 1:
+        out["top1_agreement"] = float((f.argmax(1) == s.argmax(1)).mean())
+    return out
+
+
+def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
+                 levels: int | None = None, percentile: float = DEFAULT_PERCENTILE,
+                 per_channel: bool = True, timesteps: int = 1, input_bits: int = 8) -> Compiled:
+    imported = import_onnx(path)
+    notes = list(imported.notes)
+    if levels is None:
+        levels = int(imported.metadata.get("sfn.levels", DEFAULT_LEVELS))
+        notes.append(f"levels: {levels} ({'from the model metadata sfn.levels' if 'sfn.levels' in imported.metadata else 'default'})")
+    fg = imported.graph
+    input_shape = fg[fg.input]["shape"]
+    if calib is None:
+        data = cal.fallback_data(input_shape)
+        calibration = f"none given: fallback of {len(data)} samples of N(0, 1); thresholds " \
+                      "may be far from the real activation ranges — pass --calib"
+        notes.append("calibration " + calibration)
+    else:
+        data = cal.check_data(np.asarray(calib), input_shape, "calibration data")
+        calibration = f"{len(data)} samples, percentile {percentile}, " \
+                      f"{'per-channel' if per_channel else 'per-layer'}"
+    names = fg.order()
+    stats = cal.calibrate(imported.source, data, names, percentile)
+    opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
+                        input_bits=input_bits)
+    qz = Quantizer(fg, stats, opts, str(path))
+    nodes, inp, out = qz.run(imported.softmax)
+    meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
+                       "opset": imported.opset},
+            "target": "loihi2", "levels": levels, "timesteps": timesteps,
+            "calibration": calibration, "notes": notes, "layers": _jsonable(qz.layers)}
+    art = Artifact(nodes, inp, out, meta, qz.record)
+    art.validate()
+    float_out = np.concatenate([o[imported.output_name] for o in
+                                cal.run_float(imported.source, data, [imported.output_name])])
+    snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)
+    result = Compiled(art, imported, qz.layers, notes)
+    result.agreement = agreement(float_out, snn.probabilities(imported.softmax))
+    art.meta["agreement"] = result.agreement
+    return result
+
+
+def _jsonable(rows: list[dict]) -> list[dict]:
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rows]

@@ -1,0 +1,92 @@
+"""The float graph: what the ONNX importer produces and calibration/quantization consume.
+
+A `networkx.DiGraph` whose nodes are named after the ONNX tensor they compute (so calibration can
+read every node's float value from onnxruntime), each with an `op`, ordered `inputs`, a per-sample
+`shape` and float parameters. Ops:
+
+    input | conv(W, b, stride, pads, dilation, groups) | dense(W, b) | affine(scale, shift)
+    add | relu(hi) | avgpool(kernel, stride, pads) | maxpool(kernel, stride, pads, dilation)
+    concat(axis) | reshape | transpose(perm) | output(softmax)
+
+Passes are small functions graph → graph (in place): `fold_affine` merges a per-channel affine
+(BatchNormalization, a constant bias or scale) into the conv/dense before it.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+
+class FloatGraph:
+    def __init__(self):
+        self.g = nx.DiGraph()
+        self.input: str | None = None
+        self.output: str | None = None
+        self._seq = 0
+
+    def add(self, name: str, op: str, inputs: list[str], shape: tuple[int, ...], **params):
+        self._seq += 1
+        self.g.add_node(name, op=op, inputs=list(inputs), shape=tuple(int(d) for d in shape),
+                        params=params, seq=self._seq)
+        for i in inputs:
+            self.g.add_edge(i, name)
+        if op == "input":
+            self.input = name
+        return name
+
+    def __getitem__(self, name: str) -> dict:
+        return self.g.nodes[name]
+
+    def consumers(self, name: str) -> list[str]:
+        return list(self.g.successors(name))
+
+    def order(self) -> list[str]:
+        """Topological order, ties broken by the ONNX node order (deterministic)."""
+        return list(nx.lexicographical_topological_sort(self.g, key=lambda n: self.g.nodes[n]["seq"]))
+
+    def rename(self, old: str, new: str) -> None:
+        """Give node `old` the name `new` (which must be free), rewiring its consumers."""
+        nx.relabel_nodes(self.g, {old: new}, copy=False)
+        for c in self.consumers(new):
+            self.g.nodes[c]["inputs"] = [new if i == old else i for i in self.g.nodes[c]["inputs"]]
+        if self.output == old:
+            self.output = new
+
+    def remove_passthrough(self, name: str) -> None:
+        """Delete a one-input node, connecting its input straight to its consumers."""
+        (src,) = self.g.nodes[name]["inputs"]
+        for c in self.consumers(name):
+            self.g.nodes[c]["inputs"] = [src if i == name else i for i in self.g.nodes[c]["inputs"]]
+            self.g.add_edge(src, c)
+        self.g.remove_node(name)
+        if self.output == name:
+            self.output = src
+
+    def summary(self) -> str:
+        lines = []
+        for name in self.order():
+            d = self.g.nodes[name]
+            lines.append(f"{name}: {d['op']}({', '.join(d['inputs'])}) -> {d['shape']}")
+        return "\n".join(lines)
+
+
+def fold_affine(fg: FloatGraph) -> int:
+    """y = scale·(W x + b) + shift  →  W' = scale·W, b' = scale·b + shift, when the conv/dense's
+    only consumer is the affine. Returns how many were folded."""
+    folded = 0
+    for name in fg.order():
+        d = fg[name]
+        if d["op"] != "affine":
+            continue
+        (src,) = d["inputs"]
+        s = fg[src]
+        if s["op"] not in ("conv", "dense") or fg.consumers(src) != [name]:
+            continue
+        scale, shift = d["params"]["scale"], d["params"]["shift"]
+        w = s["params"]["W"]
+        s["params"]["W"] = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        s["params"]["b"] = s["params"]["b"] * scale + shift
+        fg.remove_passthrough(name)
+        fg.rename(src, name)
+        folded += 1
+    return folded

@@ -1,0 +1,110 @@
+"""ONNX → float graph. `import_onnx(path)` reads, checks and converts a model.
+
+Nodes whose inputs are all constants (shape arithmetic such as Shape → Gather → Concat feeding a
+Reshape) are evaluated here with onnx's reference evaluator; every other node goes to the
+converter registered for its op type.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from toolchain.errors import ModelError, ShapeError, UnsupportedOpError
+from toolchain.fgraph import FloatGraph, fold_affine
+from toolchain.onnx_import import converters  # noqa: F401  (registers every converter)
+from toolchain.onnx_import.context import ImportContext
+from toolchain.onnx_import.loader import opset_of, prepare, read_model
+from toolchain.onnx_import.registry import CONVERTERS, supported_ops
+
+MAX_ELEMENTS = 200_000_000  # per tensor: a larger initializer or constant is refused
+
+
+@dataclass
+class ImportedModel:
+    graph: FloatGraph
+    model: onnx.ModelProto          # the prepared model (batch pinned to 1, shapes inferred)
+    source: onnx.ModelProto         # the model as read (dynamic batch kept): calibration runs it
+    input_name: str
+    output_name: str
+    sha256: str
+    opset: int
+    softmax: str = ""
+    metadata: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _fold_constant(node, ctx) -> bool:
+    """Evaluate `node` if all its inputs are known constants (or it is Shape of a static tensor)."""
+    if node.op_type == "Constant":
+        value = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0])) \
+            if node.attribute[0].name == "value" else np.asarray(
+                helper.get_attribute_value(node.attribute[0]))
+        ctx.consts[node.output[0]] = value
+        return True
+    if node.op_type == "Shape" and node.input[0] in ctx.shapes:
+        start, end = ctx.attr(node, "start", 0), ctx.attr(node, "end", None)
+        ctx.consts[node.output[0]] = np.array(ctx.shapes[node.input[0]][start:end], np.int64)
+        return True
+    if not node.input or any(i and i not in ctx.consts for i in node.input):
+        return False
+    inputs = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
+              for i in node.input if i]
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+               for o in node.output if o]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
+    try:
+        results = ReferenceEvaluator(model).run(None, {i: ctx.consts[i] for i in node.input if i})
+    except Exception as exc:
+        raise ModelError(f"{ctx.node_label(node)}: constant evaluation failed ({exc})") from None
+    for name, value in zip([o for o in node.output if o], results):
+        if np.asarray(value).size > MAX_ELEMENTS:
+            raise ShapeError(f"{ctx.node_label(node)}: constant {name!r} has "
+                             f"{np.asarray(value).size} elements, over the {MAX_ELEMENTS} limit")
+        ctx.consts[name] = np.asarray(value)
+    return True
+
+
+def import_onnx(path: str | os.PathLike) -> ImportedModel:
+    raw, sha = read_model(path)
+    where = str(path)
+    for t in raw.graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        if n > MAX_ELEMENTS:
+            raise ShapeError(f"{where}: initializer {t.name!r} declares {n} elements, over the "
+                             f"{MAX_ELEMENTS} limit")
+    opset = opset_of(raw, where)
+    source = onnx.ModelProto()
+    source.CopyFrom(raw)
+    model, input_name = prepare(raw, where)
+    ctx = ImportContext(model, where, opset)
+    ctx.fg.add(input_name, "input", [], ctx.shapes[input_name][1:])
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(f"{ctx.node_label(node)}: custom domain {node.domain!r} is "
+                                     "not supported")
+        if _fold_constant(node, ctx):
+            continue
+        conv = CONVERTERS.get(node.op_type)
+        if conv is None:
+            raise UnsupportedOpError(f"{ctx.node_label(node)}: op {node.op_type!r} is not "
+                                     f"supported. Supported ops: {', '.join(supported_ops())}")
+        conv.fn(node, ctx)
+    out = ctx.alias.get(ctx.graph_output, ctx.graph_output)
+    if out not in ctx.fg.g:
+        raise ModelError(f"{where}: graph output {ctx.graph_output!r} is not computed from the input")
+    ctx.fg.output = out
+    notes = []
+    if ctx.softmax:
+        notes.append(f"final {ctx.softmax} dropped from the spiking graph; applied by the readout")
+    folded = fold_affine(ctx.fg)
+    if folded:
+        notes.append(f"{folded} BatchNormalization/bias/scale nodes folded into conv/dense weights")
+    meta = {p.key: p.value for p in raw.metadata_props}
+    return ImportedModel(ctx.fg, model, source, input_name, ctx.graph_output, sha, opset, ctx.softmax,
+                         meta, notes)

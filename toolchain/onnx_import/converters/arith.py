@@ -1,0 +1,61 @@
+"""Add / Sum (residual joins, or a constant bias), Sub / Mul / Div by per-channel constants."""
+import numpy as np
+
+from toolchain.onnx_import.registry import converter
+
+
+def _affine(node, ctx, x_name, scale=None, shift=None):
+    c = ctx.sample_shape(node, x_name)[0]
+    ctx.add(node, "affine", [ctx.tensor(node, x_name)],
+            scale=np.ones(c) if scale is None else scale,
+            shift=np.zeros(c) if shift is None else shift)
+
+
+def _split_const(node, ctx):
+    """(tensor input name, constant value, constant index) of a binary op with one constant."""
+    consts = [ctx.const(i) for i in node.input]
+    if consts[0] is not None and consts[1] is not None:
+        ctx.fail(node, "both operands are constants")
+    k = 0 if consts[0] is not None else 1
+    return node.input[1 - k], consts[k], k
+
+
+@converter("Add", "Sum")
+def add(node, ctx):
+    if any(ctx.const(i) is not None for i in node.input):
+        if len(node.input) != 2:
+            ctx.fail(node, "a constant operand is supported only in a two-input Add")
+        x, value, _ = _split_const(node, ctx)
+        _affine(node, ctx, x, shift=ctx.channel_vector(node, value, x))
+        return
+    shapes = {ctx.sample_shape(node, i) for i in node.input}
+    if len(shapes) != 1:
+        ctx.fail(node, f"inputs have shapes {sorted(shapes)}; broadcasting joins are not supported")
+    ctx.add(node, "add", [ctx.tensor(node, i) for i in node.input])
+
+
+@converter("Sub")
+def sub(node, ctx):
+    x, value, k = _split_const(node, ctx) if any(ctx.const(i) is not None for i in node.input) \
+        else ctx.fail(node, "subtraction of two tensors is not supported")
+    v = ctx.channel_vector(node, value, x)
+    if k == 1:
+        _affine(node, ctx, x, shift=-v)
+    else:
+        _affine(node, ctx, x, scale=-np.ones_like(v), shift=v)
+
+
+@converter("Mul", "Div")
+def mul(node, ctx):
+    if all(ctx.const(i) is None for i in node.input):
+        ctx.fail(node, "a product of two activations needs multiplies, which spiking synapses "
+                       "do not have; only multiplication by a constant is supported")
+    x, value, k = _split_const(node, ctx)
+    v = ctx.channel_vector(node, value, x)
+    if node.op_type == "Div":
+        if k == 0:
+            ctx.fail(node, "division of a constant by a tensor is not supported")
+        if np.any(v == 0):
+            ctx.fail(node, "division by zero")
+        v = 1.0 / v
+    _affine(node, ctx, x, scale=v)

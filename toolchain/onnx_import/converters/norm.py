@@ -1,0 +1,16 @@
+"""BatchNormalization (inference form): a per-channel affine, folded into the conv/dense before it
+by `fgraph.fold_affine` when it can be."""
+import numpy as np
+
+from toolchain.onnx_import.registry import converter
+
+
+@converter("BatchNormalization")
+def batch_norm(node, ctx):
+    x = ctx.tensor(node, node.input[0])
+    gamma, beta, mean, var = (ctx.need_const(node, i, what).astype(np.float64) for i, what in
+                              enumerate(["scale", "B", "mean", "var"], start=1))
+    if ctx.attr(node, "training_mode", 0):
+        ctx.fail(node, "training_mode=1; export the model in eval mode")
+    scale = gamma / np.sqrt(var + ctx.attr(node, "epsilon", 1e-5))
+    ctx.add(node, "affine", [x], scale=scale, shift=beta - mean * scale)

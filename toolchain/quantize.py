@@ -1,0 +1,361 @@
+"""Quantization: float graph + calibration → SFN graph of Loihi-style integers.
+
+Every integer tensor carries, per element, the float `unit` one integer step stands for, a pending
+integer `bias` (added by the neuron or readout that consumes it) and a static `bound` on |value|.
+
+- Input: 8-bit encoder, unit = 1 / inv_scale.
+- Conv/Dense: W_eff = W · unit_in (per input channel), quantized per output channel to 8-bit
+  mantissas (mixed sign: even values in [−256, 254], since Lava drops the lowest bit; one sign:
+  [0, 255] or [−255, 0]); one `weight_exp` per connection, the largest that keeps the static bound
+  Σ|W|·bound_in·2^e under the headroom (2²¹, or 2¹³ feeding an Add so the Add can scale up).
+- ReLU/Clip → uniform neuron with L levels: θ = round_even(s_out / unit_in) per channel, s_out the
+  clip maximum or the calibration percentile divided by L; its realized scale θ·unit_in is what the
+  consumers see. A current that a synapse must read is requantized by a signed neuron [−L, L].
+- Add: output unit = finest input unit / 2^k; integer gains (8-bit mantissa per channel, one
+  exponent per input). AvgPool → sum-pool, unit / (kh·kw). MaxPool, Concat, Reshape, Transpose
+  map units, biases and bounds like the values.
+- A static check that |current| + |bias| + θ//2 fits the signed 24-bit state names the layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from sim import ir, semantics
+from sim.cpu import kernels
+from toolchain.calibrate import ChannelStats
+from toolchain.errors import QuantizationError, UnsupportedOpError
+from toolchain.fgraph import FloatGraph
+
+HEADROOM = 2 ** 21
+HEADROOM_BEFORE_ADD = 2 ** 13
+WEIGHT_BOUND = 2 ** 22  # fewer weight bits only when 8-bit weights could exceed this
+MAX_WEIGHT_EXP = 7
+MAX_ADD_SHIFT = 8
+
+
+@dataclass
+class QTensor:
+    node: str              # SFN node producing it
+    fname: str             # float-graph node whose float value it represents
+    unit: np.ndarray       # float64, per-sample shape
+    bias: np.ndarray       # int64, per-sample shape (pending)
+    bound: np.ndarray      # float64, per-sample shape, max |integer|
+    spikes: bool           # payloads of neurons / the encoder (possibly index-mapped, max-pooled)
+    synapse_ok: bool       # a synapse may read it: spikes or sum-pools of spikes, no pending bias
+
+
+@dataclass
+class QuantOptions:
+    levels: int = 15
+    percentile: float = 99.99
+    per_channel: bool = True
+    input_bits: int = 8
+
+
+def _channel_view(a: np.ndarray) -> np.ndarray:
+    """Compact broadcast form: (C,1,1) if constant over space, else the array itself."""
+    if a.ndim == 3 and np.all(a == a[:, :1, :1]):
+        return a[:, :1, :1].copy()
+    return a.copy()
+
+
+def _per_channel(a: np.ndarray) -> np.ndarray:
+    """Per-channel value of an array that must be constant within each channel."""
+    flat = a.reshape(a.shape[0], -1)
+    return flat[:, 0]
+
+
+def _round_even(x):
+    return np.maximum(2 * np.floor(np.asarray(x) / 2 + 0.5), 2).astype(np.int64)
+
+
+class Quantizer:
+    def __init__(self, fg: FloatGraph, stats: dict[str, ChannelStats], opts: QuantOptions,
+                 where: str):
+        self.fg, self.stats, self.opts, self.where = fg, stats, opts, where
+        self.sfn = nx.DiGraph()
+        self.nodes: list[ir.Node] = []
+        self.q: dict[str, QTensor] = {}
+        self.record: dict[str, np.ndarray] = {}
+        self.layers: list[dict] = []
+
+    # --- helpers -------------------------------------------------------------------------------
+    def emit(self, node: ir.Node) -> ir.Node:
+        self.nodes.append(node)
+        self.sfn.add_node(node.name, node=node)
+        for i in node.inputs:
+            self.sfn.add_edge(i, node.name)
+        return node
+
+    def fail(self, name: str, message: str):
+        raise QuantizationError(f"{self.where}: layer {name!r}: {message}")
+
+    def act_scale(self, fname: str, hi: float | None, signed: bool) -> np.ndarray:
+        """Per-channel float value of one level step, s_out = range / L."""
+        L = self.opts.levels
+        c = self.fg[fname]["shape"][0]
+        if hi is not None:
+            return np.full(c, hi / L)
+        st = self.stats[fname]
+        rng = st.pct_abs if self.opts.per_channel else np.full(c, st.layer_pct_abs)
+        fallback = max(st.layer_pct_abs, float(st.max_abs.max()), 1e-12)
+        rng = np.where(rng > 0, rng, fallback)
+        return rng / L
+
+    def check_state(self, name: str, x: QTensor, theta: np.ndarray):
+        need = x.bound + np.abs(x.bias) + theta // 2
+        worst = float(need.max())
+        if worst > semantics.V_MAX:
+            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
+                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×; use "
+                            "fewer --levels or a smaller input range")
+        return float(np.log2(semantics.V_MAX / max(worst, 1)))
+
+    # --- neurons -------------------------------------------------------------------------------
+    def neuron(self, name: str, fname: str, x: QTensor, s_out: np.ndarray, lo: int, hi: int) -> QTensor:
+        shape = x.unit.shape
+        s_full = np.broadcast_to(s_out.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+        theta = _round_even(s_full / x.unit)
+        margin = self.check_state(name, x, theta)
+        self.emit(ir.Neuron(name, (x.node,), shape, threshold=_channel_view(theta),
+                            bias=_channel_view(x.bias.astype(np.int64)), lo=lo, hi=hi))
+        unit = theta * x.unit
+        self.record[f"{name}/act_scale"] = _channel_view(unit).reshape(-1)
+        self.layers.append(dict(name=name, op="neuron", shape=shape, neurons=int(np.prod(shape)),
+                                synapses=0, levels=f"[{lo}, {hi}]",
+                                threshold=(int(theta.min()), int(theta.max())),
+                                margin_bits=round(margin, 1)))
+        return QTensor(name, fname, unit, np.zeros(shape, np.int64),
+                       np.full(shape, float(max(hi, -lo))), True, True)
+
+    def requantize(self, x: QTensor) -> QTensor:
+        """A signed neuron [−L, L] turning a current into spikes a synapse can read."""
+        L = self.opts.levels
+        return self.neuron(f"{x.fname}/requant", x.fname, x, self.act_scale(x.fname, None, True),
+                           -L, L)
+
+    def spikes_in(self, x: QTensor) -> QTensor:
+        return x if x.synapse_ok else self.requantize(x)
+
+    # --- op handlers ---------------------------------------------------------------------------
+    def op_input(self, name, d, ins):
+        st = self.stats[name]
+        bits = self.opts.input_bits
+        if st.min >= 0:
+            lo, hi = 0, 2 ** bits - 1
+        else:
+            lo, hi = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+        scale = max(float(st.max_abs.max()), 1e-12) / hi
+        inv = np.float32(1.0 / scale)
+        shape = d["shape"]
+        self.emit(ir.Input(name, (), shape, inv_scale=float(inv), lo=lo, hi=hi))
+        unit = np.full(shape, 1.0 / float(inv))
+        self.layers.append(dict(name=name, op="input", shape=shape, neurons=int(np.prod(shape)),
+                                synapses=0, levels=f"[{lo}, {hi}]", threshold=None,
+                                margin_bits=None))
+        return QTensor(name, name, unit, np.zeros(shape, np.int64), np.full(shape, float(hi)),
+                       True, True)
+
+    def _weights(self, name, w_eff, bound_of):
+        """Quantize W_eff (out, ...) per output channel; choose bits and weight_exp."""
+        pos, neg = bool(np.any(w_eff > 0)), bool(np.any(w_eff < 0))
+        head = HEADROOM_BEFORE_ADD if any(self.fg[c]["op"] == "add"
+                                          for c in self.fg.consumers(name)) else HEADROOM
+        m = np.abs(w_eff).reshape(len(w_eff), -1).max(axis=1)
+        m = np.where(m > 0, m, 1.0)
+        mshape = (-1,) + (1,) * (w_eff.ndim - 1)
+        for bits in range(8, 1, -1):
+            if pos and neg:   # mixed sign: Lava drops the lowest bit → even values 2k
+                kmax = 2 ** (bits - 1) - 1
+                w_int = 2 * np.rint(w_eff / (m / kmax).reshape(mshape))
+                unit_w = m / kmax / 2
+            else:
+                kmax = 2 ** bits - 1
+                w_int = np.rint(w_eff / (m / kmax).reshape(mshape))
+                unit_w = m / kmax
+            bound = bound_of(np.abs(w_int))
+            if bound.max() <= WEIGHT_BOUND:
+                break
+        else:
+            self.fail(name, f"accumulator bound {bound.max():.0f} exceeds the 24-bit state even "
+                            "with 2-bit weights")
+        exp = 0
+        while exp < MAX_WEIGHT_EXP and bound.max() * 2 ** (exp + 1) <= head:
+            exp += 1
+        return w_int.astype(np.int64), unit_w, exp, bound * 2 ** exp, bits
+
+    def _synapse_out(self, name, fname, node, unit_w, exp, bound, b, shape, synapses, bits):
+        self.emit(node)
+        unit_acc = unit_w / 2 ** exp
+        self.record[f"{name}/weight_scale"] = unit_w
+        bshape = (-1,) + (1,) * (len(shape) - 1)
+        unit = np.broadcast_to(unit_acc.reshape(bshape), shape).astype(np.float64)
+        bias = np.broadcast_to(np.rint(b / unit_acc).reshape(bshape), shape).astype(np.int64)
+        bound = np.broadcast_to(bound.reshape(bshape), shape).astype(np.float64)
+        self.layers.append(dict(name=name, op=node.kind, shape=shape, neurons=0,
+                                synapses=synapses, levels=f"w{bits} e{exp}", threshold=None,
+                                margin_bits=None))
+        return QTensor(name, fname, unit, bias, bound, False, False)
+
+    def op_dense(self, name, d, ins):
+        x = self.spikes_in(ins[0])
+        p = d["params"]
+        w_eff = p["W"] * x.unit.reshape(1, -1)
+        bin_ = x.bound.reshape(-1)
+        w_int, unit_w, exp, bound, bits = self._weights(name, w_eff, lambda a: a @ bin_)
+        node = ir.Dense(name, (x.node,), d["shape"], weight=w_int.astype(np.int16), weight_exp=exp)
+        return self._synapse_out(name, name, node, unit_w, exp, bound, p["b"], d["shape"],
+                                 int(w_int.size), bits)
+
+    def op_conv(self, name, d, ins):
+        x = self.spikes_in(ins[0])
+        p = d["params"]
+        w, g = p["W"], p["groups"]
+        co, cg = w.shape[:2]
+        u_c = _per_channel(x.unit)
+        b_c = _per_channel(x.bound)
+        # input channel of weight [o, i] is (o // (co/g))·cg + i
+        chan = (np.arange(co)[:, None] // (co // g)) * cg + np.arange(cg)[None, :]
+        w_eff = w * u_c[chan][:, :, None, None]
+        w_int, unit_w, exp, bound, bits = self._weights(
+            name, w_eff, lambda a: (a * b_c[chan][:, :, None, None]).sum(axis=(1, 2, 3)))
+        node = ir.Conv(name, (x.node,), d["shape"], weight=w_int.astype(np.int16), weight_exp=exp,
+                       stride=tuple(p["stride"]), pads=tuple(p["pads"]),
+                       dilation=tuple(p["dilation"]), groups=int(g))
+        synapses = int(np.count_nonzero(w_int) * np.prod(d["shape"][1:]))
+        return self._synapse_out(name, name, node, unit_w, exp, bound, p["b"], d["shape"],
+                                 synapses, bits)
+
+    def op_affine(self, name, d, ins):
+        x = ins[0]
+        p = d["params"]
+        shape = d["shape"]
+        if np.all(p["scale"] == 1.0) and not x.synapse_ok:
+            # a bias on a current: exact in the pending integer bias
+            bshape = (-1,) + (1,) * (len(shape) - 1)
+            extra = np.rint(np.broadcast_to(p["shift"].reshape(bshape), shape) / x.unit)
+            return QTensor(x.node, name, x.unit, x.bias + extra.astype(np.int64), x.bound,
+                           False, False)
+        c = shape[0]
+        if len(shape) == 3:
+            d2 = dict(d, params=dict(W=p["scale"].reshape(c, 1, 1, 1), b=p["shift"], groups=c,
+                                     stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)))
+            return self.op_conv(name, d2, ins)
+        d2 = dict(d, params=dict(W=np.diag(p["scale"]), b=p["shift"]))
+        return self.op_dense(name, d2, ins)
+
+    def op_relu(self, name, d, ins):
+        x = ins[0]
+        hi = d["params"]["hi"]
+        if x.spikes and hi is None and float(x.bound.max()) >= 0 and self._nonnegative(x):
+            return QTensor(x.node, name, x.unit, x.bias, x.bound, True, x.synapse_ok)
+        return self.neuron(name, name, x, self.act_scale(name, hi, False), 0, self.opts.levels)
+
+    def _nonnegative(self, x: QTensor) -> bool:
+        node = self.sfn.nodes[x.node]["node"]
+        return getattr(node, "lo", 0) >= 0 and node.kind in ("neuron", "input", "maxpool",
+                                                              "reshape", "concat", "transpose")
+
+    def op_add(self, name, d, ins):
+        shape = d["shape"]
+        base = np.minimum.reduce([x.unit for x in ins])
+        ratio = [x.unit / base for x in ins]
+        k = 0
+        while k < MAX_ADD_SHIFT and sum((r * 2 ** (k + 1) * x.bound).max()
+                                        for r, x in zip(ratio, ins)) <= HEADROOM:
+            k += 1
+        unit = base / 2 ** k
+        gains, exps = [], []
+        for r, x in zip(ratio, ins):
+            g = _per_channel(r) * 2 ** k
+            e = max(0, int(np.ceil(np.log2(g.max() / 255.0))))
+            gains.append(np.rint(g / 2 ** e).astype(np.int64))
+            exps.append(e)
+        bshape = (len(ins), shape[0]) + (1,) * (len(shape) - 1)
+        gains = np.stack(gains).reshape(bshape)
+        real = [gains[i] * 2 ** exps[i] for i in range(len(ins))]
+        bias = sum(r * x.bias for r, x in zip(real, ins))
+        bound = sum(r * x.bound for r, x in zip(real, ins))
+        self.emit(ir.Add(name, tuple(x.node for x in ins), shape, gains=gains, exps=tuple(exps)))
+        # the realized unit: Σ gains·x in units of `unit` within the gain rounding
+        self.layers.append(dict(name=name, op="add", shape=shape, neurons=0,
+                                synapses=int(np.prod(shape)) * len(ins),
+                                levels=f"gains≤{int(gains.max())} e{max(exps)}", threshold=None,
+                                margin_bits=None))
+        return QTensor(name, name, unit, np.broadcast_to(bias, shape).astype(np.int64),
+                       np.broadcast_to(bound, shape).astype(np.float64), False, False)
+
+    def op_avgpool(self, name, d, ins):
+        x = ins[0]
+        p = d["params"]
+        kh, kw = p["kernel"]
+        out_hw = d["shape"][1:]
+        self.emit(ir.SumPool(name, (x.node,), d["shape"], kernel=tuple(p["kernel"]),
+                             stride=tuple(p["stride"]), pads=tuple(p["pads"])))
+        pool = lambda a: kernels.sum_pool(a[None].astype(np.int64), p["kernel"], p["stride"],
+                                          p["pads"], out_hw)[0]
+        unit_c = _per_channel(x.unit) / (kh * kw)
+        unit = np.broadcast_to(unit_c[:, None, None], d["shape"]).astype(np.float64)
+        bound_c = _per_channel(x.bound) * kh * kw
+        self.layers.append(dict(name=name, op="sumpool", shape=d["shape"], neurons=0,
+                                synapses=int(np.prod(d["shape"]) * kh * kw), levels="",
+                                threshold=None, margin_bits=None))
+        return QTensor(name, name, unit, pool(x.bias),
+                       np.broadcast_to(bound_c[:, None, None], d["shape"]).astype(np.float64),
+                       False, x.synapse_ok and not np.any(x.bias))
+
+    def op_maxpool(self, name, d, ins):
+        x = ins[0]
+        if not x.spikes and not np.all(x.bias == x.bias.reshape(len(x.bias), -1)[:, :1, None]):
+            raise UnsupportedOpError(f"{self.where}: MaxPool {name!r} reads a current whose bias "
+                                     "varies within a channel")
+        p = d["params"]
+        self.emit(ir.MaxPool(name, (x.node,), d["shape"], kernel=tuple(p["kernel"]),
+                             stride=tuple(p["stride"]), pads=tuple(p["pads"]),
+                             dilation=tuple(p["dilation"])))
+        c = d["shape"][0]
+        take = lambda a: np.broadcast_to(a.reshape(c, -1)[:, :1, None], d["shape"]).copy()
+        return QTensor(name, name, take(x.unit), take(x.bias), take(x.bound), x.spikes,
+                       x.synapse_ok)
+
+    def op_concat(self, name, d, ins):
+        axis = d["params"]["axis"]
+        self.emit(ir.Concat(name, tuple(x.node for x in ins), d["shape"], axis=axis))
+        cat = lambda attr: np.concatenate([getattr(x, attr) for x in ins], axis=axis)
+        return QTensor(name, name, cat("unit"), cat("bias"), cat("bound"),
+                       all(x.spikes for x in ins), all(x.synapse_ok for x in ins))
+
+    def op_reshape(self, name, d, ins):
+        x = ins[0]
+        shape = d["shape"]
+        self.emit(ir.Reshape(name, (x.node,), shape))
+        return QTensor(name, name, x.unit.reshape(shape), x.bias.reshape(shape),
+                       x.bound.reshape(shape), x.spikes, x.synapse_ok)
+
+    def op_transpose(self, name, d, ins):
+        x = ins[0]
+        perm = tuple(d["params"]["perm"])
+        self.emit(ir.Transpose(name, (x.node,), d["shape"], perm=perm))
+        return QTensor(name, name, x.unit.transpose(perm), x.bias.transpose(perm),
+                       x.bound.transpose(perm), x.spikes, x.synapse_ok)
+
+    # --- driver --------------------------------------------------------------------------------
+    def run(self, softmax: str) -> tuple[list[ir.Node], str, str]:
+        for name in self.fg.order():
+            d = self.fg[name]
+            handler = getattr(self, f"op_{d['op']}", None)
+            if handler is None:
+                raise UnsupportedOpError(f"{self.where}: no quantization rule for {d['op']!r} "
+                                         f"(node {name!r})")
+            self.q[name] = handler(name, d, [self.q[i] for i in d["inputs"]])
+        x = self.q[self.fg.output]
+        out = f"{self.fg.output}/readout"
+        self.emit(ir.Readout(out, (x.node,), x.unit.shape,
+                             scale=_channel_view(x.unit).astype(np.float32),
+                             bias=_channel_view(x.bias), softmax=softmax))
+        if not np.all(_channel_view(x.unit).astype(np.float32) > 0):
+            self.fail(out, "readout scale underflows float32")
+        return self.nodes, self.nodes[0].name, out
