@@ -64,10 +64,11 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
         data = cal.check_data(np.asarray(calib), input_shape, "calibration data")
         calibration = f"{len(data)} samples, percentile {percentile}, " \
                       f"{'per-channel' if per_channel else 'per-layer'}"
-    names = fg.order()
+    names = fg.tensors()
     stats = cal.calibrate(imported.source, data, names, percentile)
+    trained = "sfn.levels" in imported.metadata
     opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
-                        input_bits=input_bits)
+                        input_bits=input_bits, trust_clip=trained)
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,

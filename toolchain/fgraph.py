@@ -8,6 +8,9 @@ read every node's float value from onnxruntime), each with an `op`, ordered `inp
     add | relu(hi) | avgpool(kernel, stride, pads) | maxpool(kernel, stride, pads, dilation)
     concat(axis) | reshape | transpose(perm) | output(softmax)
 
+A node with `synthetic=True` in its params has no ONNX tensor of its own (a pooling split off a
+ReduceMean with keepdims=0); calibration skips it.
+
 Passes are small functions graph → graph (in place): `fold_affine` merges a per-channel affine
 (BatchNormalization, a constant bias or scale) into the conv/dense before it.
 """
@@ -61,6 +64,10 @@ class FloatGraph:
         self.g.remove_node(name)
         if self.output == name:
             self.output = src
+
+    def tensors(self) -> list[str]:
+        """Nodes that are ONNX tensors (calibration can read them), in order."""
+        return [n for n in self.order() if not self.g.nodes[n]["params"].get("synthetic")]
 
     def summary(self) -> str:
         lines = []

@@ -53,6 +53,9 @@ class QuantOptions:
     percentile: float = 99.99
     per_channel: bool = True
     input_bits: int = 8
+    # Clip(0, max) ranges: a model trained with clip-floor activations (it declares sfn.levels)
+    # is quantized at exactly max / L; otherwise the range is min(max, calibration percentile)
+    trust_clip: bool = False
 
 
 def _channel_view(a: np.ndarray) -> np.ndarray:
@@ -97,12 +100,14 @@ class Quantizer:
         """Per-channel float value of one level step, s_out = range / L."""
         L = self.opts.levels
         c = self.fg[fname]["shape"][0]
-        if hi is not None:
+        if hi is not None and self.opts.trust_clip:
             return np.full(c, hi / L)
         st = self.stats[fname]
         rng = st.pct_abs if self.opts.per_channel else np.full(c, st.layer_pct_abs)
         fallback = max(st.layer_pct_abs, float(st.max_abs.max()), 1e-12)
         rng = np.where(rng > 0, rng, fallback)
+        if hi is not None:
+            rng = np.minimum(rng, hi)
         return rng / L
 
     def check_state(self, name: str, x: QTensor, theta: np.ndarray):

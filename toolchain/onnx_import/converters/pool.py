@@ -45,11 +45,16 @@ def reduce_mean(node, ctx):
     if axes is None and len(node.input) > 1:
         axes = ctx.need_const(node, 1, "axes").tolist()
     axes = sorted(a % (len(shape) + 1) for a in (axes or []))
-    if len(shape) != 3 or axes != [2, 3] or not ctx.attr(node, "keepdims", 1):
-        ctx.fail(node, "only ReduceMean over the spatial axes [2, 3] with keepdims=1 is supported")
+    if len(shape) != 3 or axes != [2, 3]:
+        ctx.fail(node, "only ReduceMean over the spatial axes [2, 3] is supported")
     c, h, w = shape
-    ctx.add(node, "avgpool", [ctx.tensor(node, node.input[0])], kernel=(h, w), stride=(1, 1),
-            pads=(0, 0, 0, 0))
+    x = ctx.tensor(node, node.input[0])
+    if ctx.attr(node, "keepdims", 1):
+        ctx.add(node, "avgpool", [x], kernel=(h, w), stride=(1, 1), pads=(0, 0, 0, 0))
+        return
+    pooled = ctx.fg.add(f"{node.output[0]}/pool", "avgpool", [x], (c, 1, 1), kernel=(h, w),
+                        stride=(1, 1), pads=(0, 0, 0, 0), synthetic=True)
+    ctx.add(node, "reshape", [pooled])
 
 
 @converter("MaxPool")
