@@ -1,8 +1,10 @@
 """The `.sfn` artifact: one zip of `manifest.json` and `.npy` arrays.
 
 Written atomically (temp file in the target folder, then rename) with deterministic bytes (fixed
-zip timestamps, sorted members, canonical JSON). The manifest carries a SHA-256 of its own
-canonical form plus every member, checked on load. Arrays load with `allow_pickle=False` and are
+zip timestamps, sorted members, canonical JSON, members stored uncompressed so the bytes do not
+depend on the zlib version). The manifest carries a SHA-256 of its own canonical form plus every
+member, checked on load; the file must also equal its canonical re-serialization, so a flipped
+byte anywhere — headers and fields the zip format itself never checks included — is corruption. Arrays load with `allow_pickle=False` and are
 checked against the dtype and shape the manifest declares. Unknown members, paths that leave the
 archive, oversized archives and newer format versions are refused.
 """
@@ -110,10 +112,10 @@ def to_bytes(art: Artifact) -> bytes:
     manifest["content_sha256"] = _digest(manifest, members)
     members["manifest.json"] = json.dumps(manifest, sort_keys=True, indent=1).encode()
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for name in sorted(members):
             info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
             zf.writestr(info, members[name])
     return buf.getvalue()
@@ -129,6 +131,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever shares the file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -177,7 +182,7 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
             raise ArtifactError(f"{path}: not an .sfn artifact (no manifest.json)")
         try:
             manifest = json.loads(zf.read("manifest.json"))
-        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ArtifactError(f"{path}: manifest.json is corrupt ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ArtifactError(f"{path}: not an .sfn artifact (format is "
@@ -209,7 +214,10 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
         except ArtifactError:
             raise
         except (KeyError, TypeError, AttributeError, zipfile.BadZipFile, OSError) as exc:
-            raise ArtifactError(f"{path}: malformed manifest or member ({type(exc).__name__}: "
+            raise ArtifactError(f"{path}: corrupt or malformed artifact ({type(exc).__name__}: "
                                 f"{exc})") from None
     art.validate()
+    if to_bytes(art) != path.read_bytes():
+        raise ArtifactError(f"{path}: bytes differ from the artifact's canonical form: the file is "
+                            "corrupt or was modified after it was written")
     return art
