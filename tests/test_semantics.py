@@ -83,3 +83,20 @@ def test_graded_timesteps_integrate_finer():
 def test_encoder_matches_float32_formula():
     x = np.array([[0.0, 0.49, 0.5, 1.5, 2.5, -3.0, 400.0]], np.float32)
     assert semantics.encode_input(x, np.float32(1.0), -2, 255).tolist() == [[0, 0, 1, 2, 3, -2, 255]]
+
+
+@pytest.mark.parametrize("geometry", [(8, 3, 1, (1, 1, 1, 1), 1, 1), (9, 3, 2, (1, 1, 2, 2), 1, 2),
+                                      (9, 3, 1, (2, 2, 2, 2), 2, 2), (7, 1, 2, (0, 0, 0, 0), 1, 1)])
+def test_conv_synops_equal_brute_force(geometry):
+    """SynOps = Σ over outputs of the nonzero inputs in their receptive field, counted directly
+    with a convolution of the nonzero mask by an all-ones kernel."""
+    from sim.cpu import kernels
+    size, k, s, pads, d, g = geometry
+    ci, co = 4, 6
+    rng = np.random.default_rng(size + k)
+    x = (rng.random((5, ci, size, size)) < 0.4) * rng.integers(1, 5, (5, ci, size, size))
+    ho = (size + pads[0] + pads[2] - (d * (k - 1) + 1)) // s + 1
+    brute = kernels.conv2d((x != 0).astype(np.int64), np.ones((co, ci // g, k, k)), (s, s), pads,
+                           (d, d), g, (ho, ho)).sum()
+    fan = kernels.fanout_map((size, size), (k, k), (s, s), pads, (d, d), (ho, ho))
+    assert kernels.window_synops(x, fan, co // g) == brute > 0

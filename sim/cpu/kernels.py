@@ -7,6 +7,7 @@ below 2²⁴ (Σ|W|·max|x| < 2²⁴), otherwise in float64, exact below 2⁵³.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 F32_EXACT = 2 ** 24
 
@@ -32,19 +33,34 @@ def _windows(x: np.ndarray, kernel, stride, dilation, out_hw):
 
 def conv2d(x: np.ndarray, weight: np.ndarray, stride, pads, dilation, groups, out_hw,
            dtype=np.float64) -> np.ndarray:
-    """Integer 2-D convolution (cross-correlation, ONNX semantics), returns int64 (B, Co, Ho, Wo)."""
-    b, c = x.shape[:2]
+    """Integer 2-D convolution (cross-correlation, ONNX semantics), returns int64 (B, Co, Ho, Wo).
+
+    Works channels-last: the patches of an (B, H, W, C) view become one (B·Ho·Wo, C·kh·kw) matrix
+    per group, multiplied by the kernel. The result is an NCHW *view* of channels-last memory, so
+    a following convolution finds its input already channels-last and copies nothing.
+    """
+    b = x.shape[0]
     co, cg, kh, kw = weight.shape
-    ho, wo = out_hw
-    xp = _pad(x.astype(dtype, copy=False), pads)
-    # patches: (C, kh·kw, B, Ho, Wo) so that each group's block is a contiguous (K, B·P) matrix
-    patches = np.stack([w.transpose(1, 0, 2, 3) for w in
-                        _windows(xp, (kh, kw), stride, dilation, (ho, wo))], axis=1)
-    patches = patches.reshape(groups, cg * kh * kw, b * ho * wo)
-    wmat = weight.astype(dtype).reshape(groups, co // groups, cg * kh * kw)
-    out = np.matmul(wmat, patches)  # (groups, Co/g, B·Ho·Wo)
-    out = out.reshape(co, b, ho, wo).transpose(1, 0, 2, 3)
-    return np.rint(out).astype(np.int64)
+    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
+    top, left, bottom, right = pads
+    xs = x.transpose(0, 2, 3, 1).astype(dtype)
+    if any(pads):
+        xs = np.pad(xs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    win = sliding_window_view(xs, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+    win = win[:, : sh * (ho - 1) + 1: sh, : sw * (wo - 1) + 1: sw, :, ::dh, ::dw]  # B,Ho,Wo,C,kh,kw
+    cog = co // groups
+    if groups > 1 and cg == 1:   # depthwise: one multiply-add per tap, no patch matrix
+        wd = weight.astype(dtype).reshape(groups, cog, kh * kw)
+        out = np.einsum("nhwck,cok->nhwco", win.reshape(b, ho, wo, groups, kh * kw), wd,
+                        optimize=True).reshape(b, ho, wo, co)
+    else:
+        outs = []
+        for g in range(groups):
+            patches = win[:, :, :, g * cg:(g + 1) * cg].reshape(b * ho * wo, cg * kh * kw)
+            wmat = weight[g * cog:(g + 1) * cog].astype(dtype).reshape(cog, cg * kh * kw)
+            outs.append(patches @ wmat.T)
+        out = (outs[0] if groups == 1 else np.concatenate(outs, axis=1)).reshape(b, ho, wo, co)
+    return np.rint(out, out=out).astype(np.int64).transpose(0, 3, 1, 2)
 
 
 def dense(x: np.ndarray, weight: np.ndarray, dtype=np.float64) -> np.ndarray:
@@ -70,11 +86,23 @@ def max_pool(x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> np.ndarra
     return out
 
 
-def conv_fanout_count(nonzero: np.ndarray, weight_shape, stride, pads, dilation, groups,
-                      out_hw) -> int:
-    """Synaptic operations of a conv layer: Σ over outputs of nonzero inputs in its receptive
-    field, i.e. every nonzero input counted once per output it reaches."""
-    co, cg, kh, kw = weight_shape
-    ones = np.ones((groups, cg, kh, kw), dtype=np.float32)
-    per_group = conv2d(nonzero, ones, stride, pads, dilation, groups, out_hw, np.float64)
-    return int(per_group.sum()) * (co // groups)
+def fanout_map(in_hw, kernel, stride, pads, dilation, out_hw) -> np.ndarray:
+    """F[h, w] = how many output positions input pixel (h, w) reaches through the window."""
+    fan = np.zeros(tuple(in_hw), dtype=np.int64)
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    top, left = pads[0], pads[1]
+    ho, wo = np.arange(out_hw[0]), np.arange(out_hw[1])
+    for i in range(kh):
+        rows = ho * sh + i * dh - top
+        rows = rows[(rows >= 0) & (rows < in_hw[0])]
+        for j in range(kw):
+            cols = wo * sw + j * dw - left
+            cols = cols[(cols >= 0) & (cols < in_hw[1])]
+            np.add.at(fan, np.ix_(rows, cols), 1)
+    return fan
+
+
+def window_synops(x: np.ndarray, fan: np.ndarray, per_input: int) -> int:
+    """Synaptic operations of a windowed layer: every nonzero input times the outputs it reaches
+    (`fan` per position) times the output channels each input channel feeds (`per_input`)."""
+    return int((np.count_nonzero(x, axis=(0, 1)) * fan).sum()) * per_input

@@ -45,6 +45,19 @@ def _out_hw(node):
     return node.shape[-2:]
 
 
+_FANOUT: dict = {}
+
+
+def _fanout(node, in_hw):
+    key = (node.kind, tuple(in_hw), tuple(node.kernel if node.kind == "sumpool" else
+                                          node.weight.shape[2:]), node.stride, node.pads,
+           getattr(node, "dilation", (1, 1)), tuple(node.shape[-2:]))
+    if key not in _FANOUT:
+        _FANOUT[key] = kernels.fanout_map(in_hw, key[2], node.stride, node.pads, key[5],
+                                          node.shape[-2:])
+    return _FANOUT[key]
+
+
 def _synapse(node, x, count):
     if node.kind == "dense":
         absum = np.abs(node.weight.astype(np.int64)).sum(axis=1).max(initial=0)
@@ -57,14 +70,12 @@ def _synapse(node, x, count):
         dtype = kernels.exact_float_dtype(float(absum) * float(np.abs(x).max(initial=0)))
         out = kernels.conv2d(x, node.weight, node.stride, node.pads, node.dilation, node.groups,
                              _out_hw(node), dtype) << node.weight_exp
-        synops = kernels.conv_fanout_count((x != 0).astype(np.float32), node.weight.shape,
-                                           node.stride, node.pads, node.dilation, node.groups,
-                                           _out_hw(node)) if count else 0
+        synops = kernels.window_synops(x, _fanout(node, x.shape[-2:]),
+                                       node.weight.shape[0] // node.groups) if count else 0
         return out, synops
     if node.kind == "sumpool":
         out = kernels.sum_pool(x, node.kernel, node.stride, node.pads, _out_hw(node))
-        synops = int(kernels.sum_pool((x != 0).astype(np.int64), node.kernel, node.stride,
-                                      node.pads, _out_hw(node)).sum()) if count else 0
+        synops = kernels.window_synops(x, _fanout(node, x.shape[-2:]), 1) if count else 0
         return out, synops
     if node.kind == "maxpool":
         return kernels.max_pool(x, node.kernel, node.stride, node.pads, node.dilation,

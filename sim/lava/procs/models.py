@@ -1,0 +1,252 @@
+"""ProcessModels of the SFN Processes: `fixed_pt` (held to the integer contract: the neuron calls
+sim.semantics, the chains call sim.cpu's kernels) and `floating_pt` (float64 neuron arithmetic).
+
+floating_pt computes the neuron in float64 without the hardware's 24-bit state: v is never
+clipped (a would-be clip is still counted in `saturations`) and the fire function divides in
+float, q = clip(floor(v / (K·θ)), lo_q, hi_q). Every value here is an integer below 2⁵³, where
+float64 addition, the leak's product and the floor of a quotient are exact, so floating_pt equals
+fixed_pt bit for bit whenever fixed_pt reports no saturation; where a neuron saturates, the two
+differ from that neuron on (docs/hardware.md, tests/test_lava.py). Payloads travel as float64
+between floating_pt processes and enter the (integer) synapse chains as the integers they are.
+
+Never call torch here: Lava forks these models (notes/lava.md).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from sim import semantics
+from sim.lava.compat import load_lava
+from sim.lava.graph import MAX_INPUTS
+from sim.lava.procs.process import ReadoutSink, SFNNeuronLayer, SpikeSource
+
+load_lava()
+
+from lava.magma.core.decorator import implements, requires, tag  # noqa: E402
+from lava.magma.core.model.py.model import PyLoihiProcessModel  # noqa: E402
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort  # noqa: E402
+from lava.magma.core.model.py.type import LavaPyType  # noqa: E402
+from lava.magma.core.resources import CPU  # noqa: E402
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol  # noqa: E402
+
+INT = np.int64
+FLOAT = np.float64
+
+
+def _in_ports(dtype):
+    """Class decorator: the stage in-ports in_0 … in_{MAX_INPUTS-1} carrying `dtype` payloads."""
+    def add(cls):
+        for k in range(MAX_INPUTS):
+            setattr(cls, f"in_{k}", LavaPyType(PyInPort.VEC_DENSE, dtype))
+        return cls
+    return add
+
+
+class _SourceModel(PyLoihiProcessModel):
+    payload_type = INT
+    samples = LavaPyType(np.ndarray, np.float32)
+    inv_scale = LavaPyType(np.ndarray, np.float32)
+    lo = LavaPyType(np.ndarray, INT)
+    hi = LavaPyType(np.ndarray, INT)
+    timesteps = LavaPyType(np.ndarray, INT)
+
+    def run_spk(self):
+        row = ((self.time_step - 1) // int(self.timesteps[0])) % len(self.samples)
+        spikes = semantics.encode_input(self.samples[row], self.inv_scale[0], int(self.lo[0]),
+                                        int(self.hi[0]))
+        self.s_out.send(spikes.astype(self.payload_type, copy=False))
+
+
+@implements(proc=SpikeSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySpikeSourceFixed(_SourceModel):
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+
+@implements(proc=SpikeSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PySpikeSourceFloat(_SourceModel):
+    payload_type = FLOAT
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+
+class _StageModel(PyLoihiProcessModel):
+    """Receiving side shared by neuron layers and the readout: in-port k's data is held
+    `delays[k]` steps so every input of a step belongs to the same encoder step u."""
+    payload_type = INT
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.chain = proc_params["chain"]
+        self.fifos = [deque(np.zeros((1,) + shape, self.payload_type) for _ in range(delay))
+                      for shape, delay in zip(proc_params["input_shapes"], proc_params["delays"])]
+
+    def receive(self) -> list[np.ndarray]:
+        """This step's chain sources, aligned, as (1, *shape) int64 batches of one sample."""
+        inputs = []
+        for k, fifo in enumerate(self.fifos):
+            fifo.append(getattr(self, f"in_{k}").recv()[None])
+            inputs.append(fifo.popleft().astype(INT, copy=False))
+        return inputs
+
+    def encoder_step(self) -> int:
+        """u: the encoder step whose data arrives now (negative while the pipeline fills)."""
+        return self.time_step - 1 - int(self.offset[0])
+
+    def counts(self, u: int) -> bool:
+        """Statistics cover the N·T steps of the samples, not the pipeline's fill and drain."""
+        return u < int(self.num_samples[0]) * int(self.timesteps[0])
+
+
+class _NeuronLayerModel(_StageModel):
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.out = np.zeros(proc_params["shape"], self.payload_type)
+
+    def run_spk(self):
+        self.s_out.send(self.out)  # last step's payload: one step of delay, like Lava's Dense
+        inputs = self.receive()
+        u = self.encoder_step()
+        if u < 0:
+            return
+        counted = self.counts(u)
+        current, synops = self.chain.evaluate(inputs, counted)
+        out, saturations = self.fire(current, u % int(self.timesteps[0]) == 0)
+        self.out = out[0].astype(self.payload_type, copy=False)
+        if counted:
+            self.synops[:len(synops)] += synops
+            self.spikes[0] += np.count_nonzero(out)
+            self.payload_total[0] += int(np.abs(out).sum())
+            self.saturations[0] += saturations
+
+    def fire(self, current: np.ndarray, first_step: bool) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+
+_NEURON_PARAMS = dict(
+    lo=LavaPyType(np.ndarray, INT), hi=LavaPyType(np.ndarray, INT),
+    adaptive=LavaPyType(np.ndarray, INT), thresholds=LavaPyType(np.ndarray, INT),
+    payload=LavaPyType(np.ndarray, INT), decay=LavaPyType(np.ndarray, INT),
+    binary=LavaPyType(np.ndarray, INT), timesteps=LavaPyType(np.ndarray, INT),
+    offset=LavaPyType(np.ndarray, INT), num_samples=LavaPyType(np.ndarray, INT),
+    spikes=LavaPyType(np.ndarray, INT), payload_total=LavaPyType(np.ndarray, INT),
+    saturations=LavaPyType(np.ndarray, INT), synops=LavaPyType(np.ndarray, INT))
+
+
+def _neuron_params(cls):
+    """Class decorator: the LavaPyTypes both neuron models share (integer parameters, stats)."""
+    for name, lava_type in _NEURON_PARAMS.items():
+        setattr(cls, name, lava_type)
+    return cls
+
+
+@implements(proc=SFNNeuronLayer, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+@_neuron_params
+@_in_ports(INT)
+class PySFNNeuronLayerFixed(_NeuronLayerModel):
+    """Bit-accurate SFN neuron: every equation is a sim.semantics call."""
+    v = LavaPyType(np.ndarray, INT, precision=semantics.STATE_BITS)
+    bias = LavaPyType(np.ndarray, INT)
+    threshold = LavaPyType(np.ndarray, INT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+    def fire(self, current, first_step):
+        bias = self.bias[None]
+        if self.adaptive[0]:
+            v, saturations = semantics.saturate(current + bias)
+            return semantics.fire_adaptive(v, self.thresholds[None], self.payload), saturations
+        k, lo_q, hi_q = semantics.spike_unit(int(self.lo[0]), int(self.hi[0]),
+                                             bool(self.binary[0]))
+        if first_step:
+            self.v[...] = semantics.initial_state(self.threshold, k)
+        v = self.v[None]
+        decay = int(self.decay[0])
+        if decay < semantics.LEAK_ONE:
+            v, saturations = semantics.saturate(semantics.leak(v, current + bias, decay))
+        else:
+            v, saturations = semantics.saturate(v + current + bias)
+        out, v = semantics.fire_uniform(v, self.threshold[None], k, lo_q, hi_q)
+        self.v[...] = v[0]
+        return out, saturations
+
+
+@implements(proc=SFNNeuronLayer, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+@_neuron_params
+@_in_ports(FLOAT)
+class PySFNNeuronLayerFloat(_NeuronLayerModel):
+    """Float64 SFN neuron without the 24-bit state clip (tolerance: module docstring)."""
+    payload_type = FLOAT
+    v = LavaPyType(np.ndarray, FLOAT)
+    bias = LavaPyType(np.ndarray, FLOAT)
+    threshold = LavaPyType(np.ndarray, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+    def fire(self, current, first_step):
+        drive = current.astype(FLOAT) + self.bias[None]
+        if self.adaptive[0]:
+            saturations = int(np.count_nonzero(np.abs(drive) > semantics.V_MAX))
+            crossed = np.sum(drive[..., None] >= self.thresholds[None], axis=-1)
+            return self.payload[crossed].astype(FLOAT), saturations
+        k, lo_q, hi_q = semantics.spike_unit(int(self.lo[0]), int(self.hi[0]),
+                                             bool(self.binary[0]))
+        step = k * self.threshold[None]
+        if first_step:
+            self.v[...] = np.floor(step[0] / 2)
+        v = self.v[None]
+        decay = float(self.decay[0])
+        if decay < semantics.LEAK_ONE:
+            v = v + np.floor(decay * (drive - v) / semantics.LEAK_ONE)
+        else:
+            v = v + drive
+        saturations = int(np.count_nonzero(np.abs(v) > semantics.V_MAX))
+        q = np.clip(np.floor(v / step), lo_q, hi_q)
+        self.v[...] = (v - q * step)[0]
+        return q * k, saturations
+
+
+class _ReadoutModel(_StageModel):
+    timesteps = LavaPyType(np.ndarray, INT)
+    offset = LavaPyType(np.ndarray, INT)
+    num_samples = LavaPyType(np.ndarray, INT)
+    synops = LavaPyType(np.ndarray, INT)
+
+    def run_spk(self):
+        inputs = self.receive()
+        u = self.encoder_step()
+        if u < 0:
+            return
+        counted = self.counts(u)
+        current, synops = self.chain.evaluate(inputs, counted)
+        timesteps = int(self.timesteps[0])
+        row = (u // timesteps) % len(self.accumulator)
+        if u % timesteps == 0:
+            self.accumulator[row] = current[0]
+        else:
+            self.accumulator[row] += current[0]
+        if counted:
+            self.synops[:len(synops)] += synops
+
+
+@implements(proc=ReadoutSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+@_in_ports(INT)
+class PyReadoutSinkFixed(_ReadoutModel):
+    accumulator = LavaPyType(np.ndarray, INT)
+
+
+@implements(proc=ReadoutSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+@_in_ports(FLOAT)
+class PyReadoutSinkFloat(_ReadoutModel):
+    payload_type = FLOAT
+    accumulator = LavaPyType(np.ndarray, FLOAT)

@@ -1,0 +1,112 @@
+"""Lava Processes (interfaces: ports and Vars) of an SFN artifact; their models are in models.py.
+
+- `SpikeSource`: the input encoder holding every sample back to back.
+- `SFNNeuronLayer`: one SFN neuron layer together with the synapse chain that feeds it.
+- `ReadoutSink`: the readout's synapse chain and its per-sample accumulator, read once at the end.
+
+Stage processes have `MAX_INPUTS` in-ports `in_0 … in_{MAX_INPUTS-1}`: port k carries the payload
+of the chain's k-th source (a neuron layer or the input); unused ports have shape (1,) and stay
+unconnected. Timing Vars: `offset` (this stage reads encoder step u = t − 1 − offset at Lava step
+t), `timesteps` (T: neurons reset, and the readout starts a new row, every T steps),
+`num_samples` (N: statistics count steps u < N·T only, the pipeline's fill and drain excluded).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sim.lava.compat import load_lava
+from sim.lava.graph import MAX_INPUTS
+
+load_lava()
+
+from lava.magma.core.process.ports.ports import InPort, OutPort  # noqa: E402
+from lava.magma.core.process.process import AbstractProcess  # noqa: E402
+from lava.magma.core.process.variable import Var  # noqa: E402
+
+
+def _scalar(value) -> Var:
+    return Var(shape=(1,), init=np.asarray([value]))
+
+
+def _add_stage_ports(proc: AbstractProcess, input_shapes: list[tuple[int, ...]]) -> None:
+    if len(input_shapes) > MAX_INPUTS:
+        raise ValueError(f"{len(input_shapes)} inputs, a stage has {MAX_INPUTS} in-ports")
+    for k in range(MAX_INPUTS):
+        shape = tuple(input_shapes[k]) if k < len(input_shapes) else (1,)
+        setattr(proc, f"in_{k}", InPort(shape=shape))
+
+
+class SpikeSource(AbstractProcess):
+    """Input encoder: at Lava step t sends n = clip(floor(x · inv_scale + 1/2), lo, hi) of sample
+    ((t − 1) // T) mod N (sim.semantics.encode_input). `samples` (N, *shape) float32 are set once
+    at construction, never per sample."""
+
+    def __init__(self, *, samples: np.ndarray, inv_scale: float, lo: int, hi: int,
+                 timesteps: int, name: str):
+        super().__init__(name=name)
+        self.samples = Var(shape=samples.shape, init=samples)
+        self.inv_scale = _scalar(np.float32(inv_scale))
+        self.lo = _scalar(lo)
+        self.hi = _scalar(hi)
+        self.timesteps = _scalar(timesteps)
+        self.s_out = OutPort(shape=samples.shape[1:])
+
+
+class SFNNeuronLayer(AbstractProcess):
+    """SFN neuron layer (sim.ir.Neuron, sim.semantics) fed by its synapse chain.
+
+    Per step: send last step's payload; receive the chain's sources; I = chain(sources);
+    at a sample's first timestep v = (K·θ)//2; v ← sat(v + I + b) (or the leak when decay < 4096);
+    uniform fire q = clip(floor(v / (K·θ)), lo_q, hi_q), payload q·K, v ← v − q·K·θ; or adaptive
+    fire payload[#{k : sat(I + b) ≥ t_k}].
+
+    Vars: v (state), bias, threshold (per neuron, broadcast shape), lo, hi (levels), adaptive
+    (0 uniform, 1 adaptive), thresholds (..., K) and payload (K+1,) of the adaptive fire
+    function, decay (leak d, 4096 = none), binary (0 graded spikes, 1 binary), timesteps (reset
+    period T), offset, num_samples, and the statistics spikes, payload_total, saturations, synops
+    (one entry per chain node).
+    """
+
+    def __init__(self, *, neuron, chain, input_shapes, delays, offset: int, timesteps: int,
+                 binary: bool, num_samples: int):
+        super().__init__(name=neuron.name, chain=chain, delays=list(delays),
+                         input_shapes=[tuple(s) for s in input_shapes], shape=tuple(neuron.shape))
+        adaptive = neuron.fire == "adaptive"
+        self.v = Var(shape=tuple(neuron.shape), init=0)
+        self.bias = Var(shape=neuron.bias.shape, init=neuron.bias)
+        self.threshold = Var(shape=neuron.threshold.shape, init=neuron.threshold)
+        self.lo = _scalar(neuron.lo)
+        self.hi = _scalar(neuron.hi)
+        self.adaptive = _scalar(int(adaptive))
+        thresholds = neuron.thresholds if adaptive else np.zeros(1, np.int64)
+        payload = neuron.payload if adaptive else np.zeros(1, np.int64)
+        self.thresholds = Var(shape=thresholds.shape, init=thresholds)
+        self.payload = Var(shape=payload.shape, init=payload)
+        self.decay = _scalar(neuron.decay)
+        self.binary = _scalar(int(binary))
+        self.timesteps = _scalar(timesteps)
+        self.offset = _scalar(offset)
+        self.num_samples = _scalar(num_samples)
+        self.spikes = _scalar(0)
+        self.payload_total = _scalar(0)
+        self.saturations = _scalar(0)
+        self.synops = Var(shape=(max(len(chain.nodes), 1),), init=0)
+        _add_stage_ports(self, input_shapes)
+        self.s_out = OutPort(shape=tuple(neuron.shape))
+
+
+class ReadoutSink(AbstractProcess):
+    """Readout chain and sink: accumulator[(u // T) mod N] = Σ over the sample's T steps of the
+    chain's output (the readout's integer accumulator A). Read once after the run; the float
+    readout y = float32(A + T·b) · float32(scale / T) is applied on the host."""
+
+    def __init__(self, *, readout, chain, input_shapes, delays, offset: int, timesteps: int,
+                 num_samples: int):
+        super().__init__(name=readout.name, chain=chain, delays=list(delays),
+                         input_shapes=[tuple(s) for s in input_shapes])
+        self.accumulator = Var(shape=(num_samples,) + tuple(readout.shape), init=0)
+        self.timesteps = _scalar(timesteps)
+        self.offset = _scalar(offset)
+        self.num_samples = _scalar(num_samples)
+        self.synops = Var(shape=(max(len(chain.nodes), 1),), init=0)
+        _add_stage_ports(self, input_shapes)
