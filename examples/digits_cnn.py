@@ -64,9 +64,9 @@ def deploy(path: Path, x_train, x_test, y_test, lava_samples: int, levels: int |
            "cpu_equals_reference": bool(np.array_equal(cpu.output, ref_out)),
            "synops_per_sample": sum(s.synops for s in cpu.stats.values()) / len(x_test)}
     if lava_samples:
-        import sim.lava
+        from sim import lava as sim_lava
         n = min(lava_samples, len(x_test))
-        lava = sim.lava.run(compiled.artifact, x_test[:n])
+        lava = sim_lava.run(compiled.artifact, x_test[:n])
         row["snn_lava"] = accuracy(lava.output, y_test[:n])
         row["lava_samples"] = n
         row["lava_equals_cpu"] = bool(np.array_equal(lava.output, cpu.output[:n]) and

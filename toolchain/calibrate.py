@@ -97,3 +97,17 @@ def check_data(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating) or not np.all(np.isfinite(x)):
         raise ShapeError(f"{what} must be finite floats (dtype {x.dtype})")
     return x.astype(np.float32)
+
+
+def grid_step(x: np.ndarray, max_levels: int) -> float | None:
+    """The step δ if every value of x is an integer multiple of δ (pixel/255, pixel/16 …) with
+    max|x|/δ ≤ max_levels, else None. Encoding inputs with that step is lossless."""
+    values = np.unique(np.abs(x.astype(np.float64)))
+    values = values[values > 0]
+    if len(values) == 0 or len(values) > max_levels:
+        return None
+    step = float(np.min(np.diff(np.concatenate([[0.0], values]))))
+    k = values / step
+    if np.all(np.abs(k - np.rint(k)) < 1e-4) and k.max() <= max_levels + 1e-6:
+        return step
+    return None

@@ -67,8 +67,13 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     names = fg.tensors()
     stats = cal.calibrate(imported.source, data, names, percentile)
     trained = "sfn.levels" in imported.metadata
+    step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
+                                                    if data.min() < 0 else 2 ** input_bits - 1)
+    if step:
+        notes.append(f"calibration inputs lie on a grid of step {step:.6g}: input encoding is "
+                     "lossless for such inputs")
     opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
-                        input_bits=input_bits, trust_clip=trained)
+                        input_bits=input_bits, trust_clip=trained, input_step=step)
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,

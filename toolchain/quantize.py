@@ -56,6 +56,8 @@ class QuantOptions:
     # Clip(0, max) ranges: a model trained with clip-floor activations (it declares sfn.levels)
     # is quantized at exactly max / L; otherwise the range is min(max, calibration percentile)
     trust_clip: bool = False
+    # calibration inputs lie on this grid (see calibrate.grid_step): encode them losslessly
+    input_step: float | None = None
 
 
 def _channel_view(a: np.ndarray) -> np.ndarray:
@@ -153,13 +155,14 @@ class Quantizer:
             lo, hi = 0, 2 ** bits - 1
         else:
             lo, hi = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
-        scale = max(float(st.max_abs.max()), 1e-12) / hi
+        scale = self.opts.input_step or max(float(st.max_abs.max()), 1e-12) / hi
         inv = np.float32(1.0 / scale)
         shape = d["shape"]
         self.emit(ir.Input(name, (), shape, inv_scale=float(inv), lo=lo, hi=hi))
         unit = np.full(shape, 1.0 / float(inv))
         self.layers.append(dict(name=name, op="input", shape=shape, neurons=int(np.prod(shape)),
-                                synapses=0, levels=f"[{lo}, {hi}]", threshold=None,
+                                synapses=0, levels=f"[{lo}, {hi}]" + (
+                                    " grid" if self.opts.input_step else ""), threshold=None,
                                 margin_bits=None))
         return QTensor(name, name, unit, np.zeros(shape, np.int64), np.full(shape, float(hi)),
                        True, True)
