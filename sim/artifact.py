@@ -71,6 +71,18 @@ class Artifact:
             seen.add(n.name)
         if self.input not in seen or self.output not in seen:
             raise ArtifactError("manifest input/output names do not match any node")
+        for n in self.nodes:
+            if n.kind == "delay":
+                if n.source not in seen:
+                    raise ArtifactError(f"delay {n.name!r} reads unknown node {n.source!r}")
+                if tuple(self.node(n.source).shape) != tuple(n.shape):
+                    raise ArtifactError(f"delay {n.name!r} has shape {n.shape}, its source "
+                                        f"{n.source!r} {self.node(n.source).shape}")
+
+    @property
+    def recurrent(self) -> bool:
+        """A recurrent network runs on sequences (N, T, *input_shape), one readout per step."""
+        return any(n.kind == "delay" for n in self.nodes)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

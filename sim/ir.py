@@ -116,8 +116,10 @@ class Add(Node):
 class Neuron(Node):
     """SFN neuron (see sim.semantics): v ← sat(v + I + b); uniform fire
     q = clip(floor(v / (K·θ)), lo_q, hi_q), v ← v − q·K·θ, start v = (K·θ)//2; or adaptive fire
-    n = payload[#{k : v ≥ t_k}]. `decay` d is the leak (v ← v + floor(d·(I − v)/4096) replaces the
-    plain sum when d < 4096)."""
+    n = payload[#{k : v ≥ t_k}]. `decay` d is the leak (v ← v + floor(d·(I + b − v)/4096) replaces
+    the plain sum when d < 4096). `reset` "subtract" is the spiking neuron above; "none" keeps v
+    and emits its rounded value clip(floor((v + θ//2)/θ), lo, hi) — the leaky integrator of a
+    recurrent rate unit, whose state persists over a trial."""
     threshold: np.ndarray = None
     bias: np.ndarray = None
     lo: int = 0
@@ -126,8 +128,20 @@ class Neuron(Node):
     thresholds: np.ndarray | None = None
     payload: np.ndarray | None = None
     decay: int = 4096
+    reset: str = "subtract"
     kind: ClassVar[str] = "neuron"
     role: ClassVar[str] = "neuron"
+
+
+@dataclass
+class Delay(Node):
+    """out(t) = value of node `source` at step t − 1 (zeros at t = 0): the recurrent edge.
+
+    `source` is not in `inputs`, so the node list stays topologically ordered; it may name a node
+    defined later."""
+    source: str = ""
+    kind: ClassVar[str] = "delay"
+    role: ClassVar[str] = "index"
 
 
 @dataclass
@@ -166,8 +180,8 @@ class Readout(Node):
 
 
 NODE_TYPES: dict[str, type[Node]] = {
-    cls.kind: cls for cls in (Input, Dense, Conv, SumPool, MaxPool, Add, Neuron, Concat, Reshape,
-                              Transpose, Readout)
+    cls.kind: cls for cls in (Input, Dense, Conv, SumPool, MaxPool, Add, Neuron, Delay, Concat,
+                              Reshape, Transpose, Readout)
 }
 
 # the dtype every array field is stored with

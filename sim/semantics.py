@@ -12,7 +12,9 @@ Equations (θ integer > 0, `//` is floor division):
              or K = max(hi, −lo) (binary spikes, q ∈ {−1 if lo<0, 0, 1}). At T = 1, K = 1 this is
              the multi-threshold neuron n = clip(floor((I + b + θ//2) / θ), lo, hi).
 - adaptive:  n = payload[#{k : v ≥ t_k}]   (v = sat(I + b); T = 1 only)
-- leak:      v ← v + floor(d · (I − v) / 4096)   (recurrent networks; d = 4096: no memory)
+- leak:      v ← sat(v + floor(d · (I + b − v) / 4096))   (recurrent networks; d = 4096: v = I + b)
+- no reset:  n = clip(floor((v + θ//2) / θ), lo, hi), v kept (a leaky integrator's rounded state;
+             v = 0 at the start of a trial)
 - readout:   y = float32(A + T·b) · float32(scale / T),  A = Σ_t accumulator_t
 """
 from __future__ import annotations
@@ -60,6 +62,13 @@ def fire_uniform(v: np.ndarray, threshold: np.ndarray, k: int, lo_q: int, hi_q: 
     np.clip(q, lo_q, hi_q, out=q)
     q = q.astype(np.int64)
     return q * k, v - q * step
+
+
+def fire_state(v: np.ndarray, threshold: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Rounded readout of the state without reset: clip(floor((v + θ//2)/θ), lo, hi)."""
+    theta = np.asarray(threshold, dtype=np.int64)
+    q = np.floor((v + theta // 2) / theta.astype(np.float64))
+    return np.clip(q, lo, hi).astype(np.int64)
 
 
 def fire_adaptive(v: np.ndarray, thresholds: np.ndarray, payload: np.ndarray) -> np.ndarray:

@@ -85,6 +85,17 @@ def calibrate(model: onnx.ModelProto, x: np.ndarray, names: list[str], percentil
     return stats
 
 
+def stats_from_arrays(acts: dict[str, np.ndarray], percentile: float) -> dict[str, ChannelStats]:
+    """ChannelStats of activations given directly as (samples, channels) arrays."""
+    out = {}
+    for n, a in acts.items():
+        a = a.reshape(-1, a.shape[-1])
+        mag = np.abs(a)
+        out[n] = ChannelStats(mag.max(axis=0), np.percentile(mag, percentile, axis=0),
+                              float(np.percentile(mag, percentile)), float(a.min()), float(a.max()))
+    return out
+
+
 def fallback_data(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((FALLBACK_SAMPLES,) + tuple(shape)) \
         .astype(np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 import sim.cpu
 from sim.artifact import Artifact, atomic_write, save
 from toolchain import calibrate as cal
+from toolchain.errors import ShapeError
 from toolchain.onnx_import import ImportedModel, import_onnx
 from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.reference import emit_reference
@@ -35,8 +36,8 @@ class Compiled:
 
 def agreement(float_out: np.ndarray, snn_out: np.ndarray) -> dict:
     """Top-1 agreement (for class scores) and error of the SNN readout against the float model."""
-    f = float_out.reshape(len(float_out), -1)
-    s = snn_out.reshape(len(snn_out), -1)
+    f = float_out.reshape(-1, float_out.shape[-1])
+    s = snn_out.reshape(-1, snn_out.shape[-1])
     err = s - f
     out = {"samples": int(len(f)), "max_abs_error": float(np.abs(err).max(initial=0)),
            "rel_rms_error": float(np.sqrt((err ** 2).mean()) / max(np.sqrt((f ** 2).mean()), 1e-12))}
@@ -45,9 +46,59 @@ def agreement(float_out: np.ndarray, snn_out: np.ndarray) -> dict:
     return out
 
 
+def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float) -> Compiled:
+    """Compile an ei_rnn_cell model; calibrate on `calib` trials (N, T, n_in) or on the trials of
+    the task its metadata names."""
+    from toolchain import rnn
+    from toolchain.onnx_import.loader import read_model
+    model, sha = read_model(path)
+    cell = rnn.read_cell(model, str(path))
+    notes = [f"E/I RNN cell: {cell.W_rec.shape[0]} units, {cell.activation}, α = {cell.alpha}, "
+             f"Dale's law {'on' if cell.dale else 'off'}"]
+    if calib is None:
+        if not cell.task:
+            raise ShapeError(f"{path}: pass --calib trials (N, T, n_inputs); the model names no task")
+        from exporters.rnn.tasks import make_task
+        calib = make_task(cell.task).inputs
+        notes.append(f"calibrated on the {len(calib)} trials of its task {cell.task!r}")
+    calib = np.asarray(calib, dtype=np.float32)
+    if calib.ndim != 3 or calib.shape[2] != cell.W_inp.shape[1]:
+        raise ShapeError(f"calibration trials have shape {calib.shape}, expected (N, T, "
+                         f"{cell.W_inp.shape[1]})")
+    levels = levels or rnn.DEFAULT_RNN_LEVELS
+    fg = rnn.float_graph(cell)
+    acts = cell.trials(calib.astype(np.float64))
+    stats = cal.stats_from_arrays(acts, percentile)
+    qz = Quantizer(fg, stats, QuantOptions(levels=levels, percentile=percentile), str(path))
+    nodes, inp, out = qz.run("")
+    w_rec = next(n for n in nodes if n.name == "z_rec").weight
+    n_exc = cell.n_exc if cell.dale else 0
+    if cell.dale:
+        e, i = rnn.check_dale(w_rec, n_exc)
+        notes.append(f"Dale's law holds on the integer weights: {e} excitatory, {i} inhibitory units")
+    meta = {"source": {"file": Path(path).name, "sha256": sha, "kind": "ei_rnn_cell"},
+            "target": "loihi2", "levels": levels, "timesteps": 1, "notes": notes,
+            "calibration": f"{len(calib)} trials of {calib.shape[1]} steps, percentile {percentile}",
+            "rnn": {"activation": cell.activation, "alpha": cell.alpha, "dale": cell.dale,
+                    "n_exc": n_exc, "n_units": int(cell.W_rec.shape[0]), "task": cell.task,
+                    "decay": int(round(cell.alpha * 4096))},
+            "layers": _jsonable(qz.layers)}
+    art = Artifact(nodes, inp, out, meta, qz.record)
+    art.validate()
+    snn = sim.cpu.run(art, calib, count=False)
+    result = Compiled(art, None, qz.layers, notes)
+    result.agreement = agreement(acts["o"].reshape(len(calib), calib.shape[1], -1), snn.output)
+    art.meta["agreement"] = result.agreement
+    return result
+
+
 def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  levels: int | None = None, percentile: float = DEFAULT_PERCENTILE,
                  per_channel: bool = True, timesteps: int = 1, input_bits: int = 8) -> Compiled:
+    from toolchain import rnn
+    from toolchain.onnx_import.loader import read_model
+    if rnn.is_rnn_cell(read_model(path)[0]):
+        return compile_rnn(path, calib, levels, percentile)
     imported = import_onnx(path)
     notes = list(imported.notes)
     if levels is None:

@@ -34,6 +34,7 @@ HEADROOM_BEFORE_ADD = 2 ** 13
 WEIGHT_BOUND = 2 ** 22  # fewer weight bits only when 8-bit weights could exceed this
 MAX_WEIGHT_EXP = 7
 MAX_ADD_SHIFT = 8
+LEAK_SHIFT = 8  # a leaky unit's state carries 8 more bits than its output payload
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Quantizer:
         self.q: dict[str, QTensor] = {}
         self.record: dict[str, np.ndarray] = {}
         self.layers: list[dict] = []
+        self.synapses: dict[str, dict] = {}  # how each dense/conv was quantized (for joint rescaling)
 
     # --- helpers -------------------------------------------------------------------------------
     def emit(self, node: ir.Node) -> ir.Node:
@@ -169,6 +171,7 @@ class Quantizer:
 
     def _weights(self, name, w_eff, bound_of):
         """Quantize W_eff (out, ...) per output channel; choose bits and weight_exp."""
+        self.synapses[name] = dict(w_eff=w_eff, bound_of=bound_of)
         pos, neg = bool(np.any(w_eff > 0)), bool(np.any(w_eff < 0))
         head = HEADROOM_BEFORE_ADD if any(self.fg[c]["op"] == "add"
                                           for c in self.fg.consumers(name)) else HEADROOM
@@ -197,6 +200,7 @@ class Quantizer:
 
     def _synapse_out(self, name, fname, node, unit_w, exp, bound, b, shape, synapses, bits):
         self.emit(node)
+        self.synapses[name].update(node=node, b=b, shape=shape, row=len(self.layers))
         unit_acc = unit_w / 2 ** exp
         self.record[f"{name}/weight_scale"] = unit_w
         bshape = (-1,) + (1,) * (len(shape) - 1)
@@ -267,8 +271,63 @@ class Quantizer:
         return getattr(node, "lo", 0) >= 0 and node.kind in ("neuron", "input", "maxpool",
                                                               "reshape", "concat", "transpose")
 
+    def _joint(self, name, ins: list[QTensor]) -> list[QTensor]:
+        """Re-quantize the dense/conv inputs of Add `name` (each read by nothing else) with one
+        per-channel scale u[c] shared by all of them, each connection keeping its own power-of-two
+        prescale 2^p_i and weight_exp; their accumulators then share a unit and add with gain 1."""
+        joint = [k for k, x in enumerate(ins) if x.node in self.synapses and x.fname == x.node
+                 and self.fg.consumers(x.node) == [name]]
+        if len(joint) < 2:
+            return ins
+        info = [self.synapses[ins[k].node] for k in joint]
+        rows = [np.abs(i["w_eff"]).reshape(len(i["w_eff"]), -1).max(axis=1) for i in info]
+        # power-of-two prescales align the connections' typical row magnitudes (an all-zero
+        # connection keeps 0)
+        typical = [float(np.median(r[r > 0])) if np.any(r > 0) else 0.0 for r in rows]
+        top_mag = max(typical) or 1.0
+        pre = [int(np.rint(np.log2(top_mag / t))) if t > 0 else 0 for t in typical]
+        pre = [min(p - min(pre), MAX_WEIGHT_EXP) for p in pre]
+        mixed = any(np.any(i["w_eff"] > 0) and np.any(i["w_eff"] < 0) for i in info)
+        for bits in range(8, 1, -1):
+            kmax = 2 ** (bits - 1) - 1 if mixed else 2 ** bits - 1
+            u = np.max([r * 2.0 ** p for r, p in zip(rows, pre)], axis=0) / kmax
+            u = np.where(u > 0, u, 1.0)
+            w_ints, bounds = [], []
+            for i, p in zip(info, pre):
+                scale = (u / 2.0 ** p).reshape((-1,) + (1,) * (i["w_eff"].ndim - 1))
+                w = np.rint(i["w_eff"] / scale)
+                w_ints.append(2 * np.rint(w / 2) if mixed else w)
+                bounds.append(i["bound_of"](np.abs(w_ints[-1])))
+            if max(b.max() for b in bounds) * 2 ** max(pre) <= WEIGHT_BOUND:
+                break
+        else:
+            self.fail(name, "inputs cannot be quantized jointly within the 24-bit state")
+        top = max(pre)
+        extra = 0
+        while top + extra < MAX_WEIGHT_EXP and sum(b.max() * 2 ** (top + extra + 1 - p)
+                                                   for b, p in zip(bounds, pre)) <= HEADROOM:
+            extra += 1
+        out = list(ins)
+        for k, i, w, b, p in zip(joint, info, w_ints, bounds, pre):
+            exp = top + extra - p
+            node = i["node"]
+            node.weight, node.weight_exp = w.astype(np.int16), exp
+            self.record[f"{node.name}/weight_scale"] = u / 2.0 ** p
+            self.layers[i["row"]]["levels"] = f"w{bits} e{exp} joint"
+            unit_w = u / 2.0 ** p
+            bshape = (-1,) + (1,) * (len(i["shape"]) - 1)
+            unit_acc = unit_w / 2 ** exp
+            out[k] = QTensor(
+                node.name, node.name,
+                np.broadcast_to(unit_acc.reshape(bshape), i["shape"]).astype(np.float64),
+                np.broadcast_to(np.rint(i["b"] / unit_acc).reshape(bshape), i["shape"]).astype(np.int64),
+                np.broadcast_to((b * 2 ** exp).reshape(bshape), i["shape"]).astype(np.float64),
+                False, False)
+        return out
+
     def op_add(self, name, d, ins):
         shape = d["shape"]
+        ins = self._joint(name, ins)
         base = np.minimum.reduce([x.unit for x in ins])
         ratio = [x.unit / base for x in ins]
         k = 0
@@ -349,6 +408,83 @@ class Quantizer:
         self.emit(ir.Transpose(name, (x.node,), d["shape"], perm=perm))
         return QTensor(name, name, x.unit.transpose(perm), x.bias.transpose(perm),
                        x.bound.transpose(perm), x.spikes, x.synapse_ok)
+
+    # --- recurrent networks and table activations ---------------------------------------------
+    def op_delay(self, name, d, ins):
+        """Last step's spikes of a leaky unit; their unit is fixed by calibration alone (the leaky
+        neuron's threshold is 2^LEAK_SHIFT in its state units), which breaks the cycle."""
+        src = d["params"]["source"]
+        shape = d["shape"]
+        self.emit(ir.Delay(name, (), shape, source=src))
+        unit = self.act_scale(src, None, False)
+        L = self.opts.levels
+        return QTensor(name, name, unit.astype(np.float64), np.zeros(shape, np.int64),
+                       np.full(shape, float(L)), True, True)
+
+    def op_leaky(self, name, d, ins):
+        """y ← y + α(x − y) with x the input spikes: v in units s_y / 2^LEAK_SHIFT, input gains
+        s_x / unit_v (8-bit mantissa, one exponent), d = round(α·4096), no reset, θ = 2^shift."""
+        x = ins[0]
+        shape = d["shape"]
+        signed = d["params"]["signed"]
+        L = self.opts.levels
+        s_y = self.act_scale(name, None, signed)
+        unit_v = s_y / 2 ** LEAK_SHIFT
+        g = _per_channel(x.unit) / unit_v
+        e = max(0, int(np.ceil(np.log2(g.max() / 255.0))))
+        gains = np.rint(g / 2 ** e).astype(np.int64)
+        self.emit(ir.Add(f"{name}/in", (x.node,), shape, gains=gains[None], exps=(e,)))
+        decay = int(round(d["params"]["alpha"] * semantics.LEAK_ONE))
+        theta = np.full(shape, 2 ** LEAK_SHIFT, np.int64)
+        bound = gains * 2 ** e * x.bound
+        margin = float(np.log2(semantics.V_MAX / max(float(bound.max()) + 2 ** LEAK_SHIFT, 1)))
+        if margin < 0:
+            self.fail(name, f"leaky state bound {bound.max():.0f} exceeds 24 bits")
+        lo = -L if signed else 0
+        self.emit(ir.Neuron(name, (f"{name}/in",), shape, threshold=theta,
+                            bias=np.zeros(shape, np.int64), lo=lo, hi=L, decay=decay, reset="none"))
+        self.record[f"{name}/act_scale"] = s_y
+        self.layers.append(dict(name=name, op="neuron (leaky)", shape=shape,
+                                neurons=int(np.prod(shape)), synapses=int(np.prod(shape)),
+                                levels=f"[{lo}, {L}]", threshold=(2 ** LEAK_SHIFT,) * 2,
+                                margin_bits=round(margin, 1)))
+        return QTensor(name, name, np.broadcast_to(s_y, shape).astype(np.float64),
+                       np.zeros(shape, np.int64), np.full(shape, float(L)), True, True)
+
+    def _table(self, name, x: QTensor, edges: np.ndarray, payload: np.ndarray):
+        """Adaptive neuron: n = payload[#{k : v ≥ t_k}], t_k = ceil(z_k / unit) per neuron, where
+        z_k are the float inputs at which the rounded activation steps up."""
+        shape = x.unit.shape
+        thresholds = np.ceil(edges[None, :] / x.unit.reshape(-1, 1)).reshape(shape + (len(edges),))
+        thresholds = np.clip(thresholds, -semantics.V_MAX - 1, semantics.V_MAX + 1).astype(np.int64)
+        worst = float((x.bound + np.abs(x.bias)).max())
+        if worst > semantics.V_MAX:
+            self.fail(name, f"the neuron state can reach {worst:.0f}, over the 24-bit limit")
+        self.emit(ir.Neuron(name, (x.node,), shape, threshold=np.ones(shape, np.int64),
+                            bias=x.bias.astype(np.int64), lo=int(payload.min()),
+                            hi=int(payload.max()), fire="adaptive", thresholds=thresholds,
+                            payload=payload.astype(np.int64)))
+        self.layers.append(dict(name=name, op="neuron (table)", shape=shape,
+                                neurons=int(np.prod(shape)), synapses=0,
+                                levels=f"[{int(payload.min())}, {int(payload.max())}]",
+                                threshold=(int(thresholds.min()), int(thresholds.max())),
+                                margin_bits=round(float(np.log2(semantics.V_MAX / max(worst, 1))), 1)))
+        L = self.opts.levels
+        return QTensor(name, name, np.full(shape, 1.0 / L), np.zeros(shape, np.int64),
+                       np.full(shape, float(np.abs(payload).max())), True, True)
+
+    def op_sigmoid(self, name, d, ins):
+        """n = floor(L·σ(slope·z) + 1/2): steps at z_k = logit((k − ½)/L) / slope, k = 1…L."""
+        L = self.opts.levels
+        p = (np.arange(1, L + 1) - 0.5) / L
+        edges = np.log(p / (1 - p)) / d["params"]["slope"]
+        return self._table(name, ins[0], edges, np.arange(0, L + 1))
+
+    def op_tanh(self, name, d, ins):
+        """n = floor(L·tanh(z) + 1/2) ∈ [−L, L]: steps at z_j = atanh((j − ½)/L), j = −L+1…L."""
+        L = self.opts.levels
+        edges = np.arctanh((np.arange(-L + 1, L + 1) - 0.5) / L)
+        return self._table(name, ins[0], edges, np.arange(-L, L + 1))
 
     # --- driver --------------------------------------------------------------------------------
     def run(self, softmax: str) -> tuple[list[ir.Node], str, str]:

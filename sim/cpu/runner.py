@@ -88,18 +88,33 @@ def _broadcast(param: np.ndarray) -> np.ndarray:
     return np.asarray(param)[None]
 
 
-def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
-        batch_size: int = 1024, count: bool = True, progress=None) -> SimResult:
-    """Run `art` on float inputs x (N, *input_shape). `progress(n)` is called after each batch."""
+def _check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
-    expect = art.input_shape
-    if x.ndim != len(expect) + 1 or tuple(x.shape[1:]) != tuple(expect):
-        raise ShapeError(f"input has shape {tuple(x.shape)}, the model expects (N, "
+    expect = tuple(art.input_shape)
+    lead = 2 if art.recurrent else 1
+    if x.ndim != len(expect) + lead or tuple(x.shape[lead:]) != expect:
+        want = "(N, T, " if art.recurrent else "(N, "
+        raise ShapeError(f"input has shape {tuple(x.shape)}, the model expects {want}"
                          f"{', '.join(map(str, expect))})")
     if not np.issubdtype(x.dtype, np.floating):
         raise ShapeError(f"input dtype is {x.dtype}, expected a float array")
     if not np.all(np.isfinite(x)):
         raise ShapeError(f"input contains {int(np.count_nonzero(~np.isfinite(x)))} NaN/Inf values")
+    return x
+
+
+def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
+        batch_size: int = 1024, count: bool = True, progress=None) -> SimResult:
+    """Run `art` on float inputs x and return the readout.
+
+    Feed-forward networks: x is (N, *input_shape); the graph runs `timesteps` steps on the same
+    encoded input and the readout averages the accumulator (T = 1: one multi-threshold pass).
+    Recurrent networks (a Delay node): x is (N, T, *input_shape), one trial per row; every step
+    encodes x[:, t], memoryless neurons start afresh, leaky (reset "none") neurons and delays carry
+    their state through the trial, and the readout is per step: output (N, T, *output_shape).
+    `progress(n)` is called after each batch of n samples.
+    """
+    x = _check_input(art, x)
     if timesteps < 1:
         raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
     if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
@@ -108,68 +123,104 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
              for n in art.nodes}
     outs, accs = [], []
     for start in range(0, len(x), batch_size):
-        out, acc = _run_batch(art, x[start:start + batch_size], timesteps, binary, count, stats)
+        chunk = x[start:start + batch_size]
+        if art.recurrent:
+            out, acc = _run_trials(art, chunk, count, stats)
+        else:
+            out, acc = _run_batch(art, chunk, timesteps, binary, count, stats)
         outs.append(out)
         accs.append(acc)
         if progress is not None:
             progress(len(out))
     readout = art.node(art.output)
-    shape = (0,) + tuple(readout.shape)
+    shape = (0,) + ((x.shape[1],) if art.recurrent else ()) + tuple(readout.shape)
     return SimResult(np.concatenate(outs) if outs else np.zeros(shape, np.float32),
                      np.concatenate(accs) if accs else np.zeros(shape, np.int64),
                      stats, len(x), timesteps)
 
 
+def _step(art, x, values, previous, state, binary, count, stats):
+    """Evaluate every node once; `previous` holds last step's values (for Delay nodes)."""
+    for node in art.nodes:
+        ins = [values[i] for i in node.inputs]
+        kind = node.kind
+        if kind == "input":
+            values[node.name] = semantics.encode_input(x, node.inv_scale, node.lo, node.hi)
+        elif kind == "neuron":
+            values[node.name] = _neuron_step(node, ins[0], state, binary, stats[node.name])
+        elif kind == "delay":
+            prev = previous.get(node.source)
+            values[node.name] = np.zeros((len(x),) + tuple(node.shape), np.int64) \
+                if prev is None else prev
+        elif kind == "add":
+            total = 0
+            for k, (xi, e) in enumerate(zip(ins, node.exps)):
+                total = total + ((_broadcast(node.gains[k]) * xi) << e)
+                if count:
+                    stats[node.name].synops += int(np.count_nonzero(xi))
+            values[node.name] = total
+        elif kind == "concat":
+            values[node.name] = np.concatenate(ins, axis=node.axis + 1)
+        elif kind == "reshape":
+            values[node.name] = ins[0].reshape((len(ins[0]),) + tuple(node.shape))
+        elif kind == "transpose":
+            values[node.name] = ins[0].transpose((0,) + tuple(p + 1 for p in node.perm))
+        elif kind == "readout":
+            values[node.name] = ins[0]
+        else:
+            values[node.name], synops = _synapse(node, ins[0], count)
+            stats[node.name].synops += synops
+    return values
+
+
 def _run_batch(art, x, timesteps, binary, count, stats):
-    values: dict[str, np.ndarray] = {}
     state: dict[str, np.ndarray] = {}
-    acc_sum = None
+    acc_sum = 0
     for _ in range(timesteps):
-        for node in art.nodes:
-            ins = [values[i] for i in node.inputs]
-            kind = node.kind
-            if kind == "input":
-                values[node.name] = semantics.encode_input(x, node.inv_scale, node.lo, node.hi)
-            elif kind == "neuron":
-                values[node.name] = _neuron_step(node, ins[0], state, binary, stats[node.name])
-            elif kind == "add":
-                total = 0
-                for k, (xi, e) in enumerate(zip(ins, node.exps)):
-                    total = total + ((_broadcast(node.gains[k]) * xi) << e)
-                    if count:
-                        stats[node.name].synops += int(np.count_nonzero(xi))
-                values[node.name] = total
-            elif kind == "concat":
-                values[node.name] = np.concatenate(ins, axis=node.axis + 1)
-            elif kind == "reshape":
-                values[node.name] = ins[0].reshape((len(ins[0]),) + tuple(node.shape))
-            elif kind == "transpose":
-                values[node.name] = ins[0].transpose((0,) + tuple(p + 1 for p in node.perm))
-            elif kind == "readout":
-                acc_sum = ins[0] if acc_sum is None else acc_sum + ins[0]
-                values[node.name] = ins[0]
-            else:
-                values[node.name], synops = _synapse(node, ins[0], count)
-                stats[node.name].synops += synops
+        values = _step(art, x, {}, {}, state, binary, count, stats)
+        acc_sum = acc_sum + values[art.output]
     readout = art.node(art.output)
     out = semantics.readout(acc_sum, _broadcast(readout.bias), _broadcast(readout.scale), timesteps)
     return out, acc_sum
 
 
+def _run_trials(art, x, count, stats):
+    persistent = {n.name for n in art.nodes if n.kind == "neuron" and n.reset == "none"}
+    state: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    accs = []
+    for t in range(x.shape[1]):
+        state = {k: v for k, v in state.items() if k in persistent}
+        values = _step(art, x[:, t], {}, values, state, False, count, stats)
+        accs.append(values[art.output])
+    acc = np.stack(accs, axis=1)
+    readout = art.node(art.output)
+    out = semantics.readout(acc, _broadcast(readout.bias)[:, None], _broadcast(readout.scale)[:, None], 1)
+    return out, acc
+
+
 def _neuron_step(node, current, state, binary, st: LayerStats):
     theta = _broadcast(node.threshold)
     bias = _broadcast(node.bias)
+    sat = 0
     if node.fire == "adaptive":
         v, sat = semantics.saturate(current + bias)
         out = semantics.fire_adaptive(v, _broadcast(node.thresholds), node.payload)
+    elif node.reset == "none":
+        v = state.get(node.name, 0)
+        if node.decay < semantics.LEAK_ONE:
+            v, sat = semantics.saturate(semantics.leak(v, current + bias, node.decay))
+        else:
+            v, sat = semantics.saturate(current + bias)
+        state[node.name] = v
+        out = semantics.fire_state(v, theta, node.lo, node.hi)
     else:
         k, lo_q, hi_q = semantics.spike_unit(node.lo, node.hi, binary)
         v = state.get(node.name)
         if v is None:
             v = np.broadcast_to(semantics.initial_state(theta, k), current.shape)
         if node.decay < semantics.LEAK_ONE:
-            v = semantics.leak(v, current + bias, node.decay)
-            v, sat = semantics.saturate(v)
+            v, sat = semantics.saturate(semantics.leak(v, current + bias, node.decay))
         else:
             v, sat = semantics.saturate(v + current + bias)
         out, state[node.name] = semantics.fire_uniform(v, theta, k, lo_q, hi_q)

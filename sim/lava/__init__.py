@@ -1,0 +1,10 @@
+"""sim.lava: run an SFN artifact as Lava processes (Loihi2SimCfg, fixed_pt or floating_pt).
+
+`run(art, x, ...)` returns the same `SimResult` as sim.cpu; fixed_pt equals sim.cpu bit for bit.
+`hardware_case(node)` says how a node would reach Loihi 2 (docs/hardware.md). Importing this
+package does not import Lava; a run does (through sim.lava.compat).
+"""
+from sim.lava.hardware import HARDWARE_CASES, hardware_case
+from sim.lava.runner import TAGS, run
+
+__all__ = ["run", "hardware_case", "HARDWARE_CASES", "TAGS"]

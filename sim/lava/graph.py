@@ -31,6 +31,7 @@ class Stage:
     """One Lava process: a neuron layer or the readout, with the chain that feeds it."""
     node: Node
     chain: Chain
+    input_shapes: list[tuple[int, ...]]  # per in-port: the shape of the chain source it carries
     delays: list[int]   # extra steps each in-port's data is held
     offset: int         # this stage's input is encoder step u = t − 1 − offset
 
@@ -68,6 +69,10 @@ def refuse_unmapped(art: Artifact) -> None:
         if later:
             raise UnsupportedOpError(f"{where} reads {later} before they are computed: recurrent "
                                      "edges have no Lava mapping yet; use the cpu backend")
+        if node.kind == "neuron" and getattr(node, "reset", "subtract") != "subtract":
+            raise UnsupportedOpError(
+                f"{where}: reset {node.reset!r} has no Lava model yet (sim.lava's SFN neuron "
+                "resets by subtraction); use the cpu backend")
         if node.kind == "input" and node.name != art.input:
             raise UnsupportedOpError(f"{where}: sim.lava maps one input node ({art.input!r})")
         if node.kind == "readout" and node.name != art.output:
@@ -109,6 +114,7 @@ def plan(art: Artifact, timesteps: int = 1, binary: bool = False) -> Plan:
         chain = Chain([by_name[m] for m in sorted(members, key=order.get)], sources,
                       node.inputs[0], mine)
         offset = max(out_offset[s] for s in sources)
-        stages.append(Stage(node, chain, [offset - out_offset[s] for s in sources], offset))
+        stages.append(Stage(node, chain, [tuple(by_name[s].shape) for s in sources],
+                            [offset - out_offset[s] for s in sources], offset))
         out_offset[node.name] = offset + 1
     return Plan(by_name[art.input], stages, timesteps, binary)

@@ -5,8 +5,8 @@ floating_pt computes the neuron in float64 without the hardware's 24-bit state: 
 clipped (a would-be clip is still counted in `saturations`) and the fire function divides in
 float, q = clip(floor(v / (K·θ)), lo_q, hi_q). Every value here is an integer below 2⁵³, where
 float64 addition, the leak's product and the floor of a quotient are exact, so floating_pt equals
-fixed_pt bit for bit whenever fixed_pt reports no saturation; where a neuron saturates, the two
-differ from that neuron on (docs/hardware.md, tests/test_lava.py). Payloads travel as float64
+fixed_pt bit for bit whenever fixed_pt reports no saturation; a sample in which a neuron
+saturates may differ (docs/hardware.md, tests/test_lava.py). Payloads travel as float64
 between floating_pt processes and enter the (integer) synapse chains as the integers they are.
 
 Never call torch here: Lava forks these models (notes/lava.md).
@@ -103,6 +103,21 @@ class _StageModel(PyLoihiProcessModel):
 
 
 class _NeuronLayerModel(_StageModel):
+    lo = LavaPyType(np.ndarray, INT)
+    hi = LavaPyType(np.ndarray, INT)
+    adaptive = LavaPyType(np.ndarray, INT)
+    thresholds = LavaPyType(np.ndarray, INT)
+    payload = LavaPyType(np.ndarray, INT)
+    decay = LavaPyType(np.ndarray, INT)
+    binary = LavaPyType(np.ndarray, INT)
+    timesteps = LavaPyType(np.ndarray, INT)
+    offset = LavaPyType(np.ndarray, INT)
+    num_samples = LavaPyType(np.ndarray, INT)
+    spikes = LavaPyType(np.ndarray, INT)
+    payload_total = LavaPyType(np.ndarray, INT)
+    saturations = LavaPyType(np.ndarray, INT)
+    synops = LavaPyType(np.ndarray, INT)
+
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.out = np.zeros(proc_params["shape"], self.payload_type)
@@ -127,27 +142,9 @@ class _NeuronLayerModel(_StageModel):
         raise NotImplementedError
 
 
-_NEURON_PARAMS = dict(
-    lo=LavaPyType(np.ndarray, INT), hi=LavaPyType(np.ndarray, INT),
-    adaptive=LavaPyType(np.ndarray, INT), thresholds=LavaPyType(np.ndarray, INT),
-    payload=LavaPyType(np.ndarray, INT), decay=LavaPyType(np.ndarray, INT),
-    binary=LavaPyType(np.ndarray, INT), timesteps=LavaPyType(np.ndarray, INT),
-    offset=LavaPyType(np.ndarray, INT), num_samples=LavaPyType(np.ndarray, INT),
-    spikes=LavaPyType(np.ndarray, INT), payload_total=LavaPyType(np.ndarray, INT),
-    saturations=LavaPyType(np.ndarray, INT), synops=LavaPyType(np.ndarray, INT))
-
-
-def _neuron_params(cls):
-    """Class decorator: the LavaPyTypes both neuron models share (integer parameters, stats)."""
-    for name, lava_type in _NEURON_PARAMS.items():
-        setattr(cls, name, lava_type)
-    return cls
-
-
 @implements(proc=SFNNeuronLayer, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-@_neuron_params
 @_in_ports(INT)
 class PySFNNeuronLayerFixed(_NeuronLayerModel):
     """Bit-accurate SFN neuron: every equation is a sim.semantics call."""
@@ -179,7 +176,6 @@ class PySFNNeuronLayerFixed(_NeuronLayerModel):
 @implements(proc=SFNNeuronLayer, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-@_neuron_params
 @_in_ports(FLOAT)
 class PySFNNeuronLayerFloat(_NeuronLayerModel):
     """Float64 SFN neuron without the 24-bit state clip (tolerance: module docstring)."""
@@ -233,6 +229,8 @@ class _ReadoutModel(_StageModel):
             self.accumulator[row] += current[0]
         if counted:
             self.synops[:len(synops)] += synops
+        if u == len(self.accumulator) * timesteps - 1:
+            self.result.send(self.accumulator)
 
 
 @implements(proc=ReadoutSink, protocol=LoihiProtocol)
@@ -241,6 +239,7 @@ class _ReadoutModel(_StageModel):
 @_in_ports(INT)
 class PyReadoutSinkFixed(_ReadoutModel):
     accumulator = LavaPyType(np.ndarray, INT)
+    result = LavaPyType(PyOutPort.VEC_DENSE, INT)
 
 
 @implements(proc=ReadoutSink, protocol=LoihiProtocol)
@@ -250,3 +249,4 @@ class PyReadoutSinkFixed(_ReadoutModel):
 class PyReadoutSinkFloat(_ReadoutModel):
     payload_type = FLOAT
     accumulator = LavaPyType(np.ndarray, FLOAT)
+    result = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)

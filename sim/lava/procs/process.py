@@ -97,8 +97,10 @@ class SFNNeuronLayer(AbstractProcess):
 
 class ReadoutSink(AbstractProcess):
     """Readout chain and sink: accumulator[(u // T) mod N] = Σ over the sample's T steps of the
-    chain's output (the readout's integer accumulator A). Read once after the run; the float
-    readout y = float32(A + T·b) · float32(scale / T) is applied on the host."""
+    chain's output (the readout's integer accumulator A). At the last sample's last step the
+    whole accumulator goes out once through `result`, an external pipe the host reads after the
+    run (a Var.get would move it one element at a time); the float readout
+    y = float32(A + T·b) · float32(scale / T) is applied on the host."""
 
     def __init__(self, *, readout, chain, input_shapes, delays, offset: int, timesteps: int,
                  num_samples: int):
@@ -110,3 +112,5 @@ class ReadoutSink(AbstractProcess):
         self.num_samples = _scalar(num_samples)
         self.synops = Var(shape=(max(len(chain.nodes), 1),), init=0)
         _add_stage_ports(self, input_shapes)
+        self.result = OutPort(shape=(num_samples,) + tuple(readout.shape))
+        self.result.flag_external_pipe(buffer_size=1)

@@ -1,0 +1,44 @@
+"""Build the Lava process graph of a plan (sim.lava.graph): one source holding every sample, one
+process per neuron layer, the readout sink; each stage's in-port k connected to the out-port of
+its chain's k-th source."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.lava.graph import Plan
+
+
+@dataclass
+class Network:
+    source: object                 # SpikeSource
+    layers: dict[str, object]      # neuron node name → SFNNeuronLayer
+    readout: object                # ReadoutSink
+
+    @property
+    def processes(self) -> list:
+        return [self.source, *self.layers.values(), self.readout]
+
+
+def build(plan: Plan, x: np.ndarray) -> Network:
+    """Processes and connections for running `plan` on the float inputs x (N, *input_shape)."""
+    from sim.lava.procs.process import ReadoutSink, SFNNeuronLayer, SpikeSource
+
+    inp = plan.input
+    source = SpikeSource(samples=np.ascontiguousarray(x, dtype=np.float32),
+                         inv_scale=inp.inv_scale, lo=inp.lo, hi=inp.hi,
+                         timesteps=plan.timesteps, name=inp.name)
+    senders = {inp.name: source}
+    layers, readout = {}, None
+    for stage in plan.stages:
+        common = dict(chain=stage.chain, input_shapes=stage.input_shapes, delays=stage.delays,
+                      offset=stage.offset, timesteps=plan.timesteps, num_samples=len(x))
+        if stage.node.kind == "neuron":
+            proc = SFNNeuronLayer(neuron=stage.node, binary=plan.binary, **common)
+            layers[stage.node.name] = senders[stage.node.name] = proc
+        else:
+            proc = readout = ReadoutSink(readout=stage.node, **common)
+        for k, name in enumerate(stage.chain.sources):
+            senders[name].s_out.connect(getattr(proc, f"in_{k}"))
+    return Network(source, layers, readout)
