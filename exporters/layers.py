@@ -66,7 +66,7 @@ class ClipFloor(nn.Module):
         return step * count
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, clip={float(self.clip):.4g}, quantize={self.quantize}"
+        return f"levels={self.levels}, clip={float(self.clip.detach()):.4g}, quantize={self.quantize}"
 
 
 def set_quantize(model: nn.Module, flag: bool) -> int:

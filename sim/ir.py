@@ -7,7 +7,7 @@ ones `sim.semantics`, `sim.cpu`, the Lava models and the reference ONNX implemen
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np

@@ -1,5 +1,4 @@
 """Bad input gives one clear line, exit code 2, no traceback, and no output file."""
-import io
 import json
 import subprocess
 import sys

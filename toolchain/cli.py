@@ -179,9 +179,13 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, timeout, as_js
 def inspect(artifact, as_json, debug):
     """Print an artifact's graph, parameters and quantization record."""
     from sim.artifact import load
+    from sim.lava.hardware import HARDWARE_CASES, hardware_case
     art = load(artifact)
+    T = int(art.meta.get("timesteps", 1))
+    cases = {n.name: hardware_case(n, T, feeding=art.node(n.inputs[0]) if n.inputs else None)
+             for n in art.nodes}
     if as_json:
-        click.echo(json.dumps({
+        click.echo(json.dumps({"hardware": {"cases": HARDWARE_CASES, "per_node": cases},
             "input": art.input, "output": art.output, "meta": art.meta,
             "nodes": [{"name": n.name, "kind": n.kind, "inputs": list(n.inputs),
                        "shape": list(n.shape), "params": n.params(),
@@ -195,12 +199,14 @@ def inspect(artifact, as_json, debug):
                   f"levels {art.meta.get('levels')}, T={art.meta.get('timesteps')}", highlight=False)
     console.print(f"calibration: {art.meta.get('calibration')}", highlight=False)
     t = Table(title="SFN graph", title_justify="left")
-    for col in ("node", "kind", "inputs", "shape", "parameters"):
+    for col in ("node", "kind", "inputs", "shape", "on Loihi 2", "parameters"):
         t.add_column(col)
     for n in art.nodes:
         t.add_row(n.name[-40:], n.kind, ", ".join(i[-24:] for i in n.inputs),
-                  "×".join(map(str, n.shape)), n.describe()[len(n.kind) + 1:-1])
+                  "×".join(map(str, n.shape)), cases[n.name], n.describe()[len(n.kind) + 1:-1])
     console.print(t)
+    for case in sorted(set(cases.values())):
+        console.print(f"{case}: {HARDWARE_CASES[case]} (docs/hardware.md)", highlight=False)
     r = Table(title="quantization record (per channel)", title_justify="left")
     for col in ("entry", "channels", "min", "median", "max"):
         r.add_column(col)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import onnx
@@ -71,9 +72,14 @@ def export_rnn_onnx(model: EIRNN, path, opset=17, task: Task | str | None = None
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
-        torch.onnx.export(cell, (u, h), tmp, dynamo=False, opset_version=opset, do_constant_folding=False,
-                          input_names=["u", "h"], output_names=["o", "h_next"],
-                          dynamic_axes={k: {0: "batch"} for k in ("u", "h", "o", "h_next")})
+        with warnings.catch_warnings():  # the legacy exporter is chosen on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # no constant folding: W_* stay initializers under their own names (folding would
+            # replace them by transposed copies named onnx::MatMul_*)
+            torch.onnx.export(cell, (u, h), tmp, dynamo=False, opset_version=opset,
+                              do_constant_folding=False, input_names=["u", "h"],
+                              output_names=["o", "h_next"],
+                              dynamic_axes={k: {0: "batch"} for k in ("u", "h", "o", "h_next")})
         proto = onnx.load(tmp)
         names = {i.name for i in proto.graph.initializer}
         if not set(WEIGHTS) <= names:

@@ -107,7 +107,7 @@ class EIRNN(nn.Module):
 
     @torch.no_grad()
     def check_dale(self) -> list[int]:
-        """Indices of units breaking the constraints (column sign, self-weight, W_inp row, W_out)."""
+        """Units breaking a constraint: column sign, self-weight, W_inp row or W_out column."""
         bad = self.W_rec.diagonal() != 0
         if self.dale:
             bad |= ((self.W_rec * self.unit_signs) < 0).any(0)
@@ -134,15 +134,16 @@ class EIRNN(nn.Module):
         scale = (2.0 / self.alpha) ** 0.5
         if noise and self.input_noise > 0:
             u = u + scale * self.input_noise * torch.randn(u.shape, generator=generator)
-        drive = F.linear(u, self.W_inp)
+        drive = F.linear(u, self.W_inp).unbind(1)  # unbind: one gradient buffer for all steps
         if noise and self.rec_noise > 0:
-            xi_rec = scale * self.rec_noise * torch.randn(drive.shape, generator=generator)
+            xi_rec = (self.alpha * scale * self.rec_noise
+                      * torch.randn(B, T, self.n_units, generator=generator)).unbind(1)
+        else:
+            xi_rec = [None] * T
         states = []
-        for t in range(T):
-            y = euler_step(y, drive[:, t], self.W_rec, self.alpha, self.activation,
-                           self.sigmoid_slope)
-            if noise and self.rec_noise > 0:
-                y = y + self.alpha * xi_rec[:, t]
+        for d, xi in zip(drive, xi_rec):
+            y = euler_step(y, d, self.W_rec, self.alpha, self.activation, self.sigmoid_slope)
+            y = y if xi is None else y + xi
             states.append(y)
         states = torch.stack(states, 1)
         return F.linear(states, self.W_out), states

@@ -58,6 +58,26 @@ def _fanout(node, in_hw):
     return _FANOUT[key]
 
 
+def evaluate_synapse(node, ins: list[np.ndarray], count: bool) -> tuple[np.ndarray, int]:
+    """Value and synaptic operations of one synapse or index node on a batch (shared by both
+    backends). SynOps: nonzero input × fan-out for dense/conv/sum-pool, nonzero inputs for add,
+    none for max-pool and index maps."""
+    kind = node.kind
+    if kind == "add":
+        total, synops = 0, 0
+        for gain, x, exp in zip(node.gains, ins, node.exps):
+            total = total + ((_broadcast(gain) * x) << exp)
+            synops += int(np.count_nonzero(x)) if count else 0
+        return total, synops
+    if kind == "concat":
+        return np.concatenate(ins, axis=node.axis + 1), 0
+    if kind == "reshape":
+        return ins[0].reshape((len(ins[0]),) + tuple(node.shape)), 0
+    if kind == "transpose":
+        return ins[0].transpose((0,) + tuple(p + 1 for p in node.perm)), 0
+    return _synapse(node, ins[0], count)
+
+
 def _synapse(node, x, count):
     if node.kind == "dense":
         absum = np.abs(node.weight.astype(np.int64)).sum(axis=1).max(initial=0)
@@ -88,7 +108,9 @@ def _broadcast(param: np.ndarray) -> np.ndarray:
     return np.asarray(param)[None]
 
 
-def _check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
+def check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
+    """x must be finite floats of shape (N, *input_shape), or (N, T, *input_shape) for a
+    recurrent artifact; anything else is a ShapeError naming both shapes."""
     x = np.asarray(x)
     expect = tuple(art.input_shape)
     lead = 2 if art.recurrent else 1
@@ -114,7 +136,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     their state through the trial, and the readout is per step: output (N, T, *output_shape).
     `progress(n)` is called after each batch of n samples.
     """
-    x = _check_input(art, x)
+    x = check_input(art, x)
     if timesteps < 1:
         raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
     if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
@@ -152,23 +174,10 @@ def _step(art, x, values, previous, state, binary, count, stats):
             prev = previous.get(node.source)
             values[node.name] = np.zeros((len(x),) + tuple(node.shape), np.int64) \
                 if prev is None else prev
-        elif kind == "add":
-            total = 0
-            for k, (xi, e) in enumerate(zip(ins, node.exps)):
-                total = total + ((_broadcast(node.gains[k]) * xi) << e)
-                if count:
-                    stats[node.name].synops += int(np.count_nonzero(xi))
-            values[node.name] = total
-        elif kind == "concat":
-            values[node.name] = np.concatenate(ins, axis=node.axis + 1)
-        elif kind == "reshape":
-            values[node.name] = ins[0].reshape((len(ins[0]),) + tuple(node.shape))
-        elif kind == "transpose":
-            values[node.name] = ins[0].transpose((0,) + tuple(p + 1 for p in node.perm))
         elif kind == "readout":
             values[node.name] = ins[0]
         else:
-            values[node.name], synops = _synapse(node, ins[0], count)
+            values[node.name], synops = evaluate_synapse(node, ins, count)
             stats[node.name].synops += synops
     return values
 

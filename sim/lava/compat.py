@@ -9,13 +9,21 @@ other module imports and runs unchanged (see ../shared/notes/lava.md).
 
 Call `load_lava()` before importing anything from `lava` so `import sim.lava` stays cheap (no
 Lava, no multiprocessing start-method change) until a Lava run is actually requested.
+
+Importing Lava calls `multiprocessing.set_start_method('fork')` without `force`, which raises
+"context has already been set" if anything used a multiprocessing context first (tqdm's write
+lock does). If that context is already fork, `load_lava` forgets it so Lava sets the same method
+again; any other start method is reported as a SimulationError (Lava only works with fork).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import multiprocessing
 import sys
 import threading
+
+from toolchain.errors import SimulationError
 
 _LOCK = threading.Lock()
 _PATCHED_MODULE = "lava.magma.compiler.var_model"
@@ -35,6 +43,8 @@ def _unhashable_defaults_as_factories(get_field):
 def load_lava():
     """Import Lava (once), applying the 3.11 shim to its var_model module; return `lava`."""
     with _LOCK:
+        if "lava.magma.runtime.message_infrastructure.multiprocessing" not in sys.modules:
+            _allow_fork_start_method()
         if _PATCHED_MODULE not in sys.modules and sys.version_info >= (3, 11):
             original = dataclasses._get_field
             dataclasses._get_field = _unhashable_defaults_as_factories(original)
@@ -43,3 +53,14 @@ def load_lava():
             finally:
                 dataclasses._get_field = original
         return importlib.import_module("lava")
+
+
+def _allow_fork_start_method() -> None:
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is None:
+        return
+    if method != "fork":
+        raise SimulationError(f"Lava needs the 'fork' multiprocessing start method, but this "
+                              f"process already uses {method!r}; run Lava in a fresh process")
+    # the default context remembers that it was chosen; forgetting it lets Lava choose fork again
+    multiprocessing.context._default_context._actual_context = None

@@ -23,10 +23,10 @@ import numpy as np
 
 from sim import semantics
 from sim.artifact import Artifact
-from sim.cpu.runner import LayerStats, SimResult
+from sim.cpu.runner import LayerStats, SimResult, check_input
 from sim.lava import graph
 from sim.lava.compat import load_lava
-from toolchain.errors import ShapeError, SimulationError
+from toolchain.errors import SimulationError
 
 TAGS = ("fixed_pt", "floating_pt")
 PROGRESS_SAMPLES = 256   # samples per run() call when progress is reported
@@ -48,7 +48,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     `default_timeout`). `progress(n)` is called as n more samples complete.
     """
     plan = graph.plan(art, timesteps, binary)  # refuses unmapped nodes before anything else
-    x = _check_input(art, x)
+    x = check_input(art, x)
     if tag not in TAGS:
         raise SimulationError(f"unknown Lava tag {tag!r}; use one of {', '.join(TAGS)}")
     stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
@@ -83,19 +83,6 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         raise
     output = semantics.readout(accumulator, readout.bias[None], readout.scale[None], timesteps)
     return SimResult(output, accumulator, stats, len(x), timesteps)
-
-
-def _check_input(art: Artifact, x) -> np.ndarray:
-    x = np.asarray(x)
-    expect = tuple(art.input_shape)
-    if x.ndim != len(expect) + 1 or tuple(x.shape[1:]) != expect:
-        raise ShapeError(f"input has shape {tuple(x.shape)}, the model expects (N, "
-                         f"{', '.join(map(str, expect))})")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ShapeError(f"input dtype is {x.dtype}, expected a float array")
-    if not np.all(np.isfinite(x)):
-        raise ShapeError(f"input contains {int(np.count_nonzero(~np.isfinite(x)))} NaN/Inf values")
-    return x
 
 
 def _completed(plan: graph.Plan, steps: int) -> int:
