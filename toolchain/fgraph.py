@@ -17,7 +17,6 @@ Passes are small functions graph → graph (in place): `fold_affine` merges a pe
 from __future__ import annotations
 
 import networkx as nx
-import numpy as np
 
 
 class FloatGraph:
