@@ -118,7 +118,8 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     a = result.agreement
-    line = f"float vs SNN on {a['samples']} calibration samples: relative RMS error " \
+    what = "trial steps" if result.artifact.recurrent else "calibration samples"
+    line = f"float vs SNN on {a['samples']} {what}: relative RMS error " \
            f"{a['rel_rms_error']:.4f}, max |error| {a['max_abs_error']:.4g}"
     if "top1_agreement" in a:
         line += f", top-1 agreement {100 * a['top1_agreement']:.2f}%"
@@ -215,6 +216,13 @@ def inspect(artifact, as_json, debug):
         r.add_row(key[-48:], str(v.size), f"{v.min():.4g}", f"{np.median(v):.4g}", f"{v.max():.4g}")
     console.print(r)
 
+
+def _register():
+    from toolchain.cli_rnn import rnn
+    main.add_command(rnn)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

@@ -87,7 +87,9 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
     art.validate()
     snn = sim.cpu.run(art, calib, count=False)
     result = Compiled(art, None, qz.layers, notes)
-    result.agreement = agreement(acts["o"].reshape(len(calib), calib.shape[1], -1), snn.output)
+    # Cell.trials stacks time-major: rows t·N … (t+1)·N − 1 are step t of every trial
+    float_o = acts["o"].reshape(calib.shape[1], len(calib), -1).transpose(1, 0, 2)
+    result.agreement = agreement(float_o, snn.output)
     art.meta["agreement"] = result.agreement
     return result
 

@@ -1,0 +1,93 @@
+"""`toolchain targets` and `toolchain report`: hardware targets, core mapping, activity and energy.
+
+Standalone click commands; `toolchain.cli` registers them on its group (`main.add_command`), whose
+handler prints a ToolchainError as one line `error: …` with exit code 2.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from toolchain.errors import InputFileError
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--debug", is_flag=True, hidden=True)
+def targets(as_json, debug):
+    """List the hardware targets and every constant they define, with its source."""
+    from toolchain.energy import constants_table
+    from toolchain.target import list_targets, load_target
+    loaded = [load_target(name) for name in list_targets()]
+    if as_json:
+        click.echo(json.dumps([t.to_json() for t in loaded], indent=1))
+        return
+    from toolchain.cli import console
+    for target in loaded:
+        console.print(constants_table(target))
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--input", "inp", required=True, type=click.Path(),
+              help="X.npy, (N, *input_shape) float32 ((N, T, …) for a recurrent network).")
+@click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
+@click.option("--target", "target_name", help="Target name or .json file (default: the "
+              "artifact's target, else loihi2). `toolchain targets` lists them.")
+@click.option("--out", "out_dir", type=click.Path(), default="report", show_default=True,
+              help="Folder for report.json and the figures.")
+@click.option("--timesteps", type=click.IntRange(1, 4096), help="Default: the artifact's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--debug", is_flag=True, hidden=True)
+def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, debug):
+    """Map ARTIFACT to cores, run it on --input and report activity, SynOps and energy."""
+    from sim.artifact import atomic_write, load
+    from toolchain.cli import console, load_npy
+    from toolchain.energy import build_report, report_table, tap_payloads, write_figures
+    from toolchain.mapping import map_artifact, placement_table
+    from toolchain.target import load_target
+
+    art = load(artifact)
+    x = load_npy(inp, "input")
+    if x.dtype != np.float32:
+        raise InputFileError(f"{inp}: dtype {x.dtype}; inputs must be float32")
+    target = load_target(target_name or art.meta.get("target") or "loihi2")
+    placement = map_artifact(art, target)
+    T = timesteps or int(art.meta.get("timesteps", 1))
+    sources = [art.input] + [n for n, layer in placement.layers.items()
+                             if layer["role"] != "readout"]
+    result, payloads = None, None
+    if backend == "cpu" or T == 1 or art.recurrent:
+        result, payloads = tap_payloads(art, x, sources, timesteps=T)
+    if backend == "lava":
+        import sim.lava  # lazily: Lava is heavy and optional
+        result = sim.lava.run(art, x, timesteps=T)
+    rep = build_report(art, result, placement, target, payloads, backend)
+    if backend == "lava" and payloads is not None:
+        rep.notes.append("payload histograms and the spike counts of the input encoder, relays "
+                         "and max-pools come from sim.cpu (bit-exact to Lava fixed_pt)")
+    if payloads is None:
+        rep.notes.append(f"payload histograms need T = 1 (a T = {T} run sums the readout over "
+                         "its steps)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(rep, placement, out)
+    document = {"artifact": str(artifact), "input": str(inp), "report": rep.to_json(),
+                "placement": placement.to_json(), "figures": [str(f) for f in figures]}
+    atomic_write(out / "report.json", json.dumps(document, indent=1).encode())
+    if as_json:
+        click.echo(json.dumps(document, indent=1))
+        return
+    console.print(placement_table(placement))
+    for note in placement.notes + rep.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(report_table(rep))
+    e = target.constants("energy")
+    console.print(f"constants ({target.path}; sources: `toolchain targets`): " +
+                  "; ".join(f"{k} = {q.value} ({q.certainty})" for k, q in e.items()),
+                  highlight=False)
+    console.print(f"wrote {out / 'report.json'}, " + ", ".join(str(f) for f in figures),
+                  highlight=False)

@@ -1,0 +1,397 @@
+"""Activity, synaptic operations and energy per inference, from recorded activity.
+
+Kept apart from the simulators (like sinabs' synops counter): it reads a `SimResult` from either
+backend (per-node totals over all samples and steps), the `Placement` (which compartments sit
+on which cores) and the target's constants, and optionally per-layer payload histograms.
+Counting rules (docs/report.md):
+
+- a synaptic operation is one synapse reached by one nonzero payload (the simulators' `synops`:
+  nonzero input × fan-out); a graded spike costs what a binary one costs, whatever its payload,
+  and a zero payload costs nothing.   E_syn = synops · synaptic_op_pj
+- every compartment (neuron, relay, max-pool, readout accumulator) updates once per timestep,
+  active or not.                      E_neuron = compartments · steps · neuron_update_pj
+- every nonzero payload a source emits (input encoder, neuron, max-pool, relay) is one message
+  to each core holding a compartment it reaches.   E_spike = spikes · cores reached · spike_message_pj
+- the ANN it came from: one multiply-accumulate per weight use of every dense and conv node.
+  E_ANN = MACs · ann_mac_fp32_pj (and int8); the conversion literature's SNN figure is
+  synops · ann_ac_fp32_pj.
+
+Spike counts of neurons come from the backend's statistics. The input encoder, relays and
+max-pools are not counted by the simulators; their counts (and every payload histogram) come
+from `tap_payloads`, which reads the integer values through the public artifact format.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from sim import ir
+from sim.artifact import Artifact, atomic_write
+from sim.cpu import LayerStats, SimResult
+from toolchain.mapping import Placement
+from toolchain.target import Target
+
+INDEX_KINDS = ("reshape", "transpose", "concat", "delay")
+TAP = "tap:"
+
+
+@dataclass
+class LayerActivity:
+    """One node's activity and cost per inference (one sample: all its timesteps)."""
+    name: str
+    kind: str
+    role: str                       # input | neuron | relay | maxpool | readout | synapse
+    compartments: int               # on-core compartments (0 for host and pure synapse nodes)
+    cores: int
+    elements: int                   # outputs per step
+    spikes: float | None            # nonzero payloads emitted per inference (None: not measured)
+    spike_rate: float | None        # spikes / (elements · steps)
+    mean_payload: float | None      # mean |payload| of the nonzero payloads
+    payload_hist: dict[str, int] | None   # payload value → count, over all samples and steps
+    destinations: int               # cores a spike of this layer reaches
+    synops: float                   # per inference
+    macs: int                       # the ANN's multiply-accumulates per inference
+    saturations: int                # total over the run
+    energy_pj: dict[str, float] = field(default_factory=dict)   # synops, neurons, spikes
+
+    @property
+    def total_pj(self) -> float:
+        return sum(self.energy_pj.values())
+
+
+@dataclass
+class EnergyReport:
+    target: str
+    backend: str
+    samples: int
+    steps: int
+    constants: dict[str, dict]
+    layers: list[LayerActivity]
+    totals: dict
+    placement: dict
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        for row, layer in zip(out["layers"], self.layers):
+            row["energy_pj"]["total"] = layer.total_pj
+        return out
+
+
+def macs(node: ir.Node) -> int:
+    """Multiply-accumulates of one evaluation of a dense or conv node in the float network."""
+    if node.kind == "dense":
+        return int(node.weight.size)
+    if node.kind == "conv":
+        c_out, c_in_g, kh, kw = node.weight.shape
+        return int(np.prod(node.shape)) * c_in_g * kh * kw
+    return 0
+
+
+def _steps(art: Artifact, result: SimResult) -> int:
+    """Timesteps per inference: T, or the trial length of a recurrent network."""
+    if getattr(art, "recurrent", False):
+        return int(result.accumulator.shape[1]) if result.accumulator.ndim > 1 else 1
+    return int(result.timesteps)
+
+
+def build_report(art: Artifact, result: SimResult, placement: Placement, target: Target,
+                 payloads: dict[str, dict[int, int]] | None = None,
+                 backend: str = "cpu") -> EnergyReport:
+    """Per-layer activity, synaptic operations and energy per inference (see module docstring).
+
+    `payloads[name]` is a histogram {payload value: count} over all samples and steps of a
+    source layer; layers without one use the backend's spike count (neurons) or are reported
+    as not measured (input encoder, relays, max-pools).
+    """
+    e = {k: q.value for k, q in target.constants("energy").items()}
+    samples = max(result.samples, 1)
+    steps = _steps(art, result)
+    payloads = payloads or {}
+    rows, notes = [], []
+    unmeasured = []
+    for node in art.nodes:
+        if node.kind in INDEX_KINDS:
+            continue
+        st = result.stats.get(node.name, LayerStats())
+        layer = placement.layers.get(node.name)
+        is_input = node.name == art.input
+        role = "input" if is_input else layer["role"] if layer else "synapse"
+        elements = int(np.prod(node.shape))
+        compartments = layer["neurons"] if layer else 0
+        hist = payloads.get(node.name)
+        if hist is not None:
+            nonzero = {int(v): int(c) for v, c in hist.items() if int(v) != 0}
+            spikes = sum(nonzero.values()) / samples
+            mean = sum(abs(v) * c for v, c in nonzero.items()) / max(sum(nonzero.values()), 1)
+        elif node.kind == "neuron":
+            spikes, mean = st.spikes / samples, st.payload / max(st.spikes, 1)
+        else:
+            spikes = mean = None
+        emits = role in ("input", "neuron", "relay", "maxpool")
+        if emits and spikes is None:
+            unmeasured.append(node.name)
+        destinations = len(placement.destination_cores(node.name)) if emits else 0
+        synops = st.synops / samples
+        energy = {"synops": synops * e["synaptic_op_pj"],
+                  "neurons": compartments * steps * e["neuron_update_pj"],
+                  "spikes": (spikes or 0.0) * destinations * e["spike_message_pj"]}
+        rows.append(LayerActivity(
+            node.name, node.kind, role, compartments, len(layer["cores"]) if layer else 0,
+            elements, spikes, None if spikes is None else spikes / (elements * steps),
+            mean if emits else None,
+            None if hist is None else {str(int(v)): int(c) for v, c in sorted(hist.items())},
+            destinations, synops, macs(node) * steps, st.saturations, energy))
+    if unmeasured:
+        notes.append(f"spikes of {', '.join(unmeasured)} not measured (no payload histogram): "
+                     "their spike-message energy is left out")
+    energy_total = {k: sum(r.energy_pj[k] for r in rows) for k in ("synops", "neurons", "spikes")}
+    total_macs = sum(r.macs for r in rows)
+    total_synops = sum(r.synops for r in rows)
+    totals = {"synops": total_synops, "macs": total_macs,
+              "spikes": sum(r.spikes or 0.0 for r in rows),
+              "saturations": sum(r.saturations for r in rows),
+              "energy_pj": {**energy_total, "total": sum(energy_total.values())},
+              "ann_fp32_pj": total_macs * e["ann_mac_fp32_pj"],
+              "ann_int8_pj": total_macs * e["ann_mac_int8_pj"],
+              "snn_ac_fp32_pj": total_synops * e["ann_ac_fp32_pj"]}
+    lb = placement.lower_bound
+    summary = {"cores_used": placement.cores_used, "chips": placement.chips,
+               "lower_bound": lb["cores"], "ratio": placement.ratio}
+    constants = {k: asdict(q) for k, q in target.constants("energy").items()}
+    return EnergyReport(target.name, backend, result.samples, steps, constants, rows, totals,
+                        summary, notes)
+
+
+def tap_payloads(art: Artifact, x: np.ndarray, names: list[str], timesteps: int = 1,
+                 batch_size: int = 256, progress=None) -> tuple[SimResult, dict | None]:
+    """Run sim.cpu on `x`, returning its SimResult and histograms of the integer values of nodes
+    `names` ({value: count} over all samples and steps).
+
+    The values are read through the artifact format alone: the readout is replaced by one whose
+    accumulator concatenates the readout's own input and the tapped nodes, which sim.cpu returns
+    per sample (per step for a recurrent network); the float output is then rebuilt with
+    `sim.semantics.readout`, so the SimResult equals `sim.cpu.run(art, x)`'s. A feed-forward
+    run at T > 1 sums the accumulator over its steps: there the histograms are None.
+    """
+    import sim.cpu
+    from sim import semantics
+    recurrent = getattr(art, "recurrent", False)
+    if timesteps > 1 and not recurrent:
+        return sim.cpu.run(art, x, timesteps=timesteps, progress=progress), None
+    readout = art.node(art.output)
+    tapped_names = [readout.inputs[0]] + list(names)
+    taps, sizes = [], []
+    for k, name in enumerate(tapped_names):
+        size = int(np.prod(art.node(name).shape))
+        taps.append(ir.Reshape(f"{TAP}{k}:{name}", (name,), (size,)))
+        sizes.append(size)
+    total = sum(sizes)
+    concat = ir.Concat(f"{TAP}all", tuple(t.name for t in taps), (total,), axis=0)
+    sink = ir.Readout(f"{TAP}readout", (concat.name,), (total,),
+                      scale=np.ones(total, np.float32), bias=np.zeros(total, np.int64))
+    tapped = Artifact([n for n in art.nodes if n.kind != "readout"] + taps + [concat, sink],
+                      art.input, sink.name, dict(art.meta))
+    hists: dict[str, dict[int, int]] = {name: {} for name in names}
+    stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
+             for n in art.nodes}
+    bounds = np.cumsum([0] + sizes)
+    accs = []
+    for start in range(0, len(x), batch_size):
+        res = sim.cpu.run(tapped, x[start:start + batch_size], timesteps=1)
+        acc = res.accumulator
+        accs.append(acc[..., :sizes[0]].reshape(acc.shape[:-1] + tuple(readout.shape)))
+        for k, name in enumerate(names, start=1):
+            values, counts = np.unique(acc[..., bounds[k]:bounds[k + 1]], return_counts=True)
+            h = hists[name]
+            for v, c in zip(values.tolist(), counts.tolist()):
+                h[v] = h.get(v, 0) + c
+        for name, st in stats.items():
+            got = res.stats.get(name, LayerStats())
+            st.spikes += got.spikes
+            st.payload += got.payload
+            st.synops += got.synops
+            st.saturations += got.saturations
+        if progress is not None:
+            progress(len(acc))
+    lead = (len(x), x.shape[1]) if recurrent else (len(x),)
+    acc = np.concatenate(accs) if accs else np.zeros(lead + tuple(readout.shape), np.int64)
+    pad = (1,) * len(lead)
+    out = semantics.readout(acc, np.asarray(readout.bias).reshape(pad + np.shape(readout.bias)),
+                            np.asarray(readout.scale).reshape(pad + np.shape(readout.scale)), 1)
+    return SimResult(out, acc, stats, len(x), timesteps), hists
+
+
+# ---------------------------------------------------------------- terminal output
+
+def _num(value, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def report_table(report: EnergyReport) -> Table:
+    """Per-layer activity and energy per inference, totals and the ANN comparison."""
+    t = Table(title=f"activity and energy per inference on {report.target} ({report.backend}, "
+                    f"{report.samples} samples × {report.steps} step(s))", title_justify="left")
+    cols = ("layer", "kind", "neurons", "cores", "spikes", "rate", "mean payload", "synops",
+            "MACs (ANN)", "sat.", "energy (nJ)")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for r in report.layers:
+        t.add_row(r.name[-36:], r.kind, _num(r.compartments or None), _num(r.cores or None),
+                  _num(r.spikes, 1), "–" if r.spike_rate is None else f"{r.spike_rate:.3f}",
+                  _num(r.mean_payload, 2), _num(r.synops, 1), _num(r.macs or None),
+                  str(r.saturations), f"{r.total_pj / 1000:,.3f}")
+    tot = report.totals
+    t.add_section()
+    t.add_row("total", "", _num(sum(r.compartments for r in report.layers)),
+              _num(report.placement["cores_used"]), _num(tot["spikes"], 1), "", "",
+              _num(tot["synops"], 1), _num(tot["macs"]), str(tot["saturations"]),
+              f"{tot['energy_pj']['total'] / 1000:,.3f}")
+    en = tot["energy_pj"]
+    t.caption = (
+        f"{report.target} estimate {en['total'] / 1000:,.3f} nJ/inference = synops "
+        f"{en['synops'] / 1000:,.3f} + neuron updates {en['neurons'] / 1000:,.3f} + spike "
+        f"messages {en['spikes'] / 1000:,.3f} nJ;  ANN {tot['macs']:,} MACs: fp32 "
+        f"{tot['ann_fp32_pj'] / 1000:,.3f} nJ, int8 {tot['ann_int8_pj'] / 1000:,.3f} nJ (45 nm);"
+        f"  SNN as accumulates (fp32 AC): {tot['snn_ac_fp32_pj'] / 1000:,.3f} nJ.  Cores "
+        f"{report.placement['cores_used']} (lower bound {report.placement['lower_bound']}), "
+        f"chips {report.placement['chips']}.")
+    t.caption_justify = "left"
+    return t
+
+
+def constants_table(target: Target, sections=("limits", "synapse_encoding", "energy",
+                                              "reference")) -> Table:
+    """Every constant of a target with its unit, certainty and source."""
+    t = Table(title=f"{target.name}: {target.description}", title_justify="left")
+    t.add_column("constant", no_wrap=True)
+    for col, ratio in (("value", 1), ("unit", 2), ("certainty", 1), ("source", 5)):
+        t.add_column(col, overflow="fold", ratio=ratio)
+    for section in sections:
+        for key, q in target.constants(section).items():
+            value = "unknown (not enforced)" if q.value is None else \
+                f"{q.value:,}" if isinstance(q.value, (int, float)) and not \
+                isinstance(q.value, bool) else str(q.value).lower()
+            t.add_row(f"{section}.{key}", value, q.unit, q.certainty, q.source)
+    return t
+
+
+# ---------------------------------------------------------------- figures
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def write_figures(report: EnergyReport, placement: Placement, out_dir: str | Path) -> list[Path]:
+    """activity.png (spike rate and payload histograms per layer), energy.png (breakdown per layer
+    and the ANN comparison), cores.png (neurons and synaptic memory per core, by layer)."""
+    from matplotlib.figure import Figure   # no pyplot: no global backend state
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [_activity_figure(report, out / "activity.png", Figure),
+            _energy_figure(report, out / "energy.png", Figure),
+            _cores_figure(placement, out / "cores.png", Figure)]
+
+
+def _short(name: str, n: int = 28) -> str:
+    return name if len(name) <= n else "…" + name[-(n - 1):]
+
+
+def _activity_figure(report, path, Figure) -> Path:
+    rows = [r for r in report.layers if r.spike_rate is not None]
+    fig = Figure(figsize=(10, 7))
+    ax1, ax2 = fig.subplots(2, 1)
+    names = [_short(r.name) for r in rows]
+    ax1.bar(range(len(rows)), [r.spike_rate for r in rows], color="tab:blue")
+    ax1.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
+    ax1.set_ylabel("nonzero payloads per element and step")
+    ax1.set_title("spike rate per layer")
+    hist_rows = [r for r in rows if r.payload_hist]
+    if hist_rows:
+        values = sorted({int(v) for r in hist_rows for v in r.payload_hist})
+        grid = np.zeros((len(hist_rows), len(values)))
+        col = {v: i for i, v in enumerate(values)}
+        for i, r in enumerate(hist_rows):
+            total = sum(r.payload_hist.values())
+            for v, c in r.payload_hist.items():
+                grid[i, col[int(v)]] = c / total
+        image = ax2.imshow(np.log10(grid + 1e-6), aspect="auto", cmap="viridis", vmin=-6, vmax=0)
+        step = max(1, len(values) // 16)
+        ax2.set_xticks(range(0, len(values), step), [str(v) for v in values[::step]], fontsize=8)
+        ax2.set_yticks(range(len(hist_rows)), [_short(r.name) for r in hist_rows], fontsize=8)
+        ax2.set_xlabel("payload value")
+        ax2.set_title("payload histogram (log10 fraction of elements and steps)")
+        fig.colorbar(image, ax=ax2)
+    else:
+        ax2.axis("off")
+        ax2.text(0.5, 0.5, "payload histograms not recorded", ha="center", va="center")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _energy_figure(report, path, Figure) -> Path:
+    rows = [r for r in report.layers if r.total_pj > 0]
+    fig = Figure(figsize=(12, max(4, 0.3 * len(rows) + 2)))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    left = np.zeros(len(rows))
+    for key, color in (("synops", "tab:orange"), ("neurons", "tab:green"),
+                       ("spikes", "tab:purple")):
+        widths = np.array([r.energy_pj[key] / 1000 for r in rows])
+        ax1.barh(range(len(rows)), widths, left=left, color=color, label=key)
+        left += widths
+    ax1.set_yticks(range(len(rows)), [_short(r.name) for r in rows], fontsize=8)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("nJ per inference")
+    ax1.set_title(f"energy on {report.target} by layer")
+    ax1.legend(fontsize=8)
+    tot = report.totals
+    bars = {f"{report.target}\nestimate": tot["energy_pj"]["total"],
+            "SNN as fp32\naccumulates": tot["snn_ac_fp32_pj"],
+            "ANN fp32\nMACs": tot["ann_fp32_pj"], "ANN int8\nMACs": tot["ann_int8_pj"]}
+    ax2.bar(range(len(bars)), [v / 1000 for v in bars.values()],
+            color=["tab:blue", "tab:gray", "tab:red", "tab:pink"])
+    ax2.set_xticks(range(len(bars)), list(bars), fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("nJ per inference")
+    ax2.set_title("per inference, against the ANN (45 nm)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _cores_figure(placement, path, Figure) -> Path:
+    cores = placement.cores
+    names = list(placement.layers)
+    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    fig = Figure(figsize=(max(8, 0.12 * len(cores) + 4), 7))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    lim = placement.limits
+    for ax, key, limit, unit in ((ax1, "neurons", lim["neurons_per_core"], 1),
+                                 (ax2, "memory_bits", lim["synaptic_memory_bits_per_core"], 8192)):
+        bottom = np.zeros(len(cores))
+        for name in names:
+            heights = np.array([c["layers"].get(name, {}).get(key, 0) / unit for c in cores])
+            if heights.any():
+                ax.bar(range(len(cores)), heights, bottom=bottom, color=colors[name], width=0.9,
+                       label=_short(name) if key == "neurons" else None)
+                bottom += heights
+        ax.axhline(limit / unit, color="black", linestyle="--", linewidth=1)
+    ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax1.set_ylabel("compartments")
+    ax2.set_ylabel("synaptic memory (KiB)")
+    ax2.set_xlabel("core")
+    lb = placement.lower_bound
+    ax1.set_title(f"core map on {placement.target}: {placement.cores_used} cores, "
+                  f"{placement.chips} chip(s), lower bound {lb['cores']}")
+    if len(names) <= 24:
+        ax1.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
