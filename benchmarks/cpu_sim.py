@@ -5,6 +5,12 @@
 Prints samples/s for: onnxruntime (float ONNX), sim.cpu (outputs only), sim.cpu (with spike,
 SynOps and saturation counting), and the ratios. Target: sim.cpu no more than 2× slower than
 onnxruntime on the digits CNN.
+
+sim.cpu's convolutions are numpy matrix products, so its speed depends on the BLAS kernel numpy's
+OpenBLAS picks; the table says which one ran. On CPUs this OpenBLAS build does not recognize it
+falls back to a slow SSE3 kernel ("Prescott"); `OPENBLAS_CORETYPE=Haswell` selects the AVX2 one:
+
+    OPENBLAS_CORETYPE=Haswell .venv/bin/python benchmarks/cpu_sim.py
 """
 from __future__ import annotations
 
@@ -63,6 +69,11 @@ def main():
     for name, s in rows:
         t.add_row(name, f"{1000 * s:.2f}", f"{args.batch / s:,.0f}", f"{s / base:.2f}×")
     Console(width=120).print(t)
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    print("numpy BLAS: " + ", ".join(f"{i.get('internal_api')} {i.get('version')} kernel "
+                                      f"{i.get('architecture')}, {i.get('num_threads')} threads"
+                                      for i in blas))
 
 
 if __name__ == "__main__":

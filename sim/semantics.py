@@ -64,6 +64,18 @@ def fire_uniform(v: np.ndarray, threshold: np.ndarray, k: int, lo_q: int, hi_q: 
     return q * k, v - q * step
 
 
+def fire_once(current: np.ndarray, bias: np.ndarray, threshold: np.ndarray, lo: int, hi: int):
+    """The T = 1 multi-threshold neuron in one pass: v = sat(θ//2 + I + b),
+    n = clip(floor(v/θ), lo, hi) — `fire_uniform` from the initial state with K = 1, without
+    computing the residual state nobody reads. Returns (n, saturation count)."""
+    theta = np.asarray(threshold, dtype=np.int64)
+    v = current + (np.asarray(bias, dtype=np.int64) + theta // 2)
+    v, sat = saturate(v)
+    q = np.floor(v / theta.astype(np.float64))
+    np.clip(q, lo, hi, out=q)
+    return q.astype(np.int64), sat
+
+
 def fire_state(v: np.ndarray, threshold: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Rounded readout of the state without reset: clip(floor((v + θ//2)/θ), lo, hi)."""
     theta = np.asarray(threshold, dtype=np.int64)

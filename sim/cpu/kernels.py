@@ -43,9 +43,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray, stride, pads, dilation, groups, ou
     co, cg, kh, kw = weight.shape
     (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
     top, left, bottom, right = pads
-    xs = x.transpose(0, 2, 3, 1).astype(dtype)
-    if any(pads):
-        xs = np.pad(xs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    h, w = x.shape[2:]
+    xs = np.zeros((b, h + top + bottom, w + left + right, x.shape[1]), dtype=dtype)
+    xs[:, top:top + h, left:left + w] = x.transpose(0, 2, 3, 1)
     win = sliding_window_view(xs, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
     win = win[:, : sh * (ho - 1) + 1: sh, : sw * (wo - 1) + 1: sw, :, ::dh, ::dw]  # B,Ho,Wo,C,kh,kw
     cog = co // groups
@@ -55,18 +55,22 @@ def conv2d(x: np.ndarray, weight: np.ndarray, stride, pads, dilation, groups, ou
                         optimize=True).reshape(b, ho, wo, co)
     else:
         outs = []
+        # (kh, kw, C) patch order keeps the channels — contiguous in channels-last memory —
+        # innermost, so building the patch matrix is a run of contiguous copies
+        win = win.transpose(0, 1, 2, 4, 5, 3)
         for g in range(groups):
-            patches = win[:, :, :, g * cg:(g + 1) * cg].reshape(b * ho * wo, cg * kh * kw)
-            wmat = weight[g * cog:(g + 1) * cog].astype(dtype).reshape(cog, cg * kh * kw)
+            patches = win[..., g * cg:(g + 1) * cg].reshape(b * ho * wo, kh * kw * cg)
+            wmat = weight[g * cog:(g + 1) * cog].transpose(0, 2, 3, 1).astype(dtype) \
+                .reshape(cog, kh * kw * cg)
             outs.append(patches @ wmat.T)
         out = (outs[0] if groups == 1 else np.concatenate(outs, axis=1)).reshape(b, ho, wo, co)
-    return np.rint(out, out=out).astype(np.int64).transpose(0, 3, 1, 2)
+    # products and sums of integers are exact in this dtype (see exact_float_dtype): no rounding
+    return out.astype(np.int64).transpose(0, 3, 1, 2)
 
 
 def dense(x: np.ndarray, weight: np.ndarray, dtype=np.float64) -> np.ndarray:
     """(B, F_in) × W(F_out, F_in)ᵀ → int64 (B, F_out)."""
-    out = x.astype(dtype, copy=False) @ weight.astype(dtype).T
-    return np.rint(out).astype(np.int64)
+    return (x.astype(dtype, copy=False) @ weight.astype(dtype).T).astype(np.int64)
 
 
 def sum_pool(x: np.ndarray, kernel, stride, pads, out_hw) -> np.ndarray:

@@ -183,7 +183,8 @@ def _step(art, x, values, previous, state, binary, count, stats):
 
 
 def _run_batch(art, x, timesteps, binary, count, stats):
-    state: dict[str, np.ndarray] = {}
+    # at T = 1 no neuron state outlives the pass: the one-pass neuron applies
+    state: dict[str, np.ndarray] | None = {} if timesteps > 1 else None
     acc_sum = 0
     for _ in range(timesteps):
         values = _step(art, x, {}, {}, state, binary, count, stats)
@@ -223,6 +224,8 @@ def _neuron_step(node, current, state, binary, st: LayerStats):
             v, sat = semantics.saturate(current + bias)
         state[node.name] = v
         out = semantics.fire_state(v, theta, node.lo, node.hi)
+    elif state is None and node.decay == semantics.LEAK_ONE:
+        out, sat = semantics.fire_once(current, bias, theta, node.lo, node.hi)
     else:
         k, lo_q, hi_q = semantics.spike_unit(node.lo, node.hi, binary)
         v = state.get(node.name)

@@ -67,12 +67,13 @@ def refuse_unmapped(art: Artifact) -> None:
                 "this artifact with the cpu backend")
         later = [i for i in node.inputs if i not in defined]
         if later:
-            raise UnsupportedOpError(f"{where} reads {later} before they are computed: recurrent "
-                                     "edges have no Lava mapping yet; use the cpu backend")
+            raise UnsupportedOpError(f"{where} reads {later} before they are computed; a "
+                                     "recurrent edge must be a delay node")
         if node.kind == "neuron" and getattr(node, "reset", "subtract") != "subtract":
             raise UnsupportedOpError(
-                f"{where}: reset {node.reset!r} has no Lava model yet (sim.lava's SFN neuron "
-                "resets by subtraction); use the cpu backend")
+                f"{where}: reset {node.reset!r} is mapped only in a recurrent network's cell "
+                "(sim.lava.recurrent); a feed-forward layer resets by subtraction; use the cpu "
+                "backend")
         if node.kind == "input" and node.name != art.input:
             raise UnsupportedOpError(f"{where}: sim.lava maps one input node ({art.input!r})")
         if node.kind == "readout" and node.name != art.output:

@@ -1,7 +1,9 @@
 """sim.lava.run: execute an artifact as a Lava process graph (Loihi2SimCfg), under a guard.
 
 Every sample is in the source from the start and samples are pipelined, one per timestep at
-T = 1 (sim.lava.graph); the readout's accumulator is read once after the run. The result is a
+T = 1 (sim.lava.graph); the readout's accumulator is read once after the run. Recurrent
+artifacts run as one cell process over batches of trials (sim.lava.recurrent), under the same
+guard. The result is a
 sim.cpu `SimResult` (same output, accumulator and per-node statistics) so the two backends
 compare directly.
 
@@ -40,13 +42,21 @@ def default_timeout(steps: int, processes: int) -> float:
 
 
 def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
-        tag: str = "fixed_pt", timeout: float | None = None, progress=None) -> SimResult:
+        tag: str = "fixed_pt", timeout: float | None = None, progress=None,
+        batch: int | None = None) -> SimResult:
     """Run `art` on float inputs x (N, *input_shape) as Lava processes; see the module docstring.
 
     `tag` selects the ProcessModels ("fixed_pt": bit-exact to sim.cpu; "floating_pt": float64
     neurons, see sim.lava.procs.models). `timeout` bounds the whole run in seconds (default:
     `default_timeout`). `progress(n)` is called as n more samples complete.
+
+    A recurrent artifact (a Delay node) takes x (N, T, *input_shape), one trial per row, and
+    returns per-step outputs (N, T, *output_shape) like sim.cpu; it runs as a source, one cell
+    process and a sink with `batch` trials side by side (sim.lava.recurrent).
     """
+    if art.recurrent:
+        from sim.lava import recurrent
+        return recurrent.run(art, x, timesteps, binary, tag, timeout, progress, batch)
     plan = graph.plan(art, timesteps, binary)  # refuses unmapped nodes before anything else
     x = check_input(art, x)
     if tag not in TAGS:

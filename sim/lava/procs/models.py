@@ -8,6 +8,8 @@ float64 addition, the leak's product and the floor of a quotient are exact, so f
 fixed_pt bit for bit whenever fixed_pt reports no saturation; a sample in which a neuron
 saturates may differ (docs/hardware.md, tests/test_lava.py). Payloads travel as float64
 between floating_pt processes and enter the (integer) synapse chains as the integers they are.
+The recurrent cell (sim.lava.cell) does the same for its neurons; there a saturating leaky
+integrator carries the difference on through the rest of its trial (never into another trial).
 
 Never call torch here: Lava forks these models (notes/lava.md).
 """
@@ -20,7 +22,9 @@ import numpy as np
 from sim import semantics
 from sim.lava.compat import load_lava
 from sim.lava.graph import MAX_INPUTS
-from sim.lava.procs.process import ReadoutSink, SFNNeuronLayer, SpikeSource
+from sim.lava.cell import STATS, Cell
+from sim.lava.procs.process import (ReadoutSink, RecurrentCell, SFNNeuronLayer, SpikeSource,
+                                     TrialSink)
 
 load_lava()
 
@@ -249,4 +253,115 @@ class PyReadoutSinkFixed(_ReadoutModel):
 class PyReadoutSinkFloat(_ReadoutModel):
     payload_type = FLOAT
     accumulator = LavaPyType(np.ndarray, FLOAT)
+    result = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+
+class _TrialSchedule(PyLoihiProcessModel):
+    """Trial bookkeeping of a recurrent artifact (sim.lava.recurrent): N trials in groups of B
+    side by side, the groups back to back, T Lava steps each; trial step u of the whole run is
+    step u mod T of group u // T."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.trials = int(proc_params["trials"])
+        self.batch = int(proc_params["batch"])
+        self.trial_steps = int(proc_params["trial_steps"])
+        self.groups = -(-self.trials // self.batch)
+
+    def locate(self, u: int) -> tuple[int, int, int] | None:
+        """(group, step in the trial, valid rows) of trial step u; None outside the run."""
+        if u < 0 or u >= self.groups * self.trial_steps:
+            return None
+        group, t = divmod(u, self.trial_steps)
+        return group, t, min(self.batch, self.trials - group * self.batch)
+
+
+class _CellModel(_TrialSchedule):
+    """Sends last step's readout input (one step of delay, so the sink works in parallel), then
+    computes trial step u = t − 1 on the group's valid rows (padding rows are never evaluated,
+    so the statistics count real trials only). The recurrent loop closes inside the process:
+    a Delay reads the previous Lava step's values, exactly one trial step back."""
+    payload_type = INT
+    floating = False
+    synops = LavaPyType(np.ndarray, INT)
+    spikes = LavaPyType(np.ndarray, INT)
+    payload_total = LavaPyType(np.ndarray, INT)
+    saturations = LavaPyType(np.ndarray, INT)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.cell = Cell(proc_params["nodes"], proc_params["input"], proc_params["feed"],
+                         proc_params["readout"], floating=self.floating)
+        self.out = np.zeros((self.batch,) + tuple(proc_params["output_shape"]), self.payload_type)
+
+    def run_spk(self):
+        self.s_out.send(self.out)
+        inputs = self.u_in.recv()
+        where = self.locate(self.time_step - 1)
+        if where is None:
+            return
+        _, t, rows = where
+        if t == 0:
+            self.cell.reset()
+        out = self.cell.step(inputs[:rows])
+        self.out = np.zeros_like(self.out)
+        self.out[:rows] = out
+        for k, name in enumerate(STATS):  # the totals so far, read once after the run
+            getattr(self, name)[:] = self.cell.stats[k]
+
+
+@implements(proc=RecurrentCell, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyRecurrentCellFixed(_CellModel):
+    """Bit-accurate cell: synapses through sim.cpu's kernels, neurons through sim.semantics."""
+    u_in = LavaPyType(PyInPort.VEC_DENSE, INT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+
+@implements(proc=RecurrentCell, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyRecurrentCellFloat(_CellModel):
+    """float64 neurons without the 24-bit state clip (tolerance: module docstring)."""
+    payload_type = FLOAT
+    floating = True
+    u_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+
+class _TrialSinkModel(_TrialSchedule):
+    payload_type = INT
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.accumulator = np.zeros((self.trials, self.trial_steps) + tuple(proc_params["shape"]),
+                                    self.payload_type)
+
+    def run_spk(self):
+        data = self.a_in.recv()
+        u = self.time_step - 2  # the cell sends trial step u one Lava step after computing it
+        where = self.locate(u)
+        if where is None:
+            return
+        group, t, rows = where
+        self.accumulator[group * self.batch:group * self.batch + rows, t] = data[:rows]
+        if u == self.groups * self.trial_steps - 1:
+            self.result.send(self.accumulator)
+
+
+@implements(proc=TrialSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyTrialSinkFixed(_TrialSinkModel):
+    a_in = LavaPyType(PyInPort.VEC_DENSE, INT)
+    result = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+
+@implements(proc=TrialSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyTrialSinkFloat(_TrialSinkModel):
+    payload_type = FLOAT
+    a_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
     result = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)

@@ -3,6 +3,8 @@
 - `SpikeSource`: the input encoder holding every sample back to back.
 - `SFNNeuronLayer`: one SFN neuron layer together with the synapse chain that feeds it.
 - `ReadoutSink`: the readout's synapse chain and its per-sample accumulator, read once at the end.
+- `RecurrentCell`, `TrialSink`: a recurrent artifact (sim.lava.recurrent): every node but the
+  input and the readout in one process, B trials side by side; the per-step accumulator.
 
 Stage processes have `MAX_INPUTS` in-ports `in_0 … in_{MAX_INPUTS-1}`: port k carries the payload
 of the chain's k-th source (a neuron layer or the input); unused ports have shape (1,) and stay
@@ -113,4 +115,47 @@ class ReadoutSink(AbstractProcess):
         self.synops = Var(shape=(max(len(chain.nodes), 1),), init=0)
         _add_stage_ports(self, input_shapes)
         self.result = OutPort(shape=(num_samples,) + tuple(readout.shape))
+        self.result.flag_external_pipe(buffer_size=1)
+
+
+class RecurrentCell(AbstractProcess):
+    """Every node of a recurrent artifact except its input and its readout (sim.lava.recurrent),
+    computed for B trials side by side, one trial step per Lava step.
+
+    Per Lava step: send last step's readout input (B, *out); receive the encoded inputs
+    (B, *in) of trial step t; evaluate the nodes in artifact order on the group's valid rows
+    (delays read last step's values of their sources, zeros at t = 0; leaky reset "none" neurons
+    keep v through the trial, v = 0 at t = 0; every other neuron starts afresh each step).
+    proc_params: nodes, input (the input node's name), feed (the readout's input node),
+    readout (the readout's name), trials (N), batch (B), trial_steps (T).
+    Vars: per-node statistics synops, spikes, payload_total, saturations (one entry per node of
+    `nodes`), summed over every valid trial and step.
+    """
+
+    def __init__(self, *, nodes, input_name: str, input_shape, feed: str, readout_name: str,
+                 output_shape, trials: int, batch: int, trial_steps: int, name: str = "cell"):
+        super().__init__(name=name, nodes=list(nodes), input=input_name, feed=feed,
+                         readout=readout_name, output_shape=tuple(output_shape), trials=trials,
+                         batch=batch, trial_steps=trial_steps)
+        count = max(len(nodes), 1)
+        self.synops = Var(shape=(count,), init=0)
+        self.spikes = Var(shape=(count,), init=0)
+        self.payload_total = Var(shape=(count,), init=0)
+        self.saturations = Var(shape=(count,), init=0)
+        self.u_in = InPort(shape=(batch,) + tuple(input_shape))
+        self.s_out = OutPort(shape=(batch,) + tuple(output_shape))
+
+
+class TrialSink(AbstractProcess):
+    """Per-step readout accumulator of a recurrent artifact: at Lava step s it receives the
+    cell's readout input of trial step u = s − 2 for B trials and stores it at
+    accumulator[trials of group u // T, u mod T]. After the last step of the last group the
+    whole (N, T, *out) accumulator goes out once through `result`, an external pipe the host
+    reads after the run; the float readout is applied on the host."""
+
+    def __init__(self, *, name: str, shape, trials: int, batch: int, trial_steps: int):
+        super().__init__(name=name, shape=tuple(shape), trials=trials, batch=batch,
+                         trial_steps=trial_steps)
+        self.a_in = InPort(shape=(batch,) + tuple(shape))
+        self.result = OutPort(shape=(trials, trial_steps) + tuple(shape))
         self.result.flag_external_pipe(buffer_size=1)

@@ -1,0 +1,225 @@
+"""Recurrent artifacts (a Delay node) as Lava processes: plan, build, run under the guard.
+
+Process graph: three Lava processes,
+
+    SpikeSource (encoder) ─(B, *in)→ RecurrentCell ─(B, *out)→ TrialSink (per-step accumulator)
+
+The cell computes every node of the artifact except the input and the readout, in artifact
+order, one trial step per Lava step (sim.lava.cell). A Delay reads its source's value from the
+previous Lava step inside the same process, so the recurrent loop has exactly one step of delay
+whatever the number of neuron layers on it (one process per layer would add a step per layer and
+break the loop's timing). The synapse chains stay sim.cpu's kernels and the neurons
+sim.semantics, so fixed_pt is bit-exact to sim.cpu by construction.
+
+Schedule: the N trials run in groups of B side by side (every message is a (B, …) batch), the
+groups back to back, T Lava steps each; padding rows of the last group are sent but never
+evaluated. Lava step s: the source sends trial step u = s − 1 (step u mod T of group u // T; all
+inputs are in the source from the start, reordered step-major); the cell sends last step's
+result, receives step u and evaluates it (state reset at u mod T = 0: leaky v = 0, delays 0);
+the sink receives step u − 1. So N trials take ⌈N/B⌉·T + 1 Lava steps, and the per-step cost of
+Lava (~0.1 ms per process) is shared by B trials. B = min(N, batch) with batch 1024 by default,
+lowered so that one message stays under 1 MiB (Lava gives every channel 64 message buffers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim import semantics
+from sim.artifact import Artifact
+from sim.cpu.runner import LayerStats, SimResult, check_input
+from sim.ir import Input, Node, Readout
+from sim.lava.cell import STATS
+from sim.lava.compat import load_lava
+from sim.lava.graph import MAPPED_KINDS
+from toolchain.errors import SimulationError, UnsupportedOpError
+
+RECURRENT_KINDS = MAPPED_KINDS + ("delay",)
+DEFAULT_BATCH = 1024       # trials side by side in one Lava step (sim.cpu's batch_size)
+MESSAGE_BYTES = 1 << 20    # largest (B, …) message; Lava allocates 64 per channel
+MAC_SECONDS = 5e-8         # timeout allowance per multiply-accumulate (numpy: ~1 ns)
+
+
+@dataclass
+class TrialPlan:
+    input: Input
+    readout: Readout
+    nodes: list[Node]   # the cell: every node but the input and the readout, artifact order
+    feed: str           # the readout's input node: the cell's output
+    trials: int         # N
+    trial_steps: int    # T
+    batch: int          # B
+
+    @property
+    def groups(self) -> int:
+        return -(-self.trials // self.batch)
+
+    latency = 1  # the sink stores trial step u one Lava step after the cell computed it
+
+    @property
+    def num_steps(self) -> int:
+        return self.groups * self.trial_steps + self.latency
+
+    def rows(self, group: int) -> int:
+        return min(self.batch, self.trials - group * self.batch)
+
+    def group_ends(self) -> list[int]:
+        """The Lava step after which each group's last trial step is in the sink."""
+        return [(g + 1) * self.trial_steps + self.latency for g in range(self.groups)]
+
+    def macs_per_step(self) -> int:
+        """Multiply-accumulates of one trial step (dense and conv nodes)."""
+        total = 0
+        for node in self.nodes:
+            if node.kind == "dense":
+                total += node.weight.size
+            elif node.kind == "conv":
+                total += node.weight.size * int(np.prod(node.shape[-2:]))
+        return total
+
+
+def refuse_unmapped(art: Artifact) -> None:
+    """Raise UnsupportedOpError naming the first node the recurrent mapping cannot run."""
+    defined = set()
+    for node in art.nodes:
+        where = f"node {node.name!r} ({node.kind})"
+        if node.kind not in RECURRENT_KINDS:
+            raise UnsupportedOpError(
+                f"{where} has no Lava mapping (sim.lava maps {', '.join(RECURRENT_KINDS)} in a "
+                "recurrent network); run this artifact with the cpu backend")
+        later = [i for i in node.inputs if i not in defined]
+        if later:
+            raise UnsupportedOpError(f"{where} reads {later} before they are computed; a "
+                                     "recurrent edge must be a delay node")
+        if node.kind == "input" and node.name != art.input:
+            raise UnsupportedOpError(f"{where}: sim.lava maps one input node ({art.input!r})")
+        if node.kind == "readout" and node.name != art.output:
+            raise UnsupportedOpError(f"{where}: sim.lava maps one readout ({art.output!r})")
+        defined.add(node.name)
+    for node in art.nodes:
+        if node.kind == "delay" and node.source not in defined:
+            raise UnsupportedOpError(f"delay {node.name!r} reads unknown node {node.source!r}")
+
+
+def trial_batch(art: Artifact, trials: int, batch: int | None = None) -> int:
+    """B: trials side by side, at most `batch` (default DEFAULT_BATCH) and at most what keeps
+    one (B, *shape) message of the input or the readout under MESSAGE_BYTES."""
+    if batch is not None and batch < 1:
+        raise SimulationError(f"batch must be ≥ 1, got {batch}")
+    widest = max(int(np.prod(art.input_shape)), int(np.prod(art.output_shape)), 1)
+    cap = max(1, MESSAGE_BYTES // (8 * widest))
+    return max(1, min(trials, batch or DEFAULT_BATCH, cap))
+
+
+def plan(art: Artifact, trials: int, trial_steps: int, batch: int | None = None) -> TrialPlan:
+    refuse_unmapped(art)
+    readout = art.node(art.output)
+    cell = [n for n in art.nodes if n.name not in (art.input, art.output)]
+    return TrialPlan(art.node(art.input), readout, cell, readout.inputs[0], trials, trial_steps,
+                     trial_batch(art, trials, batch))
+
+
+def step_major(p: TrialPlan, x: np.ndarray) -> np.ndarray:
+    """x (N, T, *in) → (groups·T, B, *in) float32: row s − 1 is what the source sends at Lava
+    step s (trials past N are zero padding)."""
+    n, steps, shape = p.trials, p.trial_steps, x.shape[2:]
+    padded = np.zeros((p.groups * p.batch, steps) + shape, np.float32)
+    padded[:n] = x
+    grouped = padded.reshape((p.groups, p.batch, steps) + shape).swapaxes(1, 2)
+    return np.ascontiguousarray(grouped.reshape((p.groups * steps, p.batch) + shape))
+
+
+def default_timeout(p: TrialPlan, processes: int = 3) -> float:
+    from sim.lava.runner import default_timeout as per_step
+    return per_step(p.num_steps, processes) + \
+        MAC_SECONDS * p.macs_per_step() * p.trials * p.trial_steps
+
+
+def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
+        tag: str = "fixed_pt", timeout: float | None = None, progress=None,
+        batch: int | None = None) -> SimResult:
+    """sim.lava.run for a recurrent artifact: x (N, T, *input_shape), one trial per row; the
+    result is sim.cpu's: output (N, T, *output_shape), accumulator int64, per-node statistics.
+
+    `timesteps` and `binary` are taken exactly as sim.cpu takes them for a recurrent artifact
+    (checked, recorded in the result, not used: a trial step is one T = 1 step). `batch` bounds
+    the trials run side by side (module docstring). `progress(n)` is called as each group of n
+    trials completes.
+    """
+    from sim.lava.runner import TAGS, Failure, GuardedRun
+
+    refuse_unmapped(art)
+    x = check_input(art, x)
+    if tag not in TAGS:
+        raise SimulationError(f"unknown Lava tag {tag!r}; use one of {', '.join(TAGS)}")
+    if timesteps < 1:
+        raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
+    if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
+        raise SimulationError("adaptive fire functions are defined for T = 1 only")
+    stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
+             for n in art.nodes}
+    readout = art.node(art.output)
+    trials, steps = x.shape[:2]
+    if trials == 0:
+        empty = np.zeros((0, steps) + tuple(readout.shape))
+        return SimResult(empty.astype(np.float32), empty.astype(np.int64), stats, 0, timesteps)
+    if steps == 0:
+        raise SimulationError("a trial needs at least one step (x has shape "
+                              f"{tuple(x.shape)})")
+    p = plan(art, trials, steps, batch)
+    load_lava()
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    net = build(p, x)
+    limit = default_timeout(p) if timeout is None else float(timeout)
+    guarded = GuardedRun(net.sink, Loihi2SimCfg(select_tag=tag), limit)
+    try:
+        ends = p.group_ends() if progress is not None else [p.num_steps]
+        done = 0
+        for g, end in enumerate(ends):
+            guarded.advance(end - done)
+            done = end
+            if progress is not None:
+                progress(p.rows(g))
+        accumulator = np.rint(guarded.receive(net.sink.result)).astype(np.int64)
+        for k, name in enumerate(STATS):
+            totals = getattr(net.cell, name).get()
+            for node, total in zip(p.nodes, totals):
+                setattr(stats[node.name], "payload" if name == "payload_total" else name,
+                        int(total))
+        guarded.stop()
+    except Failure as failure:
+        raise guarded.abort(failure) from None
+    except BaseException as exc:
+        guarded.abort(Failure(f"interrupted by {type(exc).__name__}: {exc}"))
+        raise
+    output = semantics.readout(accumulator, readout.bias[None, None], readout.scale[None, None], 1)
+    return SimResult(output, accumulator, stats, trials, timesteps)
+
+
+@dataclass
+class TrialNetwork:
+    source: object   # SpikeSource over the step-major inputs
+    cell: object     # RecurrentCell
+    sink: object     # TrialSink
+
+    @property
+    def processes(self) -> list:
+        return [self.source, self.cell, self.sink]
+
+
+def build(p: TrialPlan, x: np.ndarray) -> TrialNetwork:
+    """The three processes of the module docstring, connected, for inputs x (N, T, *in)."""
+    from sim.lava.procs.process import RecurrentCell, SpikeSource, TrialSink
+
+    inp, readout = p.input, p.readout
+    source = SpikeSource(samples=step_major(p, x), inv_scale=inp.inv_scale, lo=inp.lo,
+                         hi=inp.hi, timesteps=1, name=inp.name)
+    common = dict(trials=p.trials, batch=p.batch, trial_steps=p.trial_steps)
+    cell = RecurrentCell(nodes=p.nodes, input_name=inp.name, input_shape=inp.shape, feed=p.feed,
+                         readout_name=readout.name, output_shape=readout.shape, **common)
+    sink = TrialSink(name=readout.name, shape=readout.shape, **common)
+    source.s_out.connect(cell.u_in)
+    cell.s_out.connect(sink.a_in)
+    return TrialNetwork(source, cell, sink)
