@@ -100,3 +100,13 @@ def test_conv_synops_equal_brute_force(geometry):
                            (d, d), g, (ho, ho)).sum()
     fan = kernels.fanout_map((size, size), (k, k), (s, s), pads, (d, d), (ho, ho))
     assert kernels.window_synops(x, fan, co // g) == brute > 0
+
+
+def test_one_pass_neuron_equals_first_step_of_the_general_form():
+    rng = np.random.default_rng(7)
+    current = rng.integers(-2 ** 23, 2 ** 23, size=(50, 30))
+    bias, theta = rng.integers(-5000, 5000, 30), 2 * rng.integers(1, 40000, 30)
+    n1, sat1 = semantics.fire_once(current, bias, theta, -7, 15)
+    v, sat2 = semantics.saturate(semantics.initial_state(theta, 1) + current + bias)
+    n2, _ = semantics.fire_uniform(v, theta, 1, -7, 15)
+    assert np.array_equal(n1, n2) and sat1 == sat2 > 0

@@ -210,9 +210,12 @@ def _run_trials(art, x, count, stats):
 
 
 def _neuron_step(node, current, state, binary, st: LayerStats):
+    """One step of a neuron node. `state` None means a single T = 1 pass: no state survives it."""
     theta = _broadcast(node.threshold)
     bias = _broadcast(node.bias)
     sat = 0
+    one_pass = state is None
+    state = {} if one_pass else state
     if node.fire == "adaptive":
         v, sat = semantics.saturate(current + bias)
         out = semantics.fire_adaptive(v, _broadcast(node.thresholds), node.payload)
@@ -224,7 +227,7 @@ def _neuron_step(node, current, state, binary, st: LayerStats):
             v, sat = semantics.saturate(current + bias)
         state[node.name] = v
         out = semantics.fire_state(v, theta, node.lo, node.hi)
-    elif state is None and node.decay == semantics.LEAK_ONE:
+    elif one_pass and node.decay == semantics.LEAK_ONE and node.reset == "subtract":
         out, sat = semantics.fire_once(current, bias, theta, node.lo, node.hi)
     else:
         k, lo_q, hi_q = semantics.spike_unit(node.lo, node.hi, binary)

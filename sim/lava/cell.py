@@ -86,12 +86,11 @@ class Cell:
                 v, saturations = semantics.saturate(current + bias)
             self.state[node.name] = v
             return semantics.fire_state(v, theta, node.lo, node.hi), saturations
+        if node.decay == semantics.LEAK_ONE:  # the T = 1 neuron, residual state unread
+            return semantics.fire_once(current, bias, theta, node.lo, node.hi)
         k, lo_q, hi_q = semantics.spike_unit(node.lo, node.hi, False)
         v = semantics.initial_state(theta, k)
-        if node.decay < semantics.LEAK_ONE:
-            v, saturations = semantics.saturate(semantics.leak(v, current + bias, node.decay))
-        else:
-            v, saturations = semantics.saturate(v + current + bias)
+        v, saturations = semantics.saturate(semantics.leak(v, current + bias, node.decay))
         out, _ = semantics.fire_uniform(v, theta, k, lo_q, hi_q)
         return out, saturations
 

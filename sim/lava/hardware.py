@@ -47,7 +47,8 @@ def hardware_case(node: Node, timesteps: int = 1, binary: bool = False,
     other neuron (adaptive payload tables, other thresholds, leak, reset by subtraction at
     T > 1, the leaky integrators of recurrent networks) and max-pooling, which no
     chip-supported connection computes. A delay (recurrent edge) is a connection: Lava's Dense
-    already delivers one step late.
+    already delivers one step late (on the chip every connection of the loop adds its step, so a
+    loop through two neuron layers advances one trial step per two chip steps; docs/hardware.md).
     """
     kind = node.kind
     if kind in ("input", "readout"):
