@@ -97,24 +97,31 @@ def layer_table(rows: list[dict], title: str) -> Table:
 @click.option("--timesteps", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="Default timesteps stored in the artifact.")
 @click.option("--emit-reference", type=click.Path(), help="Also write the integer reference ONNX.")
+@click.option("--target", "target_name", default="loihi2", show_default=True,
+              help="Target name or .json file (see `toolchain targets`).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--debug", is_flag=True, hidden=True)
-def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_reference, as_json,
-            debug):
+def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_reference,
+            target_name, as_json, debug):
     """Compile MODEL.onnx into an SFN artifact."""
     from toolchain.compiler import compile_onnx
     x = load_npy(calib, "calibration") if calib else None
     result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
-                          per_channel=not per_layer, timesteps=timesteps)
+                          per_channel=not per_layer, timesteps=timesteps, target=target_name)
     if emit_reference:
         result.write_reference(emit_reference)
     result.save(out)
     if as_json:
+        placement = result.artifact.meta["placement"]
         click.echo(json.dumps({"artifact": out, "reference": emit_reference,
                                "layers": result.artifact.meta["layers"],
+                               "placement": {k: placement[k] for k in
+                                             ("cores_used", "chips", "lower_bound")},
                                "agreement": result.agreement, "notes": result.notes}, indent=1))
         return
+    from toolchain.mapping import Placement, placement_table
     console.print(layer_table(result.layers, f"{model} → {out}"))
+    console.print(placement_table(Placement.from_json(result.artifact.meta["placement"])))
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     a = result.agreement
@@ -215,11 +222,16 @@ def inspect(artifact, as_json, debug):
         v = np.asarray(v, dtype=np.float64).reshape(-1)
         r.add_row(key[-48:], str(v.size), f"{v.min():.4g}", f"{np.median(v):.4g}", f"{v.max():.4g}")
     console.print(r)
+    if "placement" in art.meta:
+        from toolchain.mapping import Placement, placement_table
+        console.print(placement_table(Placement.from_json(art.meta["placement"])))
 
 
 def _register():
+    from toolchain.cli_mapping import report, targets
     from toolchain.cli_rnn import rnn
-    main.add_command(rnn)
+    for command in (rnn, targets, report):
+        main.add_command(command)
 
 
 _register()

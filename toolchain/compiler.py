@@ -46,7 +46,18 @@ def agreement(float_out: np.ndarray, snn_out: np.ndarray) -> dict:
     return out
 
 
-def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float) -> Compiled:
+def place(art: Artifact, target: str) -> None:
+    """Map the artifact onto the target's cores; the placement becomes part of the artifact.
+    A network that cannot fit raises MappingError naming the layer, the limit and the excess."""
+    from toolchain.mapping import map_artifact
+    from toolchain.target import load_target
+    tgt = load_target(target)
+    art.meta["target"] = tgt.name
+    art.meta["placement"] = map_artifact(art, tgt).to_json()
+
+
+def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float,
+                target: str = "loihi2") -> Compiled:
     """Compile an ei_rnn_cell model; calibrate on `calib` trials (N, T, n_in) or on the trials of
     the task its metadata names."""
     from toolchain import rnn
@@ -77,7 +88,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
         e, i = rnn.check_dale(w_rec, n_exc)
         notes.append(f"Dale's law holds on the integer weights: {e} excitatory, {i} inhibitory units")
     meta = {"source": {"file": Path(path).name, "sha256": sha, "kind": "ei_rnn_cell"},
-            "target": "loihi2", "levels": levels, "timesteps": 1, "notes": notes,
+            "levels": levels, "timesteps": 1, "notes": notes,
             "calibration": f"{len(calib)} trials of {calib.shape[1]} steps, percentile {percentile}",
             "rnn": {"activation": cell.activation, "alpha": cell.alpha, "dale": cell.dale,
                     "n_exc": n_exc, "n_units": int(cell.W_rec.shape[0]), "task": cell.task,
@@ -85,6 +96,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
             "layers": _jsonable(qz.layers)}
     art = Artifact(nodes, inp, out, meta, qz.record)
     art.validate()
+    place(art, target)
     snn = sim.cpu.run(art, calib, count=False)
     result = Compiled(art, None, qz.layers, notes)
     # Cell.trials stacks time-major: rows t·N … (t+1)·N − 1 are step t of every trial
@@ -96,11 +108,12 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
 
 def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  levels: int | None = None, percentile: float = DEFAULT_PERCENTILE,
-                 per_channel: bool = True, timesteps: int = 1, input_bits: int = 8) -> Compiled:
+                 per_channel: bool = True, timesteps: int = 1, input_bits: int = 8,
+                 target: str = "loihi2") -> Compiled:
     from toolchain import rnn
     from toolchain.onnx_import.loader import read_model
     if rnn.is_rnn_cell(read_model(path)[0]):
-        return compile_rnn(path, calib, levels, percentile)
+        return compile_rnn(path, calib, levels, percentile, target)
     imported = import_onnx(path)
     notes = list(imported.notes)
     if levels is None:
@@ -131,10 +144,11 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     nodes, inp, out = qz.run(imported.softmax)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
-            "target": "loihi2", "levels": levels, "timesteps": timesteps,
+            "levels": levels, "timesteps": timesteps,
             "calibration": calibration, "notes": notes, "layers": _jsonable(qz.layers)}
     art = Artifact(nodes, inp, out, meta, qz.record)
     art.validate()
+    place(art, target)
     float_out = np.concatenate([o[imported.output_name] for o in
                                 cal.run_float(imported.source, data, [imported.output_name])])
     snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)

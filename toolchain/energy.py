@@ -11,7 +11,8 @@ Counting rules (docs/report.md):
 - every compartment (neuron, relay, max-pool, readout accumulator) updates once per timestep,
   active or not.                      E_neuron = compartments · steps · neuron_update_pj
 - every nonzero payload a source emits (input encoder, neuron, max-pool, relay) is one message
-  to each core holding a compartment it reaches.   E_spike = spikes · cores reached · spike_message_pj
+  to each core holding a compartment it reaches.
+                                      E_spike = spikes · cores reached · spike_message_pj
 - the ANN it came from: one multiply-accumulate per weight use of every dense and conv node.
   E_ANN = MACs · ann_mac_fp32_pj (and int8); the conversion literature's SNN figure is
   synops · ann_ac_fp32_pj.
@@ -54,7 +55,8 @@ class LayerActivity:
     payload_hist: dict[str, int] | None   # payload value → count, over all samples and steps
     destinations: int               # cores a spike of this layer reaches
     synops: float                   # per inference
-    macs: int                       # the ANN's multiply-accumulates per inference
+    macs: int                       # the ANN's multiply-accumulates per inference (per step
+                                    # of a recurrent network, times its steps)
     saturations: int                # total over the run
     energy_pj: dict[str, float] = field(default_factory=dict)   # synops, neurons, spikes
 
@@ -94,9 +96,7 @@ def macs(node: ir.Node) -> int:
 
 def _steps(art: Artifact, result: SimResult) -> int:
     """Timesteps per inference: T, or the trial length of a recurrent network."""
-    if getattr(art, "recurrent", False):
-        return int(result.accumulator.shape[1]) if result.accumulator.ndim > 1 else 1
-    return int(result.timesteps)
+    return int(result.accumulator.shape[1]) if art.recurrent else int(result.timesteps)
 
 
 def build_report(art: Artifact, result: SimResult, placement: Placement, target: Target,
@@ -111,6 +111,7 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
     e = {k: q.value for k, q in target.constants("energy").items()}
     samples = max(result.samples, 1)
     steps = _steps(art, result)
+    ann_passes = steps if art.recurrent else 1     # a feed-forward ANN runs once, not T times
     payloads = payloads or {}
     rows, notes = [], []
     unmeasured = []
@@ -145,7 +146,7 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
             elements, spikes, None if spikes is None else spikes / (elements * steps),
             mean if emits else None,
             None if hist is None else {str(int(v)): int(c) for v, c in sorted(hist.items())},
-            destinations, synops, macs(node) * steps, st.saturations, energy))
+            destinations, synops, macs(node) * ann_passes, st.saturations, energy))
     if unmeasured:
         notes.append(f"spikes of {', '.join(unmeasured)} not measured (no payload histogram): "
                      "their spike-message energy is left out")
@@ -180,7 +181,7 @@ def tap_payloads(art: Artifact, x: np.ndarray, names: list[str], timesteps: int 
     """
     import sim.cpu
     from sim import semantics
-    recurrent = getattr(art, "recurrent", False)
+    recurrent = art.recurrent
     if timesteps > 1 and not recurrent:
         return sim.cpu.run(art, x, timesteps=timesteps, progress=progress), None
     readout = art.node(art.output)
@@ -324,7 +325,8 @@ def _activity_figure(report, path, Figure) -> Path:
             total = sum(r.payload_hist.values())
             for v, c in r.payload_hist.items():
                 grid[i, col[int(v)]] = c / total
-        image = ax2.imshow(np.log10(grid + 1e-6), aspect="auto", cmap="viridis", vmin=-6, vmax=0)
+        image = ax2.imshow(np.log10(grid + 1e-6), aspect="auto", cmap="viridis", vmin=-6, vmax=0,
+                           interpolation="nearest")
         step = max(1, len(values) // 16)
         ax2.set_xticks(range(0, len(values), step), [str(v) for v in values[::step]], fontsize=8)
         ax2.set_yticks(range(len(hist_rows)), [_short(r.name) for r in hist_rows], fontsize=8)
@@ -368,10 +370,12 @@ def _energy_figure(report, path, Figure) -> Path:
 
 
 def _cores_figure(placement, path, Figure) -> Path:
+    from matplotlib import colormaps
     cores = placement.cores
     names = list(placement.layers)
-    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
-    fig = Figure(figsize=(max(8, 0.12 * len(cores) + 4), 7))
+    palette = colormaps["tab20"]
+    colors = {n: palette(i % 20) for i, n in enumerate(names)}
+    fig = Figure(figsize=(max(8, 0.12 * len(cores) + 6), 7))
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     lim = placement.limits
     for ax, key, limit, unit in ((ax1, "neurons", lim["neurons_per_core"], 1),
@@ -391,7 +395,8 @@ def _cores_figure(placement, path, Figure) -> Path:
     lb = placement.lower_bound
     ax1.set_title(f"core map on {placement.target}: {placement.cores_used} cores, "
                   f"{placement.chips} chip(s), lower bound {lb['cores']}")
-    if len(names) <= 24:
-        ax1.legend(fontsize=7, ncol=2, loc="upper right")
+    if len(names) <= 40:
+        ax1.legend(fontsize=7, ncol=1 + len(names) // 20, loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path)

@@ -25,14 +25,16 @@ population's elements on the core (one synapse list per input axon, stored in gr
 - one-to-one connections (an add's identity branch, a delay): one weight per channel when
   weights are shared, else one sparse synapse per element.
 
-Placement: every population is cut into units (whole channels, or row blocks of a channel larger
-than a core), and cores are filled from two streams in graph order, the memory-heavy and the
-neuron-heavy populations, so that each core takes its balanced share of both resources; a core
-that a unit does not fit is closed. Unit costs add up to at least the exact cost of their union,
-so the filled cores respect every limit; the placement records the exact per-core counts.
+Placement: every population is cut into tiles of about 1/8 of a core (channels × row bands), and
+cores are filled one at a time from two streams in graph order, the memory-heavy and the
+neuron-heavy populations, so that each core takes its balanced share of both resources. Each
+addition is checked against every limit with the exact cost of the union on that core, and the
+placement records those exact per-core counts. Limits no split can get around (payload and weight
+widths, one neuron's own fan-in) raise MappingError saying which layer, which limit, by how much.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -45,7 +47,6 @@ from toolchain.errors import ToolchainError
 from toolchain.target import Target
 
 PLACEMENT_VERSION = 1
-WINDOWED = ("conv", "sumpool", "maxpool")
 WEIGHTED = ("dense", "conv", "sumpool")       # integer maps whose output is a new current
 INDEX = ("reshape", "transpose", "concat", "delay")
 UNITS_PER_CORE = 8                            # packing granularity: a unit is ≤ 1/8 of a core
@@ -120,15 +121,6 @@ class Connection:
     @property
     def name(self) -> str:
         return self.node.name if self.node is not None else self.sources[0]
-
-    def fan_in(self) -> int:
-        """Largest number of input axons one output element reads."""
-        if self.node is None:
-            return 1
-        if self.node.kind == "dense":
-            return int(self._nz().sum(axis=1).max(initial=0))
-        c_in_g, kh, kw = _window(self.node)[1:4]
-        return c_in_g * kh * kw
 
     def _nz(self) -> np.ndarray:
         if self._nonzero is None:
@@ -306,7 +298,7 @@ class _Graph:
         elif node.kind == "transpose":
             src = self.nodes[node.inputs[0]]
             back = np.arange(int(np.prod(src.shape))).reshape(src.shape).transpose(node.perm)
-            self._expand(src.name, _compose(back.ravel(), index, size), pop)
+            self._expand(src.name, _compose(back.ravel(), index), pop)
         elif node.kind == "concat":
             shapes = [self.nodes[i].shape for i in node.inputs]
             which = np.concatenate([np.full(s, k) for k, s in enumerate(shapes)], node.axis)
@@ -343,7 +335,8 @@ class _Graph:
         return self.nodes[c.node.inputs[0]].shape if c.node is not None else None
 
 
-def _compose(table: np.ndarray, index, size: int) -> np.ndarray:
+def _compose(table: np.ndarray, index) -> np.ndarray:
+    """table[index] where index ≥ 0, −1 elsewhere; a None index is the identity."""
     if index is None:
         return table
     return np.where(index >= 0, table[np.maximum(index, 0)], -1)
@@ -401,9 +394,9 @@ def _value_range(g: _Graph, name: str, memo: dict) -> tuple[int, int]:
 def check_fixed_limits(g: _Graph, target: Target) -> list[str]:
     """Payload and weight widths: limits no split across cores can get around.
 
-    A neuron's, max-pool's or the input encoder's payload range is exact (its levels clip it);
-    a relay's or readout accumulator's range is a worst-case bound (Σ|w|·max|input|), so going
-    beyond the payload or state bits there is returned as a note, not raised."""
+    A neuron's or the input encoder's payload range is exact (its levels clip it), and so is a
+    max-pool's over spikes; a relay's or readout accumulator's range is a worst-case bound
+    (Σ|w|·max|input|), so going beyond the payload or state bits there is a note, not an error."""
     payload_bits, state_bits = target["payload_bits"], target["state_bits"]
     memo: dict = {}
     notes = []
@@ -411,9 +404,12 @@ def check_fixed_limits(g: _Graph, target: Target) -> list[str]:
         node = g.nodes[name]
         lo, hi = _value_range(g, node.inputs[0] if node.kind == "readout" else name, memo)
         bits = _bits(lo, hi)
-        if node.kind == "readout" or name in g.relays:
+        bound_only = node.kind == "readout" or name in g.relays or (
+            node.kind == "maxpool" and any(leaf in g.relays for leaf in g.leaves(node.inputs[0])))
+        if bound_only:
             if bits > min(payload_bits, state_bits):
-                what = "readout accumulator" if node.kind == "readout" else "relay"
+                what = "readout accumulator" if node.kind == "readout" else node.kind \
+                    if node.kind == "maxpool" else "relay"
                 notes.append(f"{what} {name!r} can reach [{lo}, {hi}] in the worst case "
                              f"({bits} bits), beyond the {state_bits}-bit state / "
                              f"{payload_bits}-bit payload of {target.name}: it would clip there")
@@ -448,9 +444,9 @@ def check_fixed_limits(g: _Graph, target: Target) -> list[str]:
 
 @dataclass
 class _Unit:
+    """A tile of one population: flat element ranges, and its cost alone on a core."""
     pop: int
-    start: int
-    stop: int
+    ranges: list[tuple[int, int]]
     cost: Cost
 
 
@@ -461,52 +457,79 @@ def _pop_cost(g: _Graph, pop: Population, mask: np.ndarray, target: Target, axon
     return total
 
 
-def _fits(cost: Cost, used: Cost, target: Target) -> bool:
+def _mask(size: int, ranges) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    for start, stop in ranges:
+        mask[start:stop] = True
+    return mask
+
+
+def _fits(cost: Cost, target: Target, share: float = 1.0) -> bool:
     axon_limit = target["input_axons_per_core"]
-    return (used.neurons + cost.neurons <= target["neurons_per_core"]
-            and used.memory_bits + cost.memory_bits <= target["synaptic_memory_bits_per_core"]
-            and (axon_limit is None or used.axons + cost.axons <= axon_limit))
+    return (cost.neurons <= share * target["neurons_per_core"]
+            and cost.memory_bits <= share * target["synaptic_memory_bits_per_core"]
+            and (axon_limit is None or cost.axons <= axon_limit))
 
 
 def _units(g: _Graph, k: int, pop: Population, target: Target) -> list[_Unit]:
-    """Cut a population into contiguous units of whole channels (or rows of one channel when a
-    channel alone exceeds a core), each at most 1/UNITS_PER_CORE of a core where possible."""
-    n_core, m_core = target["neurons_per_core"], target["synaptic_memory_bits_per_core"]
-    axon_limit = target["input_axons_per_core"]
-    axons = axon_limit is not None
-    shape = pop.shape
-    size = pop.size
-    if len(shape) >= 2:
-        channel = int(np.prod(shape[1:]))
-        row = int(np.prod(shape[2:])) if len(shape) >= 3 else 1
-        step = channel if channel <= n_core else max(row, (n_core // row) * row)
-    else:   # whole synapse groups of rows: the units' list costs then add up exactly
-        step = target["synapses_per_group"]
+    """Cut a population into tiles that each fit a core alone, about 1/UNITS_PER_CORE of a core
+    where possible. A (C, H, W) population is cut into c_t channels × r_t rows (whole channels
+    unless one channel exceeds a core), listed band by band so that tiles reading the same input
+    rows follow each other; any other shape into runs of `synapses_per_group` elements."""
+    axons = target["input_axons_per_core"] is not None
 
-    def cost(start, stop):
-        mask = np.zeros(size, bool)
-        mask[start:stop] = True
-        return _pop_cost(g, pop, mask, target, axons)
+    def cost(ranges):
+        return _pop_cost(g, pop, _mask(pop.size, ranges), target, axons)
 
-    first = cost(0, min(step, size))
-    per_unit = max(1, min(n_core // (UNITS_PER_CORE * step),
-                          m_core // (UNITS_PER_CORE * max(first.memory_bits, 1)),
-                          (axon_limit // (UNITS_PER_CORE * max(first.axons, 1))) if axons else
-                          size))
+    if len(pop.shape) == 3:
+        c, h, w = pop.shape
+
+        def tile(c0, c1, r0, r1):
+            return [(ch * h * w + r0 * w, ch * h * w + r1 * w) for ch in range(c0, c1)]
+
+        def middle(r):   # an interior band: the edges read fewer (padded) input rows
+            return max(0, min(h - r, (h - r) // 2))
+
+        r_t = h
+        while r_t > 1 and not _fits(cost(tile(0, 1, middle(r_t), middle(r_t) + r_t)), target):
+            r_t = -(-r_t // 2)
+        c_t = 1
+        while c_t < c and _fits(cost(tile(0, min(c, 2 * c_t), middle(r_t), middle(r_t) + r_t)),
+                                target, 1 / UNITS_PER_CORE):
+            c_t = min(c, 2 * c_t)
+        tiles = [tile(c0, min(c, c0 + c_t), r0, min(h, r0 + r_t))
+                 for r0 in range(0, h, r_t) for c0 in range(0, c, c_t)]
+    else:
+        step = target["synapses_per_group"]   # whole synapse groups: list costs add up
+        tiles = [[(a, min(pop.size, a + step))] for a in range(0, pop.size, step)]
     units = []
-    span = per_unit * step
-    start = 0
-    while start < size:
-        stop = min(size, start + span)
-        c = cost(start, stop)
-        while not _fits(c, Cost(), target):
-            if stop - start == 1:
-                raise _single_neuron_error(pop, start, c, target)
-            stop = start + max(1, (stop - start) // 2)   # shrink until one core holds it
-            c = cost(start, stop)
-        units.append(_Unit(k, start, stop, c))
-        start = stop
+    for ranges in tiles:
+        units.extend(_Unit(k, part, c) for part, c in _fit(ranges, cost, pop, target))
     return units
+
+
+def _fit(ranges, cost, pop: Population, target: Target) -> list:
+    """Split a tile in halves until each part fits a core: by rows when input axons are over
+    (fewer channels read the same inputs), else by channels, then rows, then elements. A single
+    neuron that does not fit is the error no split can fix."""
+    c = cost(ranges)
+    if _fits(c, target):
+        return [(ranges, c)]
+    start, stop = ranges[0]
+    if len(ranges) == 1 and stop - start == 1:
+        raise _single_neuron_error(pop, start, c, target)
+    row = pop.shape[-1] if len(pop.shape) == 3 else 1
+    rows = (stop - start) // row
+    axon_limit = target["input_axons_per_core"]
+    if len(ranges) > 1 and not (rows > 1 and axon_limit is not None and c.axons > axon_limit):
+        half = len(ranges) // 2
+        parts = [ranges[:half], ranges[half:]]
+    elif rows > 1:
+        cut = rows // 2 * row
+        parts = [[(a, a + cut) for a, _ in ranges], [(a + cut, b) for a, b in ranges]]
+    else:
+        parts = [[(start, start + (stop - start) // 2)], [(start + (stop - start) // 2, stop)]]
+    return [piece for part in parts for piece in _fit(part, cost, pop, target)]
 
 
 def _single_neuron_error(pop: Population, element: int, single: Cost,
@@ -531,13 +554,37 @@ def _single_neuron_error(pop: Population, element: int, single: Cost,
         f"neuron's inputs must all reach its own core, so no split helps. {fix}")
 
 
-def _pack(units: list[_Unit], heavy: set[int], target: Target) -> list[list[int]]:
-    """Fill cores one at a time from two streams (memory-heavy and neuron-heavy populations,
-    each in graph order), drawing from whichever resource the core is furthest below its
-    balanced share of the remainder; returns the unit ids of each core."""
+class _Core:
+    """A core being filled: the elements of each population on it and their exact cost."""
+
+    def __init__(self):
+        self.masks: dict[int, np.ndarray] = {}
+        self.costs: dict[int, Cost] = {}
+        self.used = Cost()
+
+    def try_add(self, unit: _Unit, g: _Graph, target: Target) -> bool:
+        """Add `unit` if the core still fits every limit with it (costs of the union, exact)."""
+        pop = g.populations[unit.pop]
+        old = self.masks.get(unit.pop)
+        mask = _mask(pop.size, unit.ranges) if old is None else old | _mask(pop.size, unit.ranges)
+        new = _pop_cost(g, pop, mask, target, target["input_axons_per_core"] is not None)
+        before = self.costs.get(unit.pop, Cost())
+        total = Cost(self.used.neurons - before.neurons + new.neurons,
+                     self.used.memory_bits - before.memory_bits + new.memory_bits,
+                     self.used.axons - before.axons + new.axons)
+        if not _fits(total, target):
+            return False
+        self.masks[unit.pop], self.costs[unit.pop], self.used = mask, new, total
+        return True
+
+
+def _pack(units: list[_Unit], heavy: set[int], g: _Graph, target: Target) -> list[_Core]:
+    """Fill cores one at a time from two streams (tiles of the memory-heavy and of the
+    neuron-heavy populations, each in graph order), drawing from whichever resource the core is
+    furthest below its balanced share of what remains; a core is closed when it reaches both
+    shares or neither stream's next tile fits."""
     n_core, m_core = target["neurons_per_core"], target["synaptic_memory_bits_per_core"]
-    streams = [[i for i, u in enumerate(units) if u.pop in heavy],
-               [i for i, u in enumerate(units) if u.pop not in heavy]]
+    streams = [[u for u in units if u.pop in heavy], [u for u in units if u.pop not in heavy]]
     heads = [0, 0]
     rem_n = sum(u.cost.neurons for u in units)
     rem_m = sum(u.cost.memory_bits for u in units)
@@ -545,27 +592,25 @@ def _pack(units: list[_Unit], heavy: set[int], target: Target) -> list[list[int]
     while heads[0] < len(streams[0]) or heads[1] < len(streams[1]):
         k_rem = max(1, math.ceil(rem_n / n_core), math.ceil(rem_m / m_core))
         share_n, share_m = rem_n / k_rem, rem_m / k_rem
-        used, core = Cost(), []
+        core, placed_n, placed_m = _Core(), 0, 0
         while True:
-            need_m = (share_m - used.memory_bits) / m_core
-            need_n = (share_n - used.neurons) / n_core
+            need_m = (share_m - placed_m) / m_core
+            need_n = (share_n - placed_n) / n_core
             if need_m <= 0 and need_n <= 0:
                 break
-            order = (0, 1) if need_m >= need_n else (1, 0)
-            for s in order:
-                if heads[s] < len(streams[s]) and \
-                        _fits(units[streams[s][heads[s]]].cost, used, target):
-                    unit = units[streams[s][heads[s]]]
-                    core.append(streams[s][heads[s]])
-                    used = used + unit.cost
+            for s in ((0, 1) if need_m >= need_n else (1, 0)):
+                if heads[s] < len(streams[s]) and core.try_add(streams[s][heads[s]], g, target):
+                    unit = streams[s][heads[s]]
+                    placed_n += unit.cost.neurons
+                    placed_m += unit.cost.memory_bits
                     heads[s] += 1
                     break
             else:
                 break
-        if not core:  # cannot happen: every unit fits an empty core (checked when cut)
-            raise MappingError("internal: a unit does not fit an empty core")
-        rem_n -= used.neurons
-        rem_m -= used.memory_bits
+        if not core.masks:   # every tile fits an empty core (checked when cut)
+            raise MappingError("internal: a tile does not fit an empty core")
+        rem_n -= placed_n
+        rem_m -= placed_m
         cores.append(core)
     return cores
 
@@ -611,18 +656,30 @@ class Placement:
 
     @classmethod
     def from_json(cls, data: dict) -> "Placement":
-        if not isinstance(data, dict) or data.get("version") != PLACEMENT_VERSION:
-            raise MappingError(f"placement record of version {data.get('version') if isinstance(data, dict) else None!r}; this toolchain reads version {PLACEMENT_VERSION}: re-run the mapping")
+        version = data.get("version") if isinstance(data, dict) else None
+        if version != PLACEMENT_VERSION:
+            raise MappingError(f"placement record of version {version!r}; this toolchain reads "
+                               f"version {PLACEMENT_VERSION}: re-run the mapping")
         return cls(data["target"], data["limits"], data["cores"], data["layers"],
                    data["lower_bound"], list(data.get("notes", [])), data.get("input", ""))
 
+    @functools.cached_property
+    def graph(self) -> nx.DiGraph:
+        """Layers and the input, with an edge from each source to every layer it drives."""
+        graph = nx.DiGraph()
+        graph.add_node(self.input, role="input", cores=[])
+        for name, layer in self.layers.items():
+            graph.add_node(name, role=layer["role"], cores=layer["cores"])
+        for name, layer in self.layers.items():
+            graph.add_edges_from((source, name) for source in layer["sources"])
+        return graph
+
     def destination_cores(self, source: str) -> list[int]:
         """Cores holding any compartment that `source`'s spikes reach."""
-        out = set()
-        for name, layer in self.layers.items():
-            if source in layer["sources"]:
-                out.update(layer["cores"])
-        return sorted(out)
+        if source not in self.graph:
+            return []
+        return sorted({core for layer in self.graph.successors(source)
+                       for core in self.graph.nodes[layer]["cores"]})
 
 
 def map_artifact(art: Artifact, target: Target) -> Placement:
@@ -638,25 +695,18 @@ def map_artifact(art: Artifact, target: Target) -> Placement:
     ratio = (total_m / m_core) / max(total_n / n_core, 1e-12)
     heavy = {k for k, c in enumerate(whole)
              if c.memory_bits / m_core > ratio * c.neurons / n_core}
-    packed = _pack(units, heavy, target)
+    packed = _pack(units, heavy, g, target)
     cores, layer_cores = [], {p.name: [] for p in g.populations}
     chip, chip_n, chip_syn, on_chip = 0, 0, 0, 0
-    for core_units in packed:
-        by_pop: dict[int, list[_Unit]] = {}
-        for i in core_units:
-            by_pop.setdefault(units[i].pop, []).append(units[i])
+    for core in packed:
         layers, blocks, total = {}, [], Cost()
-        for k, us in by_pop.items():
+        for k, mask in sorted(core.masks.items()):
             pop = g.populations[k]
-            mask = np.zeros(pop.size, bool)
-            for u in us:
-                mask[u.start:u.stop] = True
             exact = _pop_cost(g, pop, mask, target, True)
             layers[pop.name] = {"neurons": exact.neurons, "memory_bits": exact.memory_bits,
                                 "input_axons": exact.axons, "synapses": exact.synapses}
             total = total + exact
-            for start, stop in _runs(us):
-                blocks.append([pop.name, start, stop])
+            blocks.extend([pop.name, int(a), int(b)] for a, b in _runs(mask))
             layer_cores[pop.name].append(len(cores))
         if on_chip == target["cores_per_chip"] or \
                 _over(target, "neurons_per_chip", chip_n + total.neurons) or \
@@ -677,7 +727,7 @@ def map_artifact(art: Artifact, target: Target) -> Placement:
                           "synapses": sum(core["layers"][p.name]["synapses"]
                                           for core in cores if p.name in core["layers"]),
                           "connections": {x.name: x.format for x in p.connections},
-                          "sources": sorted({s for x in p.connections for s in x.sources})}
+                          "sources": sorted(g.graph.predecessors(p.name))}
     bound_n, bound_m = total_n / n_core, total_m / m_core
     lower = {"cores": max(1, math.ceil(max(bound_n, bound_m) - 1e-9)), "by_neurons": bound_n,
              "by_memory": bound_m, "neurons": total_n, "memory_bits": total_m}
@@ -693,15 +743,10 @@ def _over(target: Target, key: str, value: int) -> bool:
     return limit is not None and value > limit
 
 
-def _runs(units: list[_Unit]) -> list[tuple[int, int]]:
-    """Merge adjacent unit ranges into blocks."""
-    out: list[list[int]] = []
-    for u in sorted(units, key=lambda u: u.start):
-        if out and out[-1][1] == u.start:
-            out[-1][1] = u.stop
-        else:
-            out.append([u.start, u.stop])
-    return [(a, b) for a, b in out]
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, stop) runs of True in a boolean mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
 
 
 def _notes(g: _Graph, target: Target, axons_on: bool) -> list[str]:
