@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,44 +159,74 @@ def save(art: Artifact, path: str | os.PathLike) -> None:
     atomic_write(path, to_bytes(art))
 
 
-def _read_member(zf: zipfile.ZipFile, entry: dict, what: str) -> np.ndarray:
+def _read_member(data: bytes, entry: dict, what: str) -> np.ndarray:
+    """The array in a member's .npy bytes. Its header must declare the manifest's dtype and shape
+    and the bytes must hold exactly that many elements, all checked before any allocation."""
+    buf = io.BytesIO(data)
     try:
-        with zf.open(entry["member"]) as f:
-            array = np.load(io.BytesIO(f.read()), allow_pickle=False)
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        if np.lib.format.read_magic(buf) != (1, 0):
+            raise ArtifactError(f"{what}: not a version 1.0 .npy member")
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        declared = (entry["dtype"], list(entry["shape"]))
+        if (dtype.str, list(shape)) != declared or fortran or dtype.hasobject:
+            raise ArtifactError(f"{what}: array is {dtype.str}{list(shape)}, manifest declares "
+                                f"{declared[0]}{declared[1]}")
+        if len(data) - buf.tell() != math.prod(shape) * dtype.itemsize:
+            raise ArtifactError(f"{what}: {len(data) - buf.tell()} bytes of array data for "
+                                f"{dtype.str}{list(shape)}")
+        buf.seek(0)
+        return np.load(buf, allow_pickle=False)
+    except (KeyError, TypeError, ValueError, EOFError, SyntaxError, tokenize.TokenError) as exc:
+        # numpy parses the header's dict literal with tokenize/ast, which raise their own errors
         raise ArtifactError(f"{what}: unreadable array ({exc})") from None
-    if array.dtype.str != entry["dtype"] or list(array.shape) != list(entry["shape"]):
-        raise ArtifactError(f"{what}: array is {array.dtype.str}{list(array.shape)}, manifest "
-                            f"declares {entry['dtype']}{entry['shape']}")
-    return array
+
+
+def _check_members(infos: list[zipfile.ZipInfo], path: Path, max_uncompressed: int) -> None:
+    """Count, declared size, names and storage of the members, from the central directory."""
+    if len(infos) > MAX_MEMBERS:
+        raise ArtifactError(f"{path}: {len(infos)} members, more than {MAX_MEMBERS}")
+    total = sum(i.file_size for i in infos)
+    if total > max_uncompressed:
+        raise ArtifactError(f"{path}: declares {total} uncompressed bytes, over the "
+                            f"{max_uncompressed}-byte limit")
+    seen = set()
+    for i in infos:
+        name = i.filename
+        if name.startswith("/") or ".." in Path(name).parts or "\\" in name:
+            raise ArtifactError(f"{path}: member {name!r} points outside the archive")
+        if name in seen:
+            raise ArtifactError(f"{path}: member {name!r} appears twice")
+        seen.add(name)
+        if i.compress_type != zipfile.ZIP_STORED or i.flag_bits & 0x1:
+            raise ArtifactError(f"{path}: member {name!r} is compressed or encrypted; .sfn "
+                                "members are stored as they are")
 
 
 def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> Artifact:
-    """Read and fully validate an artifact; any defect raises ArtifactError naming it."""
+    """Read and fully validate an artifact; any defect raises ArtifactError naming it. The file
+    is read once, so a writer replacing it meanwhile cannot mix two versions."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: no such artifact file")
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+        size = path.stat().st_size
+        if size > max_uncompressed:
+            raise ArtifactError(f"{path}: {size} bytes, over the {max_uncompressed}-byte limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ArtifactError(f"{path}: not an .sfn artifact (not a zip archive: {exc})") from None
     with zf:
-        infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise ArtifactError(f"{path}: {len(infos)} members, more than {MAX_MEMBERS}")
-        total = sum(i.file_size for i in infos)
-        if total > max_uncompressed:
-            raise ArtifactError(f"{path}: declares {total} uncompressed bytes, over the "
-                                f"{max_uncompressed}-byte limit")
-        names = [i.filename for i in infos]
-        for name in names:
-            if name.startswith("/") or ".." in Path(name).parts or "\\" in name:
-                raise ArtifactError(f"{path}: member {name!r} points outside the archive")
+        _check_members(zf.infolist(), path, max_uncompressed)
+        names = zf.namelist()
         if "manifest.json" not in names:
             raise ArtifactError(f"{path}: not an .sfn artifact (no manifest.json)")
         try:
             manifest = json.loads(zf.read("manifest.json"))
-        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (ValueError, RecursionError, zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ArtifactError(f"{path}: manifest.json is corrupt ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ArtifactError(f"{path}: not an .sfn artifact (format is "
@@ -216,20 +248,23 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
                                     "was modified after it was written")
             nodes = []
             for r in manifest["nodes"]:
-                arrays = {k: _read_member(zf, e, f"{path}: node {r['name']!r} field {k!r}")
+                arrays = {k: _read_member(members[e["member"]], e,
+                                          f"{path}: node {r['name']!r} field {k!r}")
                           for k, e in r["arrays"].items()}
                 nodes.append(node_from_record(r, arrays))
-            record = {k: _read_member(zf, e, f"{path}: record {k!r}")
+            record = {k: _read_member(members[e["member"]], e, f"{path}: record {k!r}")
                       for k, e in manifest["record"].items()}
             art = Artifact(nodes, manifest["input"], manifest["output"], manifest.get("meta", {}),
                            record)
+            art.validate()
+            canonical = to_bytes(art)
         except ArtifactError:
             raise
-        except (KeyError, TypeError, AttributeError, zipfile.BadZipFile, OSError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError, zipfile.BadZipFile,
+                OSError, EOFError) as exc:
             raise ArtifactError(f"{path}: corrupt or malformed artifact ({type(exc).__name__}: "
                                 f"{exc})") from None
-    art.validate()
-    if to_bytes(art) != path.read_bytes():
+    if canonical != data:
         raise ArtifactError(f"{path}: bytes differ from the artifact's canonical form: the file is "
                             "corrupt or was modified after it was written")
     return art

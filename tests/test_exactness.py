@@ -62,3 +62,17 @@ def test_batching_does_not_change_results():
     assert np.array_equal(whole.accumulator, pieces.accumulator)
     assert {k: v.synops for k, v in whole.stats.items()} == \
         {k: v.synops for k, v in pieces.stats.items()}
+
+
+def test_recorded_values_are_the_node_values():
+    compiled, _, test = nets.compiled("avgpool_cnn")
+    art = compiled.artifact
+    readout = art.node(art.output)
+    neurons = [n.name for n in art.nodes if n.kind == "neuron"]
+    res = sim.cpu.run(art, test[:50], record=tuple(neurons) + readout.inputs, batch_size=16)
+    assert np.array_equal(res.recorded[readout.inputs[0]], res.accumulator)
+    for name in neurons:
+        v = res.recorded[name]
+        node = art.node(name)
+        assert v.shape == (50,) + tuple(node.shape) and v.min() >= node.lo and v.max() <= node.hi
+        assert np.count_nonzero(v) == res.stats[name].spikes

@@ -19,7 +19,7 @@ Counting rules (docs/report.md):
 
 Spike counts of neurons come from the backend's statistics. The input encoder, relays and
 max-pools are not counted by the simulators; their counts (and every payload histogram) come
-from `tap_payloads`, which reads the integer values through the public artifact format.
+from `tap_payloads`, which records the integer values with sim.cpu.run(record=...).
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ from toolchain.mapping import Placement
 from toolchain.target import Target
 
 INDEX_KINDS = ("reshape", "transpose", "concat", "delay")
-TAP = "tap:"
 
 
 @dataclass
@@ -171,60 +170,18 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
 def tap_payloads(art: Artifact, x: np.ndarray, names: list[str], timesteps: int = 1,
                  batch_size: int = 256, progress=None) -> tuple[SimResult, dict | None]:
     """Run sim.cpu on `x`, returning its SimResult and histograms of the integer values of nodes
-    `names` ({value: count} over all samples and steps).
-
-    The values are read through the artifact format alone: the readout is replaced by one whose
-    accumulator concatenates the readout's own input and the tapped nodes, which sim.cpu returns
-    per sample (per step for a recurrent network); the float output is then rebuilt with
-    `sim.semantics.readout`, so the SimResult equals `sim.cpu.run(art, x)`'s. A feed-forward
-    run at T > 1 sums the accumulator over its steps: there the histograms are None.
-    """
+    `names` ({value: count} over all samples and steps). A feed-forward run at T > 1 records
+    only sums over its steps: there the histograms are None."""
     import sim.cpu
-    from sim import semantics
-    recurrent = art.recurrent
-    if timesteps > 1 and not recurrent:
+    if timesteps > 1 and not art.recurrent:
         return sim.cpu.run(art, x, timesteps=timesteps, progress=progress), None
-    readout = art.node(art.output)
-    tapped_names = [readout.inputs[0]] + list(names)
-    taps, sizes = [], []
-    for k, name in enumerate(tapped_names):
-        size = int(np.prod(art.node(name).shape))
-        taps.append(ir.Reshape(f"{TAP}{k}:{name}", (name,), (size,)))
-        sizes.append(size)
-    total = sum(sizes)
-    concat = ir.Concat(f"{TAP}all", tuple(t.name for t in taps), (total,), axis=0)
-    sink = ir.Readout(f"{TAP}readout", (concat.name,), (total,),
-                      scale=np.ones(total, np.float32), bias=np.zeros(total, np.int64))
-    tapped = Artifact([n for n in art.nodes if n.kind != "readout"] + taps + [concat, sink],
-                      art.input, sink.name, dict(art.meta))
-    hists: dict[str, dict[int, int]] = {name: {} for name in names}
-    stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
-             for n in art.nodes}
-    bounds = np.cumsum([0] + sizes)
-    accs = []
-    for start in range(0, len(x), batch_size):
-        res = sim.cpu.run(tapped, x[start:start + batch_size], timesteps=1)
-        acc = res.accumulator
-        accs.append(acc[..., :sizes[0]].reshape(acc.shape[:-1] + tuple(readout.shape)))
-        for k, name in enumerate(names, start=1):
-            values, counts = np.unique(acc[..., bounds[k]:bounds[k + 1]], return_counts=True)
-            h = hists[name]
-            for v, c in zip(values.tolist(), counts.tolist()):
-                h[v] = h.get(v, 0) + c
-        for name, st in stats.items():
-            got = res.stats.get(name, LayerStats())
-            st.spikes += got.spikes
-            st.payload += got.payload
-            st.synops += got.synops
-            st.saturations += got.saturations
-        if progress is not None:
-            progress(len(acc))
-    lead = (len(x), x.shape[1]) if recurrent else (len(x),)
-    acc = np.concatenate(accs) if accs else np.zeros(lead + tuple(readout.shape), np.int64)
-    pad = (1,) * len(lead)
-    out = semantics.readout(acc, np.asarray(readout.bias).reshape(pad + np.shape(readout.bias)),
-                            np.asarray(readout.scale).reshape(pad + np.shape(readout.scale)), 1)
-    return SimResult(out, acc, stats, len(x), timesteps), hists
+    result = sim.cpu.run(art, x, timesteps=timesteps, batch_size=batch_size, progress=progress,
+                         record=tuple(names))
+    hists = {}
+    for name in names:
+        values, counts = np.unique(result.recorded[name], return_counts=True)
+        hists[name] = dict(zip(values.tolist(), counts.tolist()))
+    return result, hists
 
 
 # ---------------------------------------------------------------- terminal output

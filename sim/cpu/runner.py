@@ -34,6 +34,9 @@ class SimResult:
     stats: dict[str, LayerStats] = field(default_factory=dict)
     samples: int = 0
     timesteps: int = 1
+    # integer values of the nodes asked for with run(record=...): (N, *shape), summed over the
+    # steps of a feed-forward run, or (N, T, *shape) per step of a recurrent one
+    recorded: dict[str, np.ndarray] = field(default_factory=dict)
 
     def probabilities(self, softmax: str) -> np.ndarray:
         if softmax in ("softmax", "logsoftmax"):
@@ -126,7 +129,8 @@ def check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
 
 
 def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
-        batch_size: int = 1024, count: bool = True, progress=None) -> SimResult:
+        batch_size: int = 1024, count: bool = True, progress=None,
+        record: tuple[str, ...] = ()) -> SimResult:
     """Run `art` on float inputs x and return the readout.
 
     Feed-forward networks: x is (N, *input_shape); the graph runs `timesteps` steps on the same
@@ -134,9 +138,13 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     Recurrent networks (a Delay node): x is (N, T, *input_shape), one trial per row; every step
     encodes x[:, t], memoryless neurons start afresh, leaky (reset "none") neurons and delays carry
     their state through the trial, and the readout is per step: output (N, T, *output_shape).
-    `progress(n)` is called after each batch of n samples.
+    `progress(n)` is called after each batch of n samples; `record` names nodes whose integer
+    values are returned in `SimResult.recorded`.
     """
     x = check_input(art, x)
+    unknown = [r for r in record if r not in {n.name for n in art.nodes}]
+    if unknown:
+        raise SimulationError(f"cannot record {unknown}: no such nodes")
     if timesteps < 1:
         raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
     if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
@@ -144,21 +152,27 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
              for n in art.nodes}
     outs, accs = [], []
+    kept: dict[str, list[np.ndarray]] = {r: [] for r in record}
     for start in range(0, len(x), batch_size):
         chunk = x[start:start + batch_size]
         if art.recurrent:
-            out, acc = _run_trials(art, chunk, count, stats)
+            out, acc, rec = _run_trials(art, chunk, count, stats, record)
         else:
-            out, acc = _run_batch(art, chunk, timesteps, binary, count, stats)
+            out, acc, rec = _run_batch(art, chunk, timesteps, binary, count, stats, record)
         outs.append(out)
         accs.append(acc)
+        for r in record:
+            kept[r].append(rec[r])
         if progress is not None:
             progress(len(out))
     readout = art.node(art.output)
     shape = (0,) + ((x.shape[1],) if art.recurrent else ()) + tuple(readout.shape)
+    lead = shape[:-len(readout.shape)] if readout.shape else shape
+    recorded = {r: np.concatenate(v) if v else np.zeros(lead + tuple(art.node(r).shape), np.int64)
+                for r, v in kept.items()}
     return SimResult(np.concatenate(outs) if outs else np.zeros(shape, np.float32),
                      np.concatenate(accs) if accs else np.zeros(shape, np.int64),
-                     stats, len(x), timesteps)
+                     stats, len(x), timesteps, recorded)
 
 
 def _step(art, x, values, previous, state, binary, count, stats):
@@ -182,31 +196,37 @@ def _step(art, x, values, previous, state, binary, count, stats):
     return values
 
 
-def _run_batch(art, x, timesteps, binary, count, stats):
+def _run_batch(art, x, timesteps, binary, count, stats, record=()):
     # at T = 1 no neuron state outlives the pass: the one-pass neuron applies
     state: dict[str, np.ndarray] | None = {} if timesteps > 1 else None
     acc_sum = 0
+    rec = {r: 0 for r in record}
     for _ in range(timesteps):
         values = _step(art, x, {}, {}, state, binary, count, stats)
         acc_sum = acc_sum + values[art.output]
+        for r in record:
+            rec[r] = rec[r] + values[r]
     readout = art.node(art.output)
     out = semantics.readout(acc_sum, _broadcast(readout.bias), _broadcast(readout.scale), timesteps)
-    return out, acc_sum
+    return out, acc_sum, rec
 
 
-def _run_trials(art, x, count, stats):
+def _run_trials(art, x, count, stats, record=()):
     persistent = {n.name for n in art.nodes if n.kind == "neuron" and n.reset == "none"}
     state: dict[str, np.ndarray] = {}
     values: dict[str, np.ndarray] = {}
     accs = []
+    rec = {r: [] for r in record}
     for t in range(x.shape[1]):
         state = {k: v for k, v in state.items() if k in persistent}
         values = _step(art, x[:, t], {}, values, state, False, count, stats)
         accs.append(values[art.output])
+        for r in record:
+            rec[r].append(values[r])
     acc = np.stack(accs, axis=1)
     readout = art.node(art.output)
     out = semantics.readout(acc, _broadcast(readout.bias)[:, None], _broadcast(readout.scale)[:, None], 1)
-    return out, acc
+    return out, acc, {r: np.stack(v, axis=1) for r, v in rec.items()}
 
 
 def _neuron_step(node, current, state, binary, st: LayerStats):
