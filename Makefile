@@ -33,8 +33,13 @@ test-all: $(STAMP)
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
+# speed and size figures quoted in the README (each script prints its table)
 bench: $(STAMP)
 	$(PY) benchmarks/cpu_sim.py
+	OPENBLAS_CORETYPE=Haswell $(PY) benchmarks/cpu_sim.py
+	$(PY) benchmarks/lava_throughput.py
+	$(PY) benchmarks/rnn.py --lava
+	$(PY) benchmarks/mapping.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
