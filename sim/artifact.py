@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.ir import ARRAY_DTYPES, Node, node_from_record
+from sim.ir import ARRAY_DTYPES, Node, check_node, node_from_record
 from toolchain.errors import ArtifactError, InputFileError
 
 FORMAT = "sfn"
@@ -63,13 +63,17 @@ class Artifact:
 
     def validate(self) -> None:
         """Structural checks: unique names, inputs defined before use, one input and output."""
-        seen = set()
+        seen, shapes = set(), {}
         for n in self.nodes:
             if n.name in seen:
                 raise ArtifactError(f"duplicate node name {n.name!r}")
             missing = [i for i in n.inputs if i not in seen]
             if missing:
                 raise ArtifactError(f"node {n.name!r} reads {missing} before they are defined")
+            problem = check_node(n, [shapes[i] for i in n.inputs])
+            if problem:
+                raise ArtifactError(f"node {n.name!r} ({n.kind}): {problem}")
+            shapes[n.name] = tuple(n.shape)
             seen.add(n.name)
         if self.input not in seen or self.output not in seen:
             raise ArtifactError("manifest input/output names do not match any node")
@@ -167,8 +171,10 @@ def _read_member(data: bytes, entry: dict, what: str) -> np.ndarray:
         if np.lib.format.read_magic(buf) != (1, 0):
             raise ArtifactError(f"{what}: not a version 1.0 .npy member")
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        if dtype.hasobject:
+            raise ArtifactError(f"{what}: holds Python objects (pickled data); refused")
         declared = (entry["dtype"], list(entry["shape"]))
-        if (dtype.str, list(shape)) != declared or fortran or dtype.hasobject:
+        if (dtype.str, list(shape)) != declared or fortran:
             raise ArtifactError(f"{what}: array is {dtype.str}{list(shape)}, manifest declares "
                                 f"{declared[0]}{declared[1]}")
         if len(data) - buf.tell() != math.prod(shape) * dtype.itemsize:
@@ -217,7 +223,7 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise ArtifactError(f"{path}: not an .sfn artifact (not a zip archive: {exc})") from None
     with zf:
         _check_members(zf.infolist(), path, max_uncompressed)
@@ -226,7 +232,8 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
             raise ArtifactError(f"{path}: not an .sfn artifact (no manifest.json)")
         try:
             manifest = json.loads(zf.read("manifest.json"))
-        except (ValueError, RecursionError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (ValueError, RecursionError, zipfile.BadZipFile, OSError, EOFError,
+                NotImplementedError) as exc:  # NotImplementedError: zip features we never write
             raise ArtifactError(f"{path}: manifest.json is corrupt ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ArtifactError(f"{path}: not an .sfn artifact (format is "
@@ -260,8 +267,8 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
             canonical = to_bytes(art)
         except ArtifactError:
             raise
-        except (KeyError, TypeError, AttributeError, ValueError, IndexError, zipfile.BadZipFile,
-                OSError, EOFError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError, RecursionError,
+                zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
             raise ArtifactError(f"{path}: corrupt or malformed artifact ({type(exc).__name__}: "
                                 f"{exc})") from None
     if canonical != data:

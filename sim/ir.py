@@ -214,3 +214,100 @@ def node_from_record(record: dict, arrays: dict[str, np.ndarray]) -> Node:
                    **{k: v for k, v in kwargs.items() if k not in ("name", "inputs", "shape")})
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{where}: malformed record ({exc})") from None
+
+
+def _window_out(size: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
+    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+def _broadcasts(a: np.ndarray | None, shape: tuple[int, ...]) -> bool:
+    try:
+        return a is not None and np.broadcast_shapes(np.shape(a), shape) == tuple(shape)
+    except ValueError:
+        return False
+
+
+def check_node(node: Node, inputs: list[tuple[int, ...]]) -> str | None:
+    """What is inconsistent about `node` given its inputs' shapes, or None: the parameters a
+    simulator relies on (ranks, lengths, ranges, broadcasting, the output shape they imply)."""
+    shape = tuple(node.shape)
+    k = node.kind
+    if not shape and k != "readout" or any(not isinstance(d, int) or d < 1 for d in shape):
+        return f"shape {shape} is not a tuple of positive sizes"
+    pairs = lambda *v: all(isinstance(t, tuple) and len(t) == n and all(
+        isinstance(i, int) for i in t) for t, n in v)
+    if k in ("dense", "conv", "sumpool", "maxpool", "neuron", "reshape", "transpose", "readout"):
+        if len(inputs) != 1:
+            return f"{len(inputs)} inputs, a {k} node reads one"
+        (x,) = inputs
+    if k == "dense":
+        w = node.weight
+        if np.ndim(w) != 2 or len(x) != 1 or w.shape != (shape[0], x[0]) or len(shape) != 1:
+            return f"weight {np.shape(w)} does not map input {x} to {shape}"
+    elif k in ("conv", "sumpool", "maxpool"):
+        if len(x) != 3 or len(shape) != 3:
+            return f"input {x} and output {shape} must be (C, H, W)"
+        kernel = node.weight.shape[2:] if k == "conv" else node.kernel
+        dil = getattr(node, "dilation", (1, 1))
+        if k == "conv" and np.ndim(node.weight) != 4:
+            return f"weight rank {np.ndim(node.weight)}, expected 4"
+        if not pairs((tuple(kernel), 2), (node.stride, 2), (tuple(dil), 2), (node.pads, 4)) or \
+                min(*kernel, *node.stride, *dil) < 1 or min(node.pads) < 0:
+            return "kernel/stride/dilation must be positive pairs and pads four sizes ≥ 0"
+        hw = tuple(_window_out(x[1 + a], kernel[a], node.stride[a], node.pads[a], node.pads[a + 2],
+                               dil[a]) for a in range(2))
+        if k == "conv":
+            co, cg = node.weight.shape[:2]
+            g = node.groups
+            if not isinstance(g, int) or g < 1 or x[0] % g or co % g or cg * g != x[0]:
+                return f"weight {node.weight.shape} with groups {g} does not fit {x[0]} channels"
+            expect = (co,) + hw
+        else:
+            expect = (x[0],) + hw
+        if shape != expect:
+            return f"output shape {shape}, its parameters give {expect}"
+    elif k == "add":
+        if not inputs or any(tuple(i) != shape for i in inputs):
+            return f"inputs {inputs} must all have the output shape {shape}"
+        if np.shape(node.gains)[0:1] != (len(inputs),) or len(node.exps) != len(inputs) or \
+                not all(isinstance(e, int) and 0 <= e < 32 for e in node.exps) or \
+                not all(_broadcasts(g, shape) for g in node.gains):
+            return "gains/exps do not match the inputs"
+    elif k == "neuron":
+        if tuple(x) != shape:
+            return f"input {x} differs from its shape {shape}"
+        if not (isinstance(node.lo, int) and isinstance(node.hi, int) and node.lo <= node.hi):
+            return f"levels [{node.lo}, {node.hi}]"
+        if node.fire not in ("uniform", "adaptive") or node.reset not in ("subtract", "none") or \
+                not 0 <= node.decay <= 4096:
+            return f"fire {node.fire!r}, reset {node.reset!r}, decay {node.decay} out of range"
+        if not (_broadcasts(node.threshold, shape) and _broadcasts(node.bias, shape)) or \
+                np.any(np.asarray(node.threshold) < 1):
+            return "threshold/bias do not broadcast to the shape, or a threshold is < 1"
+        if node.fire == "adaptive" and (
+                np.ndim(node.payload) != 1 or np.ndim(node.thresholds) < 1 or
+                np.shape(node.thresholds)[-1] + 1 != len(node.payload) or
+                not _broadcasts(node.thresholds, shape + (len(node.payload) - 1,))):
+            return "adaptive thresholds and payload table do not match"
+    elif k == "concat":
+        ranks = {len(i) for i in inputs}
+        if not inputs or ranks != {len(shape)} or not 0 <= node.axis < len(shape):
+            return f"inputs {inputs} cannot be joined along axis {node.axis} into {shape}"
+        joined = list(inputs[0])
+        joined[node.axis] = sum(i[node.axis] for i in inputs)
+        if any(tuple(np.delete(i, node.axis)) != tuple(np.delete(shape, node.axis))
+               for i in inputs) or tuple(joined) != shape:
+            return f"inputs {inputs} do not concatenate to {shape}"
+    elif k == "reshape":
+        if int(np.prod(x)) != int(np.prod(shape)):
+            return f"cannot reshape {x} to {shape}"
+    elif k == "transpose":
+        if sorted(node.perm) != list(range(len(x))) or tuple(x[p] for p in node.perm) != shape:
+            return f"perm {node.perm} does not map {x} to {shape}"
+    elif k == "readout":
+        if tuple(x) != shape or not _broadcasts(node.scale, shape) or \
+                not _broadcasts(node.bias, shape) or node.softmax not in ("", "softmax", "logsoftmax"):
+            return "scale/bias/softmax do not fit the input"
+    elif k == "input" and inputs:
+        return "an input node reads nothing"
+    return None

@@ -12,8 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import (Fail, InvalidArgument, InvalidGraph,
+                                                         NotImplemented, RuntimeException)
 
-from toolchain.errors import ShapeError
+from toolchain.errors import ModelError, ShapeError
+
+# onnxruntime's exceptions derive from Exception directly
+ORT_ERRORS = (Fail, InvalidArgument, InvalidGraph, NotImplemented, RuntimeException)
 
 SAMPLES_PER_CHANNEL = 20_000
 FALLBACK_SAMPLES = 64
@@ -39,7 +44,12 @@ def session(model: onnx.ModelProto, extra_outputs: list[str]) -> ort.InferenceSe
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 2
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(m.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    except ORT_ERRORS as exc:
+        raise ModelError(f"onnxruntime cannot load the model: "
+                         f"{str(exc).splitlines()[0][:300]}") from None
 
 
 def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: int = 256):
@@ -53,7 +63,11 @@ def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: in
         if fixed and len(chunk) != fixed:
             chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk),) + chunk.shape[1:],
                                                     np.float32)])
-        outs = sess.run(names, {inp.name: chunk})
+        try:
+            outs = sess.run(names, {inp.name: chunk})
+        except ORT_ERRORS as exc:
+            raise ModelError(f"onnxruntime cannot run the model: "
+                             f"{str(exc).splitlines()[0][:300]}") from None
         yield {n: o[:len(x[start:start + step])] for n, o in zip(names, outs)}
 
 

@@ -28,9 +28,15 @@ def load_npy(path: str, what: str) -> np.ndarray:
     if not p.is_file():
         raise InputFileError(f"{path}: no such {what} file")
     try:
-        return np.load(p, allow_pickle=False)
+        array = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputFileError(f"{path}: not a readable .npy array ({str(exc)[:200]})") from None
+    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive as an NpzFile
+        array.close()
+        raise InputFileError(f"{path}: an .npz archive; give one .npy array")
+    if array.ndim == 0:
+        raise InputFileError(f"{path}: a 0-d array; give (N, *input_shape)")
+    return array
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
@@ -144,9 +150,12 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
               show_default=True)
 @click.option("--timeout", type=click.FloatRange(1), default=600, show_default=True,
               help="Wall-clock guard for a Lava run, seconds.")
+@click.option("--fail-on-saturation", is_flag=True,
+              help="Treat any 24-bit state saturation as an error (no output is written).")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, hidden=True)
-def run(artifact, inp, out, backend, timesteps, binary, lava_tag, timeout, as_json, debug):
+def run(artifact, inp, out, backend, timesteps, binary, lava_tag, timeout, fail_on_saturation,
+        as_json, debug):
     """Run ARTIFACT on --input and write the readout to --output."""
     from tqdm import tqdm
 
@@ -164,6 +173,12 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, timeout, as_js
             import sim.lava
             res = sim.lava.run(art, x, timesteps=T, binary=binary, tag=lava_tag,
                                timeout=timeout, progress=bar.update)
+    saturated = {name: st.saturations for name, st in res.stats.items() if st.saturations}
+    if fail_on_saturation and saturated:
+        from toolchain.errors import SimulationError
+        raise SimulationError("24-bit state saturated: " + ", ".join(
+            f"layer {name!r} {count} times" for name, count in saturated.items()) +
+            f" over {res.samples} samples; recompile with fewer --levels or a smaller range")
     softmax = art.node(art.output).softmax
     save_npy(out, res.probabilities(softmax))
     summary = {"samples": res.samples, "timesteps": T, "backend": backend,

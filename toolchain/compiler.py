@@ -10,7 +10,7 @@ import numpy as np
 import sim.cpu
 from sim.artifact import Artifact, atomic_write, save
 from toolchain import calibrate as cal
-from toolchain.errors import ShapeError
+from toolchain.errors import ModelError, ShapeError
 from toolchain.onnx_import import ImportedModel, import_onnx
 from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.reference import emit_reference
@@ -117,7 +117,13 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     imported = import_onnx(path)
     notes = list(imported.notes)
     if levels is None:
-        levels = int(imported.metadata.get("sfn.levels", DEFAULT_LEVELS))
+        raw = imported.metadata.get("sfn.levels", str(DEFAULT_LEVELS))
+        try:
+            levels = int(raw)
+        except ValueError:
+            raise ModelError(f"{path}: metadata sfn.levels={raw!r} is not an integer") from None
+        if not 1 <= levels <= 2 ** 15:
+            raise ModelError(f"{path}: metadata sfn.levels={levels} is outside 1 to 32768")
         notes.append(f"levels: {levels} ({'from the model metadata sfn.levels' if 'sfn.levels' in imported.metadata else 'default'})")
     fg = imported.graph
     input_shape = fg[fg.input]["shape"]

@@ -33,6 +33,10 @@ HEADROOM = 2 ** 21
 HEADROOM_BEFORE_ADD = 2 ** 13
 WEIGHT_BOUND = 2 ** 22  # fewer weight bits only when 8-bit weights could exceed this
 MAX_WEIGHT_EXP = 7
+# a bias much larger than the reachable current (a channel whose input is almost never nonzero,
+# its output driven by the folded BatchNorm shift) lowers the weight exponent until
+# current bound + |bias| fits in three quarters of the signed 24-bit state (θ/2 takes the rest)
+BIAS_HEADROOM = 3 * 2 ** 21
 MAX_ADD_SHIFT = 8
 LEAK_SHIFT = 8  # a leaky unit's state carries 8 more bits than its output payload
 
@@ -72,6 +76,52 @@ def _per_channel(a: np.ndarray) -> np.ndarray:
     """Per-channel value of an array that must be constant within each channel."""
     flat = a.reshape(a.shape[0], -1)
     return flat[:, 0]
+
+
+def function_steps(fn, s: float, lo: int, hi: int, reach: float, samples: int = 20001):
+    """Edges z_1 < … < z_K and payloads y_0 … y_K of n(z) = clip(floor(fn(z)/s + 1/2), lo, hi)
+    for |z| ≤ reach: n = y_k on [z_k, z_{k+1}). A uniform and a geometric grid (fine near 0)
+    locate the changes, bisection pins each one to float precision."""
+    reach = min(max(reach, 1e-6), 1e12)
+    geo = np.geomspace(reach * 1e-9, reach, samples)
+    z = np.unique(np.concatenate([-geo, [0.0], geo, np.linspace(-reach, reach, samples)]))
+
+    def level(v):
+        with np.errstate(all="ignore"):
+            f = np.asarray(fn(np.asarray(v, np.float64)), np.float64)
+        if np.any(np.isnan(f)):
+            raise ValueError("the function is undefined (NaN) on part of the reachable input "
+                             f"range [{-reach:.3g}, {reach:.3g}]")
+        return np.clip(np.floor(f / s + 0.5), lo, hi)
+
+    n = level(z)
+    edges, payload = [], [int(n[0])]
+
+    def split(a, b, na, nb):
+        # a < b, level(a) = na != nb = level(b): record every change inside (a, b], in order
+        m = 0.5 * (a + b)
+        if m <= a or m >= b or b - a <= 1e-13 * max(1.0, abs(a), abs(b)):
+            edges.append(b)
+            payload.append(int(nb))
+            return
+        nm = level(m)
+        if nm != na:
+            split(a, m, na, nm)
+        if nm != nb:
+            split(m, b, nm, nb)
+
+    for i in np.flatnonzero(n[1:] != n[:-1]):
+        split(z[i], z[i + 1], n[i], n[i + 1])
+    return np.asarray(edges, np.float64), np.asarray(payload, np.int64)
+
+
+def _gain_exponent(fail, name: str, g: np.ndarray) -> int:
+    """Exponent e so that the gains g / 2^e fit 8-bit mantissas."""
+    top = float(np.max(g))
+    if not np.isfinite(top) or top > 255 * 2 ** 24:
+        fail(name, f"input gains reach {top:.3g} output units; the inputs' scales are too far "
+                   "apart for 8-bit gains")
+    return max(0, int(np.ceil(np.log2(top / 255.0))))
 
 
 def _round_even(x):
@@ -169,8 +219,9 @@ class Quantizer:
         return QTensor(name, name, unit, np.zeros(shape, np.int64), np.full(shape, float(hi)),
                        True, True)
 
-    def _weights(self, name, w_eff, bound_of):
-        """Quantize W_eff (out, ...) per output channel; choose bits and weight_exp."""
+    def _weights(self, name, w_eff, bound_of, b=None):
+        """Quantize W_eff (out, ...) per output channel; choose bits and weight_exp (lowered
+        while the bound plus the float bias `b` in accumulator units exceeds BIAS_HEADROOM)."""
         self.synapses[name] = dict(w_eff=w_eff, bound_of=bound_of)
         pos, neg = bool(np.any(w_eff > 0)), bool(np.any(w_eff < 0))
         head = HEADROOM_BEFORE_ADD if any(self.fg[c]["op"] == "add"
@@ -196,6 +247,10 @@ class Quantizer:
         exp = 0
         while exp < MAX_WEIGHT_EXP and bound.max() * 2 ** (exp + 1) <= head:
             exp += 1
+        if b is not None:
+            need = bound + np.abs(np.asarray(b, np.float64)).reshape(-1) / unit_w
+            while exp > 0 and need.max() * 2 ** exp > BIAS_HEADROOM:
+                exp -= 1
         return w_int.astype(np.int64), unit_w, exp, bound * 2 ** exp, bits
 
     def _synapse_out(self, name, fname, node, unit_w, exp, bound, b, shape, synapses, bits):
@@ -217,7 +272,7 @@ class Quantizer:
         p = d["params"]
         w_eff = p["W"] * x.unit.reshape(1, -1)
         bin_ = x.bound.reshape(-1)
-        w_int, unit_w, exp, bound, bits = self._weights(name, w_eff, lambda a: a @ bin_)
+        w_int, unit_w, exp, bound, bits = self._weights(name, w_eff, lambda a: a @ bin_, p["b"])
         node = ir.Dense(name, (x.node,), d["shape"], weight=w_int.astype(np.int16), weight_exp=exp)
         return self._synapse_out(name, name, node, unit_w, exp, bound, p["b"], d["shape"],
                                  int(w_int.size), bits)
@@ -233,7 +288,7 @@ class Quantizer:
         chan = (np.arange(co)[:, None] // (co // g)) * cg + np.arange(cg)[None, :]
         w_eff = w * u_c[chan][:, :, None, None]
         w_int, unit_w, exp, bound, bits = self._weights(
-            name, w_eff, lambda a: (a * b_c[chan][:, :, None, None]).sum(axis=(1, 2, 3)))
+            name, w_eff, lambda a: (a * b_c[chan][:, :, None, None]).sum(axis=(1, 2, 3)), p["b"])
         node = ir.Conv(name, (x.node,), d["shape"], weight=w_int.astype(np.int16), weight_exp=exp,
                        stride=tuple(p["stride"]), pads=tuple(p["pads"]),
                        dilation=tuple(p["dilation"]), groups=int(g))
@@ -338,7 +393,7 @@ class Quantizer:
         gains, exps = [], []
         for r, x in zip(ratio, ins):
             g = _per_channel(r) * 2 ** k
-            e = max(0, int(np.ceil(np.log2(g.max() / 255.0))))
+            e = _gain_exponent(self.fail, name, g)
             gains.append(np.rint(g / 2 ** e).astype(np.int64))
             exps.append(e)
         bshape = (len(ins), shape[0]) + (1,) * (len(shape) - 1)
@@ -431,7 +486,7 @@ class Quantizer:
         s_y = self.act_scale(name, None, signed)
         unit_v = s_y / 2 ** LEAK_SHIFT
         g = _per_channel(x.unit) / unit_v
-        e = max(0, int(np.ceil(np.log2(g.max() / 255.0))))
+        e = _gain_exponent(self.fail, name, g)
         gains = np.rint(g / 2 ** e).astype(np.int64)
         self.emit(ir.Add(f"{name}/in", (x.node,), shape, gains=gains[None], exps=(e,)))
         decay = int(round(d["params"]["alpha"] * semantics.LEAK_ONE))
@@ -451,9 +506,11 @@ class Quantizer:
         return QTensor(name, name, np.broadcast_to(s_y, shape).astype(np.float64),
                        np.zeros(shape, np.int64), np.full(shape, float(L)), True, True)
 
-    def _table(self, name, x: QTensor, edges: np.ndarray, payload: np.ndarray):
+    def _table(self, name, x: QTensor, edges: np.ndarray, payload: np.ndarray,
+               out_unit: float | None = None):
         """Adaptive neuron: n = payload[#{k : v ≥ t_k}], t_k = ceil(z_k / unit) per neuron, where
-        z_k are the float inputs at which the rounded activation steps up."""
+        z_k are the float inputs at which the rounded activation steps (up or down); each payload
+        step stands for `out_unit` (default 1/L)."""
         shape = x.unit.shape
         thresholds = np.ceil(edges[None, :] / x.unit.reshape(-1, 1)).reshape(shape + (len(edges),))
         thresholds = np.clip(thresholds, -semantics.V_MAX - 1, semantics.V_MAX + 1).astype(np.int64)
@@ -470,7 +527,10 @@ class Quantizer:
                                 threshold=(int(thresholds.min()), int(thresholds.max())),
                                 margin_bits=round(float(np.log2(semantics.V_MAX / max(worst, 1))), 1)))
         L = self.opts.levels
-        return QTensor(name, name, np.full(shape, 1.0 / L), np.zeros(shape, np.int64),
+        unit = 1.0 / L if out_unit is None else out_unit
+        if out_unit is not None:
+            self.record[f"{name}/act_scale"] = np.array([unit])
+        return QTensor(name, name, np.full(shape, unit), np.zeros(shape, np.int64),
                        np.full(shape, float(np.abs(payload).max())), True, True)
 
     def op_sigmoid(self, name, d, ins):
@@ -486,8 +546,49 @@ class Quantizer:
         edges = np.arctanh((np.arange(-L + 1, L + 1) - 0.5) / L)
         return self._table(name, ins[0], edges, np.arange(-L, L + 1))
 
+    def op_table(self, name, d, ins):
+        """Any elementwise function f of one tensor (ONNX Sigmoid, HardSwish, x·sigmoid(x), GELU
+        …): n = clip(floor(f(z)/s + 1/2), −L, L) with one output step s per layer (calibration
+        percentile of |f| over all channels, capped by f's known bounds), realized as an adaptive
+        neuron whose thresholds are the inputs z where n changes (found on the reachable input
+        range by sampling and bisection) — the payload need not be monotone."""
+        x = ins[0]
+        if d["params"].get("synthetic"):
+            self.fail(name, f"{d['params'].get('expr')} is a comparison; it is supported only as "
+                            "the condition of a Where")
+        L = self.opts.levels
+        st = self.stats[name]
+        rng = st.layer_pct_abs if st.layer_pct_abs > 0 else float(st.max_abs.max())
+        b = d["params"].get("bounds")
+        if b is not None:
+            rng = min(rng, max(abs(b[0]), abs(b[1])))
+        if not rng > 0:
+            rng = 1.0
+        s = rng / L
+        reach = float(((x.bound + np.abs(x.bias)) * x.unit).max())
+        try:
+            edges, payload = function_steps(d["params"]["fn"], s, -L, L, reach)
+        except ValueError as exc:
+            self.fail(name, f"{d['params'].get('expr', 'function')}: {exc}")
+        return self._table(name, x, edges, payload, s)
+
+    def op_pad(self, name, d, ins):
+        raise UnsupportedOpError(f"{self.where}: Pad {name!r} is supported only where a Conv or "
+                                 "AveragePool reads it (it folds into their padding)")
+
+    def _prune(self):
+        """Drop the float-graph nodes an import composition or fold left unused (tables, uniform
+        affines and ReLUs bypassed by a composed table, pads folded into a conv)."""
+        while True:
+            dead = [n for n in self.fg.g if n != self.fg.output and not self.fg.consumers(n)
+                    and self.fg[n]["op"] in ("table", "affine", "relu", "pad")]
+            if not dead:
+                return
+            self.fg.g.remove_nodes_from(dead)
+
     # --- driver --------------------------------------------------------------------------------
     def run(self, softmax: str) -> tuple[list[ir.Node], str, str]:
+        self._prune()
         for name in self.fg.order():
             d = self.fg[name]
             handler = getattr(self, f"op_{d['op']}", None)

@@ -6,6 +6,7 @@ converter registered for its op type.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -16,12 +17,12 @@ from onnx.reference import ReferenceEvaluator
 
 from toolchain.errors import ModelError, ShapeError, UnsupportedOpError
 from toolchain.fgraph import FloatGraph, fold_affine
-from toolchain.onnx_import import converters  # noqa: F401  (registers every converter)
+from toolchain.onnx_import import converters, loader  # noqa: F401  (registers every converter)
 from toolchain.onnx_import.context import ImportContext
 from toolchain.onnx_import.loader import opset_of, prepare, read_model
 from toolchain.onnx_import.registry import CONVERTERS, supported_ops
 
-MAX_ELEMENTS = 200_000_000  # per tensor: a larger initializer or constant is refused
+SHAPE_DATA_ELEMENTS = 1024  # constants up to this size feed shape inference their values
 
 
 @dataclass
@@ -39,7 +40,9 @@ class ImportedModel:
 
 
 def _fold_constant(node, ctx) -> bool:
-    """Evaluate `node` if all its inputs are known constants (or it is Shape of a static tensor)."""
+    """Evaluate `node` if all its inputs are known constants (or it is Shape of a static tensor).
+    Control flow is never evaluated (a Loop's trip count is data), and an output whose size is
+    unknown or over the limit is refused before anything is computed."""
     if node.op_type == "Constant":
         value = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0])) \
             if node.attribute[0].name == "value" else np.asarray(
@@ -50,34 +53,64 @@ def _fold_constant(node, ctx) -> bool:
         start, end = ctx.attr(node, "start", 0), ctx.attr(node, "end", None)
         ctx.consts[node.output[0]] = np.array(ctx.shapes[node.input[0]][start:end], np.int64)
         return True
-    if not node.input or any(i and i not in ctx.consts for i in node.input):
+    if not node.input or any(i and i not in ctx.consts for i in node.input) or \
+            any(a.HasField("g") or a.graphs for a in node.attribute):
         return False
+    outputs = [o for o in node.output if o]
+    for name, shape in zip(outputs, _folded_shapes(node, ctx, outputs)):
+        if shape is None:
+            raise ShapeError(f"{ctx.node_label(node)}: the size of constant {name!r} cannot be "
+                             "determined before evaluating it; refused")
+        if math.prod(shape) > loader.MAX_TENSOR_ELEMENTS:
+            raise ShapeError(f"{ctx.node_label(node)}: constant {name!r} would have shape "
+                             f"{list(shape)} ({math.prod(shape)} elements), over the "
+                             f"{loader.MAX_TENSOR_ELEMENTS} limit; refused before evaluating it")
     inputs = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
               for i in node.input if i]
-    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-               for o in node.output if o]
-    graph = helper.make_graph([node], "fold", inputs, outputs)
+    graph = helper.make_graph([node], "fold", inputs, _untyped(outputs))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
     try:
         results = ReferenceEvaluator(model).run(None, {i: ctx.consts[i] for i in node.input if i})
     except Exception as exc:
         raise ModelError(f"{ctx.node_label(node)}: constant evaluation failed ({exc})") from None
-    for name, value in zip([o for o in node.output if o], results):
-        if np.asarray(value).size > MAX_ELEMENTS:
-            raise ShapeError(f"{ctx.node_label(node)}: constant {name!r} has "
-                             f"{np.asarray(value).size} elements, over the {MAX_ELEMENTS} limit")
+    for name, value in zip(outputs, results):
         ctx.consts[name] = np.asarray(value)
     return True
 
 
+def _untyped(names):
+    return [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names]
+
+
+def _folded_shapes(node, ctx, outputs) -> list[tuple[int, ...] | None]:
+    """Output shapes of a node about to be folded, inferred for this node alone from its constant
+    inputs (small ones by value), not from shapes the file declares; None where unknown."""
+    values, typed = [], []
+    try:
+        for i in dict.fromkeys(filter(None, node.input)):
+            v = np.asarray(ctx.consts[i])
+            if v.size <= SHAPE_DATA_ELEMENTS:
+                values.append(numpy_helper.from_array(v, i))
+            else:
+                typed.append(helper.make_tensor_value_info(
+                    i, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape))
+        graph = helper.make_graph([node], "fold", typed, _untyped(outputs), values)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"{ctx.node_label(node)}: cannot infer the shape of its constant output "
+                         f"({str(exc)[:200]})") from None
+    shapes = []
+    for o in inferred.graph.output:
+        tt = o.type.tensor_type
+        known = tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)
+        shapes.append(tuple(d.dim_value for d in tt.shape.dim) if known else None)
+    return shapes
+
+
 def import_onnx(path: str | os.PathLike) -> ImportedModel:
-    raw, sha = read_model(path)
+    raw, sha = read_model(path)  # every tensor's type, size and data checked
     where = str(path)
-    for t in raw.graph.initializer:
-        n = int(np.prod(t.dims)) if t.dims else 1
-        if n > MAX_ELEMENTS:
-            raise ShapeError(f"{where}: initializer {t.name!r} declares {n} elements, over the "
-                             f"{MAX_ELEMENTS} limit")
     opset = opset_of(raw, where)
     source = onnx.ModelProto()
     source.CopyFrom(raw)
@@ -85,9 +118,6 @@ def import_onnx(path: str | os.PathLike) -> ImportedModel:
     ctx = ImportContext(model, where, opset)
     ctx.fg.add(input_name, "input", [], ctx.shapes[input_name][1:])
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"{ctx.node_label(node)}: custom domain {node.domain!r} is "
-                                     "not supported")
         if _fold_constant(node, ctx):
             continue
         conv = CONVERTERS.get(node.op_type)
