@@ -15,9 +15,7 @@ falls back to a slow SSE3 kernel ("Prescott"); `OPENBLAS_CORETYPE=Haswell` selec
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +24,14 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sim.cpu  # noqa: E402
+from timing import median_seconds  # noqa: E402
 from exporters.digits import load_digits_split  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():

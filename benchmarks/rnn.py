@@ -8,34 +8,23 @@ depend on training, so the network is freshly initialized (Dale's law, ReLU). Pr
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sim.cpu  # noqa: E402
+from timing import median_seconds  # noqa: E402
 from exporters.rnn.export import export_rnn_onnx, run_onnx_trials  # noqa: E402
 from exporters.rnn.model import EIRNN  # noqa: E402
 from exporters.rnn.tasks import make_task  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
-
-
-def median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():

@@ -159,6 +159,20 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def read_user_file(path: Path, limit: int, what: str = "file",
+                   too_big: type[Exception] = InputFileError) -> bytes:
+    """The bytes of a file a user named: missing, unreadable or over `limit` bytes is an error."""
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such {what}")
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise too_big(f"{path}: {size} bytes, over the {limit}-byte limit")
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def save(art: Artifact, path: str | os.PathLike) -> None:
     atomic_write(path, to_bytes(art))
 
@@ -212,15 +226,7 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
     """Read and fully validate an artifact; any defect raises ArtifactError naming it. The file
     is read once, so a writer replacing it meanwhile cannot mix two versions."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such artifact file")
-    try:
-        size = path.stat().st_size
-        if size > max_uncompressed:
-            raise ArtifactError(f"{path}: {size} bytes, over the {max_uncompressed}-byte limit")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = read_user_file(path, max_uncompressed, "artifact file", ArtifactError)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:

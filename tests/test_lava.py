@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import nets
+from lava_helpers import assert_same, lava_children
 import sim.cpu
 import sim.lava
 from sim.artifact import Artifact
@@ -25,31 +26,6 @@ pytestmark = pytest.mark.lava
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SAMPLES = 120
-
-
-def _assert_same(result, reference):
-    """Output, accumulator and every node's statistics identical."""
-    np.testing.assert_array_equal(result.accumulator, reference.accumulator)
-    np.testing.assert_array_equal(result.output, reference.output)
-    assert result.stats == reference.stats
-    assert (result.samples, result.timesteps) == (reference.samples, reference.timesteps)
-
-
-def _lava_children() -> list[str]:
-    """Command lines of this process's live children, the multiprocessing resource tracker (a
-    helper of Python's shared memory, not a Lava process) excepted."""
-    me, found = str(os.getpid()), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = f.read().rsplit(")", 1)[1].split()[1]
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if parent == me and "resource_tracker" not in cmdline:
-            found.append(f"{pid}: {cmdline}")
-    return found
 
 
 def _small_artifact(adaptive: bool = False, decay: int = 4096, bias: int = 3,
@@ -91,8 +67,8 @@ def test_fixed_pt_equals_cpu_and_floating_pt_within_tolerance(name):
     reference = sim.cpu.run(art, x)
     assert sum(st.synops for st in reference.stats.values()) > 0
     assert sum(st.saturations for st in reference.stats.values()) == 0
-    _assert_same(sim.lava.run(art, x, timeout=120), reference)
-    _assert_same(sim.lava.run(art, x, tag="floating_pt", timeout=120), reference)
+    assert_same(sim.lava.run(art, x, timeout=120), reference)
+    assert_same(sim.lava.run(art, x, tag="floating_pt", timeout=120), reference)
 
 
 @pytest.mark.parametrize("name,binary", [("residual", False), ("concat", True)])
@@ -102,7 +78,7 @@ def test_multi_timestep_equals_cpu(name, binary):
     compiled, _, test_x = nets.compiled(name)
     x = test_x[:N_SAMPLES]
     reference = sim.cpu.run(compiled.artifact, x, timesteps=4, binary=binary)
-    _assert_same(sim.lava.run(compiled.artifact, x, timesteps=4, binary=binary, timeout=120),
+    assert_same(sim.lava.run(compiled.artifact, x, timesteps=4, binary=binary, timeout=120),
                  reference)
 
 
@@ -115,7 +91,7 @@ def test_adaptive_leak_and_signed_neurons_equal_cpu(adaptive, decay, timesteps, 
     art, x = _small_artifact(adaptive, decay), _small_inputs()
     reference = sim.cpu.run(art, x, timesteps=timesteps, binary=binary)
     for tag in sim.lava.TAGS:
-        _assert_same(sim.lava.run(art, x, timesteps=timesteps, binary=binary, tag=tag,
+        assert_same(sim.lava.run(art, x, timesteps=timesteps, binary=binary, tag=tag,
                                   timeout=120), reference)
 
 
@@ -127,7 +103,7 @@ def test_floating_pt_differs_only_where_fixed_pt_saturates():
     reference = sim.cpu.run(art, x)
     fixed = sim.lava.run(art, x, timeout=120)
     floating = sim.lava.run(art, x, tag="floating_pt", timeout=120)
-    _assert_same(fixed, reference)
+    assert_same(fixed, reference)
     assert reference.stats["h"].saturations > 0
     assert floating.stats["h"].saturations == reference.stats["h"].saturations
     per_sample = [sim.cpu.run(art, x[i:i + 1]).stats["h"].saturations for i in range(len(x))]
@@ -144,26 +120,7 @@ def test_progress_reports_every_sample():
     seen = []
     result = sim.lava.run(compiled.artifact, x, progress=seen.append, timeout=120)
     assert seen == [256, 44]
-    _assert_same(result, sim.cpu.run(compiled.artifact, x))
-
-
-@pytest.fixture
-def shared_memory_names(monkeypatch):
-    """Names of every shared-memory segment Lava creates during the test."""
-    from sim.lava.compat import load_lava
-
-    load_lava()
-    from lava.magma.runtime.message_infrastructure import shared_memory_manager as smm
-
-    names, create = [], smm.SharedMemoryManager.create_shared_memory
-
-    def recording(self, size):
-        handle = create(self, size)
-        names.append(handle.name)
-        return handle
-
-    monkeypatch.setattr(smm.SharedMemoryManager, "create_shared_memory", recording)
-    return names
+    assert_same(result, sim.cpu.run(compiled.artifact, x))
 
 
 def _inject(monkeypatch, node_name: str, step: int, hang: bool = False):
@@ -196,11 +153,11 @@ def test_failing_process_model_raises_its_error_and_ends_every_process(monkeypat
     assert "'/Relu_output_0'" in str(info.value)
     assert "injected failure" in info.value.lava_traceback
     assert elapsed < 15, f"failure took {elapsed:.1f} s to report (guard: 60 s)"
-    assert _lava_children() == []
+    assert lava_children() == []
     assert shared_memory_names and not [n for n in shared_memory_names
                                         if os.path.exists(f"/dev/shm/{n}")]
     monkeypatch.undo()
-    _assert_same(sim.lava.run(art, x, timeout=60), sim.cpu.run(art, x))
+    assert_same(sim.lava.run(art, x, timeout=60), sim.cpu.run(art, x))
 
 
 def test_hanging_process_model_is_ended_at_the_time_limit(monkeypatch, shared_memory_names):
@@ -211,7 +168,7 @@ def test_hanging_process_model_is_ended_at_the_time_limit(monkeypatch, shared_me
     with pytest.raises(SimulationError, match="did not finish within 4 s"):
         sim.lava.run(art, x, timeout=4)
     assert time.monotonic() - start < 4 + 6  # the limit plus ending the processes
-    assert _lava_children() == []
+    assert lava_children() == []
     assert not [n for n in shared_memory_names if os.path.exists(f"/dev/shm/{n}")]
 
 
@@ -290,5 +247,5 @@ def test_import_is_cheap_and_shim_is_scoped():
 def test_fixed_pt_equals_cpu_many_samples(name):
     compiled, calib_x, test_x = nets.compiled(name)
     x = np.concatenate([test_x, calib_x] * 3)
-    _assert_same(sim.lava.run(compiled.artifact, x, timeout=600),
+    assert_same(sim.lava.run(compiled.artifact, x, timeout=600),
                  sim.cpu.run(compiled.artifact, x))

@@ -13,6 +13,7 @@ import pytest
 
 import sim.cpu
 import sim.lava
+from lava_helpers import assert_same, lava_children
 from sim.artifact import Artifact
 from sim.ir import Add, Concat, Delay, Dense, Input, Neuron, Node, Readout
 from sim.lava import hardware, recurrent
@@ -52,15 +53,6 @@ def _trials(n: int = 11, steps: int = 25, inputs: int = 3, seed: int = 5) -> np.
     return (rng.uniform(0, 1, (n, steps, inputs)) * scale).astype(np.float32)
 
 
-def _assert_same(result, reference):
-    np.testing.assert_array_equal(result.accumulator, reference.accumulator)
-    np.testing.assert_array_equal(result.output, reference.output)
-    assert result.output.dtype == reference.output.dtype
-    assert result.accumulator.dtype == reference.accumulator.dtype
-    assert result.stats == reference.stats
-    assert (result.samples, result.timesteps) == (reference.samples, reference.timesteps)
-
-
 @pytest.mark.parametrize("activation", sorted(VARIANTS))
 def test_trials_equal_cpu(activation):
     """Whole trials, 11 of them: fixed_pt in groups of 4 side by side (the last padded) and
@@ -75,8 +67,8 @@ def test_trials_equal_cpu(activation):
     seen = []
     fixed = sim.lava.run(art, x, batch=4, progress=seen.append, timeout=120)
     assert seen == [4, 4, 3]  # one report per group of trials
-    _assert_same(fixed, reference)
-    _assert_same(sim.lava.run(art, x, tag="floating_pt", timeout=120), reference)
+    assert_same(fixed, reference)
+    assert_same(sim.lava.run(art, x, tag="floating_pt", timeout=120), reference)
 
 
 def _handmade() -> Artifact:
@@ -125,7 +117,7 @@ def test_handmade_recurrent_graph_equals_cpu():
     assert sum(st.saturations for st in reference.stats.values()) == 0
     assert all(reference.stats[n].spikes > 0 for n in ("g", "h", "k"))
     for tag in sim.lava.TAGS:
-        _assert_same(sim.lava.run(art, x, tag=tag, batch=4, timeout=120), reference)
+        assert_same(sim.lava.run(art, x, tag=tag, batch=4, timeout=120), reference)
 
 
 def test_state_resets_between_trials():
@@ -146,7 +138,7 @@ def test_state_resets_between_trials():
             for field in ("spikes", "payload", "synops", "saturations"):
                 assert getattr(st, field) == getattr(a.stats[name], field) + \
                     getattr(b.stats[name], field)
-    _assert_same(both, sim.cpu.run(art, x))
+    assert_same(both, sim.cpu.run(art, x))
 
 
 def _saturating(art):
@@ -166,7 +158,7 @@ def test_floating_pt_differs_only_in_saturating_trials():
     reference = sim.cpu.run(art, x)
     fixed = sim.lava.run(art, x, timeout=120)
     floating = sim.lava.run(art, x, tag="floating_pt", timeout=120)
-    _assert_same(fixed, reference)
+    assert_same(fixed, reference)
     saturated = np.array([sim.cpu.run(art, x[i:i + 1]).stats["y"].saturations > 0
                           for i in range(len(x))])
     assert 0 < saturated.sum() < len(x)
@@ -174,21 +166,6 @@ def test_floating_pt_differs_only_in_saturating_trials():
     differs = np.any(floating.accumulator != fixed.accumulator, axis=(1, 2))
     np.testing.assert_array_equal(differs & ~saturated, False)
     assert differs.any()
-
-
-def _lava_children() -> list[str]:
-    me, found = str(os.getpid()), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = f.read().rsplit(")", 1)[1].split()[1]
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if parent == me and "resource_tracker" not in cmdline:
-            found.append(f"{pid}: {cmdline}")
-    return found
 
 
 @pytest.mark.parametrize("hang", [False, True])
@@ -235,11 +212,11 @@ def test_failure_in_cell_ends_every_process(monkeypatch, hang):
         assert "'cell'" in str(info.value)
         assert "injected failure" in info.value.lava_traceback
         assert elapsed < 15, f"failure took {elapsed:.1f} s to report (guard: 60 s)"
-    assert _lava_children() == []
+    assert lava_children() == []
     assert names and not [n for n in names if os.path.exists(f"/dev/shm/{n}")]
     monkeypatch.undo()
     if not hang:
-        _assert_same(sim.lava.run(art, x, batch=4, timeout=60), sim.cpu.run(art, x))
+        assert_same(sim.lava.run(art, x, batch=4, timeout=60), sim.cpu.run(art, x))
 
 
 class Mystery(Node):
@@ -254,7 +231,7 @@ def test_refusals_and_edge_cases(monkeypatch):
     with pytest.raises(ShapeError, match=r"expects \(N, T, 3\)"):
         sim.lava.run(art, np.zeros((4, 3), np.float32))
     empty = np.zeros((0, 7, 3), np.float32)
-    _assert_same(sim.lava.run(art, empty), sim.cpu.run(art, empty))
+    assert_same(sim.lava.run(art, empty), sim.cpu.run(art, empty))
 
     def must_not_start():
         raise AssertionError("Lava was started")
@@ -302,4 +279,4 @@ def test_cddm_sized_network_equals_cpu():
 
     art, _ = _compiled("relu", True, units=100, task="cddm", steps=300, seed=0)
     x = make_task("cddm", T=300, coherences=CDDM_ANALYSIS_COHERENCES).inputs
-    _assert_same(sim.lava.run(art, x, timeout=600), sim.cpu.run(art, x))
+    assert_same(sim.lava.run(art, x, timeout=600), sim.cpu.run(art, x))

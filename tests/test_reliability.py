@@ -19,8 +19,8 @@ import sim.lava
 from sim import artifact, semantics
 from sim.artifact import Artifact
 from sim.ir import Dense, Input, Neuron, Readout
-from test_lava import (_assert_same, _inject, _lava_children, _small_artifact,  # noqa: F401
-                       _small_inputs, shared_memory_names)
+from lava_helpers import assert_same, lava_children
+from test_lava import _inject, _small_artifact, _small_inputs
 from toolchain.cli import main
 from toolchain.errors import SimulationError
 
@@ -65,7 +65,7 @@ def test_saturations_are_counted_per_layer():
 @pytest.mark.lava
 def test_lava_counts_the_same_saturations():
     art = _saturating_artifact()
-    _assert_same(sim.lava.run(art, X_SAT, timeout=60), sim.cpu.run(art, X_SAT))
+    assert_same(sim.lava.run(art, X_SAT, timeout=60), sim.cpu.run(art, X_SAT))
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def _open_fds() -> int:
 
 
 def _assert_nothing_left(shared_memory_names, fds: int, threads: int):
-    assert _lava_children() == []
+    assert lava_children() == []
     assert not [n for n in shared_memory_names if os.path.exists(f"/dev/shm/{n}")]
     assert _open_fds() == fds
     assert threading.active_count() == threads
@@ -165,10 +165,10 @@ def test_consecutive_lava_runs_leak_nothing(runs, shared_memory_names):
     runs leave no child process, no /dev/shm segment, no extra open file or thread."""
     art, x = _small_artifact(), _small_inputs(40)
     reference = sim.cpu.run(art, x)
-    _assert_same(sim.lava.run(art, x, timeout=60), reference)
+    assert_same(sim.lava.run(art, x, timeout=60), reference)
     fds, threads, segments = _open_fds(), threading.active_count(), len(shared_memory_names)
     for _ in range(runs):
-        _assert_same(sim.lava.run(art, x, timeout=60), reference)
+        assert_same(sim.lava.run(art, x, timeout=60), reference)
     assert len(shared_memory_names) == segments * (runs + 1)  # every run made its own segments
     _assert_nothing_left(shared_memory_names, fds, threads)
 
@@ -177,7 +177,7 @@ def test_consecutive_lava_runs_leak_nothing(runs, shared_memory_names):
 def test_run_ended_by_the_guard_leaves_the_next_runs_working(monkeypatch, shared_memory_names):
     art, x = _small_artifact(), _small_inputs(40)
     reference = sim.cpu.run(art, x)
-    _assert_same(sim.lava.run(art, x, timeout=60), reference)
+    assert_same(sim.lava.run(art, x, timeout=60), reference)
     fds, threads = _open_fds(), threading.active_count()
     with monkeypatch.context() as patch:
         _inject(patch, "h", step=3, hang=True)
@@ -185,5 +185,5 @@ def test_run_ended_by_the_guard_leaves_the_next_runs_working(monkeypatch, shared
             sim.lava.run(art, x, timeout=3)
     _assert_nothing_left(shared_memory_names, fds, threads)
     for _ in range(3):
-        _assert_same(sim.lava.run(art, x, timeout=60), reference)
+        assert_same(sim.lava.run(art, x, timeout=60), reference)
     _assert_nothing_left(shared_memory_names, fds, threads)

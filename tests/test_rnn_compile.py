@@ -9,7 +9,6 @@ from onnx import numpy_helper
 import sim.cpu
 from exporters.rnn.export import export_rnn_onnx, run_onnx_trials
 from exporters.rnn.model import EIRNN
-from exporters.rnn.tasks import make_task
 from sim import semantics
 from toolchain.compiler import compile_onnx
 from toolchain.errors import ModelError, QuantizationError

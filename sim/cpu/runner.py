@@ -128,6 +128,18 @@ def check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def prepare_run(art: Artifact, x: np.ndarray, timesteps: int) -> tuple[np.ndarray,
+                                                                        dict[str, LayerStats]]:
+    """The checks every backend makes before a run, and empty per-node statistics."""
+    x = check_input(art, x)
+    if timesteps < 1:
+        raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
+    if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
+        raise SimulationError("adaptive fire functions are defined for T = 1 only")
+    return x, {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
+               for n in art.nodes}
+
+
 def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         batch_size: int = 1024, count: bool = True, progress=None,
         record: tuple[str, ...] = ()) -> SimResult:
@@ -141,16 +153,10 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     `progress(n)` is called after each batch of n samples; `record` names nodes whose integer
     values are returned in `SimResult.recorded`.
     """
-    x = check_input(art, x)
-    unknown = [r for r in record if r not in {n.name for n in art.nodes}]
+    x, stats = prepare_run(art, x, timesteps)
+    unknown = [r for r in record if r not in stats]
     if unknown:
         raise SimulationError(f"cannot record {unknown}: no such nodes")
-    if timesteps < 1:
-        raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
-    if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
-        raise SimulationError("adaptive fire functions are defined for T = 1 only")
-    stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
-             for n in art.nodes}
     outs, accs = [], []
     kept: dict[str, list[np.ndarray]] = {r: [] for r in record}
     for start in range(0, len(x), batch_size):

@@ -28,7 +28,7 @@ import numpy as np
 
 from sim import semantics
 from sim.artifact import Artifact
-from sim.cpu.runner import LayerStats, SimResult, check_input
+from sim.cpu.runner import SimResult, prepare_run
 from sim.ir import Input, Node, Readout
 from sim.lava.cell import STATS
 from sim.lava.compat import load_lava
@@ -147,18 +147,12 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     the trials run side by side (module docstring). `progress(n)` is called as each group of n
     trials completes.
     """
-    from sim.lava.runner import TAGS, Failure, GuardedRun
+    from sim.lava.runner import TAGS, GuardedRun
 
     refuse_unmapped(art)
-    x = check_input(art, x)
+    x, stats = prepare_run(art, x, timesteps)
     if tag not in TAGS:
         raise SimulationError(f"unknown Lava tag {tag!r}; use one of {', '.join(TAGS)}")
-    if timesteps < 1:
-        raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
-    if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
-        raise SimulationError("adaptive fire functions are defined for T = 1 only")
-    stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
-             for n in art.nodes}
     readout = art.node(art.output)
     trials, steps = x.shape[:2]
     if trials == 0:
@@ -174,7 +168,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     net = build(p, x)
     limit = default_timeout(p) if timeout is None else float(timeout)
     guarded = GuardedRun(net.sink, Loihi2SimCfg(select_tag=tag), limit)
-    try:
+    with guarded.watching():
         ends = p.group_ends() if progress is not None else [p.num_steps]
         done = 0
         for g, end in enumerate(ends):
@@ -189,11 +183,6 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
                 setattr(stats[node.name], "payload" if name == "payload_total" else name,
                         int(total))
         guarded.stop()
-    except Failure as failure:
-        raise guarded.abort(failure) from None
-    except BaseException as exc:
-        guarded.abort(Failure(f"interrupted by {type(exc).__name__}: {exc}"))
-        raise
     output = semantics.readout(accumulator, readout.bias[None, None], readout.scale[None, None], 1)
     return SimResult(output, accumulator, stats, trials, timesteps)
 

@@ -16,6 +16,8 @@ model's own exception text. `stop()` is called only after a run that finished no
 """
 from __future__ import annotations
 
+import contextlib
+
 import multiprocessing
 import queue
 import threading
@@ -25,7 +27,7 @@ import numpy as np
 
 from sim import semantics
 from sim.artifact import Artifact
-from sim.cpu.runner import LayerStats, SimResult, check_input
+from sim.cpu.runner import LayerStats, SimResult, prepare_run
 from sim.lava import graph
 from sim.lava.compat import load_lava
 from toolchain.errors import SimulationError
@@ -58,11 +60,9 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         from sim.lava import recurrent
         return recurrent.run(art, x, timesteps, binary, tag, timeout, progress, batch)
     plan = graph.plan(art, timesteps, binary)  # refuses unmapped nodes before anything else
-    x = check_input(art, x)
+    x, stats = prepare_run(art, x, timesteps)
     if tag not in TAGS:
         raise SimulationError(f"unknown Lava tag {tag!r}; use one of {', '.join(TAGS)}")
-    stats = {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
-             for n in art.nodes}
     readout = art.node(art.output)
     if len(x) == 0:
         empty = np.zeros((0,) + tuple(readout.shape))
@@ -76,7 +76,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     total = plan.num_steps(len(x))
     limit = default_timeout(total, len(net.processes)) if timeout is None else float(timeout)
     guarded = GuardedRun(net.readout, Loihi2SimCfg(select_tag=tag), limit)
-    try:
+    with guarded.watching():
         done = 0
         for end in _run_ends(plan, len(x), progress is not None):
             guarded.advance(end - done)
@@ -86,11 +86,6 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         accumulator = np.rint(guarded.receive(net.readout.result)).astype(np.int64)
         _collect_stats(plan, net, stats)
         guarded.stop()
-    except Failure as failure:
-        raise guarded.abort(failure) from None
-    except BaseException as exc:
-        guarded.abort(Failure(f"interrupted by {type(exc).__name__}: {exc}"))
-        raise
     output = semantics.readout(accumulator, readout.bias[None], readout.scale[None], timesteps)
     return SimResult(output, accumulator, stats, len(x), timesteps)
 
@@ -146,6 +141,18 @@ class GuardedRun:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.runtime = None
+
+    @contextlib.contextmanager
+    def watching(self):
+        """Turn a Failure inside the block into its SimulationError, and any other exception
+        (KeyboardInterrupt included) into an abort, ending every Lava process either way."""
+        try:
+            yield
+        except Failure as failure:
+            raise self.abort(failure) from None
+        except BaseException as exc:
+            self.abort(Failure(f"interrupted by {type(exc).__name__}: {exc}"))
+            raise
 
     def _left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
+from sim.artifact import read_user_file
 from toolchain.errors import InputFileError, ModelError, ShapeError, UnsupportedOpError
 from toolchain.onnx_import.registry import MAX_OPSET, MIN_OPSET
 
@@ -39,15 +40,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, str]:
     """Parse `path`; return the model (external data loaded) and the SHA-256 of its bytes.
     Every tensor is checked (type, size, data length) before its data is read or converted."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    try:
-        size = path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise InputFileError(f"{path}: {size} bytes, over the {MAX_MODEL_BYTES}-byte limit")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = read_user_file(path, MAX_MODEL_BYTES)
     if not data:
         raise InputFileError(f"{path}: empty file, not an ONNX model")
     try:

@@ -1,0 +1,33 @@
+"""Helpers shared by the Lava tests: exact-equality of results and a scan for Lava children."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def assert_same(result, reference):
+    """Output, accumulator (values and dtypes) and every node's statistics identical."""
+    np.testing.assert_array_equal(result.accumulator, reference.accumulator)
+    np.testing.assert_array_equal(result.output, reference.output)
+    assert result.output.dtype == reference.output.dtype
+    assert result.accumulator.dtype == reference.accumulator.dtype
+    assert result.stats == reference.stats
+    assert (result.samples, result.timesteps) == (reference.samples, reference.timesteps)
+
+
+def lava_children() -> list[str]:
+    """Command lines of this process's live children, the multiprocessing resource tracker (a
+    helper of Python's shared memory, not a Lava process) excepted."""
+    me, found = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = f.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if parent == me and "resource_tracker" not in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
