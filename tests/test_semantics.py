@@ -110,3 +110,14 @@ def test_one_pass_neuron_equals_first_step_of_the_general_form():
     v, sat2 = semantics.saturate(semantics.initial_state(theta, 1) + current + bias)
     n2, _ = semantics.fire_uniform(v, theta, 1, -7, 15)
     assert np.array_equal(n1, n2) and sat1 == sat2 > 0
+
+
+def test_binary_flag_is_honoured_at_one_timestep():
+    """T = 1 with binary spikes fires at most one spike (payload L) per neuron."""
+    rng = np.random.default_rng(3)
+    art = _one_layer(2 * rng.integers(-60, 60, size=(20, 8)), 2 * rng.integers(50, 400, size=20),
+                     15, (8,))
+    x = rng.integers(0, 256, size=(100, 8)).astype(np.float32)
+    graded, binary = sim.cpu.run(art, x), sim.cpu.run(art, x, binary=True)
+    assert set(np.unique(binary.accumulator)) <= {0, 15}
+    assert np.array_equal(binary.accumulator, 15 * (graded.accumulator >= 8))

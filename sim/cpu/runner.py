@@ -203,8 +203,9 @@ def _step(art, x, values, previous, state, binary, count, stats):
 
 
 def _run_batch(art, x, timesteps, binary, count, stats, record=()):
-    # at T = 1 no neuron state outlives the pass: the one-pass neuron applies
-    state: dict[str, np.ndarray] | None = {} if timesteps > 1 else None
+    # one graded pass (T = 1) keeps no neuron state: the one-pass neuron applies. Binary spikes
+    # at T = 1 are the integrate-and-fire form, which the general path computes.
+    state: dict[str, np.ndarray] | None = {} if timesteps > 1 or binary else None
     acc_sum = 0
     rec = {r: 0 for r in record}
     for _ in range(timesteps):

@@ -1,3 +1,3 @@
 """Converters, one module per op family; importing this package registers all of them."""
-from toolchain.onnx_import.converters import (activation, arith, linear, norm, pool,  # noqa: F401
-                                              shape_ops, softmax)
+from toolchain.onnx_import.converters import (activation, arith, elementwise,  # noqa: F401
+                                              linear, norm, pad, pool, shape_ops, softmax)

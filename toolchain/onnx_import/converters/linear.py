@@ -1,6 +1,8 @@
-"""Gemm, MatMul (constant weight), Conv (2-D)."""
+"""Gemm, MatMul (constant weight), Conv (2-D; a zero Pad in front folds into its pads)."""
 import numpy as np
 
+from toolchain.onnx_import.converters.pad import fold_pad
+from toolchain.errors import ModelError
 from toolchain.onnx_import.registry import converter
 
 
@@ -15,7 +17,11 @@ def gemm(node, ctx):
     bias = np.zeros(w.shape[0])
     if len(node.input) > 2 and node.input[2]:
         c = ctx.need_const(node, 2, "C (the bias)").astype(np.float64)
-        bias = np.broadcast_to(c * ctx.attr(node, "beta", 1.0), (1, w.shape[0])).reshape(-1)
+        try:
+            bias = np.broadcast_to(c * ctx.attr(node, "beta", 1.0), (1, w.shape[0])).reshape(-1)
+        except ValueError:
+            raise ModelError(f"{ctx.node_label(node)}: bias C of shape {c.shape} does not "
+                             f"broadcast to (1, {w.shape[0]})") from None
     ctx.add(node, "dense", [x], W=w, b=bias.copy())
 
 
@@ -62,8 +68,15 @@ def conv(node, ctx):
     if w.ndim != 4:
         ctx.fail(node, f"only 2-D convolution is supported (kernel has rank {w.ndim})")
     stride, pads, dilation = window_attrs(node, ctx, w.shape[2:])
+    x, pads = fold_pad(ctx, x, pads)   # a zero Pad in front becomes the conv's padding
     bias = np.zeros(w.shape[0])
     if len(node.input) > 2 and node.input[2]:
         bias = ctx.need_const(node, 2, "B (the bias)").astype(np.float64).reshape(-1)
+    groups = int(ctx.attr(node, "group", 1))
+    c_in = ctx.sample_shape(node, node.input[0])[0]
+    if (bias.size != w.shape[0] or groups < 1 or c_in % groups or w.shape[0] % groups
+            or w.shape[1] * groups != c_in):
+        raise ModelError(f"{ctx.node_label(node)}: kernel {w.shape}, bias {bias.shape}, group "
+                         f"{groups} and {c_in} input channels do not form a convolution")
     ctx.add(node, "conv", [x], W=w, b=bias, stride=stride, pads=pads, dilation=dilation,
-            groups=int(ctx.attr(node, "group", 1)))
+            groups=groups)

@@ -1,5 +1,6 @@
 """AveragePool / GlobalAveragePool / ReduceMean over H, W (sum-pools), MaxPool."""
 from toolchain.onnx_import.converters.linear import window_attrs
+from toolchain.onnx_import.converters.pad import fold_pad
 from toolchain.onnx_import.registry import converter
 
 
@@ -27,8 +28,9 @@ def average_pool(node, ctx):
     if any(pads) and not ctx.attr(node, "count_include_pad", 0):
         ctx.fail(node, "padding with count_include_pad=0 divides border windows by fewer "
                        "elements; export with count_include_pad=True or without padding")
-    ctx.add(node, "avgpool", [ctx.tensor(node, node.input[0])], kernel=kernel, stride=stride,
-            pads=pads)
+    # a zero Pad in front: its zeros count in the divisor, like count_include_pad=1
+    x, pads = fold_pad(ctx, ctx.tensor(node, node.input[0]), pads)
+    ctx.add(node, "avgpool", [x], kernel=kernel, stride=stride, pads=pads)
 
 
 @converter("GlobalAveragePool")
@@ -49,7 +51,10 @@ def reduce_mean(node, ctx):
         ctx.fail(node, "only ReduceMean over the spatial axes [2, 3] is supported")
     c, h, w = shape
     x = ctx.tensor(node, node.input[0])
-    if ctx.attr(node, "keepdims", 1):
+    keepdims = ctx.attr(node, "keepdims", 1)
+    if keepdims not in (0, 1):
+        ctx.fail(node, f"keepdims={keepdims}; ONNX allows 0 or 1")
+    if keepdims:
         ctx.add(node, "avgpool", [x], kernel=(h, w), stride=(1, 1), pads=(0, 0, 0, 0))
         return
     pooled = ctx.fg.add(f"{node.output[0]}/pool", "avgpool", [x], (c, 1, 1), kernel=(h, w),
