@@ -69,7 +69,8 @@ def export_rnn_onnx(model: EIRNN, path, opset=17, task: Task | str | None = None
     cell = _Cell(model).eval()
     u = torch.zeros(1, model.n_inputs)
     h = torch.zeros(1, model.n_units)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=os.path.dirname(os.path.abspath(path)))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
         with warnings.catch_warnings():  # the legacy exporter is chosen on purpose

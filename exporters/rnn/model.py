@@ -21,7 +21,6 @@ from torch import nn
 from torch.nn import functional as F
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
-SPECTRAL_RADIUS = 1.2
 
 
 def activate(x: torch.Tensor, activation: str, sigmoid_slope: float) -> torch.Tensor:
@@ -38,8 +37,8 @@ def euler_step(y, drive, W_rec, alpha, activation, sigmoid_slope):
     return y + alpha * (activate(F.linear(y, W_rec) + drive, activation, sigmoid_slope) - y)
 
 
-def _init_weights(rng, n_in, n_out, N, n_exc, dale):
-    """Initial (W_inp, W_rec, W_out) as float64 arrays, spectral radius of W_rec = 1.2.
+def _init_weights(rng, n_in, n_out, N, n_exc, dale, radius):
+    """Initial (W_inp, W_rec, W_out) as float64 arrays, W_rec rescaled to spectral ``radius``.
 
     Dale: E columns |N(1/√N, 1/N)|, I columns −|N(4/√N, 1/N)| (rows balanced at 80/20),
     W_inp = |N(1/√N, 1/N)|, W_out = |N(1/√N, 1/N)| on E units and 0 on I units.
@@ -57,7 +56,7 @@ def _init_weights(rng, n_in, n_out, N, n_exc, dale):
         W_inp = rng.normal(0.0, mu, (N, n_in))
         W_out = rng.normal(0.0, mu, (n_out, N))
     np.fill_diagonal(W_rec, 0.0)
-    W_rec *= SPECTRAL_RADIUS / np.max(np.abs(np.linalg.eigvals(W_rec)))
+    W_rec *= radius / np.max(np.abs(np.linalg.eigvals(W_rec)))
     return W_inp, W_rec, W_out
 
 
@@ -65,11 +64,12 @@ class EIRNN(nn.Module):
     """Leaky E/I rate RNN; parameters ``W_inp`` (N, n_in), ``W_rec`` (N, N), ``W_out`` (n_out, N).
 
     ``n_exc`` = round(exc_fraction·N) with Dale's law; without it n_exc = N and ``unit_signs`` is
-    all +1, but no sign is enforced.
+    all +1, but no sign is enforced. The initial W_rec has spectral radius ``spectral_radius``.
     """
 
     def __init__(self, n_inputs, n_outputs, n_units=100, exc_fraction=0.8, activation="relu",
-                 sigmoid_slope=7.5, dale=True, alpha=0.1, input_noise=0.0, rec_noise=0.0, seed=0):
+                 sigmoid_slope=7.5, dale=True, alpha=0.1, input_noise=0.0, rec_noise=0.0, seed=0,
+                 spectral_radius=1.2):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -82,7 +82,7 @@ class EIRNN(nn.Module):
         if dale and not 0 < self.n_exc < n_units:
             raise ValueError(f"exc_fraction={exc_fraction} leaves no E or no I unit of {n_units}")
         weights = _init_weights(np.random.default_rng(seed), n_inputs, n_outputs, n_units,
-                                self.n_exc, self.dale)
+                                self.n_exc, self.dale, spectral_radius)
         self.W_inp, self.W_rec, self.W_out = (
             nn.Parameter(torch.tensor(w, dtype=torch.float32)) for w in weights)
         signs = torch.ones(n_units)
