@@ -169,25 +169,13 @@ def test_floating_pt_differs_only_in_saturating_trials():
 
 
 @pytest.mark.parametrize("hang", [False, True])
-def test_failure_in_cell_ends_every_process(monkeypatch, hang):
+def test_failure_in_cell_ends_every_process(monkeypatch, hang, shared_memory_names):
     """An exception (or a hang) inside the recurrent cell's model, mid-trial, with the sink
     waiting on it: a SimulationError with the model's own message (or the time limit), no Lava
     process left, no shared memory left, and the next run is exact again."""
-    from sim.lava.compat import load_lava
-
-    load_lava()
-    from lava.magma.runtime.message_infrastructure import shared_memory_manager as smm
-
     from sim.lava.procs import models
 
-    names, create = [], smm.SharedMemoryManager.create_shared_memory
-
-    def recording(self, size):
-        handle = create(self, size)
-        names.append(handle.name)
-        return handle
-
-    monkeypatch.setattr(smm.SharedMemoryManager, "create_shared_memory", recording)
+    names = shared_memory_names
     run_spk = models.PyRecurrentCellFixed.run_spk
 
     def failing(self):
