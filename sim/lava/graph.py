@@ -56,20 +56,23 @@ class Plan:
         return samples * self.timesteps + self.latency
 
 
-def refuse_unmapped(art: Artifact) -> None:
-    """Raise UnsupportedOpError naming the first node sim.lava cannot map, before anything runs."""
+def refuse_unmapped(art: Artifact, kinds: tuple[str, ...] = MAPPED_KINDS,
+                    recurrent: bool = False) -> None:
+    """Raise UnsupportedOpError naming the first node sim.lava cannot map, before anything runs:
+    a kind outside `kinds`, or (feed-forward only) a neuron that does not reset by subtraction."""
     defined = set()
     for node in art.nodes:
         where = f"node {node.name!r} ({node.kind})"
-        if node.kind not in MAPPED_KINDS:
+        if node.kind not in kinds:
             raise UnsupportedOpError(
-                f"{where} has no Lava mapping (sim.lava maps {', '.join(MAPPED_KINDS)}); run "
-                "this artifact with the cpu backend")
+                f"{where} has no Lava mapping (sim.lava maps {', '.join(kinds)}"
+                f"{' in a recurrent network' if recurrent else ''}); run this artifact with the "
+                "cpu backend")
         later = [i for i in node.inputs if i not in defined]
         if later:
             raise UnsupportedOpError(f"{where} reads {later} before they are computed; a "
                                      "recurrent edge must be a delay node")
-        if node.kind == "neuron" and getattr(node, "reset", "subtract") != "subtract":
+        if not recurrent and node.kind == "neuron" and node.reset != "subtract":
             raise UnsupportedOpError(
                 f"{where}: reset {node.reset!r} is mapped only in a recurrent network's cell "
                 "(sim.lava.recurrent); a feed-forward layer resets by subtraction; use the cpu "
@@ -79,6 +82,9 @@ def refuse_unmapped(art: Artifact) -> None:
         if node.kind == "readout" and node.name != art.output:
             raise UnsupportedOpError(f"{where}: sim.lava maps one readout ({art.output!r})")
         defined.add(node.name)
+    for node in art.nodes:
+        if node.kind == "delay" and node.source not in defined:
+            raise UnsupportedOpError(f"delay {node.name!r} reads unknown node {node.source!r}")
 
 
 def plan(art: Artifact, timesteps: int = 1, binary: bool = False) -> Plan:

@@ -32,8 +32,8 @@ from sim.cpu.runner import SimResult, prepare_run
 from sim.ir import Input, Node, Readout
 from sim.lava.cell import STATS
 from sim.lava.compat import load_lava
-from sim.lava.graph import MAPPED_KINDS
-from toolchain.errors import SimulationError, UnsupportedOpError
+from sim.lava.graph import MAPPED_KINDS, refuse_unmapped as _refuse
+from toolchain.errors import SimulationError
 
 RECURRENT_KINDS = MAPPED_KINDS + ("delay",)
 DEFAULT_BATCH = 1024       # trials side by side in one Lava step (sim.cpu's batch_size)
@@ -79,29 +79,6 @@ class TrialPlan:
         return total
 
 
-def refuse_unmapped(art: Artifact) -> None:
-    """Raise UnsupportedOpError naming the first node the recurrent mapping cannot run."""
-    defined = set()
-    for node in art.nodes:
-        where = f"node {node.name!r} ({node.kind})"
-        if node.kind not in RECURRENT_KINDS:
-            raise UnsupportedOpError(
-                f"{where} has no Lava mapping (sim.lava maps {', '.join(RECURRENT_KINDS)} in a "
-                "recurrent network); run this artifact with the cpu backend")
-        later = [i for i in node.inputs if i not in defined]
-        if later:
-            raise UnsupportedOpError(f"{where} reads {later} before they are computed; a "
-                                     "recurrent edge must be a delay node")
-        if node.kind == "input" and node.name != art.input:
-            raise UnsupportedOpError(f"{where}: sim.lava maps one input node ({art.input!r})")
-        if node.kind == "readout" and node.name != art.output:
-            raise UnsupportedOpError(f"{where}: sim.lava maps one readout ({art.output!r})")
-        defined.add(node.name)
-    for node in art.nodes:
-        if node.kind == "delay" and node.source not in defined:
-            raise UnsupportedOpError(f"delay {node.name!r} reads unknown node {node.source!r}")
-
-
 def trial_batch(art: Artifact, trials: int, batch: int | None = None) -> int:
     """B: trials side by side, at most `batch` (default DEFAULT_BATCH) and at most what keeps
     one (B, *shape) message of the input or the readout under MESSAGE_BYTES."""
@@ -113,7 +90,7 @@ def trial_batch(art: Artifact, trials: int, batch: int | None = None) -> int:
 
 
 def plan(art: Artifact, trials: int, trial_steps: int, batch: int | None = None) -> TrialPlan:
-    refuse_unmapped(art)
+    _refuse(art, RECURRENT_KINDS, recurrent=True)
     readout = art.node(art.output)
     cell = [n for n in art.nodes if n.name not in (art.input, art.output)]
     return TrialPlan(art.node(art.input), readout, cell, readout.inputs[0], trials, trial_steps,
@@ -149,7 +126,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     """
     from sim.lava.runner import TAGS, GuardedRun
 
-    refuse_unmapped(art)
+    _refuse(art, RECURRENT_KINDS, recurrent=True)
     x, stats = prepare_run(art, x, timesteps)
     if tag not in TAGS:
         raise SimulationError(f"unknown Lava tag {tag!r}; use one of {', '.join(TAGS)}")
