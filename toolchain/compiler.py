@@ -57,12 +57,12 @@ def place(art: Artifact, target: str) -> None:
 
 
 def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float,
-                target: str = "loihi2") -> Compiled:
+                target: str = "loihi2", read=None) -> Compiled:
     """Compile an ei_rnn_cell model; calibrate on `calib` trials (N, T, n_in) or on the trials of
     the task its metadata names."""
     from toolchain import rnn
     from toolchain.onnx_import.loader import read_model
-    model, sha = read_model(path)
+    model, sha = read or read_model(path)
     cell = rnn.read_cell(model, str(path))
     notes = [f"E/I RNN cell: {cell.W_rec.shape[0]} units, {cell.activation}, α = {cell.alpha}, "
              f"Dale's law {'on' if cell.dale else 'off'}"]
@@ -112,9 +112,10 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  target: str = "loihi2") -> Compiled:
     from toolchain import rnn
     from toolchain.onnx_import.loader import read_model
-    if rnn.is_rnn_cell(read_model(path)[0]):
-        return compile_rnn(path, calib, levels, percentile, target)
-    imported = import_onnx(path)
+    read = read_model(path)  # parsed and checked once, for both paths
+    if rnn.is_rnn_cell(read[0]):
+        return compile_rnn(path, calib, levels, percentile, target, read)
+    imported = import_onnx(path, read)
     notes = list(imported.notes)
     if levels is None:
         raw = imported.metadata.get("sfn.levels", str(DEFAULT_LEVELS))

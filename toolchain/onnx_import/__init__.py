@@ -108,8 +108,9 @@ def _folded_shapes(node, ctx, outputs) -> list[tuple[int, ...] | None]:
     return shapes
 
 
-def import_onnx(path: str | os.PathLike) -> ImportedModel:
-    raw, sha = read_model(path)  # every tensor's type, size and data checked
+def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
+    """`read`: the (model, sha256) that loader.read_model already returned for `path`, if any."""
+    raw, sha = read or read_model(path)  # every tensor's type, size and data checked
     where = str(path)
     opset = opset_of(raw, where)
     source = onnx.ModelProto()
