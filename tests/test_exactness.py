@@ -76,3 +76,22 @@ def test_recorded_values_are_the_node_values():
         node = art.node(name)
         assert v.shape == (50,) + tuple(node.shape) and v.min() >= node.lo and v.max() <= node.hi
         assert np.count_nonzero(v) == res.stats[name].spikes
+
+
+def test_relu_after_signed_spikes_is_not_skipped(tmp_path):
+    """A ReLU reading max-pooled *signed* spikes (a tanh table neuron [−L, L]) needs its own
+    neuron; after unsigned spikes it is the identity and is dropped."""
+    from torch import nn
+    import torch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(64, 3)).eval()
+    model.input_shape = (1, 8, 8)
+    path = nets.export(model, tmp_path / "signed.onnx")
+    from toolchain.compiler import compile_onnx
+    x = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
+    art = compile_onnx(path, calib=x).artifact
+    neurons = [n for n in art.nodes if n.kind == "neuron"]
+    assert [n.lo < 0 for n in neurons] == [True, False]   # the tanh table, then the ReLU
+    out, acc = _reference(art, x)
+    assert np.array_equal(sim.cpu.run(art, x).output, out)

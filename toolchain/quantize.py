@@ -317,14 +317,19 @@ class Quantizer:
     def op_relu(self, name, d, ins):
         x = ins[0]
         hi = d["params"]["hi"]
-        if x.spikes and hi is None and float(x.bound.max()) >= 0 and self._nonnegative(x):
+        if x.spikes and hi is None and self._nonnegative(x.node):
             return QTensor(x.node, name, x.unit, x.bias, x.bound, True, x.synapse_ok)
         return self.neuron(name, name, x, self.act_scale(name, hi, False), 0, self.opts.levels)
 
-    def _nonnegative(self, x: QTensor) -> bool:
-        node = self.sfn.nodes[x.node]["node"]
-        return getattr(node, "lo", 0) >= 0 and node.kind in ("neuron", "input", "maxpool",
-                                                              "reshape", "concat", "transpose")
+    def _nonnegative(self, name: str) -> bool:
+        """Are the payloads of SFN node `name` never negative? Neurons and the encoder say so by
+        their levels; max-pools and index maps by their inputs."""
+        node = self.sfn.nodes[name]["node"]
+        if node.kind in ("neuron", "input"):
+            return node.lo >= 0
+        if node.kind in ("maxpool", "reshape", "concat", "transpose"):
+            return all(self._nonnegative(i) for i in node.inputs)
+        return False
 
     def _joint(self, name, ins: list[QTensor]) -> list[QTensor]:
         """Re-quantize the dense/conv inputs of Add `name` (each read by nothing else) with one
