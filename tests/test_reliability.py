@@ -83,11 +83,6 @@ def test_run_reports_saturations(saturating_files):
     assert json.loads(r.output)["saturations"] == 8
 
 
-def _has_fail_on_saturation() -> bool:
-    return any(p.name == "fail_on_saturation" for p in main.commands["run"].params)
-
-
-@pytest.mark.xfail(not _has_fail_on_saturation(), reason="needs the CLI option", strict=False)
 def test_fail_on_saturation_cli(saturating_files):
     d = saturating_files
     out = d / "y.npy"

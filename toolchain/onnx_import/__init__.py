@@ -108,6 +108,35 @@ def _folded_shapes(node, ctx, outputs) -> list[tuple[int, ...] | None]:
     return shapes
 
 
+def _fold_all(model: onnx.ModelProto, where: str, opset: int):
+    """Fold every constant subgraph, then — while some remaining tensor's shape is still unknown —
+    write the folded values back as initializers and run shape inference again. The legacy torch
+    exporter computes F.pad's pads with ConstantOfShape/Slice/Transpose…, which shape inference
+    cannot see through until they are folded. Returns (model, context, nodes left to convert)."""
+    for _ in range(4):
+        ctx = ImportContext(model, where, opset)
+        rest = [n for n in model.graph.node if not _fold_constant(n, ctx)]
+        unknown = any(o and o not in ctx.shapes for n in rest for o in n.output)
+        if not unknown or len(rest) == len(model.graph.node):
+            return model, ctx, rest
+        needed = {i for n in rest for i in n.input if i in ctx.consts}
+        kept = {t.name for t in model.graph.initializer}
+        refolded = onnx.ModelProto()
+        refolded.CopyFrom(model)
+        del refolded.graph.node[:]
+        refolded.graph.node.extend(rest)
+        refolded.graph.initializer.extend(numpy_helper.from_array(np.asarray(ctx.consts[i]), i)
+                                          for i in sorted(needed - kept))
+        try:
+            model = onnx.shape_inference.infer_shapes(refolded, check_type=True, strict_mode=True,
+                                                      data_prop=True)
+        except Exception as exc:
+            raise ShapeError(f"{where}: ONNX shape inference failed after constant folding: "
+                             f"{str(exc).splitlines()[0][:300]}") from None
+        loader.check_shapes(model.graph.value_info, where, "inferred tensor")
+    return model, ctx, rest
+
+
 def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
     """`read`: the (model, sha256) that loader.read_model already returned for `path`, if any."""
     raw, sha = read or read_model(path)  # every tensor's type, size and data checked
@@ -116,11 +145,9 @@ def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
     source = onnx.ModelProto()
     source.CopyFrom(raw)
     model, input_name = prepare(raw, where)
-    ctx = ImportContext(model, where, opset)
+    model, ctx, rest = _fold_all(model, where, opset)
     ctx.fg.add(input_name, "input", [], ctx.shapes[input_name][1:])
-    for node in model.graph.node:
-        if _fold_constant(node, ctx):
-            continue
+    for node in rest:
         conv = CONVERTERS.get(node.op_type)
         if conv is None:
             raise UnsupportedOpError(f"{ctx.node_label(node)}: op {node.op_type!r} is not "
