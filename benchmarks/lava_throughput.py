@@ -1,19 +1,24 @@
-"""sim.lava throughput: pipelined samples against one run() per sample, and sim.cpu, in one run.
+"""sim.lava throughput: pipelined samples (one per step, or B lanes per step) against one run()
+per sample, and sim.cpu, in one run.
 
     .venv/bin/python benchmarks/lava_throughput.py [--samples 1000] [--per-sample 40]
+        [--lanes 64] [--lanes-samples 16000]
 
 Network: the digits CNN (examples/models/digits_cnn_relu.onnx compiled with the digits training
 split as calibration); if that file is missing, tests/nets.py's avgpool_cnn (the table says which).
 Rows, all on the same machine in the same run:
-- sim.lava pipelined: `sim.lava.run` on all samples at once: one source holding them back to back,
-  one sample per timestep, outputs read once (wall time of the whole call, start-up included);
+- sim.lava pipelined, 1 lane: `sim.lava.run(..., lanes=1)` on all samples at once: one source
+  holding them back to back, one sample per timestep, outputs read once (wall time of the whole
+  call, start-up included);
+- sim.lava pipelined, B lanes: the same with B samples side by side in every timestep, on the same
+  samples and on `--lanes-samples` samples (where the ~1 s start-up weighs less);
 - sim.lava, one run() per sample, built once: the same processes built once; per sample the
   source Var is set, `run(RunSteps(1 + latency))` blocks, the accumulator Var is read (the way
   most Lava code feeds data);
 - sim.lava, one run() per sample, rebuilt: a fresh `sim.lava.run` per sample (a few samples);
 - sim.cpu: `sim.cpu.run` on all samples (median of 5).
-Target: pipelined ≥ 50× the built-once per-sample rate. Fixed_pt outputs are checked against
-sim.cpu on every row. Runs in about a minute on 2 cores.
+Target: pipelined ≥ 50× the built-once per-sample rate (last column). Fixed_pt outputs are
+checked against sim.cpu on every row. Runs in about a minute on 2 cores.
 """
 from __future__ import annotations
 
@@ -62,7 +67,7 @@ def per_sample_built_once(art, x: np.ndarray) -> tuple[float, np.ndarray]:
     from sim.lava.builder import build
     from sim.lava.graph import plan
 
-    p = plan(art)
+    p = plan(art)  # one lane
     net = build(p, x[:1])
     steps = 1 + p.latency
     acc = []
@@ -70,7 +75,7 @@ def per_sample_built_once(art, x: np.ndarray) -> tuple[float, np.ndarray]:
     acc.append(net.readout.accumulator.get()[0])
     start = time.perf_counter()
     for sample in x[1:]:
-        net.source.samples.set(sample[None].astype(np.float32))
+        net.source.samples.set(sample[None, None].astype(np.float32))  # (groups, lanes, ...)
         net.readout.run(RunSteps(steps))
         acc.append(net.readout.accumulator.get()[0])
     seconds = time.perf_counter() - start
@@ -83,15 +88,27 @@ def main():
     ap.add_argument("--samples", type=int, default=1000, help="samples for the pipelined run")
     ap.add_argument("--per-sample", type=int, default=40, help="samples fed one run() each")
     ap.add_argument("--rebuilt", type=int, default=3, help="samples run with a rebuild each")
+    ap.add_argument("--lanes", type=int, default=64, help="B: samples side by side per step")
+    ap.add_argument("--lanes-samples", type=int, default=16000,
+                    help="samples for the second lanes row")
     args = ap.parse_args()
     art, pool, what = network()
     x = np.concatenate([pool] * (args.samples // len(pool) + 1))[: args.samples]
     reference = sim.cpu.run(art, x)
 
-    start = time.perf_counter()
-    piped = sim.lava.run(art, x)
-    pipelined = time.perf_counter() - start
-    assert np.array_equal(piped.accumulator, reference.accumulator), "pipelined run not exact"
+    def lava_rate(samples: np.ndarray, lanes: int) -> float:
+        expected = reference.accumulator if len(samples) == len(x) else \
+            sim.cpu.run(art, samples).accumulator
+        start = time.perf_counter()
+        result = sim.lava.run(art, samples, lanes=lanes)
+        seconds = time.perf_counter() - start
+        assert np.array_equal(result.accumulator, expected), f"{lanes} lanes not exact"
+        return len(samples) / seconds
+
+    pipelined = lava_rate(x, 1)
+    lanes = lava_rate(x, args.lanes)
+    many = np.concatenate([pool] * (args.lanes_samples // len(pool) + 1))[: args.lanes_samples]
+    lanes_many = lava_rate(many, args.lanes)
 
     once, acc = per_sample_built_once(art, x[: args.per_sample])
     assert np.array_equal(acc, reference.accumulator[: args.per_sample]), "per-sample not exact"
@@ -109,20 +126,22 @@ def main():
         cpu_times.append(time.perf_counter() - start)
     cpu = statistics.median(cpu_times)
 
+    built_once = args.per_sample / once
     rates = {
-        f"sim.lava pipelined ({args.samples} samples, one run)": args.samples / pipelined,
-        f"sim.lava one run() per sample, built once ({args.per_sample} samples)":
-            args.per_sample / once,
+        f"sim.lava pipelined, 1 lane ({args.samples} samples, one run)": pipelined,
+        f"sim.lava pipelined, {args.lanes} lanes ({args.samples} samples, one run)": lanes,
+        f"sim.lava pipelined, {args.lanes} lanes ({args.lanes_samples} samples, one run)":
+            lanes_many,
+        f"sim.lava one run() per sample, built once ({args.per_sample} samples)": built_once,
         f"sim.lava one run() per sample, rebuilt each ({args.rebuilt} samples)": 1 / rebuilt,
         f"sim.cpu ({args.samples} samples, batches of 1024)": args.samples / cpu,
     }
-    base = rates[next(iter(rates))]
     table = Table(title=f"{what}: sim.lava fixed_pt throughput, latency "
                         f"{sim.lava.graph.plan(art).latency} steps")
-    for column in ("mode", "samples/s", "pipelined ÷ mode"):
+    for column in ("mode", "samples/s", "÷ built-once per-sample"):
         table.add_column(column)
     for mode, rate in rates.items():
-        table.add_row(mode, f"{rate:,.1f}", f"{base / rate:,.2f}×")
+        table.add_row(mode, f"{rate:,.1f}", f"{rate / built_once:,.2f}×")
     Console(width=130).print(table)
 
 

@@ -1,5 +1,6 @@
 """Synapse chains: the synapse and index nodes between one compute node (a neuron layer or the
-readout) and the neuron/input nodes that feed it, evaluated on one sample.
+readout) and the neuron/input nodes that feed it, evaluated on a batch of lanes (the samples
+one Lava step carries side by side; sim.cpu's kernels take a leading batch axis).
 
 A Lava process per synapse node would cost ~84 µs per step each (notes/lava.md), so each neuron
 layer's process computes its whole chain (conv, sum-pool, add, concat, ...) in numpy with
@@ -29,7 +30,8 @@ class Chain:
     counted: frozenset[str]
 
     def evaluate(self, inputs: list[np.ndarray], count: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(input current (1, *shape) int64, synops per chain node) for one sample."""
+        """(input current (rows, *shape) int64, synops per chain node) for the chain's
+        sources, (rows, *shape) each."""
         values = dict(zip(self.sources, inputs))
         synops = np.zeros(len(self.nodes), dtype=np.int64)
         for i, node in enumerate(self.nodes):

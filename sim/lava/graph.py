@@ -9,11 +9,19 @@ Timing: the source sends encoder step u = t − 1 at Lava step t (t ≥ 1); a ne
 input offset is M receives the data of step u = t − 1 − M and its output has offset M + 1. An
 input from a shallower producer (offset o < M) is held M − o extra steps in the consumer, so
 every value a stage combines belongs to the same sample. Step u is timestep u mod T of sample
-u // T; the readout's offset is the graph's latency D, and N samples take N·T + D steps.
+u // T; the readout's offset is the graph's latency D.
+
+Lanes: every message is a (B, *shape) batch of B samples side by side, and every stage holds its
+state for B samples, so the per-step cost of Lava (~0.1 ms per process, notes/lava.md) is shared
+by B samples. Step u is then timestep u mod T of group g = u // T, the samples g·B … g·B + B − 1
+(the last group may hold fewer: its padding rows are sent as zeros and never evaluated), and
+N samples take ⌈N/B⌉·T + D steps. B = 1 is the one-sample-per-step pipeline.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from sim.artifact import Artifact
 from sim.ir import Input, Node
@@ -24,6 +32,8 @@ MAX_INPUTS = 8  # in-ports of a stage process (Lava models declare ports statica
 COMPUTE_KINDS = ("neuron", "readout")
 CHAIN_KINDS = ("dense", "conv", "sumpool", "maxpool", "add", "concat", "reshape", "transpose")
 MAPPED_KINDS = ("input",) + COMPUTE_KINDS + CHAIN_KINDS
+DEFAULT_LANES = 64         # samples side by side when lanes is not given
+MESSAGE_BYTES = 1 << 20    # largest (B, *shape) message; Lava allocates 64 per channel
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Plan:
     stages: list[Stage]  # topological order
     timesteps: int
     binary: bool
+    lanes: int = 1       # B: samples side by side in every message (module docstring)
 
     @property
     def readout(self) -> Stage:
@@ -52,8 +63,39 @@ class Plan:
         """Steps between the source sending a value and the readout accumulating its result."""
         return self.readout.offset
 
+    def groups(self, samples: int) -> int:
+        """⌈N/B⌉: groups of B samples, each T steps."""
+        return -(-samples // self.lanes)
+
     def num_steps(self, samples: int) -> int:
-        return samples * self.timesteps + self.latency
+        return self.groups(samples) * self.timesteps + self.latency
+
+    def widest(self) -> int:
+        """Elements of the largest per-sample payload a stage sends or receives."""
+        shapes = [self.input.shape] + [s.node.shape for s in self.stages]
+        return max(int(np.prod(shape)) for shape in shapes)
+
+    def macs_per_sample(self) -> int:
+        """Multiply-accumulates of one sample's timestep (dense and conv nodes; a node shared
+        by two chains counted twice, as it is computed twice)."""
+        total = 0
+        for stage in self.stages:
+            for node in stage.chain.nodes:
+                if node.kind == "dense":
+                    total += node.weight.size
+                elif node.kind == "conv":
+                    total += node.weight.size * int(np.prod(node.shape[-2:]))
+        return total
+
+
+def choose_lanes(p: Plan, samples: int, lanes: int | None = None) -> int:
+    """B for N = `samples`: min(N, `lanes` (default DEFAULT_LANES), what keeps one
+    (B, *shape) message under MESSAGE_BYTES). The result does not depend on B."""
+    if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer))
+                              or lanes < 1):
+        raise SimulationError(f"lanes must be an integer ≥ 1, got {lanes!r}")
+    cap = max(1, MESSAGE_BYTES // (8 * max(p.widest(), 1)))
+    return max(1, min(samples, DEFAULT_LANES if lanes is None else int(lanes), cap))
 
 
 def refuse_unmapped(art: Artifact, kinds: tuple[str, ...] = MAPPED_KINDS,
@@ -87,8 +129,9 @@ def refuse_unmapped(art: Artifact, kinds: tuple[str, ...] = MAPPED_KINDS,
             raise UnsupportedOpError(f"delay {node.name!r} reads unknown node {node.source!r}")
 
 
-def plan(art: Artifact, timesteps: int = 1, binary: bool = False) -> Plan:
-    """Partition `art` into stages and time them; refuse what cannot be mapped."""
+def plan(art: Artifact, timesteps: int = 1, binary: bool = False, lanes: int = 1) -> Plan:
+    """Partition `art` into stages and time them for B = `lanes` samples side by side; refuse
+    what cannot be mapped."""
     refuse_unmapped(art)
     if timesteps < 1:
         raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
@@ -124,4 +167,6 @@ def plan(art: Artifact, timesteps: int = 1, binary: bool = False) -> Plan:
         stages.append(Stage(node, chain, [tuple(by_name[s].shape) for s in sources],
                             [offset - out_offset[s] for s in sources], offset))
         out_offset[node.name] = offset + 1
-    return Plan(by_name[art.input], stages, timesteps, binary)
+    if lanes < 1:
+        raise SimulationError(f"lanes must be ≥ 1, got {lanes}")
+    return Plan(by_name[art.input], stages, timesteps, binary, int(lanes))

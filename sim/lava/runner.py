@@ -1,9 +1,10 @@
 """sim.lava.run: execute an artifact as a Lava process graph (Loihi2SimCfg), under a guard.
 
-Every sample is in the source from the start and samples are pipelined, one per timestep at
-T = 1 (sim.lava.graph); the readout's accumulator is read once after the run. Recurrent
-artifacts run as one cell process over batches of trials (sim.lava.recurrent), under the same
-guard. The result is a
+Every sample is in the source from the start and samples are pipelined: every timestep carries
+B = `lanes` samples side by side (sim.lava.graph; B = 1 is one sample per timestep at T = 1), so
+Lava's per-step cost (~0.1 ms per process) is shared by B samples; the readout's accumulator is
+read once after the run. The result does not depend on B. Recurrent artifacts run as one cell
+process over batches of trials (sim.lava.recurrent), under the same guard. The result is a
 sim.cpu `SimResult` (same output, accumulator and per-node statistics) so the two backends
 compare directly.
 
@@ -36,33 +37,41 @@ TAGS = ("fixed_pt", "floating_pt")
 PROGRESS_SAMPLES = 256   # samples per run() call when progress is reported
 POLL_S = 0.05            # how often a waiting run checks the Lava processes and the clock
 ERROR_TEXT_WAIT_S = 2.0  # how long to wait for a failed model's exception to arrive
+MAC_SECONDS = 5e-8       # timeout allowance per multiply-accumulate (numpy: ~1 ns)
 
 
-def default_timeout(steps: int, processes: int) -> float:
-    """A generous limit: start-up plus 2 ms per process and step (Lava needs ~0.1 ms)."""
-    return 60.0 + 2e-3 * steps * processes
+def default_timeout(steps: int, processes: int, macs: int = 0) -> float:
+    """A generous limit: start-up plus 2 ms per process and step (Lava needs ~0.1 ms), plus
+    MAC_SECONDS per multiply-accumulate of the whole run (B lanes make each step B× the work)."""
+    return 60.0 + 2e-3 * steps * processes + MAC_SECONDS * macs
 
 
 def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         tag: str = "fixed_pt", timeout: float | None = None, progress=None,
-        batch: int | None = None) -> SimResult:
+        batch: int | None = None, lanes: int | None = None) -> SimResult:
     """Run `art` on float inputs x (N, *input_shape) as Lava processes; see the module docstring.
 
     `tag` selects the ProcessModels ("fixed_pt": bit-exact to sim.cpu; "floating_pt": float64
     neurons, see sim.lava.procs.models). `timeout` bounds the whole run in seconds (default:
-    `default_timeout`). `progress(n)` is called as n more samples complete.
+    `default_timeout`). `progress(n)` is called as n more samples complete. `lanes` (B) is the
+    number of samples every Lava timestep carries side by side: default
+    min(N, graph.DEFAULT_LANES = 64), always capped so one (B, *shape) message of the widest
+    layer stays under graph.MESSAGE_BYTES (1 MiB); lanes=1 is one sample per timestep.
 
     A recurrent artifact (a Delay node) takes x (N, T, *input_shape), one trial per row, and
     returns per-step outputs (N, T, *output_shape) like sim.cpu; it runs as a source, one cell
-    process and a sink with `batch` trials side by side (sim.lava.recurrent).
+    process and a sink with `batch` trials side by side (sim.lava.recurrent); `lanes`, when
+    given and `batch` is not, is that number.
     """
     if art.recurrent:
         from sim.lava import recurrent
-        return recurrent.run(art, x, timesteps, binary, tag, timeout, progress, batch)
+        return recurrent.run(art, x, timesteps, binary, tag, timeout, progress,
+                             lanes if batch is None else batch)
     plan = graph.plan(art, timesteps, binary)  # refuses unmapped nodes before anything else
     x, stats = prepare_run(art, x, timesteps)
     if tag not in TAGS:
         raise SimulationError(f"unknown Lava tag {tag!r}; use one of {', '.join(TAGS)}")
+    plan.lanes = graph.choose_lanes(plan, len(x), lanes)
     readout = art.node(art.output)
     if len(x) == 0:
         empty = np.zeros((0,) + tuple(readout.shape))
@@ -74,14 +83,16 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
 
     net = build(plan, x)
     total = plan.num_steps(len(x))
-    limit = default_timeout(total, len(net.processes)) if timeout is None else float(timeout)
+    limit = default_timeout(total, len(net.processes),
+                            plan.macs_per_sample() * len(x) * timesteps) \
+        if timeout is None else float(timeout)
     guarded = GuardedRun(net.readout, Loihi2SimCfg(select_tag=tag), limit)
     with guarded.watching():
         done = 0
         for end in _run_ends(plan, len(x), progress is not None):
             guarded.advance(end - done)
             if progress is not None:
-                progress(_completed(plan, end) - _completed(plan, done))
+                progress(_completed(plan, end, len(x)) - _completed(plan, done, len(x)))
             done = end
         accumulator = np.rint(guarded.receive(net.readout.result)).astype(np.int64)
         _collect_stats(plan, net, stats)
@@ -90,16 +101,18 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     return SimResult(output, accumulator, stats, len(x), timesteps)
 
 
-def _completed(plan: graph.Plan, steps: int) -> int:
-    return max(0, steps - plan.latency) // plan.timesteps
+def _completed(plan: graph.Plan, steps: int, samples: int) -> int:
+    """Samples whose readout is complete after `steps` Lava steps."""
+    return min(samples, max(0, steps - plan.latency) // plan.timesteps * plan.lanes)
 
 
 def _run_ends(plan: graph.Plan, samples: int, chunked: bool) -> list[int]:
-    """Step counts at which run() calls end: one call, or one per PROGRESS_SAMPLES samples."""
+    """Step counts at which run() calls end: one call, or one per ⌈PROGRESS_SAMPLES / B⌉ groups
+    of B samples."""
     total = plan.num_steps(samples)
     if not chunked:
         return [total]
-    every = PROGRESS_SAMPLES * plan.timesteps
+    every = -(-PROGRESS_SAMPLES // plan.lanes) * plan.timesteps
     return list(range(plan.latency + every, total, every)) + [total]
 
 

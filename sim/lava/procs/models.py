@@ -39,6 +39,20 @@ INT = np.int64
 FLOAT = np.float64
 
 
+STAGE_BLAS_THREADS = 1  # BLAS threads in each stage process (the stages already run in parallel)
+
+
+def _limit_blas_threads() -> None:
+    """Give this Lava process STAGE_BLAS_THREADS BLAS threads. Models are built in the forked
+    child, so the host process keeps its own setting. With one process per layer, a BLAS pool
+    per process oversubscribes the cores (measured on 2 cores with 64 lanes: 2–3× slower)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # comes with scikit-learn; without it the BLAS default stays
+        return
+    threadpool_limits(limits=STAGE_BLAS_THREADS, user_api="blas")
+
+
 def _in_ports(dtype):
     """Class decorator: the stage in-ports in_0 … in_{MAX_INPUTS-1} carrying `dtype` payloads."""
     def add(cls):
@@ -80,30 +94,55 @@ class PySpikeSourceFloat(_SourceModel):
 
 class _StageModel(PyLoihiProcessModel):
     """Receiving side shared by neuron layers and the readout: in-port k's data is held
-    `delays[k]` steps so every input of a step belongs to the same encoder step u."""
+    `delays[k]` steps so every input of a step belongs to the same encoder step u. Messages are
+    (B, *shape) batches of B lanes; group g = u // T holds samples g·B … g·B + rows − 1."""
     payload_type = INT
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
+        _limit_blas_threads()
         self.chain = proc_params["chain"]
-        self.fifos = [deque(np.zeros((1,) + shape, self.payload_type) for _ in range(delay))
+        self.lanes = int(proc_params["lanes"])
+        self.samples = int(proc_params["samples"])
+        self.groups = -(-self.samples // self.lanes)
+        self.fifos = [deque(np.zeros((self.lanes,) + shape, self.payload_type)
+                            for _ in range(delay))
                       for shape, delay in zip(proc_params["input_shapes"], proc_params["delays"])]
 
     def receive(self) -> list[np.ndarray]:
-        """This step's chain sources, aligned, as (1, *shape) int64 batches of one sample."""
+        """This step's chain sources, aligned, as (B, *shape) batches."""
         inputs = []
         for k, fifo in enumerate(self.fifos):
-            fifo.append(getattr(self, f"in_{k}").recv()[None])
-            inputs.append(fifo.popleft().astype(INT, copy=False))
+            fifo.append(getattr(self, f"in_{k}").recv())
+            inputs.append(fifo.popleft())
         return inputs
 
     def encoder_step(self) -> int:
         """u: the encoder step whose data arrives now (negative while the pipeline fills)."""
         return self.time_step - 1 - int(self.offset[0])
 
+    def group(self, u: int) -> int:
+        """The group of samples of encoder step u ≥ 0 (cyclic, like the source's rows)."""
+        return (u // int(self.timesteps[0])) % self.groups
+
+    def rows(self, u: int) -> int:
+        """Valid lanes of encoder step u: B, fewer in the last group, 0 while the pipeline
+        fills (u < 0)."""
+        if u < 0:
+            return 0
+        return min(self.lanes, self.samples - self.group(u) * self.lanes)
+
     def counts(self, u: int) -> bool:
-        """Statistics cover the N·T steps of the samples, not the pipeline's fill and drain."""
-        return u < int(self.num_samples[0]) * int(self.timesteps[0])
+        """Statistics cover the ⌈N/B⌉·T steps of the samples, not the pipeline's drain."""
+        return u < self.groups * int(self.timesteps[0])
+
+    def current(self, inputs: list[np.ndarray], rows: int, counted: bool) -> np.ndarray:
+        """The chain's output on the valid rows; its synops added to the statistics."""
+        batch = [x[:rows].astype(INT, copy=False) for x in inputs]
+        current, synops = self.chain.evaluate(batch, counted)
+        if counted:
+            self.synops[:len(synops)] += synops
+        return current
 
 
 class _NeuronLayerModel(_StageModel):
@@ -124,25 +163,28 @@ class _NeuronLayerModel(_StageModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.out = np.zeros(proc_params["shape"], self.payload_type)
+        self.out = np.zeros((self.lanes,) + tuple(proc_params["shape"]), self.payload_type)
 
     def run_spk(self):
         self.s_out.send(self.out)  # last step's payload: one step of delay, like Lava's Dense
         inputs = self.receive()
         u = self.encoder_step()
-        if u < 0:
+        rows = self.rows(u)
+        if rows == 0:
             return
         counted = self.counts(u)
-        current, synops = self.chain.evaluate(inputs, counted)
-        out, saturations = self.fire(current, u % int(self.timesteps[0]) == 0)
-        self.out = out[0].astype(self.payload_type, copy=False)
+        out, saturations = self.fire(self.current(inputs, rows, counted), rows,
+                                     u % int(self.timesteps[0]) == 0)
+        if rows < self.lanes:  # padding lanes of the last group stay zero
+            self.out = np.zeros_like(self.out)
+        self.out[:rows] = out
         if counted:
-            self.synops[:len(synops)] += synops
             self.spikes[0] += np.count_nonzero(out)
             self.payload_total[0] += int(np.abs(out).sum())
             self.saturations[0] += saturations
 
-    def fire(self, current: np.ndarray, first_step: bool) -> tuple[np.ndarray, int]:
+    def fire(self, current: np.ndarray, rows: int, first_step: bool) -> tuple[np.ndarray, int]:
+        """Payload (rows, *shape) and saturation count of this step for lanes [0, rows)."""
         raise NotImplementedError
 
 
@@ -157,23 +199,26 @@ class PySFNNeuronLayerFixed(_NeuronLayerModel):
     threshold = LavaPyType(np.ndarray, INT)
     s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
 
-    def fire(self, current, first_step):
+    def fire(self, current, rows, first_step):
         bias = self.bias[None]
         if self.adaptive[0]:
             v, saturations = semantics.saturate(current + bias)
             return semantics.fire_adaptive(v, self.thresholds[None], self.payload), saturations
         k, lo_q, hi_q = semantics.spike_unit(int(self.lo[0]), int(self.hi[0]),
                                              bool(self.binary[0]))
-        if first_step:
-            self.v[...] = semantics.initial_state(self.threshold, k)
-        v = self.v[None]
         decay = int(self.decay[0])
+        if int(self.timesteps[0]) == 1 and k == 1 and decay == semantics.LEAK_ONE:
+            # T = 1: v restarts every step, so the residual state is never read (sim.cpu's pass)
+            return semantics.fire_once(current, bias, self.threshold[None], lo_q, hi_q)
+        if first_step:
+            self.v[...] = semantics.initial_state(self.threshold, k)[None]
+        v = self.v[:rows]
         if decay < semantics.LEAK_ONE:
             v, saturations = semantics.saturate(semantics.leak(v, current + bias, decay))
         else:
             v, saturations = semantics.saturate(v + current + bias)
         out, v = semantics.fire_uniform(v, self.threshold[None], k, lo_q, hi_q)
-        self.v[...] = v[0]
+        self.v[:rows] = v
         return out, saturations
 
 
@@ -189,7 +234,7 @@ class PySFNNeuronLayerFloat(_NeuronLayerModel):
     threshold = LavaPyType(np.ndarray, FLOAT)
     s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
 
-    def fire(self, current, first_step):
+    def fire(self, current, rows, first_step):
         drive = current.astype(FLOAT) + self.bias[None]
         if self.adaptive[0]:
             saturations = int(np.count_nonzero(np.abs(drive) > semantics.V_MAX))
@@ -199,8 +244,8 @@ class PySFNNeuronLayerFloat(_NeuronLayerModel):
                                              bool(self.binary[0]))
         step = k * self.threshold[None]
         if first_step:
-            self.v[...] = np.floor(step[0] / 2)
-        v = self.v[None]
+            self.v[...] = np.floor(step / 2)
+        v = self.v[:rows]
         decay = float(self.decay[0])
         if decay < semantics.LEAK_ONE:
             v = v + np.floor(decay * (drive - v) / semantics.LEAK_ONE)
@@ -208,7 +253,7 @@ class PySFNNeuronLayerFloat(_NeuronLayerModel):
             v = v + drive
         saturations = int(np.count_nonzero(np.abs(v) > semantics.V_MAX))
         q = np.clip(np.floor(v / step), lo_q, hi_q)
-        self.v[...] = (v - q * step)[0]
+        self.v[:rows] = v - q * step
         return q * k, saturations
 
 
@@ -221,19 +266,17 @@ class _ReadoutModel(_StageModel):
     def run_spk(self):
         inputs = self.receive()
         u = self.encoder_step()
-        if u < 0:
+        rows = self.rows(u)
+        if rows == 0:
             return
-        counted = self.counts(u)
-        current, synops = self.chain.evaluate(inputs, counted)
+        current = self.current(inputs, rows, self.counts(u))
         timesteps = int(self.timesteps[0])
-        row = (u // timesteps) % len(self.accumulator)
+        first = self.group(u) * self.lanes
         if u % timesteps == 0:
-            self.accumulator[row] = current[0]
+            self.accumulator[first:first + rows] = current
         else:
-            self.accumulator[row] += current[0]
-        if counted:
-            self.synops[:len(synops)] += synops
-        if u == len(self.accumulator) * timesteps - 1:
+            self.accumulator[first:first + rows] += current
+        if u == self.groups * timesteps - 1:
             self.result.send(self.accumulator)
 
 

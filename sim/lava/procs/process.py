@@ -1,16 +1,20 @@
 """Lava Processes (interfaces: ports and Vars) of an SFN artifact; their models are in models.py.
 
-- `SpikeSource`: the input encoder holding every sample back to back.
-- `SFNNeuronLayer`: one SFN neuron layer together with the synapse chain that feeds it.
+- `SpikeSource`: the input encoder holding every sample back to back (groups of B lanes).
+- `SFNNeuronLayer`: one SFN neuron layer together with the synapse chain that feeds it, its
+  state held for B samples side by side.
 - `ReadoutSink`: the readout's synapse chain and its per-sample accumulator, read once at the end.
 - `RecurrentCell`, `TrialSink`: a recurrent artifact (sim.lava.recurrent): every node but the
   input and the readout in one process, B trials side by side; the per-step accumulator.
 
+Feed-forward messages are (B, *shape) batches, B = `lanes` samples side by side (sim.lava.graph).
 Stage processes have `MAX_INPUTS` in-ports `in_0 … in_{MAX_INPUTS-1}`: port k carries the payload
-of the chain's k-th source (a neuron layer or the input); unused ports have shape (1,) and stay
-unconnected. Timing Vars: `offset` (this stage reads encoder step u = t − 1 − offset at Lava step
-t), `timesteps` (T: neurons reset, and the readout starts a new row, every T steps),
-`num_samples` (N: statistics count steps u < N·T only, the pipeline's fill and drain excluded).
+(B, *shape) of the chain's k-th source (a neuron layer or the input); unused ports have shape (1,)
+and stay unconnected. Timing Vars: `offset` (this stage reads encoder step u = t − 1 − offset at
+Lava step t), `timesteps` (T: neurons reset, and the readout starts a new group, every T steps),
+`num_samples` (N: group (u // T) mod ⌈N/B⌉ holds samples g·B … min(g·B + B, N) − 1; the last
+group's lanes past N are padding, never computed; statistics count steps u < ⌈N/B⌉·T only, not
+the pipeline's fill and drain). proc_params `lanes` (B) and `samples` (N) give the models both.
 """
 from __future__ import annotations
 
@@ -30,18 +34,20 @@ def _scalar(value) -> Var:
     return Var(shape=(1,), init=np.asarray([value]))
 
 
-def _add_stage_ports(proc: AbstractProcess, input_shapes: list[tuple[int, ...]]) -> None:
+def _add_stage_ports(proc: AbstractProcess, input_shapes: list[tuple[int, ...]],
+                     lanes: int) -> None:
     if len(input_shapes) > MAX_INPUTS:
         raise ValueError(f"{len(input_shapes)} inputs, a stage has {MAX_INPUTS} in-ports")
     for k in range(MAX_INPUTS):
-        shape = tuple(input_shapes[k]) if k < len(input_shapes) else (1,)
+        shape = (lanes,) + tuple(input_shapes[k]) if k < len(input_shapes) else (1,)
         setattr(proc, f"in_{k}", InPort(shape=shape))
 
 
 class SpikeSource(AbstractProcess):
-    """Input encoder: at Lava step t sends n = clip(floor(x · inv_scale + 1/2), lo, hi) of sample
-    ((t − 1) // T) mod N (sim.semantics.encode_input). `samples` (N, *shape) float32 are set once
-    at construction, never per sample."""
+    """Input encoder: at Lava step t sends n = clip(floor(x · inv_scale + 1/2), lo, hi) of row
+    ((t − 1) // T) mod G of `samples` (G, *shape) (sim.semantics.encode_input). Feed-forward:
+    G groups of B lanes, shape (B, *in); recurrent: step-major trial batches. Set once at
+    construction, never per sample."""
 
     def __init__(self, *, samples: np.ndarray, inv_scale: float, lo: int, hi: int,
                  timesteps: int, name: str):
@@ -57,24 +63,25 @@ class SpikeSource(AbstractProcess):
 class SFNNeuronLayer(AbstractProcess):
     """SFN neuron layer (sim.ir.Neuron, sim.semantics) fed by its synapse chain.
 
-    Per step: send last step's payload; receive the chain's sources; I = chain(sources);
-    at a sample's first timestep v = (K·θ)//2; v ← sat(v + I + b) (or the leak when decay < 4096);
-    uniform fire q = clip(floor(v / (K·θ)), lo_q, hi_q), payload q·K, v ← v − q·K·θ; or adaptive
-    fire payload[#{k : sat(I + b) ≥ t_k}].
+    Per step, for each of the B lanes: send last step's payload; receive the chain's sources;
+    I = chain(sources); at a sample's first timestep v = (K·θ)//2; v ← sat(v + I + b) (or the
+    leak when decay < 4096); uniform fire q = clip(floor(v / (K·θ)), lo_q, hi_q), payload q·K,
+    v ← v − q·K·θ; or adaptive fire payload[#{k : sat(I + b) ≥ t_k}].
 
-    Vars: v (state), bias, threshold (per neuron, broadcast shape), lo, hi (levels), adaptive
-    (0 uniform, 1 adaptive), thresholds (..., K) and payload (K+1,) of the adaptive fire
+    Vars: v (state, (B, *shape)), bias, threshold (per neuron, broadcast shape), lo, hi (levels),
+    adaptive (0 uniform, 1 adaptive), thresholds (..., K) and payload (K+1,) of the adaptive fire
     function, decay (leak d, 4096 = none), binary (0 graded spikes, 1 binary), timesteps (reset
     period T), offset, num_samples, and the statistics spikes, payload_total, saturations, synops
     (one entry per chain node).
     """
 
     def __init__(self, *, neuron, chain, input_shapes, delays, offset: int, timesteps: int,
-                 binary: bool, num_samples: int):
+                 binary: bool, num_samples: int, lanes: int = 1):
         super().__init__(name=neuron.name, chain=chain, delays=list(delays),
-                         input_shapes=[tuple(s) for s in input_shapes], shape=tuple(neuron.shape))
+                         input_shapes=[tuple(s) for s in input_shapes], shape=tuple(neuron.shape),
+                         lanes=lanes, samples=num_samples)
         adaptive = neuron.fire == "adaptive"
-        self.v = Var(shape=tuple(neuron.shape), init=0)
+        self.v = Var(shape=(lanes,) + tuple(neuron.shape), init=0)
         self.bias = Var(shape=neuron.bias.shape, init=neuron.bias)
         self.threshold = Var(shape=neuron.threshold.shape, init=neuron.threshold)
         self.lo = _scalar(neuron.lo)
@@ -93,27 +100,28 @@ class SFNNeuronLayer(AbstractProcess):
         self.payload_total = _scalar(0)
         self.saturations = _scalar(0)
         self.synops = Var(shape=(max(len(chain.nodes), 1),), init=0)
-        _add_stage_ports(self, input_shapes)
-        self.s_out = OutPort(shape=tuple(neuron.shape))
+        _add_stage_ports(self, input_shapes, lanes)
+        self.s_out = OutPort(shape=(lanes,) + tuple(neuron.shape))
 
 
 class ReadoutSink(AbstractProcess):
-    """Readout chain and sink: accumulator[(u // T) mod N] = Σ over the sample's T steps of the
-    chain's output (the readout's integer accumulator A). At the last sample's last step the
+    """Readout chain and sink: accumulator[g·B + i] = Σ over group g's T steps of the chain's
+    output in lane i (the readout's integer accumulator A). At the last group's last step the
     whole accumulator goes out once through `result`, an external pipe the host reads after the
     run (a Var.get would move it one element at a time); the float readout
     y = float32(A + T·b) · float32(scale / T) is applied on the host."""
 
     def __init__(self, *, readout, chain, input_shapes, delays, offset: int, timesteps: int,
-                 num_samples: int):
+                 num_samples: int, lanes: int = 1):
         super().__init__(name=readout.name, chain=chain, delays=list(delays),
-                         input_shapes=[tuple(s) for s in input_shapes])
+                         input_shapes=[tuple(s) for s in input_shapes], lanes=lanes,
+                         samples=num_samples)
         self.accumulator = Var(shape=(num_samples,) + tuple(readout.shape), init=0)
         self.timesteps = _scalar(timesteps)
         self.offset = _scalar(offset)
         self.num_samples = _scalar(num_samples)
         self.synops = Var(shape=(max(len(chain.nodes), 1),), init=0)
-        _add_stage_ports(self, input_shapes)
+        _add_stage_ports(self, input_shapes, lanes)
         self.result = OutPort(shape=(num_samples,) + tuple(readout.shape))
         self.result.flag_external_pipe(buffer_size=1)
 
