@@ -1,21 +1,25 @@
 """sim.cpu throughput against onnxruntime running the float model, same batch, same run.
 
-    .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 30]
+    .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 30] [--threads 2]
+                                           [--sim-threads 1]
 
-Prints samples/s for: onnxruntime (float ONNX), sim.cpu (outputs only), sim.cpu (with spike,
-SynOps and saturation counting), and the ratios. Target: sim.cpu no more than 2× slower than
+Prints samples/s for: onnxruntime (float ONNX) with --threads intra-op threads and with one,
+sim.cpu (outputs only; with spike, SynOps and saturation counting; and its numpy-only fallback),
+and each one's time against both onnxruntime rows. Target: sim.cpu no more than 2× slower than
 onnxruntime on the digits CNN.
 
-sim.cpu's convolutions are numpy matrix products, so its speed depends on the BLAS kernel numpy's
-OpenBLAS picks; the table says which one ran. On CPUs this OpenBLAS build does not recognize it
-falls back to a slow SSE3 kernel ("Prescott"); `OPENBLAS_CORETYPE=Haswell` selects the AVX2 one:
-
-    OPENBLAS_CORETYPE=Haswell .venv/bin/python benchmarks/cpu_sim.py
+sim.cpu's convolutions and matrix products run on float32 copies of the integers (exact: every
+partial sum is bounded below 2²⁴) through torch's oneDNN/MKL kernels when torch is there, else
+numpy's BLAS; the lines under the table say which ran, with how many threads, and the load
+average (this machine is shared: compare rows of one run, not runs).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +28,41 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sim.cpu  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from sim.cpu import runner, torch_ops  # noqa: E402
 from exporters.digits import load_digits_split  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
+
+
+ROUNDS = 3
+
+
+def block_seconds(fn, repeats: int) -> list[float]:
+    """Wall times of `repeats` calls of fn, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _ort(threads: int):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(MODEL), opts, providers=["CPUExecutionProvider"])
+
+
+def _numpy_only(art, x):
+    runner.USE_TORCH = False
+    try:
+        return sim.cpu.run(art, x, count=False)
+    finally:
+        runner.USE_TORCH = True
 
 
 def main():
@@ -39,31 +70,61 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    ap.add_argument("--sim-threads", type=int, default=1,
+                    help="sim.cpu's torch threads (sim.cpu.run(threads=...); its default is 1)")
     args = ap.parse_args()
     x_train, _, x_test, _ = load_digits_split()
     x = np.concatenate([x_test] * (args.batch // len(x_test) + 1))[: args.batch]
     art = compile_onnx(MODEL, calib=x_train).artifact
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    sess = ort.InferenceSession(str(MODEL), opts, providers=["CPUExecutionProvider"])
-    rows = [("onnxruntime, float model", median_seconds(lambda: sess.run(None, {"input": x}),
-                                                        args.repeats)),
-            ("sim.cpu, outputs only", median_seconds(
-                lambda: sim.cpu.run(art, x, count=False), args.repeats)),
-            ("sim.cpu, with spike/SynOps counts", median_seconds(
-                lambda: sim.cpu.run(art, x, count=True), args.repeats))]
-    base = rows[0][1]
-    t = Table(title=f"digits CNN, batch {args.batch}, median of {args.repeats} runs")
-    for c in ("runtime", "ms / batch", "samples/s", "time vs onnxruntime"):
+    load_before = os.getloadavg()
+    ort_runs = [(args.threads, _ort(args.threads))]
+    if args.threads != 1:
+        ort_runs.append((1, _ort(1)))
+    st = args.sim_threads
+    cases = [("onnxruntime, float model", threads,
+              lambda sess=sess: sess.run(None, {"input": x}), args.repeats)
+             for threads, sess in ort_runs]
+    cases += [("sim.cpu, outputs only", st,
+               lambda: sim.cpu.run(art, x, count=False, threads=st), args.repeats),
+              ("sim.cpu, with spike/SynOps counts", st,
+               lambda: sim.cpu.run(art, x, count=True, threads=st), args.repeats),
+              ("sim.cpu, numpy only (no torch), outputs only", "BLAS",
+               lambda: _numpy_only(art, x), max(3, args.repeats // 3))]
+    # the machine's load drifts: every row is timed in ROUNDS blocks taken in turn, and its
+    # median is over all of them; a pause after each block lets worker threads stop spinning
+    samples: list[list[float]] = [[] for _ in cases]
+    for r in range(ROUNDS):
+        for (_, _, fn, repeats), got in zip(cases, samples):
+            got += block_seconds(fn, -(-repeats // ROUNDS))
+            time.sleep(0.3)
+    rows = [(name, threads, statistics.median(got))
+            for (name, threads, _, _), got in zip(cases, samples)]
+    load_after = os.getloadavg()
+    base = {threads: rows[i][2] for i, (threads, _) in enumerate(ort_runs)}
+    t = Table(title=f"digits CNN, batch {args.batch}, median of {args.repeats} runs "
+                    f"({ROUNDS} interleaved blocks)")
+    for c in ("runtime", "threads", "ms / batch", "samples/s",
+              *(f"time vs onnxruntime ({k} thr)" for k in base)):
         t.add_column(c)
-    for name, s in rows:
-        t.add_row(name, f"{1000 * s:.2f}", f"{args.batch / s:,.0f}", f"{s / base:.2f}×")
-    Console(width=120).print(t)
+    for name, threads, s in rows:
+        t.add_row(name, str(threads), f"{1000 * s:.2f}", f"{args.batch / s:,.0f}",
+                  *(f"{s / b:.2f}×" for b in base.values()))
+    Console(width=140).print(t)
+    if torch_ops.available():
+        import torch
+        print(f"sim.cpu products: torch {torch.__version__} (conv: oneDNN "
+              f"{'on' if torch.backends.mkldnn.is_available() else 'OFF'}, matmul: "
+              f"{'MKL' if torch.backends.mkl.is_available() else 'BLAS'}), {st} thread(s) "
+              f"during the run (torch's own setting: {torch.get_num_threads()})")
+    else:
+        print("sim.cpu products: numpy BLAS (torch not importable)")
     from threadpoolctl import threadpool_info
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     print("numpy BLAS: " + ", ".join(f"{i.get('internal_api')} {i.get('version')} kernel "
                                       f"{i.get('architecture')}, {i.get('num_threads')} threads"
-                                      for i in blas))
+                                      for i in blas if "numpy" in i.get("filepath", "")))
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+          f"on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

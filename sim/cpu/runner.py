@@ -7,13 +7,15 @@ operations and state saturations per node.
 """
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sim import semantics
 from sim.artifact import Artifact
-from sim.cpu import kernels
+from sim.cpu import kernels, torch_ops
 from toolchain.errors import ShapeError, SimulationError
 
 
@@ -49,6 +51,11 @@ def _out_hw(node):
 
 
 _FANOUT: dict = {}
+
+# The batched runner's matrix products and convolutions go through torch's oneDNN/MKL kernels
+# when torch imports and can vouch for exactness (sim/cpu/torch_ops.py), else numpy's BLAS.
+# False: numpy only. `evaluate_synapse` (what the Lava process models call) is numpy only.
+USE_TORCH = True
 
 
 def _fanout(node, in_hw):
@@ -106,6 +113,147 @@ def _synapse(node, x, count):
     raise SimulationError(f"node {node.name!r}: sim.cpu has no kernel for kind {node.kind!r}")
 
 
+def _as_int(x: np.ndarray) -> np.ndarray:
+    return x if np.issubdtype(x.dtype, np.integer) else x.astype(np.int64)
+
+
+def _pow2(e: int) -> float:
+    return float(2 ** int(e))
+
+
+_CONSTS: dict[int, tuple] = {}
+
+
+def _consts(node, params: tuple, make):
+    """Constants derived from a node's parameters, made once and reused while the node holds
+    the very same parameter objects (a parameter replaced by another object remakes them;
+    artifact arrays are not changed in place). The entry keeps the objects alive, so their ids
+    cannot be reused while it stands."""
+    ids = tuple(map(id, params))
+    hit = _CONSTS.get(id(node))
+    if hit is not None and hit[1] == ids and hit[0]() is node:
+        return hit[3]
+    value = make()
+    key = id(node)
+    _CONSTS[key] = (weakref.ref(node, lambda _r, k=key: _CONSTS.pop(k, None)), ids, params, value)
+    return value
+
+
+class _Weights:
+    """A dense/conv node's weights · 2^exp as float arrays (one per dtype) and Σ|W|·2^exp, the
+    largest over output channels."""
+
+    def __init__(self, node):
+        axes = tuple(range(1, node.weight.ndim))
+        self.scale = _pow2(node.weight_exp)
+        self.absum = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes).max(initial=0)) \
+            * self.scale
+        self.weight, self._cast = node.weight, {}
+
+    def cast(self, dtype) -> np.ndarray:
+        key = np.dtype(dtype)
+        if key not in self._cast:
+            w = self.weight.astype(dtype) * dtype(self.scale)
+            if w.ndim == 4:   # channels-last memory, the layout the kernels take without a copy
+                w = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            self._cast[key] = w
+        return self._cast[key]
+
+
+def _weights(node) -> _Weights:
+    return _consts(node, (node.weight, node.weight_exp), lambda: _Weights(node))
+
+
+def _fire(node) -> kernels.Fire:
+    return _consts(node, (node.bias, node.threshold, node.lo, node.hi),
+                   lambda: kernels.Fire(_broadcast(node.bias), _broadcast(node.threshold),
+                                        node.lo, node.hi))
+
+
+def _weight_exact(node, bx, x, neuron=None):
+    """(float weight · 2^exp in the exact dtype, bound of the output, bias) or (None, None, None).
+
+    With `neuron` (the one-pass neuron that alone reads this node) the product also adds the
+    neuron's offset b + θ//2 per output channel, in the dtype the neuron's fire needs (bias
+    None when the offset is not channel-wise or no float dtype is exact)."""
+    w = _weights(node)
+    if w.absum * bx >= kernels.F32_EXACT:           # static bound too loose? measure the input
+        bx = min(bx, kernels.max_abs(x))
+    bound, bias = w.absum * bx, None
+    dtype = kernels.exact_dtype(bound)
+    if neuron is not None:
+        fire = _fire(neuron)
+        offset = fire.offset[0]                 # (C, 1, 1) or (C,): channel-wise?
+        if offset.ndim and offset.shape[0] == node.weight.shape[0] \
+                and all(d == 1 for d in offset.shape[1:]):
+            vbound = bound + fire.offset_max
+            fdtype = fire.dtype(vbound)
+            if fdtype is not None:
+                dtype, bound, bias = fdtype, vbound, fire.cast(fdtype)[0].reshape(-1)
+    if dtype is None:
+        return None, None, None
+    return w.cast(dtype), bound, bias
+
+
+def _synapse_exact(node, ins, bounds, count, use_torch, neuron=None, nonzero=None):
+    """evaluate_synapse for the batched runner: inputs and output are exact integers held in
+    float32/float64 where a bound proves it exact (else int64). Returns (value, bound of |value|
+    or None when unknown, synops, biased): biased when a dense/conv node fed only by `neuron`
+    (one-pass) added that neuron's offset b + θ//2 (see _weight_exact). `nonzero(k)`: the
+    nonzero_counts of input k (shared with whoever else counts that value)."""
+    nonzero = nonzero or (lambda k: kernels.nonzero_counts(ins[k]))
+    kind = node.kind
+    x = ins[0]
+    if kind in ("dense", "conv"):
+        wf, bound, bias = _weight_exact(node, bounds[0], x, neuron)
+        if wf is None:
+            out, synops = _synapse(node, _as_int(x), count)
+            return out, None, synops, False
+        if kind == "dense":
+            out = kernels.dense_exact(x, wf, use_torch, bias)
+            synops = int(nonzero(0).sum()) * node.weight.shape[0] if count else 0
+        else:
+            out = kernels.conv2d_exact(x, wf, node.stride, node.pads, node.dilation, node.groups,
+                                       _out_hw(node), use_torch, bias)
+            synops = kernels.window_synops(x, _fanout(node, x.shape[-2:]),
+                                           node.weight.shape[0] // node.groups,
+                                           nonzero(0)) if count else 0
+        return out, bound, synops, bias is not None
+    if kind == "sumpool":
+        bound = bounds[0] * math.prod(node.kernel)
+        dtype = kernels.exact_dtype(bound) or np.int64
+        out = kernels.sum_pool(x if dtype is not np.int64 else _as_int(x), node.kernel,
+                               node.stride, node.pads, _out_hw(node), dtype, use_torch)
+        synops = kernels.window_synops(x, _fanout(node, x.shape[-2:]), 1,
+                                       nonzero(0)) if count else 0
+        return out, bound, synops, False
+    if kind == "maxpool":
+        return kernels.max_pool(x, node.kernel, node.stride, node.pads, node.dilation,
+                                _out_hw(node)), bounds[0], 0, False
+    if kind == "add":
+        gains = [np.asarray(g, dtype=np.int64) for g in node.gains]
+        bound = sum(float(np.abs(g).max(initial=0)) * _pow2(e) * b
+                    for g, e, b in zip(gains, node.exps, bounds))
+        dtype = kernels.exact_dtype(bound)
+        if dtype is None:
+            out, synops = evaluate_synapse(node, [_as_int(i) for i in ins], count)
+            return out, None, synops, False
+        total, synops = None, 0
+        for k, (g, e, xi) in enumerate(zip(gains, node.exps, ins)):
+            term = np.multiply((g * 2 ** int(e)).astype(dtype)[None], xi, dtype=dtype)
+            total = term if total is None else np.add(total, term, out=total)
+            synops += int(nonzero(k).sum()) if count else 0
+        return total, bound, synops, False
+    if kind == "concat":
+        if len({i.dtype for i in ins}) > 1:
+            ins = [_as_int(i) for i in ins] if any(np.issubdtype(i.dtype, np.integer)
+                                                   for i in ins) \
+                else [i.astype(np.float64, copy=False) for i in ins]
+        return np.concatenate(ins, axis=node.axis + 1), max(bounds), 0, False
+    out, synops = evaluate_synapse(node, ins, count)   # reshape, transpose: index maps
+    return out, bounds[0], synops, False
+
+
 def _broadcast(param: np.ndarray) -> np.ndarray:
     """Channel-wise parameter → shape broadcastable against a (B, *shape) batch."""
     return np.asarray(param)[None]
@@ -136,13 +284,13 @@ def prepare_run(art: Artifact, x: np.ndarray, timesteps: int) -> tuple[np.ndarra
         raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
     if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
         raise SimulationError("adaptive fire functions are defined for T = 1 only")
-    return x, {n.name: LayerStats(neurons=int(np.prod(n.shape)) if n.kind == "neuron" else 0)
+    return x, {n.name: LayerStats(neurons=math.prod(n.shape) if n.kind == "neuron" else 0)
                for n in art.nodes}
 
 
 def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         batch_size: int = 1024, count: bool = True, progress=None,
-        record: tuple[str, ...] = ()) -> SimResult:
+        record: tuple[str, ...] = (), threads: int | None = 1) -> SimResult:
     """Run `art` on float inputs x and return the readout.
 
     Feed-forward networks: x is (N, *input_shape); the graph runs `timesteps` steps on the same
@@ -151,7 +299,15 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     encodes x[:, t], memoryless neurons start afresh, leaky (reset "none") neurons and delays carry
     their state through the trial, and the readout is per step: output (N, T, *output_shape).
     `progress(n)` is called after each batch of n samples; `record` names nodes whose integer
-    values are returned in `SimResult.recorded`.
+    values are returned in `SimResult.recorded`. count=False skips the activity statistics
+    (spikes, payload, SynOps: zero in `stats`); saturations are counted either way.
+
+    Inside a batch the values are exact integers held in float32/float64 wherever a bound proves
+    that exact (see kernels.py), with convolutions and matrix products by torch when available
+    (USE_TORCH); the readout accumulator and recorded values are int64. `threads`: torch's
+    intra-op threads during the run, restored after (None: torch's own setting). One thread by
+    default: on a shared machine every multi-threaded kernel waits for a busy core, which costs
+    more than the second thread saves on these small layers (README, "Speed").
     """
     x, stats = prepare_run(art, x, timesteps)
     unknown = [r for r in record if r not in stats]
@@ -159,18 +315,19 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         raise SimulationError(f"cannot record {unknown}: no such nodes")
     outs, accs = [], []
     kept: dict[str, list[np.ndarray]] = {r: [] for r in record}
-    for start in range(0, len(x), batch_size):
-        chunk = x[start:start + batch_size]
-        if art.recurrent:
-            out, acc, rec = _run_trials(art, chunk, count, stats, record)
-        else:
-            out, acc, rec = _run_batch(art, chunk, timesteps, binary, count, stats, record)
-        outs.append(out)
-        accs.append(acc)
-        for r in record:
-            kept[r].append(rec[r])
-        if progress is not None:
-            progress(len(out))
+    with torch_ops.session(threads if USE_TORCH else None):
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size]
+            if art.recurrent:
+                out, acc, rec = _run_trials(art, chunk, count, stats, record)
+            else:
+                out, acc, rec = _run_batch(art, chunk, timesteps, binary, count, stats, record)
+            outs.append(out)
+            accs.append(acc)
+            for r in record:
+                kept[r].append(rec[r])
+            if progress is not None:
+                progress(len(out))
     readout = art.node(art.output)
     shape = (0,) + ((x.shape[1],) if art.recurrent else ()) + tuple(readout.shape)
     lead = shape[:-len(readout.shape)] if readout.shape else shape
@@ -181,24 +338,96 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
                      stats, len(x), timesteps, recorded)
 
 
-def _step(art, x, values, previous, state, binary, count, stats):
-    """Evaluate every node once; `previous` holds last step's values (for Delay nodes)."""
+def _one_pass(node, state) -> bool:
+    """The T = 1 multi-threshold neuron (semantics.fire_once) applies to this neuron node."""
+    return state is None and node.fire == "uniform" and node.reset == "subtract" \
+        and node.decay == semantics.LEAK_ONE
+
+
+def _fusions(art, keep) -> dict:
+    """{dense/conv node: the one-pass neuron that is its only reader} for nodes whose value
+    nobody else sees (not kept, recorded, read by a delay or the readout): these add the
+    neuron's offset inside their product and the neuron skips that pass."""
+    readers: dict[str, int] = {}
+    kinds = {n.name: n.kind for n in art.nodes}
+    for n in art.nodes:
+        for i in n.inputs:
+            readers[i] = readers.get(i, 0) + 1
+        if n.kind == "delay":
+            readers[n.source] = readers.get(n.source, 0) + 2
+    out = {}
+    for n in art.nodes:
+        if n.kind == "neuron" and _one_pass(n, None):
+            src = n.inputs[0]
+            if readers.get(src) == 1 and src not in keep and src != art.output \
+                    and kinds[src] in ("conv", "dense"):
+                out[src] = n
+    return out
+
+
+def _step(art, x, values, previous, state, binary, count, stats, fast=False, keep=()):
+    """Evaluate every node once; `previous` holds last step's values (for Delay nodes).
+
+    fast=False: every value is int64 (the contract's form). fast=True (the batched runner): values
+    may be float32/float64 arrays of exact integers — each kernel picks the dtype from a bound on
+    its inputs — and the callers convert what they keep (readout, records) to int64. `keep`
+    names nodes the caller reads after the step: their values stay the node's own."""
+    use_torch = fast and USE_TORCH
+    bounds: dict[str, float] = {}
+    fused = _fusions(art, keep) if fast and state is None else {}
+    biased: set[str] = set()
+    counts: dict[str, np.ndarray] = {}
+
+    def nonzero(name):      # a value's nonzero_counts, computed once for all who count it
+        if name not in counts:
+            counts[name] = kernels.nonzero_counts(values[name])
+        return counts[name]
+
+    def bound(name):
+        if name not in bounds:
+            bounds[name] = kernels.max_abs(values[name])
+        return bounds[name]
+
     for node in art.nodes:
         ins = [values[i] for i in node.inputs]
         kind = node.kind
+        name = node.name
         if kind == "input":
-            values[node.name] = semantics.encode_input(x, node.inv_scale, node.lo, node.hi)
+            if fast:
+                values[name] = kernels.encode_input_exact(x, node.inv_scale, node.lo, node.hi)
+                bounds[name] = float(max(abs(node.lo), abs(node.hi)))
+            else:
+                values[name] = semantics.encode_input(x, node.inv_scale, node.lo, node.hi)
         elif kind == "neuron":
-            values[node.name] = _neuron_step(node, ins[0], state, binary, stats[node.name])
+            if fast and _one_pass(node, state):     # the one-pass neuron, in floats
+                out, sat, bounds[name] = kernels.fire_once_exact(
+                    ins[0], bound(node.inputs[0]), _broadcast(node.bias),
+                    _broadcast(node.threshold), node.lo, node.hi, use_torch,
+                    biased=node.inputs[0] in biased, fire=_fire(node))
+                values[name] = out
+                _count_neuron(stats[name], out, sat, node.lo, node.hi, count,
+                              (lambda: nonzero(name)) if count else None)
+            else:
+                values[name] = _neuron_step(node, _as_int(ins[0]), state, binary, stats[name],
+                                            count)
         elif kind == "delay":
             prev = previous.get(node.source)
-            values[node.name] = np.zeros((len(x),) + tuple(node.shape), np.int64) \
+            values[name] = np.zeros((len(x),) + tuple(node.shape), np.int64) \
                 if prev is None else prev
         elif kind == "readout":
-            values[node.name] = ins[0]
+            values[name] = ins[0]
+        elif fast:
+            values[name], b, synops, with_offset = _synapse_exact(
+                node, ins, [bound(i) for i in node.inputs], count, use_torch, fused.get(name),
+                lambda k: nonzero(node.inputs[k]))
+            if b is not None:
+                bounds[name] = b
+            if with_offset:
+                biased.add(name)
+            stats[name].synops += synops
         else:
-            values[node.name], synops = evaluate_synapse(node, ins, count)
-            stats[node.name].synops += synops
+            values[name], synops = evaluate_synapse(node, ins, count)
+            stats[name].synops += synops
     return values
 
 
@@ -209,10 +438,10 @@ def _run_batch(art, x, timesteps, binary, count, stats, record=()):
     acc_sum = 0
     rec = {r: 0 for r in record}
     for _ in range(timesteps):
-        values = _step(art, x, {}, {}, state, binary, count, stats)
-        acc_sum = acc_sum + values[art.output]
+        values = _step(art, x, {}, {}, state, binary, count, stats, fast=True, keep=record)
+        acc_sum = acc_sum + _as_int(values[art.output])
         for r in record:
-            rec[r] = rec[r] + values[r]
+            rec[r] = rec[r] + _as_int(values[r])
     readout = art.node(art.output)
     out = semantics.readout(acc_sum, _broadcast(readout.bias), _broadcast(readout.scale), timesteps)
     return out, acc_sum, rec
@@ -226,17 +455,18 @@ def _run_trials(art, x, count, stats, record=()):
     rec = {r: [] for r in record}
     for t in range(x.shape[1]):
         state = {k: v for k, v in state.items() if k in persistent}
-        values = _step(art, x[:, t], {}, values, state, False, count, stats)
-        accs.append(values[art.output])
+        values = _step(art, x[:, t], {}, values, state, False, count, stats, fast=True,
+                       keep=record)
+        accs.append(_as_int(values[art.output]))
         for r in record:
-            rec[r].append(values[r])
+            rec[r].append(_as_int(values[r]))
     acc = np.stack(accs, axis=1)
     readout = art.node(art.output)
     out = semantics.readout(acc, _broadcast(readout.bias)[:, None], _broadcast(readout.scale)[:, None], 1)
     return out, acc, {r: np.stack(v, axis=1) for r, v in rec.items()}
 
 
-def _neuron_step(node, current, state, binary, st: LayerStats):
+def _neuron_step(node, current, state, binary, st: LayerStats, count: bool = True):
     """One step of a neuron node. `state` None means a single T = 1 pass: no state survives it."""
     theta = _broadcast(node.threshold)
     bias = _broadcast(node.bias)
@@ -266,7 +496,27 @@ def _neuron_step(node, current, state, binary, st: LayerStats):
         else:
             v, sat = semantics.saturate(v + current + bias)
         out, state[node.name] = semantics.fire_uniform(v, theta, k, lo_q, hi_q)
-    st.saturations += sat
-    st.spikes += int(np.count_nonzero(out))
-    st.payload += int(np.abs(out).sum())
+    _count_neuron(st, out, sat, node.lo, node.hi, count)
     return out
+
+
+def _count_neuron(st: LayerStats, out: np.ndarray, sat: int, lo: int, hi: int, count: bool,
+                  nonzero=None):
+    """Saturations always (never silent); spikes and payload only when counting. `nonzero()`:
+    out's nonzero_counts, shared with the synapses that count the same spikes."""
+    st.saturations += sat
+    if not count:
+        return
+    if np.issubdtype(out.dtype, np.floating):
+        # count_nonzero of a whole float array is ~10× slower than of the comparison's
+        # booleans; the payload, a sum of exact integers, is summed in float64 (exact < 2⁵³)
+        st.spikes += int(nonzero().sum()) if nonzero else int(np.count_nonzero(out != 0))
+        mag = out if lo >= 0 else np.abs(out)
+        if out[:1].size * float(max(abs(lo), abs(hi))) < kernels.F32_EXACT:
+            # per-sample sums are exact in the array's own dtype: sum those, then them in float64
+            st.payload += int(mag.sum(axis=tuple(range(1, out.ndim))).sum(dtype=np.float64))
+        else:
+            st.payload += int(mag.sum(dtype=np.float64))
+    else:
+        st.spikes += int(np.count_nonzero(out))
+        st.payload += int(np.abs(out).sum())

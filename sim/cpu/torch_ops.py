@@ -1,0 +1,183 @@
+"""Optional torch kernels for sim.cpu's batched runner: exact integer convolutions and matrix
+products on float copies of the integers, run by torch's oneDNN / MKL (AVX-512) instead of numpy's
+BLAS.
+
+Exactness is the caller's bound (kernels.exact_float_dtype): float32 only when every partial sum
+is below 2²⁴, float64 below 2⁵³, so any summation order, blocking or FMA gives the exact integer.
+What could still round is a kernel that transforms its operands (Winograd/FFT: NNPACK) or a
+reduced-precision mode (bf16/tf32 "fp32_precision", float32_matmul_precision "medium"); every
+call here checks for those and answers None when it cannot vouch for the result, and the caller
+then takes the numpy path.
+
+Never used by the Lava process models: they call `sim.cpu.runner.evaluate_synapse`, which is
+numpy only (torch hangs in Lava's forked processes). torch is imported lazily, on the first call;
+without torch every function answers None.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+_TORCH = None          # the module once imported, False when unavailable or switched off
+# conv backends that are plain sums of products (no operand transform): exact under the bound
+_EXACT_CONV_BACKENDS = {"Mkldnn", "Slow2d", "SlowDilated2d", "Empty"}
+
+
+def _torch():
+    global _TORCH
+    if _TORCH is None:
+        _TORCH = False
+        if os.environ.get("SFN_CPU_TORCH", "1") != "0":
+            try:
+                import torch
+                _TORCH = torch
+            except Exception:  # noqa: BLE001 - any import failure means: no torch path
+                _TORCH = False
+    return _TORCH
+
+
+def available() -> bool:
+    return bool(_torch())
+
+
+_MEMO: dict | None = None   # within a session: the precision checks, read once
+
+
+@contextmanager
+def session(threads: int | None):
+    """One sim.cpu run: torch's intra-op thread count set to `threads` for the block and then
+    restored (None: left alone), and torch's precision settings read once, not per kernel."""
+    global _MEMO
+    torch = _torch() if threads else None
+    outer, _MEMO = _MEMO, {}
+    old = torch.get_num_threads() if torch and threads else None
+    if old is not None and old != threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        _MEMO = outer
+        if old is not None and old != threads:
+            torch.set_num_threads(old)
+
+
+def _resolved(*levels: str) -> str:
+    """The first fp32_precision setting that is not "none" (conv/matmul → mkldnn → generic)."""
+    for p in levels:
+        if p != "none":
+            return p
+    return "none"
+
+
+def _fp32_strict(torch, op: str) -> bool:
+    """No reduced-precision float32 mode is in force for `op` ("conv" or "matmul")."""
+    memo = _MEMO
+    if memo is None:
+        return _read_fp32_strict(torch, op)
+    if op not in memo:
+        memo[op] = _read_fp32_strict(torch, op)
+    return memo[op]
+
+
+def _read_fp32_strict(torch, op: str) -> bool:
+    if os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", "STRICT").upper() not in ("STRICT", "ANY"):
+        return False
+    try:
+        mk = torch.backends.mkldnn
+        p = _resolved(getattr(mk, op).fp32_precision, mk.fp32_precision,
+                      torch.backends.fp32_precision)
+    except AttributeError:    # older torch: no fp32_precision properties, only the matmul switch
+        p = "none"
+    if p not in ("none", "ieee"):
+        return False
+    return op == "conv" or torch.get_float32_matmul_precision() == "highest"
+
+
+def _tensor(torch, a: np.ndarray, dtype):
+    a = np.asarray(a, dtype=dtype)
+    if not a.flags.writeable or min(a.strides, default=0) < 0:
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, stride, pads, dilation, groups, dtype,
+           bias: np.ndarray | None = None) -> np.ndarray | None:
+    """conv2d of (B, C, H, W) exact integers (any dtype) by float `weight` (C_o, C_i/g, kh, kw),
+    plus integer `bias` (C_o,), in `dtype`; None when torch is missing or could round."""
+    torch = _torch()
+    if not torch or not _fp32_strict(torch, "conv"):
+        return None
+    xt = _tensor(torch, x, dtype)
+    wt = _tensor(torch, weight, dtype)
+    top, left, bottom, right = (int(p) for p in pads)
+    if (top, left) == (bottom, right):
+        padding = [top, left]
+    else:
+        xt = torch.nn.functional.pad(xt, (left, right, top, bottom))
+        padding = [0, 0]
+    # channels-last is oneDNN's native layout: no reorder in or out, and the output stays
+    # channels-last for the next layer. One channel: the same memory, strides saying so.
+    if xt.shape[1] > 1:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    elif xt.is_contiguous():
+        b, _, h, w = xt.shape
+        xt = xt.as_strided(xt.shape, (h * w, 1, w, 1))
+    stride, dilation, groups = [int(s) for s in stride], [int(d) for d in dilation], int(groups)
+    try:
+        backend = torch._C._select_conv_backend(xt, wt, None, stride, padding, dilation, False,
+                                                [0, 0], groups, None)
+    except Exception:  # noqa: BLE001 - a torch without this query: cannot vouch, numpy instead
+        return None
+    if str(backend).rsplit(".", 1)[-1] not in _EXACT_CONV_BACKENDS:
+        return None
+    bt = None if bias is None else _tensor(torch, np.reshape(bias, -1), dtype)
+    # tensors made from numpy arrays never require grad: no autograd graph is recorded
+    return torch.nn.functional.conv2d(xt, wt, bt, stride, padding, dilation, groups).numpy()
+
+
+def dense(x: np.ndarray, weight: np.ndarray, dtype,
+          bias: np.ndarray | None = None) -> np.ndarray | None:
+    """(B, F_in) exact integers × float weight (F_out, F_in)ᵀ + bias in `dtype`; None as conv2d."""
+    torch = _torch()
+    if not torch or not _fp32_strict(torch, "matmul"):
+        return None
+    xt = _tensor(torch, x, dtype)
+    wt = _tensor(torch, weight, dtype)
+    if bias is None:
+        return torch.matmul(xt, wt.T).numpy()
+    return torch.addmm(_tensor(torch, np.reshape(bias, -1), dtype), xt, wt.T).numpy()
+
+
+def fire_once(current: np.ndarray, offset: np.ndarray, theta: np.ndarray, lo: int, hi: int,
+              dtype, saturate: bool):
+    """kernels.fire_once_exact's float arithmetic (v = current + offset, saturate, floor(v/θ),
+    clip) as in-place torch operations; offset None: `current` is v, overwritten.
+    (n, saturations) or None without torch."""
+    torch = _torch()
+    if not torch:
+        return None
+    from sim.semantics import V_MAX
+    v = _tensor(torch, current, dtype) if offset is None else \
+        torch.add(_tensor(torch, current, dtype), torch.from_numpy(offset))
+    sat = 0
+    if saturate:
+        sat = int(torch.count_nonzero(v.abs() > V_MAX))
+        if sat:
+            v.clamp_(-V_MAX, V_MAX)
+    v.div_(torch.from_numpy(theta)).floor_().clamp_(lo, hi)
+    return v.numpy(), sat
+
+
+def sum_pool(x: np.ndarray, kernel, stride, pads, out_hw, dtype) -> np.ndarray | None:
+    """Window sums (avg_pool2d with divisor 1: a sum, then a division by one) in `dtype`, which
+    the caller chose exact for kh·kw·max|x|; None without torch or for padding it cannot take."""
+    torch = _torch()
+    top, left, bottom, right = (int(p) for p in pads)
+    kernel, stride = [int(k) for k in kernel], [int(s) for s in stride]
+    if not torch or (top, left) != (bottom, right) or 2 * top > kernel[0] or 2 * left > kernel[1]:
+        return None
+    out = torch.nn.functional.avg_pool2d(_tensor(torch, x, dtype), kernel, stride, [top, left],
+                                         ceil_mode=False, divisor_override=1)
+    return out.numpy() if tuple(out.shape[-2:]) == tuple(out_hw) else None

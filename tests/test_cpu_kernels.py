@@ -1,0 +1,244 @@
+"""sim.cpu's fast kernels (float-held exact integers, torch's oneDNN/MKL products) equal the
+int64 definitions bit for bit, fall back to numpy without torch, and stay out of the Lava path."""
+import numpy as np
+import pytest
+
+import nets
+import sim.cpu
+from sim import semantics
+from sim.cpu import kernels, runner, torch_ops
+from sim.ir import Conv, Dense, SumPool
+
+GEOMETRIES = [  # (C_in, C_out, size, k, stride, pads, dilation, groups)
+    (1, 16, 8, 3, 1, (1, 1, 1, 1), 1, 1),
+    (16, 32, 8, 3, 1, (1, 1, 1, 1), 1, 1),
+    (6, 8, 9, 3, 2, (1, 0, 2, 1), 1, 2),      # asymmetric padding, groups
+    (8, 8, 9, 3, 1, (2, 2, 2, 2), 2, 2),      # dilation
+    (6, 6, 7, 3, 1, (1, 1, 1, 1), 1, 6),      # depthwise
+    (4, 5, 6, 1, 2, (0, 0, 0, 0), 1, 1),      # 1×1, strided
+]
+
+
+def _conv_int(x, w, stride, pads, dilation, groups, out_hw):
+    """Brute-force int64 convolution: the definition, no floats anywhere."""
+    b, c = x.shape[:2]
+    co, cg, kh, kw = w.shape
+    top, left, bottom, right = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out = np.zeros((b, co) + tuple(out_hw), np.int64)
+    cog = co // groups
+    for o in range(co):
+        g = o // cog
+        for i in range(kh):
+            for j in range(kw):
+                win = xp[:, g * cg:(g + 1) * cg,
+                         i * dilation: i * dilation + stride * (out_hw[0] - 1) + 1: stride,
+                         j * dilation: j * dilation + stride * (out_hw[1] - 1) + 1: stride]
+                out[:, o] += np.einsum("bchw,c->bhw", win, w[o, :, i, j].astype(np.int64))
+    return out
+
+
+def _out(size, k, stride, pads, dilation):
+    return tuple((size + pads[a] + pads[a + 2] - dilation * (k - 1) - 1) // stride + 1
+                 for a in (0, 1))
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
+@pytest.mark.parametrize("xmax", [15, 2 ** 20], ids=["float32", "float64"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_conv_exact_equals_integer_definition(geometry, xmax, use_torch):
+    ci, co, size, k, s, pads, d, g = geometry
+    rng = np.random.default_rng(size * 7 + co)
+    x = rng.integers(-xmax, xmax + 1, (5, ci, size, size))
+    w = 2 * rng.integers(-128, 128, (co, ci // g, k, k))
+    out_hw = _out(size, k, s, pads, d)
+    expect = _conv_int(x, w, s, pads, d, g, out_hw) << 3
+    bound = float(np.abs(w).sum(axis=(1, 2, 3)).max()) * xmax * 8
+    dtype = kernels.exact_dtype(bound)
+    assert dtype is (np.float32 if xmax == 15 else np.float64)
+    x_in = x.astype(dtype)
+    got = kernels.conv2d_exact(x_in, w.astype(dtype) * 8, (s, s), pads, (d, d), g, out_hw,
+                               use_torch)
+    assert got.dtype == dtype and np.array_equal(got, expect)
+    if use_torch and torch_ops.available():   # the product really ran in torch here
+        assert torch_ops.conv2d(x_in, w.astype(dtype) * 8, (s, s), pads, (d, d), g,
+                                dtype) is not None
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
+@pytest.mark.parametrize("xmax", [15, 2 ** 22], ids=["float32", "float64"])
+def test_dense_exact_equals_integer_definition(xmax, use_torch):
+    rng = np.random.default_rng(xmax)
+    x = rng.integers(-xmax, xmax + 1, (300, 200))
+    w = 2 * rng.integers(-128, 128, (70, 200))
+    expect = x @ w.T
+    dtype = kernels.exact_dtype(float(np.abs(w).sum(axis=1).max()) * xmax)
+    got = kernels.dense_exact(x.astype(dtype), w.astype(dtype), use_torch)
+    assert got.dtype == dtype and np.array_equal(got, expect)
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool", [((2, 2), (2, 2), (0, 0, 0, 0), 8),
+                                  ((3, 3), (2, 2), (1, 1, 1, 1), 9),
+                                  ((4, 4), (1, 1), (0, 0, 0, 0), 4),
+                                  ((3, 3), (1, 1), (0, 1, 2, 0), 7)])
+def test_sum_pool_in_floats_equals_int64(pool, dtype, use_torch):
+    kernel, stride, pads, size = pool
+    rng = np.random.default_rng(size)
+    x = rng.integers(0, 16, (6, 5, size, size))
+    out_hw = tuple((size + pads[a] + pads[a + 2] - kernel[a]) // stride[a] + 1 for a in (0, 1))
+    expect = kernels.sum_pool(x, kernel, stride, pads, out_hw)
+    got = kernels.sum_pool(x.astype(dtype), kernel, stride, pads, out_hw, dtype, use_torch)
+    assert got.dtype == dtype and np.array_equal(got, expect)
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
+@pytest.mark.parametrize("case", ["float32", "float64", "int64", "saturating"])
+def test_fire_once_exact_equals_semantics(case, use_torch):
+    rng = np.random.default_rng(3)
+    theta = rng.integers(1, 5000, (1, 30, 1, 1))
+    bias = rng.integers(-20000, 20000, (1, 30, 1, 1))
+    lo, hi = -7, 15
+    cmax = {"float32": 2 ** 22, "float64": 2 ** 30, "int64": 2 ** 60, "saturating": 2 ** 23}[case]
+    if case == "saturating":   # v = I + b + θ//2 clips, yet stays below 2²⁴: float32
+        theta, bias = 2 * theta * 400, bias * 100
+    current = rng.integers(-cmax, cmax, (40, 30, 3, 3))
+    # exact multiples of θ (and one off) around the offset: where a rounded quotient would show
+    k = rng.integers(-8, 17, (40, 30, 3, 3))
+    edge = k * theta - (bias + theta // 2) + rng.integers(-1, 2, k.shape)
+    current = np.clip(np.where(rng.random(current.shape) < 0.5, edge, current), -cmax, cmax)
+    bound = float(np.abs(current).max())
+    held = current.astype(np.float64 if case != "int64" else np.int64)
+    n, sat, nb = kernels.fire_once_exact(held, bound, bias, theta, lo, hi, use_torch)
+    expect, sat_expect = semantics.fire_once(current, bias, theta, lo, hi)
+    assert np.array_equal(n, expect) and sat == sat_expect and nb == 15
+    assert {"float32": np.float32, "float64": np.float64, "int64": np.int64,
+            "saturating": np.float32}[case] == n.dtype
+    if case == "saturating":
+        assert sat > 0
+
+
+def test_encoder_in_float32_equals_semantics():
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((50, 64)) * 300).astype(np.float32)
+    x[0, :4] = [0.5, -0.5, 1.5, 254.5]
+    for lo, hi in ((0, 255), (-128, 127)):
+        got = kernels.encode_input_exact(x, np.float32(0.77), lo, hi)
+        assert got.dtype == np.float32
+        assert np.array_equal(got, semantics.encode_input(x, np.float32(0.77), lo, hi))
+
+
+def _int_path(monkeypatch):
+    """Make the batched runner evaluate every node in int64 (the reference form)."""
+    step = runner._step
+    monkeypatch.setattr(runner, "_step", lambda *a, fast=True, **k: step(*a, fast=False, **k))
+
+
+def _same(a, b):
+    assert np.array_equal(a.accumulator, b.accumulator) and a.accumulator.dtype == np.int64
+    assert np.array_equal(a.output, b.output)
+    for name in a.stats:
+        assert a.stats[name] == b.stats[name], name
+    for name in a.recorded:
+        assert np.array_equal(a.recorded[name], b.recorded[name]) \
+            and a.recorded[name].dtype == np.int64
+
+
+@pytest.mark.parametrize("name", sorted(nets.NETS))
+def test_fast_runner_equals_int64_runner(name, monkeypatch):
+    compiled, _, test = nets.compiled(name)
+    art = compiled.artifact
+    record = tuple(n.name for n in art.nodes if n.kind in ("neuron", "conv", "sumpool"))[:4]
+    fast = sim.cpu.run(art, test, record=record)
+    for timesteps, binary in ((3, False), (2, True)):
+        _same(sim.cpu.run(art, test, timesteps=timesteps, binary=binary),
+              _run_int(monkeypatch, art, test, timesteps=timesteps, binary=binary))
+    monkeypatch.setattr(runner, "USE_TORCH", False)
+    _same(fast, sim.cpu.run(art, test, record=record))
+    _same(fast, _run_int(monkeypatch, art, test, record=record))
+
+
+def _run_int(monkeypatch, art, x, **kw):
+    with monkeypatch.context() as m:
+        _int_path(m)
+        return sim.cpu.run(art, x, **kw)
+
+
+def test_runs_without_torch(monkeypatch):
+    """torch missing (the import fails): numpy kernels, same integers."""
+    compiled, _, test = nets.compiled("maxpool_cnn")
+    with_torch = sim.cpu.run(compiled.artifact, test)
+    monkeypatch.setattr(torch_ops, "_TORCH", None)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)   # `import torch` raises
+    assert not torch_ops.available()
+    assert torch_ops.conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 1, 1)), (1, 1), (0,) * 4,
+                            (1, 1), 1, np.float32) is None
+    _same(with_torch, sim.cpu.run(compiled.artifact, test))
+
+
+def test_torch_refused_when_it_could_round():
+    """NNPACK (Winograd) or a bf16 oneDNN mode: torch_ops declines, the caller takes numpy."""
+    torch = pytest.importorskip("torch")
+    x = np.ones((32, 4, 8, 8), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float32)
+    args = (x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1, np.float32)
+    assert torch_ops.conv2d(*args) is not None
+    with torch.backends.mkldnn.flags(enabled=False):     # → NNPACK on a batch ≥ 16
+        assert torch_ops.conv2d(*args) is None
+        got = kernels.conv2d_exact(x, w, *args[2:6], (8, 8), use_torch=True)
+        assert np.array_equal(got, kernels.conv2d_numpy(x, w, *args[2:6], (8, 8)))
+    before = torch.backends.mkldnn.conv.fp32_precision
+    try:
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+        assert torch_ops.conv2d(*args) is None
+    finally:
+        torch.backends.mkldnn.conv.fp32_precision = before
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert torch_ops.dense(x[:, :, 0, 0], w[:, :, 0, 0], np.float32) is None
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def test_lava_entry_point_never_calls_torch(monkeypatch):
+    """evaluate_synapse (what the forked Lava process models call) is numpy only."""
+    def boom():
+        raise AssertionError("torch used on the Lava path")
+    monkeypatch.setattr(torch_ops, "_torch", boom)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 16, (1, 4, 6, 6))
+    conv = Conv("c", ("x",), (5, 6, 6), weight=rng.integers(-9, 9, (5, 4, 3, 3)), weight_exp=1,
+                pads=(1, 1, 1, 1))
+    out, _ = runner.evaluate_synapse(conv, [x], True)
+    assert out.dtype == np.int64
+    assert np.array_equal(out, _conv_int(x, conv.weight, 1, (1, 1, 1, 1), 1, 1, (6, 6)) << 1)
+    pool = SumPool("p", ("x",), (4, 3, 3))
+    assert runner.evaluate_synapse(pool, [x], True)[0].dtype == np.int64
+    dense = Dense("d", ("x",), (3,), weight=rng.integers(-9, 9, (3, 144)))
+    assert runner.evaluate_synapse(dense, [x.reshape(1, -1)], True)[0].dtype == np.int64
+
+
+def test_thread_count_is_set_for_the_run_and_restored():
+    torch = pytest.importorskip("torch")
+    compiled, _, test = nets.compiled("avgpool_cnn")
+    before = torch.get_num_threads()
+    seen = []
+    sim.cpu.run(compiled.artifact, test, progress=lambda n: seen.append(torch.get_num_threads()))
+    assert seen == [1] and torch.get_num_threads() == before
+    seen.clear()
+    sim.cpu.run(compiled.artifact, test, threads=None,
+                progress=lambda n: seen.append(torch.get_num_threads()))
+    assert seen == [before] and torch.get_num_threads() == before
+
+
+def test_count_false_keeps_saturations_only():
+    compiled, _, test = nets.compiled("residual")
+    quiet = sim.cpu.run(compiled.artifact, test, count=False)
+    full = sim.cpu.run(compiled.artifact, test)
+    assert np.array_equal(quiet.accumulator, full.accumulator)
+    for name, st in quiet.stats.items():
+        assert st.spikes == st.payload == st.synops == 0
+        assert st.saturations == full.stats[name].saturations
+        assert st.neurons == full.stats[name].neurons
