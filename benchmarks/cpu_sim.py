@@ -32,23 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sim.cpu  # noqa: E402
 from sim.cpu import runner, torch_ops  # noqa: E402
 from exporters.digits import load_digits_split  # noqa: E402
+from timing import run_seconds  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
 
 
 ROUNDS = 3
-
-
-def block_seconds(fn, repeats: int) -> list[float]:
-    """Wall times of `repeats` calls of fn, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def _ort(threads: int):
@@ -95,7 +85,7 @@ def main():
     samples: list[list[float]] = [[] for _ in cases]
     for r in range(ROUNDS):
         for (_, _, fn, repeats), got in zip(cases, samples):
-            got += block_seconds(fn, -(-repeats // ROUNDS))
+            got += run_seconds(fn, -(-repeats // ROUNDS))
             time.sleep(0.3)
     rows = [(name, threads, statistics.median(got))
             for (name, threads, _, _), got in zip(cases, samples)]

@@ -16,6 +16,16 @@ def assert_same(result, reference):
     assert (result.samples, result.timesteps) == (reference.samples, reference.timesteps)
 
 
+def assert_failed_cleanly(info, elapsed: float, message: str, shm_names, guard: float = 60):
+    """A failing process model: its message in the error and the Lava traceback, reported well
+    before the guard, no Lava child left, none of the run's shared-memory segments left."""
+    assert message in str(info.value)
+    assert "injected failure" in info.value.lava_traceback
+    assert elapsed < 15, f"failure took {elapsed:.1f} s to report (guard: {guard:.0f} s)"
+    assert lava_children() == []
+    assert shm_names and not [n for n in shm_names if os.path.exists(f"/dev/shm/{n}")]
+
+
 def lava_children() -> list[str]:
     """Command lines of this process's live children, the multiprocessing resource tracker (a
     helper of Python's shared memory, not a Lava process) excepted."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import nets
-from lava_helpers import assert_same, lava_children
+from lava_helpers import assert_failed_cleanly, assert_same, lava_children
 import sim.cpu
 import sim.lava
 from sim.artifact import Artifact
@@ -149,13 +149,9 @@ def test_failing_process_model_raises_its_error_and_ends_every_process(monkeypat
     with pytest.raises(SimulationError) as info:
         sim.lava.run(art, x, timeout=60)
     elapsed = time.monotonic() - start
-    assert "injected failure in /Relu_output_0 at step 5" in str(info.value)
     assert "'/Relu_output_0'" in str(info.value)
-    assert "injected failure" in info.value.lava_traceback
-    assert elapsed < 15, f"failure took {elapsed:.1f} s to report (guard: 60 s)"
-    assert lava_children() == []
-    assert shared_memory_names and not [n for n in shared_memory_names
-                                        if os.path.exists(f"/dev/shm/{n}")]
+    assert_failed_cleanly(info, elapsed, "injected failure in /Relu_output_0 at step 5",
+                          shared_memory_names)
     monkeypatch.undo()
     assert_same(sim.lava.run(art, x, timeout=60), sim.cpu.run(art, x))
 

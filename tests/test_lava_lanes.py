@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import nets
 import sim.cpu
 import sim.lava
-from lava_helpers import assert_same, lava_children
+from lava_helpers import assert_failed_cleanly, assert_same, lava_children
 from sim.lava import graph, runner
 from test_lava import _inject, _small_artifact, _small_inputs
 from toolchain.errors import SimulationError
@@ -147,12 +147,8 @@ def test_failing_model_in_lanes_mode_ends_every_process(monkeypatch, shared_memo
     with pytest.raises(SimulationError) as info:
         sim.lava.run(art, x, lanes=4, timeout=60)
     elapsed = time.monotonic() - start
-    assert "injected failure in /Relu_output_0 at step 3" in str(info.value)
-    assert "injected failure" in info.value.lava_traceback
-    assert elapsed < 15, f"failure took {elapsed:.1f} s to report (guard: 60 s)"
-    assert lava_children() == []
-    assert shared_memory_names and not [n for n in shared_memory_names
-                                        if os.path.exists(f"/dev/shm/{n}")]
+    assert_failed_cleanly(info, elapsed, "injected failure in /Relu_output_0 at step 3",
+                          shared_memory_names)
 
 
 def test_hanging_model_in_lanes_mode_is_ended_at_the_limit(monkeypatch, shared_memory_names):

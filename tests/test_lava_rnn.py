@@ -13,7 +13,7 @@ import pytest
 
 import sim.cpu
 import sim.lava
-from lava_helpers import assert_same, lava_children
+from lava_helpers import assert_failed_cleanly, assert_same, lava_children
 from sim.artifact import Artifact
 from sim.ir import Add, Concat, Delay, Dense, Input, Neuron, Node, Readout
 from sim.lava import hardware, recurrent
@@ -195,13 +195,11 @@ def test_failure_in_cell_ends_every_process(monkeypatch, hang, shared_memory_nam
     if hang:
         assert "did not finish within 4 s" in str(info.value)
         assert elapsed < 4 + 6
+        assert lava_children() == []
+        assert names and not [n for n in names if os.path.exists(f"/dev/shm/{n}")]
     else:
-        assert "injected failure in the cell at step 37" in str(info.value)
         assert "'cell'" in str(info.value)
-        assert "injected failure" in info.value.lava_traceback
-        assert elapsed < 15, f"failure took {elapsed:.1f} s to report (guard: 60 s)"
-    assert lava_children() == []
-    assert names and not [n for n in names if os.path.exists(f"/dev/shm/{n}")]
+        assert_failed_cleanly(info, elapsed, "injected failure in the cell at step 37", names)
     monkeypatch.undo()
     if not hang:
         assert_same(sim.lava.run(art, x, batch=4, timeout=60), sim.cpu.run(art, x))
