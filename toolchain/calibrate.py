@@ -2,7 +2,9 @@
 
 Every float-graph node is named after the ONNX tensor it computes, so the source model is run
 once with those tensors added as outputs. Per tensor and channel (axis 1) we keep the maximum of
-|value| and the `percentile` of |value| (over a bounded random subsample of each channel).
+|value| and the `percentile` of |value| (over a bounded random subsample of each channel). For the
+tensors named in `keep_samples` (the ReLU outputs an adaptive fire function is fitted to) a
+random subsample of at most SAMPLE_KEEP values of |value| per channel is kept as well.
 Without calibration data the compiler uses 64 samples of N(0, 1) and says so (the fallback).
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from toolchain.errors import ModelError, ShapeError
 ORT_ERRORS = (Fail, InvalidArgument, InvalidGraph, NotImplemented, RuntimeException)
 
 SAMPLES_PER_CHANNEL = 20_000
+SAMPLE_KEEP = 4096  # values per channel kept for fitting adaptive fire functions
 FALLBACK_SAMPLES = 64
 
 
@@ -31,6 +34,7 @@ class ChannelStats:
     layer_pct_abs: float     # percentile of |x| over all channels together
     min: float
     max: float
+    sample: np.ndarray | None = None  # (C, ≤ SAMPLE_KEEP) float32 |x|, only where requested
 
 
 def session(model: onnx.ModelProto, extra_outputs: list[str]) -> ort.InferenceSession:
@@ -72,7 +76,8 @@ def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: in
 
 
 def calibrate(model: onnx.ModelProto, x: np.ndarray, names: list[str], percentile: float,
-              seed: int = 0) -> dict[str, ChannelStats]:
+              seed: int = 0, keep_samples: frozenset[str] | set[str] = frozenset()
+              ) -> dict[str, ChannelStats]:
     rng = np.random.default_rng(seed)
     keep: dict[str, list[np.ndarray]] = {n: [] for n in names}
     mx: dict[str, np.ndarray] = {}
@@ -94,8 +99,15 @@ def calibrate(model: onnx.ModelProto, x: np.ndarray, names: list[str], percentil
     stats = {}
     for n in names:
         values = np.concatenate(keep[n], axis=1)
+        sample = None
+        if n in keep_samples:
+            sample = values
+            if values.shape[1] > SAMPLE_KEEP:
+                sample = values[:, np.sort(rng.choice(values.shape[1], SAMPLE_KEEP, replace=False))]
+            sample = sample.astype(np.float32)
         stats[n] = ChannelStats(mx[n], np.percentile(values, percentile, axis=1),
-                                float(np.percentile(values, percentile)), lo[n], hi[n])
+                                float(np.percentile(values, percentile)), lo[n], hi[n], sample)
+        keep[n] = []
     return stats
 
 

@@ -9,8 +9,13 @@ integer `bias` (added by the neuron or readout that consumes it) and a static `b
   [0, 255] or [−255, 0]); one `weight_exp` per connection, the largest that keeps the static bound
   Σ|W|·bound_in·2^e under the headroom (2²¹, or 2¹³ feeding an Add so the Add can scale up).
 - ReLU/Clip → uniform neuron with L levels: θ = round_even(s_out / unit_in) per channel, s_out the
-  clip maximum or the calibration percentile divided by L; its realized scale θ·unit_in is what the
-  consumers see. A current that a synapse must read is requantized by a signed neuron [−L, L].
+  clip maximum or the calibration percentile divided by L, times the scale factor λ (default 1);
+  its realized scale θ·unit_in is what the consumers see. A current that a synapse must read is
+  requantized by a signed neuron [−L, L].
+- ReLU/Clip with `fire="adaptive"` (or "quantile") → adaptive neuron with L non-uniform levels
+  (see `fit_levels`): one normalized level shape per layer fitted to the calibration sample,
+  integer payloads y_0 = 0 < y_1 < … < y_L, per-channel output unit λ·R_c / Q, integer
+  thresholds at the midpoints between consecutive levels.
 - Add: output unit = finest input unit / 2^k; integer gains (8-bit mantissa per channel, one
   exponent per input). AvgPool → sum-pool, unit / (kh·kw). MaxPool, Concat, Reshape, Transpose
   map units, biases and bounds like the values.
@@ -63,6 +68,122 @@ class QuantOptions:
     trust_clip: bool = False
     # calibration inputs lie on this grid (see calibrate.grid_step): encode them losslessly
     input_step: float | None = None
+    # ReLU/Clip fire function: "uniform" (L equal steps), "adaptive" (non-uniform levels fitted to
+    # the calibration distribution: quantile start, Lloyd-Max refinement) or "quantile" (the
+    # quantile placement alone, without the refinement)
+    fire: str = "uniform"
+    # λ: every ReLU/Clip layer's range (hence its thresholds and levels) is λ × the calibrated one
+    scale: float = 1.0
+
+
+FIRE_MODES = ("uniform", "adaptive", "quantile")
+FIT_MAX_VALUES = 1 << 18      # pooled normalized values a layer's level shape is fitted on
+# payload resolution: the integer levels live on a grid Q = 2·L, one bit more than uniform
+# levels need. A finer grid would follow the fitted levels more closely, but every consumer's
+# static 24-bit accumulator bound grows with the largest payload, and where that bound already
+# binds (a 1×1 projection feeding a residual Add, weight exponent 0) the Add's integer gains lose
+# the same bits: MobileNetV2 at 15 levels, relative error on its calibration images 0.076
+# uniform, 0.083 with Q = 2L, 0.154 with Q = 4L, 0.178 with Q ≈ 8L (docs/conversion.md)
+PAYLOAD_MULT = 2
+REFINE_VALUES = 1 << 16       # order statistics the integer levels are refined on
+
+
+def _level_mse(u: np.ndarray, rho: np.ndarray) -> float:
+    """Mean squared error of nearest-level quantization (round half up) of u ∈ [0, 1] to the
+    levels 0, ρ_1, …, ρ_L."""
+    levels = np.concatenate([[0.0], rho])
+    edges = (levels[:-1] + levels[1:]) / 2
+    q = levels[np.searchsorted(edges, u, side="right")]
+    return float(np.mean((u - q) ** 2))
+
+
+def _lloyd(u: np.ndarray, rho: np.ndarray, iters: int = 200) -> np.ndarray:
+    """Lloyd-Max on sorted u with the level 0 fixed: edges at midpoints, levels at the means of
+    their bins (an empty bin keeps its level)."""
+    cs = np.concatenate([[0.0], np.cumsum(u)])
+    for _ in range(iters):
+        levels = np.concatenate([[0.0], rho])
+        start = np.searchsorted(u, (levels[:-1] + levels[1:]) / 2, side="left")
+        end = np.append(start[1:], len(u))
+        count = end - start
+        new = np.where(count > 0, (cs[end] - cs[start]) / np.maximum(count, 1), rho)
+        new = np.maximum.accumulate(new)
+        if np.allclose(new, rho, rtol=0, atol=1e-10):
+            return new
+        rho = new
+    return rho
+
+
+def _refine_integer(u: np.ndarray, y: np.ndarray, q: int, passes: int = 8) -> np.ndarray:
+    """Coordinate descent of the integer levels y (strictly increasing, 1 ≤ y_k ≤ q) on the
+    squared error of u; the uniform levels win if they are better."""
+    L = len(y)
+    best = _level_mse(u, y / q)
+    for _ in range(passes):
+        moved = False
+        for k in range(L):
+            for step in (-1, 1):
+                c = y.copy()
+                c[k] += step
+                if c[k] < 1 or c[k] > q or (k and c[k] <= c[k - 1]) or \
+                        (k < L - 1 and c[k] >= c[k + 1]):
+                    continue
+                e = _level_mse(u, c / q)
+                if e < best:
+                    y, best, moved = c, e, True
+        if not moved:
+            break
+    uniform = np.arange(1, L + 1) * (q // L)
+    return uniform if _level_mse(u, uniform / q) < best else y
+
+
+def fit_levels(sample: np.ndarray, ranges: np.ndarray, L: int, method: str = "adaptive",
+               seed: int = 0) -> dict:
+    """Normalized level shape ρ_1 < … < ρ_L of one ReLU layer and its integer payloads.
+
+    The values |x| of each channel c (sample (C, n)) are divided by the channel's calibrated
+    range R_c and clipped to [0, 1], and pooled over the layer (at most FIT_MAX_VALUES of them).
+    "quantile": ρ_k = the (k − ½)/L quantile of the positive pooled values — every level stands
+    for the same share of the nonzero activations, as the SFN paper places its thresholds.
+    "adaptive": Lloyd-Max (1-D k-means with the level 0 fixed, so zero stays zero and silent)
+    started from the quantile levels and, separately, from the uniform levels k/L; the start
+    whose result has the lower squared error wins, so the fitted levels are never worse than the
+    uniform ones on the calibration sample.
+
+    Integer payloads on the grid Q = PAYLOAD_MULT·L: y_k = round(ρ_k·Q), made strictly
+    increasing; "adaptive" then moves single levels by ±1 while the squared error falls
+    (coordinate descent on the grid) and keeps the uniform levels y_k = PAYLOAD_MULT·k if those
+    are better still, so its integer levels never lose to the uniform ones on the sample."""
+    ok = ranges > 0
+    u = (np.asarray(sample, np.float64)[ok] / ranges[ok, None]).reshape(-1)
+    u = np.clip(u, 0.0, 1.0)
+    if u.size > FIT_MAX_VALUES:
+        u = np.random.default_rng(seed).choice(u, FIT_MAX_VALUES, replace=False)
+    u = np.sort(u)
+    uniform = np.arange(1, L + 1) / L
+    pos = u[u > 0]
+    if len(pos) >= L:
+        quant = np.quantile(pos, (np.arange(1, L + 1) - 0.5) / L)
+    else:
+        quant = uniform
+    if method == "quantile":
+        rho = quant
+    else:
+        fits = [_lloyd(u, quant.copy()), _lloyd(u, uniform.copy())]
+        rho = min(fits, key=lambda r: _level_mse(u, r))
+    rho = np.maximum.accumulate(np.maximum(rho, 1e-9))
+    target = _level_mse(u, rho) if len(u) else 0.0
+    q = PAYLOAD_MULT * L
+    y = np.rint(rho * q).astype(np.int64)
+    y[0] = max(y[0], 1)
+    for k in range(1, L):
+        y[k] = max(y[k], y[k - 1] + 1)
+    if method != "quantile" and len(u):
+        y = _refine_integer(u[::max(1, len(u) // REFINE_VALUES)], y, q)
+    err = _level_mse(u, y / q) if len(u) else 0.0
+    return dict(rho=rho, payload=np.concatenate([[0], y]).astype(np.int64), q=int(q),
+                mse=err, mse_fitted=target, mse_uniform=_level_mse(u, uniform) if len(u) else 0.0,
+                quantile_levels=quant, values=int(len(u)), positive=int(len(pos)))
 
 
 def _channel_view(a: np.ndarray) -> np.ndarray:
@@ -130,14 +251,18 @@ def _round_even(x):
 
 class Quantizer:
     def __init__(self, fg: FloatGraph, stats: dict[str, ChannelStats], opts: QuantOptions,
-                 where: str):
+                 where: str, fits: dict | None = None):
         self.fg, self.stats, self.opts, self.where = fg, stats, opts, where
+        # fitted level shapes by (layer, method, L): they do not depend on λ, so a scale search
+        # shares them between its Quantizers
+        self.fits = {} if fits is None else fits
         self.sfn = nx.DiGraph()
         self.nodes: list[ir.Node] = []
         self.q: dict[str, QTensor] = {}
         self.record: dict[str, np.ndarray] = {}
         self.layers: list[dict] = []
         self.synapses: dict[str, dict] = {}  # how each dense/conv was quantized (for joint rescaling)
+        self.adaptive: dict[str, dict] = {}  # fitted level shapes of adaptive ReLU layers
 
     # --- helpers -------------------------------------------------------------------------------
     def emit(self, node: ir.Node) -> ir.Node:
@@ -319,7 +444,66 @@ class Quantizer:
         hi = d["params"]["hi"]
         if x.spikes and hi is None and self._nonnegative(x.node):
             return QTensor(x.node, name, x.unit, x.bias, x.bound, True, x.synapse_ok)
-        return self.neuron(name, name, x, self.act_scale(name, hi, False), 0, self.opts.levels)
+        L = self.opts.levels
+        step = self.act_scale(name, hi, False)          # R_c / L, R_c the calibrated range
+        if hi is not None and self.opts.trust_clip:
+            # trained with uniform clip-floor levels: uniform reproduces it, λ would break it
+            return self.neuron(name, name, x, step, 0, L)
+        scaled = step
+        if self.opts.scale != 1.0:
+            scaled = self.opts.scale * step
+            if hi is not None:
+                scaled = np.minimum(scaled, hi / L)      # never a level above the clip
+        if self.opts.fire == "uniform":
+            return self.neuron(name, name, x, scaled, 0, L)
+        return self.adaptive_relu(name, x, step * L, scaled * L)
+
+    def adaptive_relu(self, name, x: QTensor, base: np.ndarray, scaled: np.ndarray) -> QTensor:
+        """ReLU as an adaptive neuron: payloads y_0 = 0 < … < y_L (fit_levels, one shape per
+        layer), output unit λ·R_c / Q per channel, thresholds t_k = ceil(b_k / unit_in) with
+        b_k = (y_{k−1} + y_k)/2 · unit_out (nearest level, round half up, like the uniform
+        neuron's θ/2 offset)."""
+        L = self.opts.levels
+        st = self.stats[name]
+        if st.sample is None:
+            self.fail(name, "no calibration sample was kept for the adaptive fire function")
+        key = (name, self.opts.fire, L)
+        if key not in self.fits:
+            self.fits[key] = fit_levels(st.sample, base, L, self.opts.fire)
+        fit = self.fits[key]
+        payload = fit["payload"]
+        shape = x.unit.shape
+        bshape = (-1,) + (1,) * (len(shape) - 1)
+        unit = np.broadcast_to((scaled / fit["q"]).reshape(bshape), shape).astype(np.float64)
+        mid = (payload[:-1] + payload[1:]) / 2.0
+        unit_in = _channel_view(x.unit) if len(shape) == 3 else x.unit
+        unit_out = _channel_view(unit) if len(shape) == 3 else unit
+        thresholds = np.ceil(unit_out[..., None] * mid / unit_in[..., None])
+        thresholds = np.clip(thresholds, -semantics.V_MAX - 1, semantics.V_MAX + 1).astype(np.int64)
+        worst = float((x.bound + np.abs(x.bias)).max())
+        if worst > semantics.V_MAX:
+            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
+                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×; use "
+                            "fewer --levels or a smaller input range")
+        top = int(payload[-1])
+        self.emit(ir.Neuron(name, (x.node,), shape, threshold=np.ones(shape[:1] + (1,) * (
+            len(shape) - 1), np.int64), bias=_channel_view(x.bias.astype(np.int64)), lo=0, hi=top,
+            fire="adaptive", thresholds=thresholds, payload=payload))
+        self.record[f"{name}/act_scale"] = _channel_view(unit).reshape(-1)
+        self.adaptive[name] = dict(payload=payload.tolist(), q=fit["q"],
+                                   levels=[round(float(r), 6) for r in fit["rho"]],
+                                   quantile_levels=[round(float(r), 6)
+                                                    for r in fit["quantile_levels"]],
+                                   mse=fit["mse"], mse_uniform=fit["mse_uniform"],
+                                   values=fit["values"], positive=fit["positive"])
+        self.layers.append(dict(name=name, op=f"neuron ({self.opts.fire})", shape=shape,
+                                neurons=int(np.prod(shape)), synapses=0,
+                                levels=f"{L}: {payload[1]}…{top}/{fit['q']}",
+                                threshold=(int(thresholds.min()), int(thresholds.max())),
+                                margin_bits=round(float(np.log2(semantics.V_MAX / max(worst, 1))),
+                                                  1)))
+        return QTensor(name, name, unit, np.zeros(shape, np.int64), np.full(shape, float(top)),
+                       True, True)
 
     def _nonnegative(self, name: str) -> bool:
         """Are the payloads of SFN node `name` never negative? Neurons and the encoder say so by
