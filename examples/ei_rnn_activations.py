@@ -3,6 +3,7 @@
 
     python examples/ei_rnn_activations.py                 # CDDM, 100 units, the trainer's defaults
     python examples/ei_rnn_activations.py --quick         # 32 units, 200 steps: a smoke run
+    python examples/ei_rnn_activations.py --models tests/data/rnn   # the shipped small cells
 
 Per variant the table gives masked R² and decision accuracy (float and deployed), the E/I counts
 of the deployed weights, the fixed points reached from rest under a grid of constant inputs (count
@@ -62,18 +63,32 @@ def count_distinct(points: np.ndarray, tol: float) -> int:
     return len(reps)
 
 
-def study(task_name: str, units: int, steps: int | None, seed: int, out: Path) -> list[dict]:
+def trained_cell(task, act: str, dale: bool, units: int, steps: int | None, seed: int, out: Path,
+                 models: Path | None) -> Path:
+    """Train and export one variant, or take it from `models` (a folder of exported cells named
+    {task}_{activation}_{dale|nodale}.onnx, e.g. tests/data/rnn from train_rnn_test_models.py)."""
+    if models is not None:
+        path = models / f"{task.name}_{act}_{'dale' if dale else 'nodale'}.onnx"
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such model (see --models)")
+        return path
     import torch
     torch.set_num_threads(2)
+    model = EIRNN(task.n_inputs, task.n_outputs, n_units=units, activation=act, dale=dale,
+                  seed=seed)
+    train(model, task, steps=steps, seed=seed, progress=False)
+    name = f"{act}{'_dale' if dale else ''}"
+    return export_rnn_onnx(model, out / f"{task.name}_{name}.onnx", task=task)
+
+
+def study(task_name: str, units: int, steps: int | None, seed: int, out: Path,
+          models: Path | None = None) -> list[dict]:
     task = make_task(task_name, seed=seed)
     grid = np.unique(task.inputs[:, -1], axis=0)          # constant inputs: each condition's end
     rows, float_pcs = [], {}
     for act, dale in VARIANTS:
         name = f"{act}{'_dale' if dale else ''}"
-        model = EIRNN(task.n_inputs, task.n_outputs, n_units=units, activation=act, dale=dale,
-                      seed=seed)
-        train(model, task, steps=steps, seed=seed, progress=False)
-        path = export_rnn_onnx(model, out / f"{task_name}_{name}.onnx", task=task)
+        path = trained_cell(task, act, dale, units, steps, seed, out, models)
         art = compile_onnx(path, calib=task.inputs).artifact
         s_y = art.record["y/act_scale"]
 
@@ -156,11 +171,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="32 units, 200 steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("examples/out/ei_rnn"))
+    ap.add_argument("--models", type=Path, help="deploy and analyse already trained cells from this "
+                    "folder ({task}_{activation}_{dale|nodale}.onnx, e.g. tests/data/rnn) "
+                    "instead of training")
     args = ap.parse_args(argv)
     if args.quick:
         args.units, args.steps = 32, args.steps or 200
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = study(args.task, args.units, args.steps, args.seed, args.out)
+    rows = study(args.task, args.units, args.steps, args.seed, args.out, args.models)
     (args.out / "table.json").write_text(json.dumps(rows, indent=1))
     (args.out / "table.md").write_text(markdown(rows) + "\n")
     print(markdown(rows))

@@ -91,6 +91,23 @@ def layer_table(rows: list[dict], title: str) -> Table:
     return t
 
 
+def scale_table(found: dict) -> Table:
+    """The λ scale search curve (toolchain.scale_search), the chosen row marked."""
+    t = Table(title=f"scale search on {found['samples']} calibration samples: {found['rule']} "
+                    f"(tolerance {found['tolerance']:g}, error factor {found['error_factor']:g})",
+              title_justify="left")
+    for col in ("λ", "SynOps / inference", "top-1 agreement", "rel. RMS error", "chosen"):
+        t.add_column(col, justify="left" if col == "chosen" else "right")
+    for p in found["curve"]:
+        if "error" in p:
+            t.add_row(f"{p['lambda']:g}", "", "", "", f"not quantizable: {p['error'][:60]}")
+            continue
+        top1 = f"{100 * p['top1_agreement']:.2f}%" if "top1_agreement" in p else "—"
+        t.add_row(f"{p['lambda']:g}", f"{p['synops']:,.0f}", top1, f"{p['rel_rms_error']:.4f}",
+                  "◀" if p["chosen"] else "")
+    return t
+
+
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="The .sfn artifact.")
@@ -105,15 +122,30 @@ def layer_table(rows: list[dict], title: str) -> Table:
 @click.option("--emit-reference", type=click.Path(), help="Also write the integer reference ONNX.")
 @click.option("--target", "target_name", default="loihi2", show_default=True,
               help="Target name or .json file (see `toolchain targets`).")
+@click.option("--fire", type=click.Choice(["uniform", "adaptive", "quantile"]), default="uniform",
+              show_default=True, help="ReLU/Clip fire function: uniform levels, adaptive "
+              "(non-uniform levels fitted to the calibration distribution), or quantile (the "
+              "quantile placement alone). T = 1 only.")
+@click.option("--scale", "scale", type=click.FloatRange(0, min_open=True), default=1.0,
+              show_default=True, help="λ: every ReLU/Clip range is λ × the calibrated one.")
+@click.option("--scale-search", is_flag=True, help="Choose λ on the calibration data: SynOps "
+              "against agreement with the float model (overrides --scale).")
+@click.option("--scale-tolerance", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+              help="Scale search: top-1 agreement kept within this of the best λ.")
+@click.option("--scale-error-factor", type=click.FloatRange(1), default=2.0, show_default=True,
+              help="Scale search: relative RMS error kept within this factor of the smallest.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--debug", is_flag=True, hidden=True)
 def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_reference,
-            target_name, as_json, debug):
+            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, as_json,
+            debug):
     """Compile MODEL.onnx into an SFN artifact."""
     from toolchain.compiler import compile_onnx
     x = load_npy(calib, "calibration") if calib else None
     result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
-                          per_channel=not per_layer, timesteps=timesteps, target=target_name)
+                          per_channel=not per_layer, timesteps=timesteps, target=target_name,
+                          fire=fire, scale=scale, scale_search=scale_search,
+                          scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor)
     if emit_reference:
         result.write_reference(emit_reference)
     result.save(out)
@@ -123,11 +155,16 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
                                "layers": result.artifact.meta["layers"],
                                "placement": {k: placement[k] for k in
                                              ("cores_used", "chips", "lower_bound")},
-                               "agreement": result.agreement, "notes": result.notes}, indent=1))
+                               "agreement": result.agreement, "notes": result.notes,
+                               "fire": result.artifact.meta.get("fire", "uniform"),
+                               "scale": result.artifact.meta.get("scale")}, indent=1))
         return
     from toolchain.mapping import Placement, placement_table
     console.print(layer_table(result.layers, f"{model} → {out}"))
     console.print(placement_table(Placement.from_json(result.artifact.meta["placement"])))
+    found = (result.artifact.meta.get("scale") or {}).get("search")
+    if found:
+        console.print(scale_table(found))
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     a = result.agreement
@@ -148,14 +185,18 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
 @click.option("--binary", is_flag=True, help="Binary spikes per step (rate coding) when T > 1.")
 @click.option("--lava-tag", type=click.Choice(["fixed_pt", "floating_pt"]), default="fixed_pt",
               show_default=True)
+@click.option("--lanes", type=click.IntRange(1), default=None,
+              help="Lava backend: samples each Lava timestep carries side by side (trials for a "
+                   "recurrent artifact). Default: 64 (1024 trials), capped so one message "
+                   "stays under 1 MiB; outputs do not depend on it.")
 @click.option("--timeout", type=click.FloatRange(1), default=600, show_default=True,
               help="Wall-clock guard for a Lava run, seconds.")
 @click.option("--fail-on-saturation", is_flag=True,
               help="Treat any 24-bit state saturation as an error (no output is written).")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, hidden=True)
-def run(artifact, inp, out, backend, timesteps, binary, lava_tag, timeout, fail_on_saturation,
-        as_json, debug):
+def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout,
+        fail_on_saturation, as_json, debug):
     """Run ARTIFACT on --input and write the readout to --output."""
     from tqdm import tqdm
 
@@ -172,7 +213,7 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, timeout, fail_
         else:
             import sim.lava
             res = sim.lava.run(art, x, timesteps=T, binary=binary, tag=lava_tag,
-                               timeout=timeout, progress=bar.update)
+                               timeout=timeout, progress=bar.update, lanes=lanes)
     saturated = {name: st.saturations for name, st in res.stats.items() if st.saturations}
     if fail_on_saturation and saturated:
         from toolchain.errors import SimulationError

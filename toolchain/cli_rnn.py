@@ -64,8 +64,16 @@ def evaluate(art, task_name: str, onnx_path: str | None = None, backend: str = "
            "deployed_r2": masked_r2(out, task.targets, task.mask),
            "deployed_accuracy": decision(out, task)}
     if onnx_path:
+        import onnx
+
         from exporters.rnn.export import run_onnx_trials
-        float_out, _ = run_onnx_trials(onnx_path, task.inputs)
+        from toolchain import rnn as onnx_rnn
+        model = onnx.load(onnx_path)
+        if onnx_rnn.is_onnx_rnn(model):  # a model around the ONNX RNN operator
+            float_out = onnx_rnn.onnx_rnn_trials(model, task.inputs,
+                                                 onnx_rnn.read_onnx_rnn(model, str(onnx_path)))
+        else:
+            float_out, _ = run_onnx_trials(onnx_path, task.inputs)
         row.update(float_r2=masked_r2(float_out, task.targets, task.mask),
                    float_accuracy=decision(float_out, task),
                    output_rms_difference=float(np.sqrt(np.mean((out - float_out) ** 2))))
@@ -76,7 +84,8 @@ def evaluate(art, task_name: str, onnx_path: str | None = None, backend: str = "
 @click.argument("artifact", type=click.Path())
 @click.option("--task", type=click.Choice(sorted(TASKS)), help="Default: the model's own task.")
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True),
-              help="The float cell ONNX, to report the float network beside the deployed one.")
+              help="The float ONNX (cell or RNN-operator model), to report the float network "
+              "beside the deployed one.")
 @click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, hidden=True)

@@ -10,7 +10,7 @@ import numpy as np
 import sim.cpu
 from sim.artifact import Artifact, atomic_write, save
 from toolchain import calibrate as cal
-from toolchain.errors import ModelError, ShapeError
+from toolchain.errors import ModelError, QuantizationError, ShapeError
 from toolchain.onnx_import import ImportedModel, import_onnx
 from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.reference import emit_reference
@@ -58,14 +58,13 @@ def place(art: Artifact, target: str) -> None:
 
 def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float,
                 target: str = "loihi2", read=None) -> Compiled:
-    """Compile an ei_rnn_cell model; calibrate on `calib` trials (N, T, n_in) or on the trials of
-    the task its metadata names."""
+    """Compile an ei_rnn_cell model or a model around one ONNX RNN operator (rnn.read_onnx_rnn);
+    calibrate on `calib` trials (N, T, n_in) or on the trials of the task its metadata names."""
     from toolchain import rnn
     from toolchain.onnx_import.loader import read_model
     model, sha = read or read_model(path)
-    cell = rnn.read_cell(model, str(path))
-    notes = [f"E/I RNN cell: {cell.W_rec.shape[0]} units, {cell.activation}, α = {cell.alpha}, "
-             f"Dale's law {'on' if cell.dale else 'off'}"]
+    cell = (rnn.read_onnx_rnn if rnn.is_onnx_rnn(model) else rnn.read_cell)(model, str(path))
+    notes = [cell.describe()]
     if calib is None:
         if not cell.task:
             raise ShapeError(f"{path}: pass --calib trials (N, T, n_inputs); the model names no task")
@@ -80,14 +79,24 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
     fg = rnn.float_graph(cell)
     acts = cell.trials(calib.astype(np.float64))
     stats = cal.stats_from_arrays(acts, percentile)
-    qz = Quantizer(fg, stats, QuantOptions(levels=levels, percentile=percentile), str(path))
+    # task inputs (coherences k/64, values k/10) lie on a grid: encode them losslessly, as
+    # compile_onnx does for feed-forward inputs, with the grid step divided by the largest
+    # integer that keeps max|x| within the encoder's range (its bound sets the accumulator units)
+    top = 127 if calib.min() < 0 else 255
+    step = cal.grid_step(calib, top)
+    if step:
+        step /= max(1, top // max(1, int(round(float(np.abs(calib).max()) / step))))
+        notes.append(f"calibration trials lie on a grid of step {step:.6g}: input encoding is "
+                     "lossless for such inputs")
+    qz = Quantizer(fg, stats, QuantOptions(levels=levels, percentile=percentile,
+                                           input_step=step), str(path))
     nodes, inp, out = qz.run("")
     w_rec = next(n for n in nodes if n.name == "z_rec").weight
     n_exc = cell.n_exc if cell.dale else 0
     if cell.dale:
         e, i = rnn.check_dale(w_rec, n_exc)
         notes.append(f"Dale's law holds on the integer weights: {e} excitatory, {i} inhibitory units")
-    meta = {"source": {"file": Path(path).name, "sha256": sha, "kind": "ei_rnn_cell"},
+    meta = {"source": {"file": Path(path).name, "sha256": sha, "kind": cell.origin},
             "levels": levels, "timesteps": 1, "notes": notes,
             "calibration": f"{len(calib)} trials of {calib.shape[1]} steps, percentile {percentile}",
             "rnn": {"activation": cell.activation, "alpha": cell.alpha, "dale": cell.dale,
@@ -109,11 +118,36 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
 def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  levels: int | None = None, percentile: float = DEFAULT_PERCENTILE,
                  per_channel: bool = True, timesteps: int = 1, input_bits: int = 8,
-                 target: str = "loihi2") -> Compiled:
+                 target: str = "loihi2", fire: str = "uniform", scale: float = 1.0,
+                 scale_search: bool = False, scale_grid=None,
+                 scale_tolerance: float | None = None,
+                 scale_error_factor: float | None = None) -> Compiled:
+    """`fire`: ReLU/Clip fire function, "uniform", "adaptive" or "quantile" (quantize.fit_levels);
+    `scale`: λ, the factor on every ReLU/Clip range; `scale_search`: choose λ on the calibration
+    data from `scale_grid` by the rule in toolchain.scale_search (overrides `scale`)."""
     from toolchain import rnn
+    from toolchain import scale_search as search
     from toolchain.onnx_import.loader import read_model
+    from toolchain.quantize import FIRE_MODES
+    if fire not in FIRE_MODES:
+        raise QuantizationError(f"fire function {fire!r}: choose one of {', '.join(FIRE_MODES)}")
+    if not (np.isfinite(scale) and scale > 0):
+        raise QuantizationError(f"scale λ = {scale}: must be a finite number > 0")
+    if fire != "uniform" and timesteps != 1:
+        raise QuantizationError(f"fire function {fire!r} with {timesteps} timesteps: adaptive "
+                                "fire functions are defined for T = 1 only")
+    if scale_tolerance is None:
+        scale_tolerance = search.DEFAULT_TOLERANCE
+    if scale_error_factor is None:
+        scale_error_factor = search.DEFAULT_ERROR_FACTOR
+    grid = search.check_grid(scale_grid or search.DEFAULT_GRID, scale_tolerance,
+                             scale_error_factor)
     read = read_model(path)  # parsed and checked once, for both paths
-    if rnn.is_rnn_cell(read[0]):
+    if rnn.is_rnn_cell(read[0]) or rnn.is_onnx_rnn(read[0]):
+        if fire != "uniform" or scale != 1.0 or scale_search:
+            raise QuantizationError(f"{path}: a recurrent model is compiled with its own neurons; "
+                                    "--fire, --scale and --scale-search apply to feed-forward "
+                                    "models")
         return compile_rnn(path, calib, levels, percentile, target, read)
     imported = import_onnx(path, read)
     notes = list(imported.notes)
@@ -138,7 +172,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
         calibration = f"{len(data)} samples, percentile {percentile}, " \
                       f"{'per-channel' if per_channel else 'per-layer'}"
     names = fg.tensors()
-    stats = cal.calibrate(imported.source, data, names, percentile)
+    relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
+    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus)
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)
@@ -146,13 +181,26 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
         notes.append(f"calibration inputs lie on a grid of step {step:.6g}: input encoding is "
                      "lossless for such inputs")
     opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
-                        input_bits=input_bits, trust_clip=trained, input_step=step)
+                        input_bits=input_bits, trust_clip=trained, input_step=step, fire=fire,
+                        scale=float(scale))
+    found = None
+    if scale_search:
+        found = search.search(fg, stats, opts, imported.softmax, imported.source,
+                              imported.output_name, data, str(path), timesteps, grid,
+                              scale_tolerance, scale_error_factor)
+        opts.scale = found["lambda"]
+        notes.append(f"scale search: λ = {found['lambda']:g} of {len(grid)} grid points on "
+                     f"{found['samples']} calibration samples (tolerance "
+                     f"{found['tolerance']:g} top-1, error factor {found['error_factor']:g})")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
             "levels": levels, "timesteps": timesteps,
-            "calibration": calibration, "notes": notes, "layers": _jsonable(qz.layers)}
+            "calibration": calibration, "notes": notes, "layers": _jsonable(qz.layers),
+            "fire": fire, "scale": {"lambda": opts.scale, "search": found}}
+    if qz.adaptive:
+        meta["adaptive"] = qz.adaptive
     art = Artifact(nodes, inp, out, meta, qz.record)
     art.validate()
     place(art, target)
