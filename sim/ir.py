@@ -289,6 +289,8 @@ def check_node(node: Node, inputs: list[tuple[int, ...]]) -> str | None:
                 np.shape(node.thresholds)[-1] + 1 != len(node.payload) or
                 not _broadcasts(node.thresholds, shape + (len(node.payload) - 1,))):
             return "adaptive thresholds and payload table do not match"
+        if node.fire == "adaptive" and np.any(np.diff(np.asarray(node.thresholds), axis=-1) < 0):
+            return "adaptive thresholds are not ascending along their last axis"
     elif k == "concat":
         ranks = {len(i) for i in inputs}
         if not inputs or ranks != {len(shape)} or not 0 <= node.axis < len(shape):

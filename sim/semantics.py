@@ -84,9 +84,34 @@ def fire_state(v: np.ndarray, threshold: np.ndarray, lo: int, hi: int) -> np.nda
 
 
 def fire_adaptive(v: np.ndarray, thresholds: np.ndarray, payload: np.ndarray) -> np.ndarray:
-    """n = payload[#{k : v ≥ t_k}]; thresholds (..., K) ascending per neuron, payload (K+1,)."""
-    count = np.sum(v[..., None] >= thresholds, axis=-1)
-    return np.asarray(payload, dtype=np.int64)[count]
+    """n = payload[#{k : v ≥ t_k}]; thresholds (..., K) ascending per neuron (the artifact check
+    refuses any other), payload (K+1,), v broadcastable against thresholds[..., 0].
+
+    Up to 8 thresholds the count is the plain sum of comparisons; beyond, a bisection on the
+    sorted thresholds (⌈log₂(K+1)⌉ gathers instead of K comparisons) gives the same count."""
+    t = np.asarray(thresholds)
+    pay = np.asarray(payload, dtype=np.int64)
+    k = t.shape[-1]
+    if k <= 8:
+        return pay[np.sum(v[..., None] >= t, axis=-1)]
+    v = np.asarray(v)
+    shape = np.broadcast_shapes(v.shape, t.shape[:-1])
+    v = np.broadcast_to(v, shape)
+    # one row of K thresholds per neuron; row[i] is the row each element of v reads
+    rows = t.reshape(-1, k)
+    row = np.broadcast_to(np.arange(rows.shape[0]).reshape(t.shape[:-1]), shape)
+    flat, base = rows.ravel(), row * k - 1
+    # count = #{t ≤ v} found by steps of 2^m, 2^(m-1), …, 1: take a step when the threshold it
+    # lands on is ≤ v (branch-free binary search; exact since each row is ascending)
+    count = np.zeros(shape, dtype=np.int64)
+    step = 1 << (int(k).bit_length() - 1)
+    while step:
+        cand = count + step
+        ok = cand <= k
+        ok &= v >= flat[base + np.minimum(cand, k)]
+        count += step * ok
+        step >>= 1
+    return pay[count]
 
 
 def leak(v: np.ndarray, current: np.ndarray, decay: int) -> np.ndarray:

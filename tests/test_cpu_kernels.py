@@ -242,3 +242,33 @@ def test_count_false_keeps_saturations_only():
         assert st.spikes == st.payload == st.synops == 0
         assert st.saturations == full.stats[name].saturations
         assert st.neurons == full.stats[name].neurons
+
+
+@pytest.mark.parametrize("k", [1, 8, 9, 15, 16, 17, 255, 256])
+def test_fire_adaptive_search_equals_the_count_definition(k):
+    """n = payload[#{k : v ≥ t_k}]: the bisection used above 8 thresholds gives the plain count,
+    for per-neuron and shared rows, ties, repeated thresholds and values beyond both ends."""
+    rng = np.random.default_rng(k)
+    for shape in [(7,), (3, 4, 5)]:
+        t = np.sort(rng.integers(-50, 50, size=shape + (k,)), axis=-1)
+        t[..., : k // 3] = t[..., :1]                       # repeated thresholds
+        shared = np.sort(rng.integers(-50, 50, size=(k,)))
+        payload = rng.integers(-9, 9, size=k + 1)
+        v = rng.integers(-70, 70, size=(13,) + shape)
+        v[0] = t[..., 0]                                    # ties at the lowest threshold
+        v[1] = t[..., -1]                                   # and at the highest
+        for th in (t[None], shared):
+            want = payload[np.sum(v[..., None] >= th, axis=-1)]
+            np.testing.assert_array_equal(semantics.fire_adaptive(v, th, payload), want)
+
+
+def test_adaptive_thresholds_must_ascend():
+    """The search above relies on ascending thresholds: an artifact with any other is refused."""
+    from sim.ir import Neuron, check_node
+    th = np.array([[1, 5, 9], [2, 2, 7]])
+    node = Neuron("n", ("x",), (2,), lo=0, hi=3, threshold=np.ones(2, np.int64),
+                  bias=np.zeros(2, np.int64), fire="adaptive", thresholds=th,
+                  payload=np.arange(4))
+    assert check_node(node, [(2,)]) is None
+    node.thresholds = np.array([[1, 5, 9], [2, 8, 7]])
+    assert "not ascending" in check_node(node, [(2,)])
