@@ -80,15 +80,7 @@ def _task_size(name):
     return t.inputs.shape[:2]
 
 
-# the shipped CDDM tanh cell without Dale's law was trained for 700 steps and stops at float
-# R² 0.775 (the 1,400-step recipe in the script was not re-run in time; the Dale one reaches 0.834)
-SHORT = {"cddm_tanh_nodale"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="shipped cell stops at float R² "
-                                            "0.775 < 0.8 (700 steps)")) if n in SHORT else n
-    for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_variant_float_and_deployed(name):
     row = _check_variant(DATA / f"{name}.onnx")
     rec = RECORD[name]
