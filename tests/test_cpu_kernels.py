@@ -1,5 +1,7 @@
 """sim.cpu's fast kernels (float-held exact integers, torch's oneDNN/MKL products) equal the
 int64 definitions bit for bit, fall back to numpy without torch, and stay out of the Lava path."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,9 @@ import sim.cpu
 from sim import semantics
 from sim.cpu import kernels, runner, torch_ops
 from sim.ir import Conv, Dense, SumPool
+from toolchain.compiler import compile_onnx
+
+DIGITS = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
 
 GEOMETRIES = [  # (C_in, C_out, size, k, stride, pads, dilation, groups)
     (1, 16, 8, 3, 1, (1, 1, 1, 1), 1, 1),
@@ -272,3 +277,60 @@ def test_adaptive_thresholds_must_ascend():
     assert check_node(node, [(2,)]) is None
     node.thresholds = np.array([[1, 5, 9], [2, 8, 7]])
     assert "not ascending" in check_node(node, [(2,)])
+
+
+def _int8_or_skip():
+    torch = pytest.importorskip("torch")
+    if not torch_ops._int8_exact(torch):
+        pytest.skip("oneDNN's int8 convolution is not exact on this CPU (the probe failed)")
+    return torch
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_int8_conv_equals_integer_definition(geometry):
+    """u8·s8 oneDNN convolutions (inputs 0..255, 9-bit even weights, a power-of-two exponent,
+    a bias) equal the brute-force int64 definition, or are declined where they do not apply."""
+    _int8_or_skip()
+    ci, co, size, k, stride, pads, dilation, groups = geometry
+    rng = np.random.default_rng(ci * co + size)
+    x = rng.integers(0, 256, (5, ci, size, size))
+    x[0] = 255                                              # the extreme input
+    w = 2 * rng.integers(-127, 128, (co, ci // groups, k, k))
+    w[0] = -254
+    bias = rng.integers(-3000, 3000, co)
+    hw = _out(size, k, stride, pads, dilation)
+    packed = torch_ops.pack_int8_conv(w, -1, (stride, stride), pads, (dilation, dilation), groups)
+    applies = ci // groups * k * k >= torch_ops.INT8_MIN_TAPS and pads[:2] == pads[2:]
+    assert (packed is not None) == applies
+    if not applies:
+        return
+    got = torch_ops.conv2d_int8(x.astype(np.float32), packed, bias.astype(np.float32))
+    assert got.dtype == np.float32
+    want = (_conv_int(x, w, stride, pads, dilation, groups, hw) >> 1) + bias[:, None, None]
+    np.testing.assert_array_equal(got, want)
+    # one odd weight of 129: no common power of two, beyond int8 → declined
+    wide = w.copy()
+    wide[0, 0, 0, 0] = 129
+    assert torch_ops.pack_int8_conv(wide, 0, (stride, stride), pads, (dilation, dilation),
+                                    groups) is None
+
+
+def test_runner_takes_the_int8_path_and_falls_back(monkeypatch):
+    """On the digits CNN the 16→32 and 32→32 convolutions (non-negative spike payloads, 144
+    and 288 taps) run as int8; with the probe failed they run in float32; same integers."""
+    _int8_or_skip()
+    from exporters.digits import load_digits_split
+    x_train, _, test, _ = load_digits_split()
+    art = compile_onnx(DIGITS, calib=x_train).artifact
+    calls = []
+    real = torch_ops.conv2d_int8
+    monkeypatch.setattr(torch_ops, "conv2d_int8",
+                        lambda x, p, b: calls.append(x.shape[1]) or real(x, p, b))
+    int8 = sim.cpu.run(art, test)
+    assert sorted(set(calls)) == [16, 32]
+    calls.clear()
+    monkeypatch.setattr(torch_ops, "_INT8_OK", False)
+    runner._CONSTS.clear()
+    _same(int8, sim.cpu.run(art, test))
+    assert calls == []
+    _same(int8, _run_int(monkeypatch, art, test))

@@ -149,6 +149,16 @@ class _Weights:
         self.absum = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes).max(initial=0)) \
             * self.scale
         self.weight, self._cast = node.weight, {}
+        self._int8: tuple | None = None          # (geometry, packed or None)
+
+    def int8(self, node):
+        """The oneDNN int8 packing of a conv node's weights (torch_ops.pack_int8_conv), made
+        on first use; None where that path does not apply."""
+        geometry = (tuple(node.stride), tuple(node.pads), tuple(node.dilation), node.groups)
+        if self._int8 is None or self._int8[0] != geometry:
+            self._int8 = (geometry, torch_ops.pack_int8_conv(self.weight, node.weight_exp,
+                                                             *geometry))
+        return self._int8[1]
 
     def cast(self, dtype) -> np.ndarray:
         key = np.dtype(dtype)
@@ -195,12 +205,15 @@ def _weight_exact(node, bx, x, neuron=None):
     return w.cast(dtype), bound, bias
 
 
-def _synapse_exact(node, ins, bounds, count, use_torch, neuron=None, nonzero=None):
+def _synapse_exact(node, ins, bounds, count, use_torch, neuron=None, nonzero=None,
+                   nonneg=False):
     """evaluate_synapse for the batched runner: inputs and output are exact integers held in
     float32/float64 where a bound proves it exact (else int64). Returns (value, bound of |value|
     or None when unknown, synops, biased): biased when a dense/conv node fed only by `neuron`
     (one-pass) added that neuron's offset b + θ//2 (see _weight_exact). `nonzero(k)`: the
-    nonzero_counts of input k (shared with whoever else counts that value)."""
+    nonzero_counts of input k (shared with whoever else counts that value). `nonneg`: the input
+    is known ≥ 0 — with a bound ≤ 255 and a float32 result a conv may run as oneDNN's int8
+    convolution (torch_ops.conv2d_int8), same values."""
     nonzero = nonzero or (lambda k: kernels.nonzero_counts(ins[k]))
     kind = node.kind
     x = ins[0]
@@ -213,8 +226,14 @@ def _synapse_exact(node, ins, bounds, count, use_torch, neuron=None, nonzero=Non
             out = kernels.dense_exact(x, wf, use_torch, bias)
             synops = int(nonzero(0).sum()) * node.weight.shape[0] if count else 0
         else:
-            out = kernels.conv2d_exact(x, wf, node.stride, node.pads, node.dilation, node.groups,
-                                       _out_hw(node), use_torch, bias)
+            out = None
+            if use_torch and nonneg and bounds[0] <= 255 and wf.dtype == np.float32:
+                packed = _weights(node).int8(node)
+                if packed is not None:
+                    out = torch_ops.conv2d_int8(x, packed, bias)
+            if out is None:
+                out = kernels.conv2d_exact(x, wf, node.stride, node.pads, node.dilation,
+                                           node.groups, _out_hw(node), use_torch, bias)
             synops = kernels.window_synops(x, _fanout(node, x.shape[-2:]),
                                            node.weight.shape[0] // node.groups,
                                            nonzero(0)) if count else 0
@@ -377,6 +396,7 @@ def _step(art, x, values, previous, state, binary, count, stats, fast=False, kee
     fused = _fusions(art, keep) if fast and state is None else {}
     biased: set[str] = set()
     counts: dict[str, np.ndarray] = {}
+    nonneg: set[str] = set()    # values known ≥ 0: neurons with lo ≥ 0 and index maps of them
 
     def nonzero(name):      # a value's nonzero_counts, computed once for all who count it
         if name not in counts:
@@ -392,6 +412,10 @@ def _step(art, x, values, previous, state, binary, count, stats, fast=False, kee
         ins = [values[i] for i in node.inputs]
         kind = node.kind
         name = node.name
+        if (kind in ("input", "neuron") and node.lo >= 0) or (
+                kind in ("sumpool", "maxpool", "concat", "reshape", "transpose")
+                and all(i in nonneg for i in node.inputs)):
+            nonneg.add(name)
         if kind == "input":
             if fast:
                 values[name] = kernels.encode_input_exact(x, node.inv_scale, node.lo, node.hi)
@@ -419,7 +443,7 @@ def _step(art, x, values, previous, state, binary, count, stats, fast=False, kee
         elif fast:
             values[name], b, synops, with_offset = _synapse_exact(
                 node, ins, [bound(i) for i in node.inputs], count, use_torch, fused.get(name),
-                lambda k: nonzero(node.inputs[k]))
+                lambda k: nonzero(node.inputs[k]), nonneg=node.inputs[0] in nonneg)
             if b is not None:
                 bounds[name] = b
             if with_offset:

@@ -181,3 +181,96 @@ def sum_pool(x: np.ndarray, kernel, stride, pads, out_hw, dtype) -> np.ndarray |
     out = torch.nn.functional.avg_pool2d(_tensor(torch, x, dtype), kernel, stride, [top, left],
                                          ceil_mode=False, divisor_override=1)
     return out.numpy() if tuple(out.shape[-2:]) == tuple(out_hw) else None
+
+
+# --- int8 convolutions (oneDNN, VNNI) -------------------------------------------------------
+# A convolution whose input is a non-negative integer ≤ 255 and whose weights are int8 runs as
+# oneDNN's u8·s8 → s32 convolution (torch.ops.onednn.qconv2d_pointwise, the kernel torch's own
+# int8 inference uses), with scales 1 and 2^exp and a float32 output: dst = 2^exp·acc + bias.
+# The integer accumulation is exact; the float32 output is exact under the caller's bound
+# (< 2²⁴, the same bound the float32 path needs). One thing could break it: CPUs without VNNI
+# multiply u8·s8 pairs into a saturating int16 sum. A probe with the extreme operands
+# (255·(−128) on every tap) against float64 decides once per process; any failure or any
+# exception from these private ops turns the path off and the float32 kernel runs instead.
+INT8_MIN_TAPS = 32     # C_in/groups · kh · kw below this: the float32 kernel is faster
+_INT8_OK: bool | None = None
+
+
+def _qconv(torch, x, packed, scales, stride, padding, dilation, groups, bias):
+    zp = torch.zeros(len(scales), dtype=torch.int64)
+    return torch.ops.onednn.qconv2d_pointwise(x, 1.0, 0, packed, scales, zp, bias, stride,
+                                              padding, dilation, groups, 1.0, 0, torch.float32,
+                                              "none", [], "")
+
+
+def _int8_exact(torch) -> bool:
+    global _INT8_OK
+    if _INT8_OK is None:
+        _INT8_OK = False
+        if os.environ.get("SFN_CPU_INT8", "1") == "0":
+            return False
+        try:
+            rng = np.random.default_rng(0)
+            cases = [(np.full((3, 16, 5, 5), 255), np.full((8, 16, 3, 3), -128), 0),
+                     (np.full((3, 16, 5, 5), 255), np.full((8, 16, 3, 3), 127), -1),
+                     (rng.integers(0, 256, (3, 16, 5, 5)), rng.integers(-128, 128, (8, 16, 3, 3)), 1)]
+            ok = True
+            for xv, wv, exp in cases:
+                x = torch.from_numpy(xv.astype(np.uint8)).contiguous(memory_format=torch.channels_last)
+                w = torch.from_numpy(wv.astype(np.int8))
+                scales = torch.full((8,), 2.0 ** exp)
+                bias = torch.arange(8, dtype=torch.float32) - 4
+                packed = torch.ops.onednn.qconv_prepack(w, scales, 1.0, 0, [1, 1], [1, 1],
+                                                        [1, 1], 1, None)
+                got = _qconv(torch, x, packed, scales, [1, 1], [1, 1], [1, 1], 1, bias)
+                want = torch.nn.functional.conv2d(x.double(), w.double() * 2.0 ** exp,
+                                                  bias.double(), 1, 1)
+                ok = ok and got.dtype == torch.float32 and bool((got.double() == want).all())
+            _INT8_OK = ok
+        except Exception:  # noqa: BLE001 - private ops missing or refusing: no int8 path
+            _INT8_OK = False
+    return _INT8_OK
+
+
+def pack_int8_conv(weight: np.ndarray, exp: int, stride, pads, dilation, groups):
+    """oneDNN's packed form of an integer conv weight (C_o, C_i/g, kh, kw), or None when the
+    int8 path does not apply (no torch, the probe failed, weights beyond int8, asymmetric
+    padding, too few taps). Made once per node by the caller."""
+    torch = _torch()
+    top, left, bottom, right = (int(p) for p in pads)
+    if not torch or (top, left) != (bottom, right) or weight.ndim != 4 or \
+            int(np.prod(weight.shape[1:])) < INT8_MIN_TAPS:
+        return None
+    # a common power-of-two factor moves into the scale: Lava's 8-bit mixed-sign weights are
+    # stored as even 9-bit values (2·k, |k| ≤ 127)
+    weight = np.asarray(weight, dtype=np.int64)
+    bits = int(np.bitwise_or.reduce(np.abs(weight), axis=None))
+    shift = (bits & -bits).bit_length() - 1 if bits else 0
+    weight, exp = weight >> shift, int(exp) + shift
+    if weight.min(initial=0) < -128 or weight.max(initial=0) > 127 or not _int8_exact(torch):
+        return None
+    params = ([int(s) for s in stride], [top, left], [int(d) for d in dilation], int(groups))
+    scales = torch.full((weight.shape[0],), 2.0 ** int(exp))
+    try:
+        packed = torch.ops.onednn.qconv_prepack(torch.from_numpy(weight.astype(np.int8)),
+                                                scales, 1.0, 0, *params, None)
+    except Exception:  # noqa: BLE001 - a geometry oneDNN's int8 kernel refuses: float path
+        return None
+    return packed, scales, params
+
+
+def conv2d_int8(x: np.ndarray, packed, bias: np.ndarray | None) -> np.ndarray | None:
+    """The packed conv of x (B, C, H, W), exact integers in [0, 255] in any dtype, plus the
+    float32 `bias` (C_o,): a float32 array (channels-last memory), or None if oneDNN refuses."""
+    torch = _torch()
+    if not torch:
+        return None
+    packed, scales, (stride, padding, dilation, groups) = packed
+    xt = torch.from_numpy(np.asarray(x)).to(torch.uint8)
+    if xt.shape[1] > 1:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    bt = None if bias is None else torch.from_numpy(np.asarray(bias, np.float32).reshape(-1))
+    try:
+        return _qconv(torch, xt, packed, scales, stride, padding, dilation, groups, bt).numpy()
+    except Exception:  # noqa: BLE001 - refused at run time: the caller takes the float path
+        return None
