@@ -1,17 +1,19 @@
 """sim.cpu throughput against onnxruntime running the float model, same batch, same run.
 
     .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 30] [--threads 2]
-                                           [--sim-threads 1]
+                                           [--sim-threads 1,2]
 
 Prints samples/s for: onnxruntime (float ONNX) with --threads intra-op threads and with one,
-sim.cpu (outputs only; with spike, SynOps and saturation counting; and its numpy-only fallback),
-and each one's time against both onnxruntime rows. Target: sim.cpu no more than 2× slower than
-onnxruntime on the digits CNN.
+sim.cpu (outputs only, one row per --sim-threads value; with spike, SynOps and saturation
+counting; and its numpy-only fallback), and each one's time against both onnxruntime rows.
+Target: sim.cpu no more than 2× slower than onnxruntime on the digits CNN; the last lines give
+that ratio at equal thread counts.
 
 sim.cpu's convolutions and matrix products run on float32 copies of the integers (exact: every
 partial sum is bounded below 2²⁴) through torch's oneDNN/MKL kernels when torch is there, else
-numpy's BLAS; the lines under the table say which ran, with how many threads, and the load
-average (this machine is shared: compare rows of one run, not runs).
+numpy's BLAS; convolutions whose input is a non-negative payload ≤ 255 run as oneDNN's u8·s8
+int8 convolution where a probe shows it exact. The lines under the table say which ran, with how
+many threads, and the load average (this machine is shared: compare rows of one run, not runs).
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sim  # noqa: E402,F401  (before numpy: its BLAS kernels, see sim/__init__.py)
 
 import numpy as np
 import onnxruntime as ort
@@ -60,8 +65,9 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
-    ap.add_argument("--sim-threads", type=int, default=1,
-                    help="sim.cpu's torch threads (sim.cpu.run(threads=...); its default is 1)")
+    ap.add_argument("--sim-threads", default="1,2",
+                    help="sim.cpu's torch threads, one row each (sim.cpu.run(threads=...); its "
+                         "default is 1)")
     args = ap.parse_args()
     x_train, _, x_test, _ = load_digits_split()
     x = np.concatenate([x_test] * (args.batch // len(x_test) + 1))[: args.batch]
@@ -70,14 +76,15 @@ def main():
     ort_runs = [(args.threads, _ort(args.threads))]
     if args.threads != 1:
         ort_runs.append((1, _ort(1)))
-    st = args.sim_threads
+    sim_threads = [int(t) for t in str(args.sim_threads).split(",")]
     cases = [("onnxruntime, float model", threads,
               lambda sess=sess: sess.run(None, {"input": x}), args.repeats)
              for threads, sess in ort_runs]
-    cases += [("sim.cpu, outputs only", st,
-               lambda: sim.cpu.run(art, x, count=False, threads=st), args.repeats),
-              ("sim.cpu, with spike/SynOps counts", st,
-               lambda: sim.cpu.run(art, x, count=True, threads=st), args.repeats),
+    for st in sim_threads:
+        cases.append(("sim.cpu, outputs only", st,
+                      lambda st=st: sim.cpu.run(art, x, count=False, threads=st), args.repeats))
+    cases += [("sim.cpu, with spike/SynOps counts", sim_threads[0],
+               lambda: sim.cpu.run(art, x, count=True, threads=sim_threads[0]), args.repeats),
               ("sim.cpu, numpy only (no torch), outputs only", "BLAS",
                lambda: _numpy_only(art, x), max(3, args.repeats // 3))]
     # the machine's load drifts: every row is timed in ROUNDS blocks taken in turn, and its
@@ -100,12 +107,19 @@ def main():
         t.add_row(name, str(threads), f"{1000 * s:.2f}", f"{args.batch / s:,.0f}",
                   *(f"{s / b:.2f}×" for b in base.values()))
     Console(width=140).print(t)
+    same = [(st, s / base[st]) for name, st, s in rows
+            if name == "sim.cpu, outputs only" and st in base]
+    if same:
+        print("target ≤ 2.00× at equal threads (sim.cpu outputs only / onnxruntime): " +
+              ", ".join(f"{st} thread{'s' if st > 1 else ''} {r:.2f}×" for st, r in same))
     if torch_ops.available():
         import torch
         print(f"sim.cpu products: torch {torch.__version__} (conv: oneDNN "
               f"{'on' if torch.backends.mkldnn.is_available() else 'OFF'}, matmul: "
-              f"{'MKL' if torch.backends.mkl.is_available() else 'BLAS'}), {st} thread(s) "
-              f"during the run (torch's own setting: {torch.get_num_threads()})")
+              f"{'MKL' if torch.backends.mkl.is_available() else 'BLAS'}; int8 convolutions: "
+              f"{'on' if torch_ops._int8_exact(torch) else 'off'}), "
+              f"{'/'.join(map(str, sim_threads))} thread(s) during the runs (torch's own "
+              f"setting: {torch.get_num_threads()})")
     else:
         print("sim.cpu products: numpy BLAS (torch not importable)")
     from threadpoolctl import threadpool_info

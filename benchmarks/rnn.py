@@ -12,6 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sim  # noqa: E402,F401  (before numpy: its BLAS kernels, see sim/__init__.py)
+
 import torch
 from rich.console import Console
 from rich.table import Table

@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sim  # noqa: E402,F401  (before numpy: its BLAS kernels, see sim/__init__.py)
+
 import numpy as np
 import onnxruntime as ort
 

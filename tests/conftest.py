@@ -1,6 +1,8 @@
 import sys
 from pathlib import Path
 
+import sim  # noqa: F401  (before numpy: BLAS kernel choice, see sim/__init__.py)
+
 import pytest
 
 # tests import their shared fixtures module `nets` from this folder
