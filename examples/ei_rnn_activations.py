@@ -77,8 +77,9 @@ def trained_cell(task, act: str, dale: bool, units: int, steps: int | None, seed
     model = EIRNN(task.n_inputs, task.n_outputs, n_units=units, activation=act, dale=dale,
                   seed=seed)
     train(model, task, steps=steps, seed=seed, progress=False)
-    name = f"{act}{'_dale' if dale else ''}"
-    return export_rnn_onnx(model, out / f"{task.name}_{name}.onnx", task=task)
+    # the names --models reads: the output folder of one run is the --models input of the next
+    return export_rnn_onnx(model, out / f"{task.name}_{act}_{'dale' if dale else 'nodale'}.onnx",
+                           task=task)
 
 
 def study(task_name: str, units: int, steps: int | None, seed: int, out: Path,

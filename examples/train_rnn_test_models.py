@@ -32,9 +32,9 @@ OUT_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "rnn"
 # per task: units, optimizer steps (batch: the trainer's per-task default)
 CONFIGS = {"go_nogo": dict(units=32, steps=400), "cddm": dict(units=40, steps=700)}
 # tanh on CDDM: 40 units reach masked R² 0.771 (Dale) / 0.775 (no Dale) after 700 steps, and
-# 0.834 / 0.838 after 1400 steps, but the no-Dale network then loses 3.1 points of decision
-# accuracy when deployed (trials at coherence ±1/64, ±1/32 flip); with the study's 100 units
-# both stay within 0.5 points
+# 0.834 / 0.838 after 1400 steps; the no-Dale one then lost 3.1 points of decision accuracy when
+# deployed by the quantizer of that time (7-bit joint weights, one scale per unit); 100 units
+# were taken, and stay within 0.5 points
 OVERRIDES = {"cddm_tanh_dale": dict(units=100, steps=1400),
              "cddm_tanh_nodale": dict(units=100, steps=1400)}
 ACTIVATIONS = ("relu", "sigmoid", "tanh")

@@ -103,3 +103,52 @@ def test_deployed_output_tracks_float_on_a_stable_cell(tmp_path):
     float_out, _ = run_onnx_trials(path, x)
     rel = np.sqrt(np.mean((deployed - float_out) ** 2)) / np.sqrt(np.mean(float_out ** 2))
     assert rel < 0.02, rel
+
+
+SHIPPED = __import__("pathlib").Path(__file__).parent / "data" / "rnn"
+
+
+def test_recurrent_scales_per_layer_or_unit_whichever_reads_out_closer():
+    """Default: both ways quantized, the lower relative RMS read-out error on the calibration
+    trials kept (and said); --per-layer / --per-channel force one."""
+    path = SHIPPED / "cddm_sigmoid_dale.onnx"
+    layer = compile_onnx(path, per_channel=False)
+    unit = compile_onnx(path, per_channel=True)
+    chosen = compile_onnx(path)
+    errors = {False: layer.agreement["rel_rms_error"], True: unit.agreement["rel_rms_error"]}
+    assert errors[False] != errors[True]
+    best = min(errors, key=errors.get)
+    assert chosen.artifact.meta["rnn"]["per_channel"] == best
+    assert chosen.agreement == (unit if best else layer).agreement
+    assert any(f"one per {'unit' if best else 'layer'}, the closer read-out" in n
+               for n in chosen.notes)
+    s_y = {pc: np.asarray(c.artifact.record["y/act_scale"]).reshape(-1)
+           for pc, c in ((False, layer), (True, unit))}
+    assert np.ptp(s_y[False]) == 0 and np.ptp(s_y[True]) > 0    # one scale, one per unit
+    assert "per layer" in layer.artifact.meta["calibration"]
+
+
+def test_leaky_threshold_absorbs_the_gain_rounding():
+    """Per-unit scales give per-unit 8-bit gains G (rounded); θ = round(s_y·G/s_f) keeps each
+    unit's output step at s_y within 1/(2θ) — not within half a mantissa step of G."""
+    art = compile_onnx(SHIPPED / "cddm_tanh_dale.onnx", per_channel=True).artifact
+    gain, y = art.node("y/in"), art.node("y")
+    G = gain.gains[0].astype(np.float64) * 2.0 ** gain.exps[0]
+    theta = y.threshold.astype(np.float64)
+    s_y = np.asarray(art.record["y/act_scale"], np.float64).reshape(-1)
+    s_f = 1.0 / art.meta["levels"]                       # tanh payload step
+    realized = theta * s_f / G                           # output step the integers give
+    assert np.all(np.abs(realized / s_y - 1) <= 1 / (2 * theta) + 1e-12)
+    mantissa = gain.gains[0]
+    assert mantissa.min() < 64    # gains rounded coarsely here: the old θ = 2⁸ erred by > 0.8%
+    assert np.max(np.abs(2.0 ** 8 * s_f / G / s_y - 1)) > 0.008
+
+
+def test_joint_mixed_sign_weights_keep_eight_bits():
+    """z_in and z_rec share one unit per row (joint); W_rec has both signs, so Lava's lowest-bit
+    drop stores 2k: the mantissa k must still reach ±127 (stored ±254), not 64."""
+    art = compile_onnx(SHIPPED / "cddm_tanh_nodale.onnx").artifact
+    w = np.concatenate([art.node("z_in").weight.ravel(), art.node("z_rec").weight.ravel()])
+    assert np.all(w % 2 == 0)
+    assert np.abs(w).max() == 254
+    assert len(np.unique(w // 2)) > 129       # more distinct mantissas than 7 bits hold

@@ -116,7 +116,10 @@ def scale_table(found: dict) -> Table:
               "model's sfn.levels metadata, else 15).")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Activation range per channel; 100 means max.")
-@click.option("--per-layer", is_flag=True, help="One threshold scale per layer, not per channel.")
+@click.option("--per-layer/--per-channel", "per_layer", default=None, help="One activation "
+              "scale per layer, or one per channel (default: per channel for feed-forward "
+              "networks; for recurrent cells whichever reproduces the float read-out better on "
+              "the calibration trials).")
 @click.option("--timesteps", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="Default timesteps stored in the artifact.")
 @click.option("--emit-reference", type=click.Path(), help="Also write the integer reference ONNX.")
@@ -143,7 +146,8 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
     from toolchain.compiler import compile_onnx
     x = load_npy(calib, "calibration") if calib else None
     result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
-                          per_channel=not per_layer, timesteps=timesteps, target=target_name,
+                          per_channel=None if per_layer is None else not per_layer,
+                          timesteps=timesteps, target=target_name,
                           fire=fire, scale=scale, scale_search=scale_search,
                           scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor)
     if emit_reference:

@@ -539,8 +539,10 @@ class Quantizer:
             w_ints, bounds = [], []
             for i, p in zip(info, pre):
                 scale = (u / 2.0 ** p).reshape((-1,) + (1,) * (i["w_eff"].ndim - 1))
+                # mixed sign: Lava drops the lowest bit, so the 8-bit mantissa k (|k| ≤ kmax)
+                # is stored as 2k and one weight unit is half a step (as in _weights)
                 w = np.rint(i["w_eff"] / scale)
-                w_ints.append(2 * np.rint(w / 2) if mixed else w)
+                w_ints.append(2 * w if mixed else w)
                 bounds.append(i["bound_of"](np.abs(w_ints[-1])))
             if max(b.max() for b in bounds) * 2 ** max(pre) <= WEIGHT_BOUND:
                 break
@@ -556,9 +558,9 @@ class Quantizer:
             exp = top + extra - p
             node = i["node"]
             node.weight, node.weight_exp = w.astype(np.int16), exp
-            self.record[f"{node.name}/weight_scale"] = u / 2.0 ** p
+            unit_w = u / 2.0 ** p / (2 if mixed else 1)
+            self.record[f"{node.name}/weight_scale"] = unit_w
             self.layers[i["row"]]["levels"] = f"w{bits} e{exp} joint"
-            unit_w = u / 2.0 ** p
             bshape = (-1,) + (1,) * (len(i["shape"]) - 1)
             unit_acc = unit_w / 2 ** exp
             out[k] = QTensor(
@@ -666,22 +668,29 @@ class Quantizer:
                        np.full(shape, float(L)), True, True)
 
     def op_leaky(self, name, d, ins):
-        """y ← y + α(x − y) with x the input spikes: v in units s_y / 2^LEAK_SHIFT, input gains
-        s_x / unit_v (8-bit mantissa, one exponent), d = round(α·4096), no reset, θ = 2^shift."""
+        """y ← y + α(x − y) with x the input spikes: v in units ≈ s_y / 2^LEAK_SHIFT, input
+        gains G = s_x / unit_v (8-bit mantissa, one exponent), d = round(α·4096), no reset.
+
+        The 8-bit gains round s_x / unit_v by up to half a mantissa step — 3% where a unit's
+        gain is small — and a leaky integrator's gain error is a systematic error of its fixed
+        point, which decision networks (line attractors) amplify. So the rounded gain G is kept
+        and the threshold absorbs it instead: θ = round(s_y·G / s_x) per unit, so one output
+        step is s_y within 1/(2θ) (θ ≈ 2^LEAK_SHIFT), the scale y_prev was given by op_delay."""
         x = ins[0]
         shape = d["shape"]
         signed = d["params"]["signed"]
         L = self.opts.levels
         s_y = self.act_scale(name, None, signed)
-        unit_v = s_y / 2 ** LEAK_SHIFT
-        g = _per_channel(x.unit) / unit_v
+        s_x = _per_channel(x.unit)
+        g = s_x / (s_y / 2 ** LEAK_SHIFT)
         e = _gain_exponent(self.fail, name, g)
-        gains = np.rint(g / 2 ** e).astype(np.int64)
+        gains = np.maximum(np.rint(g / 2 ** e), 1).astype(np.int64)
         self.emit(ir.Add(f"{name}/in", (x.node,), shape, gains=gains[None], exps=(e,)))
         decay = int(round(d["params"]["alpha"] * semantics.LEAK_ONE))
-        theta = np.full(shape, 2 ** LEAK_SHIFT, np.int64)
+        theta = np.maximum(np.rint(s_y * (gains * 2.0 ** e) / s_x), 1).astype(np.int64)
+        theta = np.broadcast_to(theta.reshape((-1,) + (1,) * (len(shape) - 1)), shape).copy()
         bound = gains * 2 ** e * x.bound
-        margin = float(np.log2(semantics.V_MAX / max(float(bound.max()) + 2 ** LEAK_SHIFT, 1)))
+        margin = float(np.log2(semantics.V_MAX / max(float(bound.max()) + float(theta.max()), 1)))
         if margin < 0:
             self.fail(name, f"leaky state bound {bound.max():.0f} exceeds 24 bits")
         lo = -L if signed else 0
@@ -690,7 +699,8 @@ class Quantizer:
         self.record[f"{name}/act_scale"] = s_y
         self.layers.append(dict(name=name, op="neuron (leaky)", shape=shape,
                                 neurons=int(np.prod(shape)), synapses=int(np.prod(shape)),
-                                levels=f"[{lo}, {L}]", threshold=(2 ** LEAK_SHIFT,) * 2,
+                                levels=f"[{lo}, {L}]",
+                                threshold=(int(theta.min()), int(theta.max())),
                                 margin_bits=round(margin, 1)))
         return QTensor(name, name, np.broadcast_to(s_y, shape).astype(np.float64),
                        np.zeros(shape, np.int64), np.full(shape, float(L)), True, True)
