@@ -53,6 +53,21 @@ def _trials(n: int = 11, steps: int = 25, inputs: int = 3, seed: int = 5) -> np.
     return (rng.uniform(0, 1, (n, steps, inputs)) * scale).astype(np.float32)
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-layer", "per-unit"])
+def test_shipped_tanh_cell_equals_cpu_either_scale(per_channel):
+    """A trained 100-unit tanh cell with Dale's law, both activation-scale choices: per unit the
+    leaky thresholds differ unit by unit (they absorb the gain rounding); fixed_pt is sim.cpu."""
+    from exporters.rnn.tasks import make_task
+    from toolchain.compiler import compile_onnx
+    path = os.path.join(os.path.dirname(__file__), "data", "rnn", "cddm_tanh_dale.onnx")
+    art = compile_onnx(path, per_channel=per_channel).artifact
+    assert art.meta["rnn"]["per_channel"] == per_channel
+    if per_channel:
+        assert len(np.unique(art.node("y").threshold)) > 3
+    x = make_task("cddm").inputs[::60]
+    assert_same(sim.lava.run(art, x, timeout=300), sim.cpu.run(art, x))
+
+
 @pytest.mark.parametrize("activation", sorted(VARIANTS))
 def test_trials_equal_cpu(activation):
     """Whole trials, 11 of them: fixed_pt in groups of 4 side by side (the last padded) and
