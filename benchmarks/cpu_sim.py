@@ -32,8 +32,6 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import sim.cpu  # noqa: E402
 from sim.cpu import runner, torch_ops  # noqa: E402
 from exporters.digits import load_digits_split  # noqa: E402

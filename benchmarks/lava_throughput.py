@@ -28,15 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 import sim  # noqa: E402,F401  (before numpy: its BLAS kernels, see sim/__init__.py)
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import sim.cpu  # noqa: E402
 import sim.lava  # noqa: E402
