@@ -16,7 +16,6 @@ Run:  .venv/bin/python examples/train_digits_models.py   (a few seconds per mode
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from exporters import DigitsCNN, export_onnx, load_digits_split, train_digits  # noqa: E402
+from sim.artifact import atomic_write  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 OPSET = 17
@@ -73,9 +73,7 @@ def main() -> None:
               f"(exported graph {record[name]['onnx_test_accuracy']:.4f}), "
               f"trained in {seconds:.1f} s, {path.stat().st_size / 1024:.1f} KiB -> {path}")
     json_path = MODELS_DIR / "digits_models.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {json_path}")
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from sim.artifact import atomic_write  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "rnn"
 # per task: units, optimizer steps (batch: the trainer's per-task default)
@@ -131,9 +132,7 @@ def main() -> None:
               f"float R² {row['float_r2']:.3f} acc {row['float_accuracy']:.3f}, deployed R² "
               f"{row['deployed_r2']:.3f} acc {row['deployed_accuracy']:.3f}", flush=True)
         ordered = {k: record[k] for k in variant_names() if k in record}
-        tmp = json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(ordered, indent=1) + "\n")
-        os.replace(tmp, json_path)
+        atomic_write(json_path, (json.dumps(ordered, indent=1) + "\n").encode())
     print(f"wrote {json_path}")
 
 
