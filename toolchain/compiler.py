@@ -105,8 +105,9 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
         qz = Quantizer(fg, stats, QuantOptions(levels=levels, percentile=percentile,
                                                per_channel=pc, input_step=step), str(path))
         nodes, inp, out = qz.run("")
-        if cell.dale:
-            rnn.check_dale(next(n for n in nodes if n.name == "z_rec").weight, n_exc)
+        # Dale's law on the integer W_rec: a violation refuses this way of quantizing
+        ei = rnn.check_dale(next(n for n in nodes if n.name == "z_rec").weight, n_exc) \
+            if cell.dale else None
         meta = {"source": {"file": Path(path).name, "sha256": sha, "kind": cell.origin},
                 "levels": levels, "timesteps": 1,
                 "calibration": f"{len(calib)} trials of {calib.shape[1]} steps, percentile "
@@ -118,7 +119,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
                 "layers": _jsonable(qz.layers)}
         art = Artifact(nodes, inp, out, meta, qz.record)
         art.validate()
-        return art, qz, agreement(float_o, sim.cpu.run(art, calib, count=False).output)
+        return art, qz, agreement(float_o, sim.cpu.run(art, calib, count=False).output), ei
 
     if per_channel is None:
         built, failed = {}, {}
@@ -140,10 +141,10 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
         chosen = per_channel
         built = {chosen: build(chosen)}
         notes.append(f"activation scales: one per {'unit' if chosen else 'layer'} (as asked)")
-    art, qz, agree = built[chosen]
-    if cell.dale:
-        e, i = rnn.check_dale(art.node("z_rec").weight, n_exc)
-        notes.append(f"Dale's law holds on the integer weights: {e} excitatory, {i} inhibitory units")
+    art, qz, agree, ei = built[chosen]
+    if ei is not None:
+        notes.append(f"Dale's law holds on the integer weights: {ei[0]} excitatory, {ei[1]} "
+                     "inhibitory units")
     art.meta["notes"] = notes
     place(art, target)
     result = Compiled(art, None, qz.layers, notes)
