@@ -266,10 +266,11 @@ def conv2d_int8(x: np.ndarray, packed, bias: np.ndarray | None) -> np.ndarray | 
     if not torch:
         return None
     packed, scales, (stride, padding, dilation, groups) = packed
-    xt = torch.from_numpy(np.asarray(x)).to(torch.uint8)
+    x = np.asarray(x)
+    xt = _tensor(torch, x, x.dtype).to(torch.uint8)
     if xt.shape[1] > 1:
         xt = xt.contiguous(memory_format=torch.channels_last)
-    bt = None if bias is None else torch.from_numpy(np.asarray(bias, np.float32).reshape(-1))
+    bt = None if bias is None else _tensor(torch, np.reshape(bias, -1), np.float32)
     try:
         return _qconv(torch, xt, packed, scales, stride, padding, dilation, groups, bt).numpy()
     except Exception:  # noqa: BLE001 - refused at run time: the caller takes the float path
