@@ -21,6 +21,8 @@ GEOMETRIES = [  # (C_in, C_out, size, k, stride, pads, dilation, groups)
     (8, 8, 9, 3, 1, (2, 2, 2, 2), 2, 2),      # dilation
     (6, 6, 7, 3, 1, (1, 1, 1, 1), 1, 6),      # depthwise
     (4, 5, 6, 1, 2, (0, 0, 0, 0), 1, 1),      # 1×1, strided
+    (3, 8, 7, 3, 2, (1, 1, 1, 1), 1, 1),      # three channels (padded to four), strided
+    (5, 4, 6, 3, 1, (0, 0, 0, 0), 2, 1),      # five (padded to eight), dilated
 ]
 
 
@@ -99,13 +101,14 @@ def test_sum_pool_in_floats_equals_int64(pool, dtype, use_torch):
 
 
 @pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
-@pytest.mark.parametrize("case", ["float32", "float64", "int64", "saturating"])
+@pytest.mark.parametrize("case", ["reciprocal", "float32", "float64", "int64", "saturating"])
 def test_fire_once_exact_equals_semantics(case, use_torch):
     rng = np.random.default_rng(3)
     theta = rng.integers(1, 5000, (1, 30, 1, 1))
     bias = rng.integers(-20000, 20000, (1, 30, 1, 1))
     lo, hi = -7, 15
-    cmax = {"float32": 2 ** 22, "float64": 2 ** 30, "int64": 2 ** 60, "saturating": 2 ** 23}[case]
+    cmax = {"reciprocal": 2 ** 21, "float32": 2 ** 22, "float64": 2 ** 30, "int64": 2 ** 60,
+            "saturating": 2 ** 23}[case]
     if case == "saturating":   # v = I + b + θ//2 clips, yet stays below 2²⁴: float32
         theta, bias = 2 * theta * 400, bias * 100
     current = rng.integers(-cmax, cmax, (40, 30, 3, 3))
@@ -118,10 +121,44 @@ def test_fire_once_exact_equals_semantics(case, use_torch):
     n, sat, nb = kernels.fire_once_exact(held, bound, bias, theta, lo, hi, use_torch)
     expect, sat_expect = semantics.fire_once(current, bias, theta, lo, hi)
     assert np.array_equal(n, expect) and sat == sat_expect and nb == 15
-    assert {"float32": np.float32, "float64": np.float64, "int64": np.int64,
-            "saturating": np.float32}[case] == n.dtype
+    assert {"reciprocal": np.float32, "float32": np.float32, "float64": np.float64,
+            "int64": np.int64, "saturating": np.float32}[case] == n.dtype
+    assert kernels.Fire.reciprocal(bound + float(np.abs(bias + theta // 2).max()),
+                                   n.dtype) == (case == "reciprocal")
     if case == "saturating":
         assert sat > 0
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
+def test_reciprocal_fire_at_its_limits(use_torch):
+    """floor((v + 1/2)·fl(1/θ)) = floor(v/θ) for every |v| < 2²² (Fire.reciprocal's proof):
+    checked on the worst places — v a multiple of θ and one either side, up to |v| = 2²² − 1 —
+    for θ from 1 to 2²³ (odd, prime, powers of two and their neighbours)."""
+    rng = np.random.default_rng(11)
+    limit = 2 ** 22 - 1
+    thetas = np.unique(np.concatenate([
+        np.arange(1, 200), 2 ** np.arange(1, 24), 2 ** np.arange(1, 24) - 1,
+        2 ** np.arange(1, 24) + 1, [4093, 65521, 1048573, 4194301, 8388593],
+        rng.integers(1, 2 ** 23, 300)]))
+    for theta in thetas[thetas <= 2 ** 23]:         # float32's fire takes θ ≤ 2²³
+        k = np.unique(np.concatenate([np.arange(-6, 7), rng.integers(-limit // theta,
+                                                                      limit // theta + 1, 60),
+                                      [limit // theta, -(limit // theta)]]))
+        v = (k[:, None] * theta + np.array([-1, 0, 1])).ravel()
+        v = np.concatenate([v[np.abs(v) <= limit], [limit, -limit]])
+        th = np.full((1, 1), theta)
+        zero = np.zeros((1, 1), np.int64)
+        # biased: the current already holds v (+ 1/2, the multiplying form's offset), as a
+        # convolution that added the neuron's offset hands it over; v's bound is the limit
+        assert kernels.Fire.reciprocal(float(limit), np.float32)
+        current = (v.reshape(-1, 1) + 0.5).astype(np.float32)
+        assert np.array_equal(current - 0.5, v.reshape(-1, 1))        # exact
+        n, sat, _ = kernels.fire_once_exact(current, float(limit), zero, th,
+                                            -(2 ** 23), 2 ** 23, use_torch, biased=True)
+        assert n.dtype == np.float32 and sat == 0
+        np.testing.assert_array_equal(n.ravel(), v // theta, err_msg=f"theta {theta}")
+    assert not kernels.Fire.reciprocal(float(limit + 1), np.float32)
+    assert not kernels.Fire.reciprocal(100.0, np.float64)
 
 
 def test_encoder_in_float32_equals_semantics():
@@ -300,7 +337,9 @@ def test_int8_conv_equals_integer_definition(geometry):
     bias = rng.integers(-3000, 3000, co)
     hw = _out(size, k, stride, pads, dilation)
     packed = torch_ops.pack_int8_conv(w, -1, (stride, stride), pads, (dilation, dilation), groups)
-    applies = ci // groups * k * k >= torch_ops.INT8_MIN_TAPS and pads[:2] == pads[2:]
+    # one group: input channels padded to a multiple of 4 (zero weights) before the tap count
+    cg = -(-ci // 4) * 4 if groups == 1 else ci // groups
+    applies = cg * k * k >= torch_ops.INT8_MIN_TAPS and pads[:2] == pads[2:]
     assert (packed is not None) == applies
     if not applies:
         return
@@ -316,8 +355,9 @@ def test_int8_conv_equals_integer_definition(geometry):
 
 
 def test_runner_takes_the_int8_path_and_falls_back(monkeypatch):
-    """On the digits CNN the 16→32 and 32→32 convolutions (non-negative spike payloads, 144
-    and 288 taps) run as int8; with the probe failed they run in float32; same integers."""
+    """On the digits CNN all three convolutions run as int8 — the first on the encoded grey
+    image (0..255, one channel padded to four: 36 taps), then 16→32 and 32→32 on spike
+    payloads (144 and 288 taps); with the probe failed they run in float32; same integers."""
     _int8_or_skip()
     from exporters.digits import load_digits_split
     x_train, _, test, _ = load_digits_split()
@@ -327,10 +367,9 @@ def test_runner_takes_the_int8_path_and_falls_back(monkeypatch):
     monkeypatch.setattr(torch_ops, "conv2d_int8",
                         lambda x, p, b: calls.append(x.shape[1]) or real(x, p, b))
     int8 = sim.cpu.run(art, test)
-    assert sorted(set(calls)) == [16, 32]
+    assert sorted(set(calls)) == [1, 16, 32]
     calls.clear()
     monkeypatch.setattr(torch_ops, "_INT8_OK", False)
-    runner._CONSTS.clear()
     _same(int8, sim.cpu.run(art, test))
     assert calls == []
     _same(int8, _run_int(monkeypatch, art, test))

@@ -200,11 +200,27 @@ class Fire:
             return np.float64
         return None
 
-    def cast(self, dtype) -> tuple[np.ndarray, np.ndarray]:
-        """(offset, θ) as `dtype` arrays (exact: both below the dtype's bound by `dtype()`)."""
-        key = np.dtype(dtype)
+    @staticmethod
+    def reciprocal(vbound: float, dtype) -> bool:
+        """Whether floor(v/θ) may be taken as floor((v + 1/2) · fl(1/θ)), a multiplication
+        (several times cheaper than a division; this fire is bound by the divider).
+
+        Exact in float32 for |v| + 1/2 < 2²²: with v = nθ + m (0 ≤ m < θ), (v + 1/2)/θ lies
+        at least 1/(2θ) inside [n, n + 1), and the two roundings (of 1/θ and of the product)
+        move it by at most |v + 1/2|/θ · 2⁻²³·(1 + 2⁻²⁴) < 1/(2θ). v + 1/2 itself is exact, and
+        |v| < 2²² ≤ the 24-bit state limit, so nothing saturates."""
+        return np.dtype(dtype) == np.float32 and vbound + 0.5 < 2 ** 22
+
+    def cast(self, dtype, reciprocal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, θ) as `dtype` arrays (exact: both below the dtype's bound by `dtype()`);
+        reciprocal: (offset + 1/2, fl(1/θ)), the operands of the multiplying form."""
+        key = (np.dtype(dtype), reciprocal)
         if key not in self._cast:
-            self._cast[key] = (self.offset.astype(dtype), self.theta.astype(dtype))
+            if reciprocal:
+                self._cast[key] = ((self.offset + 0.5).astype(dtype),
+                                   (1.0 / self.theta).astype(dtype))
+            else:
+                self._cast[key] = (self.offset.astype(dtype), self.theta.astype(dtype))
         return self._cast[key]
 
 
@@ -213,11 +229,12 @@ def fire_once_exact(current: np.ndarray, bound: float, bias: np.ndarray, thresho
                     fire: Fire | None = None):
     """semantics.fire_once in float arithmetic on exact integers; `bound` ≥ max|current|.
 
-    The dtype is Fire.dtype's (float32, float64, or the int64 definition when neither is exact).
-    biased=True: `current` already holds v = I + b + θ//2 (a convolution that added the offset
-    as its bias), in Fire.dtype's dtype for `bound`, and is overwritten. `fire`: the neuron's
-    constants if the caller keeps them. Returns (n, saturations, bound of |n|); n in the float
-    dtype used.
+    The dtype is Fire.dtype's (float32, float64, or the int64 definition when neither is exact);
+    where Fire.reciprocal allows, v/θ is taken as (v + 1/2)·fl(1/θ) (same floor, proven there).
+    biased=True: `current` already holds v = I + b + θ//2 (+ 1/2 in the reciprocal form: a
+    convolution that added Fire.cast's offset as its bias), in Fire.dtype's dtype for `bound`,
+    and is overwritten. `fire`: the neuron's constants if the caller keeps them. Returns (n,
+    saturations, bound of |n|); n in the float dtype used.
     """
     fire = fire or Fire(bias, threshold, lo, hi)
     vbound = bound if biased else bound + fire.offset_max
@@ -227,11 +244,12 @@ def fire_once_exact(current: np.ndarray, bound: float, bias: np.ndarray, thresho
     if dtype is None:
         n, sat = semantics.fire_once(np.asarray(current, dtype=np.int64), bias, threshold, lo, hi)
         return n, sat, fire.levels
-    offset, theta = fire.cast(dtype)
+    reciprocal = Fire.reciprocal(vbound, dtype)
+    offset, factor = fire.cast(dtype, reciprocal)
     if use_torch:   # the same IEEE operations, in place, fewer passes over memory
         from sim.cpu import torch_ops
-        done = torch_ops.fire_once(current, None if biased else offset, theta, lo, hi, dtype,
-                                   vbound > semantics.V_MAX)
+        done = torch_ops.fire_once(current, None if biased else offset, factor, lo, hi, dtype,
+                                   vbound > semantics.V_MAX, reciprocal)
         if done is not None:
             return done[0], done[1], fire.levels
     v = current if biased else np.add(current, offset, dtype=dtype)
@@ -240,7 +258,7 @@ def fire_once_exact(current: np.ndarray, bound: float, bias: np.ndarray, thresho
         sat = int(np.count_nonzero(np.abs(v) > semantics.V_MAX))
         if sat:
             np.clip(v, -semantics.V_MAX, semantics.V_MAX, out=v)
-    np.divide(v, theta, out=v)
+    (np.multiply if reciprocal else np.divide)(v, factor, out=v)
     np.floor(v, out=v)
     np.maximum(v, dtype(lo), out=v)
     np.minimum(v, dtype(hi), out=v)

@@ -121,24 +121,6 @@ def _pow2(e: int) -> float:
     return float(2 ** int(e))
 
 
-_CONSTS: dict[int, tuple] = {}
-
-
-def _consts(node, params: tuple, make):
-    """Constants derived from a node's parameters, made once and reused while the node holds
-    the very same parameter objects (a parameter replaced by another object remakes them;
-    artifact arrays are not changed in place). The entry keeps the objects alive, so their ids
-    cannot be reused while it stands."""
-    ids = tuple(map(id, params))
-    hit = _CONSTS.get(id(node))
-    if hit is not None and hit[1] == ids and hit[0]() is node:
-        return hit[3]
-    value = make()
-    key = id(node)
-    _CONSTS[key] = (weakref.ref(node, lambda _r, k=key: _CONSTS.pop(k, None)), ids, params, value)
-    return value
-
-
 class _Weights:
     """A dense/conv node's weights · 2^exp as float arrays (one per dtype) and Σ|W|·2^exp, the
     largest over output channels."""
@@ -149,16 +131,15 @@ class _Weights:
         self.absum = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes).max(initial=0)) \
             * self.scale
         self.weight, self._cast = node.weight, {}
-        self._int8: tuple | None = None          # (geometry, packed or None)
+        self._int8: tuple | None = None          # (packed or None,) once made
 
     def int8(self, node):
         """The oneDNN int8 packing of a conv node's weights (torch_ops.pack_int8_conv), made
         on first use; None where that path does not apply."""
-        geometry = (tuple(node.stride), tuple(node.pads), tuple(node.dilation), node.groups)
-        if self._int8 is None or self._int8[0] != geometry:
-            self._int8 = (geometry, torch_ops.pack_int8_conv(self.weight, node.weight_exp,
-                                                             *geometry))
-        return self._int8[1]
+        if self._int8 is None:
+            self._int8 = (torch_ops.pack_int8_conv(self.weight, node.weight_exp, node.stride,
+                                                   node.pads, node.dilation, node.groups),)
+        return self._int8[0]
 
     def cast(self, dtype) -> np.ndarray:
         key = np.dtype(dtype)
@@ -169,108 +150,303 @@ class _Weights:
             self._cast[key] = w
         return self._cast[key]
 
+    def exact(self, bx: float, x, fire: kernels.Fire | None = None):
+        """(float weight · 2^exp in the exact dtype, bound of the output, bias) for an input
+        bounded by `bx`, or (None, None, None) when no float dtype is exact. `x`: the input, to
+        measure when the bound is too loose for float32 (None: keep the bound).
 
-def _weights(node) -> _Weights:
-    return _consts(node, (node.weight, node.weight_exp), lambda: _Weights(node))
-
-
-def _fire(node) -> kernels.Fire:
-    return _consts(node, (node.bias, node.threshold, node.lo, node.hi),
-                   lambda: kernels.Fire(_broadcast(node.bias), _broadcast(node.threshold),
-                                        node.lo, node.hi))
-
-
-def _weight_exact(node, bx, x, neuron=None):
-    """(float weight · 2^exp in the exact dtype, bound of the output, bias) or (None, None, None).
-
-    With `neuron` (the one-pass neuron that alone reads this node) the product also adds the
-    neuron's offset b + θ//2 per output channel, in the dtype the neuron's fire needs (bias
-    None when the offset is not channel-wise or no float dtype is exact)."""
-    w = _weights(node)
-    if w.absum * bx >= kernels.F32_EXACT:           # static bound too loose? measure the input
-        bx = min(bx, kernels.max_abs(x))
-    bound, bias = w.absum * bx, None
-    dtype = kernels.exact_dtype(bound)
-    if neuron is not None:
-        fire = _fire(neuron)
-        offset = fire.offset[0]                 # (C, 1, 1) or (C,): channel-wise?
-        if offset.ndim and offset.shape[0] == node.weight.shape[0] \
-                and all(d == 1 for d in offset.shape[1:]):
-            vbound = bound + fire.offset_max
-            fdtype = fire.dtype(vbound)
-            if fdtype is not None:
-                dtype, bound, bias = fdtype, vbound, fire.cast(fdtype)[0].reshape(-1)
-    if dtype is None:
-        return None, None, None
-    return w.cast(dtype), bound, bias
-
-
-def _synapse_exact(node, ins, bounds, count, use_torch, neuron=None, nonzero=None,
-                   nonneg=False):
-    """evaluate_synapse for the batched runner: inputs and output are exact integers held in
-    float32/float64 where a bound proves it exact (else int64). Returns (value, bound of |value|
-    or None when unknown, synops, biased): biased when a dense/conv node fed only by `neuron`
-    (one-pass) added that neuron's offset b + θ//2 (see _weight_exact). `nonzero(k)`: the
-    nonzero_counts of input k (shared with whoever else counts that value). `nonneg`: the input
-    is known ≥ 0 — with a bound ≤ 255 and a float32 result a conv may run as oneDNN's int8
-    convolution (torch_ops.conv2d_int8), same values."""
-    nonzero = nonzero or (lambda k: kernels.nonzero_counts(ins[k]))
-    kind = node.kind
-    x = ins[0]
-    if kind in ("dense", "conv"):
-        wf, bound, bias = _weight_exact(node, bounds[0], x, neuron)
-        if wf is None:
-            out, synops = _synapse(node, _as_int(x), count)
-            return out, None, synops, False
-        if kind == "dense":
-            out = kernels.dense_exact(x, wf, use_torch, bias)
-            synops = int(nonzero(0).sum()) * node.weight.shape[0] if count else 0
-        else:
-            out = None
-            if use_torch and nonneg and bounds[0] <= 255 and wf.dtype == np.float32:
-                packed = _weights(node).int8(node)
-                if packed is not None:
-                    out = torch_ops.conv2d_int8(x, packed, bias)
-            if out is None:
-                out = kernels.conv2d_exact(x, wf, node.stride, node.pads, node.dilation,
-                                           node.groups, _out_hw(node), use_torch, bias)
-            synops = kernels.window_synops(x, _fanout(node, x.shape[-2:]),
-                                           node.weight.shape[0] // node.groups,
-                                           nonzero(0)) if count else 0
-        return out, bound, synops, bias is not None
-    if kind == "sumpool":
-        bound = bounds[0] * math.prod(node.kernel)
-        dtype = kernels.exact_dtype(bound) or np.int64
-        out = kernels.sum_pool(x if dtype is not np.int64 else _as_int(x), node.kernel,
-                               node.stride, node.pads, _out_hw(node), dtype, use_torch)
-        synops = kernels.window_synops(x, _fanout(node, x.shape[-2:]), 1,
-                                       nonzero(0)) if count else 0
-        return out, bound, synops, False
-    if kind == "maxpool":
-        return kernels.max_pool(x, node.kernel, node.stride, node.pads, node.dilation,
-                                _out_hw(node)), bounds[0], 0, False
-    if kind == "add":
-        gains = [np.asarray(g, dtype=np.int64) for g in node.gains]
-        bound = sum(float(np.abs(g).max(initial=0)) * _pow2(e) * b
-                    for g, e, b in zip(gains, node.exps, bounds))
+        With `fire` (the constants of the one-pass neuron that alone reads this node) the
+        product also adds the neuron's offset b + θ//2 per output channel, in the dtype the
+        fire needs (bias None when the offset is not channel-wise or no float dtype is exact)."""
+        if x is not None and self.absum * bx >= kernels.F32_EXACT:
+            bx = min(bx, kernels.max_abs(x))
+        bound, bias = self.absum * bx, None
         dtype = kernels.exact_dtype(bound)
+        if fire is not None:
+            offset = fire.offset[0]                 # (C, 1, 1) or (C,): channel-wise?
+            if offset.ndim and offset.shape[0] == self.weight.shape[0] \
+                    and all(d == 1 for d in offset.shape[1:]):
+                vbound = bound + fire.offset_max
+                fdtype = fire.dtype(vbound)
+                if fdtype is not None:
+                    # the offset in the form the fire takes it (+1/2 where it multiplies)
+                    offset = fire.cast(fdtype, fire.reciprocal(vbound, fdtype))[0]
+                    dtype, bound, bias = fdtype, vbound, offset.reshape(-1)
         if dtype is None:
-            out, synops = evaluate_synapse(node, [_as_int(i) for i in ins], count)
-            return out, None, synops, False
-        total, synops = None, 0
-        for k, (g, e, xi) in enumerate(zip(gains, node.exps, ins)):
-            term = np.multiply((g * 2 ** int(e)).astype(dtype)[None], xi, dtype=dtype)
-            total = term if total is None else np.add(total, term, out=total)
-            synops += int(nonzero(k).sum()) if count else 0
-        return total, bound, synops, False
-    if kind == "concat":
-        if len({i.dtype for i in ins}) > 1:
-            ins = [_as_int(i) for i in ins] if any(np.issubdtype(i.dtype, np.integer)
-                                                   for i in ins) \
-                else [i.astype(np.float64, copy=False) for i in ins]
-        return np.concatenate(ins, axis=node.axis + 1), max(bounds), 0, False
-    out, synops = evaluate_synapse(node, ins, count)   # reshape, transpose: index maps
-    return out, bounds[0], synops, False
+            return None, None, None
+        return self.cast(dtype), bound, bias
+
+
+class _Run:
+    """What the operations of one program step share: the batch, the values made so far, their
+    bounds (static ones seeded, others measured once when asked), and per-step counts."""
+    __slots__ = ("x", "previous", "state", "binary", "count", "stats", "values", "bounds",
+                 "biased", "counts")
+
+    def bound(self, name: str) -> float:
+        b = self.bounds.get(name)
+        if b is None:
+            b = self.bounds[name] = kernels.max_abs(self.values[name])
+        return b
+
+    def nonzero(self, name: str) -> np.ndarray:
+        """A value's nonzero_counts, computed once for all who count it."""
+        c = self.counts.get(name)
+        if c is None:
+            c = self.counts[name] = kernels.nonzero_counts(self.values[name])
+        return c
+
+
+class _Program:
+    """An artifact compiled for the batched runner: one operation per node, in graph order.
+
+    What does not depend on the data is decided here, once: which values are non-negative, a
+    bound on every value the graph proves one for (inputs and one-pass neurons by their levels,
+    products and sums from those), hence the float dtype each product is exact in, the weights
+    cast to it, which dense/conv adds its neuron's offset as a bias (`_fusions`), which
+    convolutions may run in int8, and the fire constants. A bound the graph cannot prove (a
+    stateful neuron's output, a product whose static bound is too loose for float32) is measured
+    on the data when a reader needs it. `one_pass`: T = 1 graded and feed-forward (no neuron
+    state), where the multi-threshold neuron applies; `keep`: nodes whose values the caller
+    reads after a step (never fused away)."""
+
+    def __init__(self, art: Artifact, keep, one_pass: bool, use_torch: bool):
+        self.use_torch, self.one_pass = use_torch, one_pass
+        self.fused = _fusions(art, keep) if one_pass else {}
+        self.static: dict[str, float] = {}
+        self.nonneg: set[str] = set()     # values known ≥ 0: neurons with lo ≥ 0, index maps of them
+        self.fires: dict[str, kernels.Fire] = {}
+        self.ops = []
+        for node in art.nodes:
+            kind = node.kind
+            if (kind in ("input", "neuron") and node.lo >= 0) or (
+                    kind in ("sumpool", "maxpool", "concat", "reshape", "transpose")
+                    and all(i in self.nonneg for i in node.inputs)):
+                self.nonneg.add(node.name)
+            build = getattr(self, "_" + kind, None)
+            if build is None:
+                raise SimulationError(f"node {node.name!r}: sim.cpu has no kernel for kind "
+                                      f"{kind!r}")
+            self.ops.append(build(node))
+
+    def step(self, x, previous, state, binary, count, stats) -> dict[str, np.ndarray]:
+        r = _Run()
+        r.x, r.previous, r.state, r.binary, r.count, r.stats = x, previous, state, binary, \
+            count, stats
+        r.values, r.bounds, r.biased, r.counts = {}, dict(self.static), set(), {}
+        for op in self.ops:
+            op(r)
+        return r.values
+
+    def _fire(self, node) -> kernels.Fire:
+        if node.name not in self.fires:
+            self.fires[node.name] = kernels.Fire(_broadcast(node.bias),
+                                                 _broadcast(node.threshold), node.lo, node.hi)
+        return self.fires[node.name]
+
+    def _derived(self, node, rule) -> None:
+        """A static bound for `node` by `rule(input bounds)` when every input has one."""
+        if all(i in self.static for i in node.inputs):
+            self.static[node.name] = rule([self.static[i] for i in node.inputs])
+
+    def _input(self, node):
+        name, inv, lo, hi = node.name, node.inv_scale, node.lo, node.hi
+        self.static[name] = float(max(abs(lo), abs(hi)))
+
+        def op(r):
+            r.values[name] = kernels.encode_input_exact(r.x, inv, lo, hi)
+        return op
+
+    def _neuron(self, node):
+        name, src, lo, hi = node.name, node.inputs[0], node.lo, node.hi
+        if not (self.one_pass and _one_pass(node, None)):
+            def op(r):
+                r.values[name] = _neuron_step(node, _as_int(r.values[src]), r.state, r.binary,
+                                              r.stats[name], r.count)
+            return op
+        fire, use_torch = self._fire(node), self.use_torch
+        bias, theta = _broadcast(node.bias), _broadcast(node.threshold)
+        self.static[name] = fire.levels
+
+        def op(r):       # the one-pass neuron, in floats
+            out, sat, _ = kernels.fire_once_exact(r.values[src], r.bound(src), bias, theta, lo,
+                                                  hi, use_torch, biased=src in r.biased,
+                                                  fire=fire)
+            r.values[name] = out
+            _count_neuron(r.stats[name], out, sat, lo, hi, r.count,
+                          (lambda: r.nonzero(name)) if r.count else None)
+        return op
+
+    def _delay(self, node):
+        name, source, shape = node.name, node.source, tuple(node.shape)
+
+        def op(r):
+            prev = r.previous.get(source)
+            r.values[name] = np.zeros((len(r.x),) + shape, np.int64) if prev is None else prev
+        return op
+
+    def _readout(self, node):
+        name, src = node.name, node.inputs[0]
+        self._derived(node, lambda b: b[0])
+
+        def op(r):
+            r.values[name] = r.values[src]
+        return op
+
+    def _product(self, node):
+        """dense and conv: exact float products (int8 convolutions where they apply)."""
+        name, src, kind = node.name, node.inputs[0], node.kind
+        w, use_torch = _Weights(node), self.use_torch
+        neuron = self.fused.get(name)
+        fire = self._fire(neuron) if neuron is not None else None
+        bx = self.static.get(src)
+        fixed = None
+        if bx is not None and w.absum * bx < kernels.F32_EXACT:
+            fixed = w.exact(bx, None, fire)
+            self.static[name] = fixed[1]
+        # a non-negative payload ≤ 255 with a float32 result: oneDNN's u8·s8 convolution
+        int8 = kind == "conv" and use_torch and src in self.nonneg
+        per_input = node.weight.shape[0] // node.groups if kind == "conv" else node.weight.shape[0]
+        out_hw = _out_hw(node)
+
+        def op(r):
+            x = r.values[src]
+            wf, bound, bias = fixed if fixed is not None else w.exact(r.bound(src), x, fire)
+            if wf is None:
+                out, synops = _synapse(node, _as_int(x), r.count)
+                r.values[name] = out
+                r.stats[name].synops += synops
+                return
+            if kind == "dense":
+                out = kernels.dense_exact(x, wf, use_torch, bias)
+            else:
+                out = None
+                if int8 and wf.dtype == np.float32 and r.bound(src) <= 255:
+                    packed = w.int8(node)
+                    if packed is not None:
+                        out = torch_ops.conv2d_int8(x, packed, bias)
+                if out is None:
+                    out = kernels.conv2d_exact(x, wf, node.stride, node.pads, node.dilation,
+                                               node.groups, out_hw, use_torch, bias)
+            r.values[name] = out
+            r.bounds[name] = bound
+            if bias is not None:
+                r.biased.add(name)
+            if r.count:
+                if kind == "dense":
+                    r.stats[name].synops += int(r.nonzero(src).sum()) * per_input
+                else:
+                    r.stats[name].synops += kernels.window_synops(
+                        x, _fanout(node, x.shape[-2:]), per_input, r.nonzero(src))
+        return op
+
+    _dense = _conv = _product
+
+    def _sumpool(self, node):
+        name, src, use_torch = node.name, node.inputs[0], self.use_torch
+        taps = math.prod(node.kernel)
+        self._derived(node, lambda b: b[0] * taps)
+
+        def op(r):
+            bound = r.bound(src) * taps
+            dtype = kernels.exact_dtype(bound) or np.int64
+            x = r.values[src]
+            r.values[name] = kernels.sum_pool(x if dtype is not np.int64 else _as_int(x),
+                                              node.kernel, node.stride, node.pads,
+                                              _out_hw(node), dtype, use_torch)
+            r.bounds[name] = bound
+            if r.count:
+                r.stats[name].synops += kernels.window_synops(x, _fanout(node, x.shape[-2:]), 1,
+                                                              r.nonzero(src))
+        return op
+
+    def _maxpool(self, node):
+        name, src = node.name, node.inputs[0]
+        self._derived(node, lambda b: b[0])
+
+        def op(r):
+            r.values[name] = kernels.max_pool(r.values[src], node.kernel, node.stride,
+                                              node.pads, node.dilation, _out_hw(node))
+        return op
+
+    def _add(self, node):
+        name, srcs = node.name, node.inputs
+        gains = [np.asarray(g, dtype=np.int64) for g in node.gains]
+        peaks = [float(np.abs(g).max(initial=0)) * _pow2(e) for g, e in zip(gains, node.exps)]
+        scaled: dict = {}         # dtype → the gains · 2^exp in it
+        self._derived(node, lambda b: sum(p * bi for p, bi in zip(peaks, b)))
+
+        def op(r):
+            bound = sum(p * r.bound(i) for p, i in zip(peaks, srcs))
+            dtype = kernels.exact_dtype(bound)
+            ins = [r.values[i] for i in srcs]
+            if dtype is None:
+                out, synops = evaluate_synapse(node, [_as_int(i) for i in ins], r.count)
+                r.values[name] = out
+                r.stats[name].synops += synops
+                return
+            if dtype not in scaled:
+                scaled[dtype] = [(g * 2 ** int(e)).astype(dtype)[None]
+                                 for g, e in zip(gains, node.exps)]
+            total = None
+            for g, xi in zip(scaled[dtype], ins):
+                term = np.multiply(g, xi, dtype=dtype)
+                total = term if total is None else np.add(total, term, out=total)
+            r.values[name] = total
+            r.bounds[name] = bound
+            if r.count:
+                r.stats[name].synops += sum(int(r.nonzero(i).sum()) for i in srcs)
+        return op
+
+    def _concat(self, node):
+        name, srcs, axis = node.name, node.inputs, node.axis + 1
+        self._derived(node, max)
+
+        def op(r):
+            ins = [r.values[i] for i in srcs]
+            if len({i.dtype for i in ins}) > 1:
+                ins = [_as_int(i) for i in ins] \
+                    if any(np.issubdtype(i.dtype, np.integer) for i in ins) \
+                    else [i.astype(np.float64, copy=False) for i in ins]
+            r.values[name] = np.concatenate(ins, axis=axis)
+        return op
+
+    def _index(self, node):
+        """reshape and transpose: index maps, the value's bound unchanged."""
+        name, src = node.name, node.inputs[0]
+        self._derived(node, lambda b: b[0])
+
+        def op(r):
+            r.values[name] = evaluate_synapse(node, [r.values[src]], False)[0]
+        return op
+
+    _reshape = _transpose = _index
+
+
+_PROGRAMS: dict[tuple, tuple] = {}
+
+
+def _signature(art: Artifact) -> list:
+    """The objects a program was built from: the node list, every node and every field value
+    (compared by identity: a node or parameter replaced by another object rebuilds the program;
+    artifact arrays are not changed in place)."""
+    return [art.nodes, art.input, art.output] + \
+        [v for n in art.nodes for v in (n, *vars(n).values())]
+
+
+def _program(art: Artifact, keep, one_pass: bool) -> _Program:
+    """The program for `art`, made once and reused while the artifact holds the very same
+    objects (the entry keeps them alive, so their ids cannot be reused while it stands)."""
+    use_torch = USE_TORCH and torch_ops.available()
+    key = (id(art), frozenset(keep), one_pass, use_torch, torch_ops.int8_state())
+    sig = _signature(art)
+    hit = _PROGRAMS.get(key)
+    if hit is not None and hit[0]() is art and len(hit[1]) == len(sig) \
+            and all(a is b for a, b in zip(hit[1], sig)):
+        return hit[2]
+    program = _Program(art, keep, one_pass, use_torch)
+    _PROGRAMS[key] = (weakref.ref(art, lambda _r, k=key: _PROGRAMS.pop(k, None)), sig, program)
+    return program
 
 
 def _broadcast(param: np.ndarray) -> np.ndarray:
@@ -387,68 +563,27 @@ def _fusions(art, keep) -> dict:
 def _step(art, x, values, previous, state, binary, count, stats, fast=False, keep=()):
     """Evaluate every node once; `previous` holds last step's values (for Delay nodes).
 
-    fast=False: every value is int64 (the contract's form). fast=True (the batched runner): values
-    may be float32/float64 arrays of exact integers — each kernel picks the dtype from a bound on
-    its inputs — and the callers convert what they keep (readout, records) to int64. `keep`
-    names nodes the caller reads after the step: their values stay the node's own."""
-    use_torch = fast and USE_TORCH
-    bounds: dict[str, float] = {}
-    fused = _fusions(art, keep) if fast and state is None else {}
-    biased: set[str] = set()
-    counts: dict[str, np.ndarray] = {}
-    nonneg: set[str] = set()    # values known ≥ 0: neurons with lo ≥ 0 and index maps of them
-
-    def nonzero(name):      # a value's nonzero_counts, computed once for all who count it
-        if name not in counts:
-            counts[name] = kernels.nonzero_counts(values[name])
-        return counts[name]
-
-    def bound(name):
-        if name not in bounds:
-            bounds[name] = kernels.max_abs(values[name])
-        return bounds[name]
-
+    fast=False: every value is int64 (the contract's form). fast=True (the batched runner): the
+    artifact's program (`_Program`, made once): values may be float32/float64 arrays of exact
+    integers — each kernel's dtype follows from a bound on its inputs — and the callers convert
+    what they keep (readout, records) to int64. `keep` names nodes the caller reads after the
+    step: their values stay the node's own."""
+    if fast:
+        return _program(art, keep, state is None).step(x, previous, state, binary, count, stats)
     for node in art.nodes:
         ins = [values[i] for i in node.inputs]
         kind = node.kind
         name = node.name
-        if (kind in ("input", "neuron") and node.lo >= 0) or (
-                kind in ("sumpool", "maxpool", "concat", "reshape", "transpose")
-                and all(i in nonneg for i in node.inputs)):
-            nonneg.add(name)
         if kind == "input":
-            if fast:
-                values[name] = kernels.encode_input_exact(x, node.inv_scale, node.lo, node.hi)
-                bounds[name] = float(max(abs(node.lo), abs(node.hi)))
-            else:
-                values[name] = semantics.encode_input(x, node.inv_scale, node.lo, node.hi)
+            values[name] = semantics.encode_input(x, node.inv_scale, node.lo, node.hi)
         elif kind == "neuron":
-            if fast and _one_pass(node, state):     # the one-pass neuron, in floats
-                out, sat, bounds[name] = kernels.fire_once_exact(
-                    ins[0], bound(node.inputs[0]), _broadcast(node.bias),
-                    _broadcast(node.threshold), node.lo, node.hi, use_torch,
-                    biased=node.inputs[0] in biased, fire=_fire(node))
-                values[name] = out
-                _count_neuron(stats[name], out, sat, node.lo, node.hi, count,
-                              (lambda: nonzero(name)) if count else None)
-            else:
-                values[name] = _neuron_step(node, _as_int(ins[0]), state, binary, stats[name],
-                                            count)
+            values[name] = _neuron_step(node, _as_int(ins[0]), state, binary, stats[name], count)
         elif kind == "delay":
             prev = previous.get(node.source)
             values[name] = np.zeros((len(x),) + tuple(node.shape), np.int64) \
                 if prev is None else prev
         elif kind == "readout":
             values[name] = ins[0]
-        elif fast:
-            values[name], b, synops, with_offset = _synapse_exact(
-                node, ins, [bound(i) for i in node.inputs], count, use_torch, fused.get(name),
-                lambda k: nonzero(node.inputs[k]), nonneg=node.inputs[0] in nonneg)
-            if b is not None:
-                bounds[name] = b
-            if with_offset:
-                biased.add(name)
-            stats[name].synops += synops
         else:
             values[name], synops = evaluate_synapse(node, ins, count)
             stats[name].synops += synops
