@@ -1,7 +1,7 @@
 """sim.cpu throughput against onnxruntime running the float model, same batch, same run.
 
-    .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 30] [--threads 2]
-                                           [--sim-threads 1,2]
+    .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 60] [--rounds 15]
+                                           [--threads 2] [--sim-threads 1,2]
 
 Prints samples/s for: onnxruntime (float ONNX) with --threads intra-op threads and with one,
 sim.cpu (outputs only, one row per --sim-threads value; with spike, SynOps and saturation
@@ -13,7 +13,9 @@ sim.cpu's convolutions and matrix products run on float32 copies of the integers
 partial sum is bounded below 2²⁴) through torch's oneDNN/MKL kernels when torch is there, else
 numpy's BLAS; convolutions whose input is a non-negative payload ≤ 255 run as oneDNN's u8·s8
 int8 convolution where a probe shows it exact. The lines under the table say which ran, with how
-many threads, and the load average (this machine is shared: compare rows of one run, not runs).
+many threads, and the load average. This machine is shared and its speed drifts from second to
+second: the rows are timed in short interleaved rounds and every ratio is the median over rounds
+of two rows timed seconds apart (quartiles given); compare rows of one run, not runs.
 """
 from __future__ import annotations
 
@@ -41,8 +43,6 @@ from toolchain.compiler import compile_onnx  # noqa: E402
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
 
 
-ROUNDS = 3
-
 
 def _ort(threads: int):
     opts = ort.SessionOptions()
@@ -61,7 +61,9 @@ def _numpy_only(art, x):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=60, help="timed runs per row, over all rounds")
+    ap.add_argument("--rounds", type=int, default=12,
+                    help="interleaved rounds (every row once per round)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--sim-threads", default="1,2",
                     help="sim.cpu's torch threads, one row each (sim.cpu.run(threads=...); its "
@@ -85,31 +87,45 @@ def main():
                lambda: sim.cpu.run(art, x, count=True, threads=sim_threads[0]), args.repeats),
               ("sim.cpu, numpy only (no torch), outputs only", "BLAS",
                lambda: _numpy_only(art, x), max(3, args.repeats // 3))]
-    # the machine's load drifts: every row is timed in ROUNDS blocks taken in turn, and its
-    # median is over all of them; a pause after each block lets worker threads stop spinning
+    # The machine's speed drifts from second to second (a shared host): every row is timed in
+    # `rounds` short blocks taken in turn, a pause after each block letting worker threads stop
+    # spinning. A row's time is its median over all runs; a ratio is the median over rounds of
+    # the two rows' block medians — both timed seconds apart, under the same conditions.
+    per_round = max(2, -(-args.repeats // args.rounds))
+    blocks: list[list[float]] = [[] for _ in cases]
     samples: list[list[float]] = [[] for _ in cases]
-    for r in range(ROUNDS):
-        for (_, _, fn, repeats), got in zip(cases, samples):
-            got += run_seconds(fn, -(-repeats // ROUNDS))
-            time.sleep(0.3)
-    rows = [(name, threads, statistics.median(got))
-            for (name, threads, _, _), got in zip(cases, samples)]
+    for _ in range(args.rounds):
+        for (_, _, fn, repeats), got, med in zip(cases, samples, blocks):
+            times = run_seconds(fn, per_round if repeats >= args.repeats else
+                                max(1, -(-repeats // args.rounds)))
+            got += times
+            med.append(statistics.median(times))
+            time.sleep(0.25)
+    rows = [(name, threads, statistics.median(got), med)
+            for (name, threads, _, _), got, med in zip(cases, samples, blocks)]
     load_after = os.getloadavg()
-    base = {threads: rows[i][2] for i, (threads, _) in enumerate(ort_runs)}
-    t = Table(title=f"digits CNN, batch {args.batch}, median of {args.repeats} runs "
-                    f"({ROUNDS} interleaved blocks)")
+    base = {threads: rows[i][3] for i, (threads, _) in enumerate(ort_runs)}
+
+    def ratio(med, against):
+        r = sorted(a / b for a, b in zip(med, against))
+        return statistics.median(r), r[len(r) // 4], r[(3 * len(r)) // 4]
+
+    t = Table(title=f"digits CNN, batch {args.batch}, {args.rounds} interleaved rounds of "
+                    f"{per_round} runs per row")
     for c in ("runtime", "threads", "ms / batch", "samples/s",
               *(f"time vs onnxruntime ({k} thr)" for k in base)):
         t.add_column(c)
-    for name, threads, s in rows:
+    for name, threads, s, med in rows:
         t.add_row(name, str(threads), f"{1000 * s:.2f}", f"{args.batch / s:,.0f}",
-                  *(f"{s / b:.2f}×" for b in base.values()))
+                  *(f"{ratio(med, b)[0]:.2f}×" for b in base.values()))
     Console(width=140).print(t)
-    same = [(st, s / base[st]) for name, st, s in rows
+    same = [(st, ratio(med, base[st])) for name, st, _, med in rows
             if name == "sim.cpu, outputs only" and st in base]
     if same:
-        print("target ≤ 2.00× at equal threads (sim.cpu outputs only / onnxruntime): " +
-              ", ".join(f"{st} thread{'s' if st > 1 else ''} {r:.2f}×" for st, r in same))
+        print("target ≤ 2.00× at equal threads (sim.cpu outputs only / onnxruntime, median "
+              "over rounds [quartiles]): " +
+              ", ".join(f"{st} thread{'s' if st > 1 else ''} {r:.2f}× [{lo:.2f}–{hi:.2f}]"
+                        for st, (r, lo, hi) in same))
     if torch_ops.available():
         import torch
         print(f"sim.cpu products: torch {torch.__version__} (conv: oneDNN "
