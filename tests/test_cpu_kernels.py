@@ -373,3 +373,25 @@ def test_runner_takes_the_int8_path_and_falls_back(monkeypatch):
     _same(int8, sim.cpu.run(art, test))
     assert calls == []
     _same(int8, _run_int(monkeypatch, art, test))
+
+
+def test_program_follows_replaced_parameters_and_is_dropped_with_its_artifact(monkeypatch):
+    """The batched runner's program is made once per artifact; replacing a node's parameter by
+    another array rebuilds it (the new bias shows in the output, equal to the int64 path), and
+    the program goes when its artifact does."""
+    import copy
+    import gc
+    compiled, _, test = nets.compiled("avgpool_cnn")
+    art = copy.deepcopy(compiled.artifact)
+    before = sim.cpu.run(art, test)
+    assert len([k for k in runner._PROGRAMS if k[0] == id(art)]) == 1
+    assert sim.cpu.run(art, test).accumulator.tobytes() == before.accumulator.tobytes()
+    neuron = next(n for n in art.nodes if n.kind == "neuron")
+    neuron.bias = neuron.bias + 3 * np.asarray(neuron.threshold)     # three levels up
+    after = sim.cpu.run(art, test)
+    assert not np.array_equal(after.accumulator, before.accumulator)
+    _same(after, _run_int(monkeypatch, art, test))
+    key = id(art)
+    del art
+    gc.collect()
+    assert not [k for k in runner._PROGRAMS if k[0] == key]
