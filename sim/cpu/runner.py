@@ -510,10 +510,11 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         raise SimulationError(f"cannot record {unknown}: no such nodes")
     outs, accs = [], []
     kept: dict[str, list[np.ndarray]] = {r: [] for r in record}
+    recurrent = art.recurrent
     with torch_ops.session(threads if USE_TORCH else None):
         for start in range(0, len(x), batch_size):
             chunk = x[start:start + batch_size]
-            if art.recurrent:
+            if recurrent:
                 out, acc, rec = _run_trials(art, chunk, count, stats, record)
             else:
                 out, acc, rec = _run_batch(art, chunk, timesteps, binary, count, stats, record)
@@ -524,13 +525,20 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
             if progress is not None:
                 progress(len(out))
     readout = art.node(art.output)
-    shape = (0,) + ((x.shape[1],) if art.recurrent else ()) + tuple(readout.shape)
+    shape = (0,) + ((x.shape[1],) if recurrent else ()) + tuple(readout.shape)
     lead = shape[:-len(readout.shape)] if readout.shape else shape
-    recorded = {r: np.concatenate(v) if v else np.zeros(lead + tuple(art.node(r).shape), np.int64)
+    recorded = {r: _joined(v, lambda r=r: np.zeros(lead + tuple(art.node(r).shape), np.int64))
                 for r, v in kept.items()}
-    return SimResult(np.concatenate(outs) if outs else np.zeros(shape, np.float32),
-                     np.concatenate(accs) if accs else np.zeros(shape, np.int64),
+    return SimResult(_joined(outs, lambda: np.zeros(shape, np.float32)),
+                     _joined(accs, lambda: np.zeros(shape, np.int64)),
                      stats, len(x), timesteps, recorded)
+
+
+def _joined(parts: list[np.ndarray], empty) -> np.ndarray:
+    """The batches' arrays end to end (one batch: itself, no copy; none: `empty()`)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else empty()
 
 
 def _one_pass(node, state) -> bool:
