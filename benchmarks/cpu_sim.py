@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--sim-threads", default="1,2",
                     help="sim.cpu's torch threads, one row each (sim.cpu.run(threads=...); its "
-                         "default is 1)")
+                         "default is torch's own setting, every core)")
     args = ap.parse_args()
     x_train, _, x_test, _ = load_digits_split()
     x = np.concatenate([x_test] * (args.batch // len(x_test) + 1))[: args.batch]

@@ -189,6 +189,13 @@ def test_compile_run_inspect_json(tmp_path, good):
     import onnxruntime as ort
     ref = ort.InferenceSession(str(tmp_path / "ref.onnx")).run(["output"], {"input": np.load(d / "x.npy")})[0]
     assert np.array_equal(y, ref)  # no final softmax in this model: Y is the readout itself
+    r = invoke("run", tmp_path / "m.sfn", "--input", d / "x.npy", "--output", tmp_path / "y1.npy",
+               "--threads", 1)
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "y1.npy").tobytes() == y.tobytes()
+    r = invoke("run", tmp_path / "m.sfn", "--input", d / "x.npy", "--output", tmp_path / "y0.npy",
+               "--threads", 0)
+    assert r.exit_code == 2 and "--threads" in r.output and not (tmp_path / "y0.npy").exists()
     info = json.loads(invoke("inspect", tmp_path / "m.sfn", "--json").output)
     assert info["nodes"][0]["kind"] == "input" and info["nodes"][-1]["kind"] == "readout"
     assert any(k.endswith("/weight_scale") for k in info["record"])

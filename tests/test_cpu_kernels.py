@@ -267,10 +267,11 @@ def test_thread_count_is_set_for_the_run_and_restored():
     compiled, _, test = nets.compiled("avgpool_cnn")
     before = torch.get_num_threads()
     seen = []
-    sim.cpu.run(compiled.artifact, test, progress=lambda n: seen.append(torch.get_num_threads()))
+    sim.cpu.run(compiled.artifact, test, threads=1,
+                progress=lambda n: seen.append(torch.get_num_threads()))
     assert seen == [1] and torch.get_num_threads() == before
     seen.clear()
-    sim.cpu.run(compiled.artifact, test, threads=None,
+    sim.cpu.run(compiled.artifact, test,               # the default: torch's own setting
                 progress=lambda n: seen.append(torch.get_num_threads()))
     assert seen == [before] and torch.get_num_threads() == before
 

@@ -197,10 +197,12 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
               help="Wall-clock guard for a Lava run, seconds.")
 @click.option("--fail-on-saturation", is_flag=True,
               help="Treat any 24-bit state saturation as an error (no output is written).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU backend: torch threads for the run (default: every core).")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, hidden=True)
 def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout,
-        fail_on_saturation, as_json, debug):
+        fail_on_saturation, threads, as_json, debug):
     """Run ARTIFACT on --input and write the readout to --output."""
     from tqdm import tqdm
 
@@ -213,7 +215,8 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout
     with tqdm(total=len(x), unit="sample", disable=None, leave=False) as bar:
         if backend == "cpu":
             import sim.cpu
-            res = sim.cpu.run(art, x, timesteps=T, binary=binary, progress=bar.update)
+            res = sim.cpu.run(art, x, timesteps=T, binary=binary, progress=bar.update,
+                              threads=threads)
         else:
             import sim.lava
             res = sim.lava.run(art, x, timesteps=T, binary=binary, tag=lava_tag,
