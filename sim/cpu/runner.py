@@ -206,13 +206,16 @@ class _Program:
     cast to it, which dense/conv adds its neuron's offset as a bias (`_fusions`), which
     convolutions may run in int8, and the fire constants. A bound the graph cannot prove (a
     stateful neuron's output, a product whose static bound is too loose for float32) is measured
-    on the data when a reader needs it. `one_pass`: T = 1 graded and feed-forward (no neuron
-    state), where the multi-threshold neuron applies; `keep`: nodes whose values the caller
-    reads after a step (never fused away)."""
+    on the data when a reader needs it. `mode`: "once" (T = 1, graded, feed-forward: no neuron
+    keeps a state), "trials" (a recurrent trial: only the leaky neurons, reset "none", keep
+    theirs; every other neuron starts afresh each step) or "state" (T > 1 or binary spikes: every
+    neuron keeps its state). Where a neuron starts afresh, the one-pass multi-threshold neuron
+    applies; `keep`: nodes whose values the caller reads after a step (never fused away)."""
 
-    def __init__(self, art: Artifact, keep, one_pass: bool, use_torch: bool):
-        self.use_torch, self.one_pass = use_torch, one_pass
-        self.fused = _fusions(art, keep) if one_pass else {}
+    def __init__(self, art: Artifact, keep, mode: str, use_torch: bool):
+        self.use_torch = use_torch
+        self.afresh = mode in ("once", "trials")
+        self.fused = _fusions(art, keep) if self.afresh else {}
         self.static: dict[str, float] = {}
         self.nonneg: set[str] = set()     # values known ≥ 0: neurons with lo ≥ 0, index maps of them
         self.fires: dict[str, kernels.Fire] = {}
@@ -259,7 +262,9 @@ class _Program:
 
     def _neuron(self, node):
         name, src, lo, hi = node.name, node.inputs[0], node.lo, node.hi
-        if not (self.one_pass and _one_pass(node, None)):
+        # in a trial, _one_pass picks the neurons with reset "subtract": the ones whose state
+        # _run_trials drops after every step (a leaky neuron, reset "none", keeps its own)
+        if not (self.afresh and _one_pass(node, None)):
             def op(r):
                 r.values[name] = _neuron_step(node, _as_int(r.values[src]), r.state, r.binary,
                                               r.stats[name], r.count)
@@ -434,17 +439,18 @@ def _signature(art: Artifact) -> list:
         [v for n in art.nodes for v in (n, *vars(n).values())]
 
 
-def _program(art: Artifact, keep, one_pass: bool) -> _Program:
-    """The program for `art`, made once and reused while the artifact holds the very same
-    objects (the entry keeps them alive, so their ids cannot be reused while it stands)."""
+def _program(art: Artifact, keep, mode: str) -> _Program:
+    """The program for `art` in `mode` (see _Program), made once and reused while the artifact
+    holds the very same objects (the entry keeps them alive, so their ids cannot be reused while
+    it stands)."""
     use_torch = USE_TORCH and torch_ops.available()
-    key = (id(art), frozenset(keep), one_pass, use_torch, torch_ops.int8_state())
+    key = (id(art), frozenset(keep), mode, use_torch, torch_ops.int8_state())
     sig = _signature(art)
     hit = _PROGRAMS.get(key)
     if hit is not None and hit[0]() is art and len(hit[1]) == len(sig) \
             and all(a is b for a, b in zip(hit[1], sig)):
         return hit[2]
-    program = _Program(art, keep, one_pass, use_torch)
+    program = _Program(art, keep, mode, use_torch)
     _PROGRAMS[key] = (weakref.ref(art, lambda _r, k=key: _PROGRAMS.pop(k, None)), sig, program)
     return program
 
@@ -569,16 +575,19 @@ def _fusions(art, keep) -> dict:
     return out
 
 
-def _step(art, x, values, previous, state, binary, count, stats, fast=False, keep=()):
+def _step(art, x, values, previous, state, binary, count, stats, fast=False, keep=(),
+          trials=False):
     """Evaluate every node once; `previous` holds last step's values (for Delay nodes).
 
     fast=False: every value is int64 (the contract's form). fast=True (the batched runner): the
     artifact's program (`_Program`, made once): values may be float32/float64 arrays of exact
     integers — each kernel's dtype follows from a bound on its inputs — and the callers convert
     what they keep (readout, records) to int64. `keep` names nodes the caller reads after the
-    step: their values stay the node's own."""
+    step: their values stay the node's own. `trials`: a step of _run_trials (its memoryless
+    neurons start afresh)."""
     if fast:
-        return _program(art, keep, state is None).step(x, previous, state, binary, count, stats)
+        mode = "once" if state is None else "trials" if trials else "state"
+        return _program(art, keep, mode).step(x, previous, state, binary, count, stats)
     for node in art.nodes:
         ins = [values[i] for i in node.inputs]
         kind = node.kind
@@ -624,7 +633,7 @@ def _run_trials(art, x, count, stats, record=()):
     for t in range(x.shape[1]):
         state = {k: v for k, v in state.items() if k in persistent}
         values = _step(art, x[:, t], {}, values, state, False, count, stats, fast=True,
-                       keep=record)
+                       keep=record, trials=True)
         accs.append(_as_int(values[art.output]))
         for r in record:
             rec[r].append(_as_int(values[r]))
