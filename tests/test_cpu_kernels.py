@@ -396,3 +396,42 @@ def test_program_follows_replaced_parameters_and_is_dropped_with_its_artifact(mo
     del art
     gc.collect()
     assert not [k for k in runner._PROGRAMS if k[0] == key]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_program_equals_int64_on_random_conv_stacks(seed, monkeypatch):
+    """Random two-conv stacks with few input channels (the int8 path pads them to four), random
+    geometry, fused offsets and both fire forms (small bounds multiply by fl(1/θ), large ones
+    divide): the batched runner equals the int64 runner, counts included."""
+    from sim import ir
+    from sim.artifact import Artifact
+    rng = np.random.default_rng(seed)
+    c0, c1, c2 = int(rng.integers(1, 7)), int(rng.integers(1, 9)), int(rng.integers(1, 6))
+    size = int(rng.integers(5, 10))
+    nodes, shape, prev = [ir.Input("x", (), (c0, size, size), inv_scale=float(rng.uniform(5, 40)),
+                                   lo=0, hi=255)], (c0, size, size), "x"
+    for i, co in enumerate((c1, c2)):
+        k, s = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        p = int(rng.integers(0, k))
+        d = int(rng.integers(1, 3)) if k > 1 else 1
+        if d * (k - 1) + 1 > shape[1] + 2 * p:      # the window must fit the padded input
+            k, d, p = 1, 1, 0
+        hw = (shape[1] + 2 * p - d * (k - 1) - 1) // s + 1
+        w = 2 * rng.integers(-127, 128, (co, shape[0], k, k))
+        big = bool(rng.integers(0, 2))          # a large offset: the dividing fire
+        theta = rng.integers(1, 3000 if not big else 60000, (co, 1, 1))
+        bias = rng.integers(-2000, 2000, (co, 1, 1)) * (800 if big else 1)
+        nodes += [ir.Conv(f"c{i}", (prev,), (co, hw, hw), weight=w.astype(np.int16),
+                          weight_exp=int(rng.integers(0, 3)), stride=(s, s), pads=(p, p, p, p),
+                          dilation=(d, d)),
+                  ir.Neuron(f"n{i}", (f"c{i}",), (co, hw, hw), threshold=theta, bias=bias,
+                            lo=0, hi=int(rng.choice([1, 15, 255])))]
+        shape, prev = (co, hw, hw), f"n{i}"
+    nodes.append(ir.Readout("y", (prev,), shape, scale=np.ones(shape, np.float32),
+                            bias=np.zeros(shape, np.int64)))
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    x = rng.uniform(0, 10, (37, c0, size, size)).astype(np.float32)
+    _same(sim.cpu.run(art, x), _run_int(monkeypatch, art, x))
+    _same(sim.cpu.run(art, x, count=False, threads=1),
+          _run_int(monkeypatch, art, x, count=False))
