@@ -369,6 +369,14 @@ def test_runner_takes_the_int8_path_and_falls_back(monkeypatch):
                         lambda x, p, b: calls.append(x.shape[1]) or real(x, p, b))
     int8 = sim.cpu.run(art, test)
     assert sorted(set(calls)) == [1, 16, 32]
+    # outputs only: each int8 convolution hands its output straight to its neuron's fire
+    joined = []
+    real_joined = torch_ops.conv_fire_int8
+    monkeypatch.setattr(torch_ops, "conv_fire_int8",
+                        lambda x, *a: joined.append(x.shape[1]) or real_joined(x, *a))
+    quiet = sim.cpu.run(art, test, count=False)
+    assert sorted(joined) == [1, 16, 32]
+    assert quiet.accumulator.tobytes() == int8.accumulator.tobytes()
     calls.clear()
     monkeypatch.setattr(torch_ops, "_INT8_OK", False)
     _same(int8, sim.cpu.run(art, test))
@@ -402,7 +410,8 @@ def test_program_follows_replaced_parameters_and_is_dropped_with_its_artifact(mo
 def test_program_equals_int64_on_random_conv_stacks(seed, monkeypatch):
     """Random two-conv stacks with few input channels (the int8 path pads them to four), random
     geometry, fused offsets and both fire forms (small bounds multiply by fl(1/θ), large ones
-    divide): the batched runner equals the int64 runner, counts included."""
+    divide), with counts and without (where an int8 convolution fires its neuron itself): the
+    batched runner equals the int64 runner."""
     from sim import ir
     from sim.artifact import Artifact
     rng = np.random.default_rng(seed)

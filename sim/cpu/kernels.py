@@ -224,6 +224,52 @@ class Fire:
         return self._cast[key]
 
 
+class FirePlan:
+    """One one-pass fire with everything that depends only on the bound decided: the dtype
+    (Fire.dtype's; None: the int64 definition), the multiplying or dividing form
+    (Fire.reciprocal), the operands in that dtype, whether 24-bit saturation is possible.
+    `biased`: the current will already hold v = I + b + θ//2 (+ 1/2 in the multiplying form),
+    as a product that added Fire.cast's offset as its bias hands it over."""
+
+    def __init__(self, fire: Fire, bound: float, biased: bool = False):
+        self.fire, self.biased = fire, biased
+        self.vbound = bound if biased else bound + fire.offset_max
+        self.dtype = fire.dtype(self.vbound)
+        self.reciprocal = self.dtype is not None and Fire.reciprocal(self.vbound, self.dtype)
+        self.offset = self.factor = None
+        if self.dtype is not None:
+            self.offset, self.factor = fire.cast(self.dtype, self.reciprocal)
+        self.saturate = self.vbound > semantics.V_MAX
+
+    def apply(self, current: np.ndarray, use_torch: bool = False):
+        """(n, saturations); n in the plan's float dtype (int64 without one). A biased current
+        is overwritten."""
+        fire, dtype = self.fire, self.dtype
+        if self.biased and (dtype is None or np.dtype(dtype) != current.dtype):
+            raise ValueError(f"biased current in {current.dtype}, exact dtype is {dtype}")
+        if dtype is None:
+            return semantics.fire_once(np.asarray(current, dtype=np.int64), fire.bias,
+                                       fire.theta, fire.lo, fire.hi)
+        offset = None if self.biased else self.offset
+        if use_torch:   # the same IEEE operations, in place, fewer passes over memory
+            from sim.cpu import torch_ops
+            done = torch_ops.fire_once(current, offset, self.factor, fire.lo, fire.hi, dtype,
+                                       self.saturate, self.reciprocal)
+            if done is not None:
+                return done
+        v = current if offset is None else np.add(current, offset, dtype=dtype)
+        sat = 0
+        if self.saturate:
+            sat = int(np.count_nonzero(np.abs(v) > semantics.V_MAX))
+            if sat:
+                np.clip(v, -semantics.V_MAX, semantics.V_MAX, out=v)
+        (np.multiply if self.reciprocal else np.divide)(v, self.factor, out=v)
+        np.floor(v, out=v)
+        np.maximum(v, dtype(fire.lo), out=v)
+        np.minimum(v, dtype(fire.hi), out=v)
+        return v, sat
+
+
 def fire_once_exact(current: np.ndarray, bound: float, bias: np.ndarray, threshold: np.ndarray,
                     lo: int, hi: int, use_torch: bool = False, biased: bool = False,
                     fire: Fire | None = None):
@@ -234,35 +280,12 @@ def fire_once_exact(current: np.ndarray, bound: float, bias: np.ndarray, thresho
     biased=True: `current` already holds v = I + b + θ//2 (+ 1/2 in the reciprocal form: a
     convolution that added Fire.cast's offset as its bias), in Fire.dtype's dtype for `bound`,
     and is overwritten. `fire`: the neuron's constants if the caller keeps them. Returns (n,
-    saturations, bound of |n|); n in the float dtype used.
+    saturations, bound of |n|); n in the float dtype used. (FirePlan, made once, when the bound
+    is known in advance.)
     """
     fire = fire or Fire(bias, threshold, lo, hi)
-    vbound = bound if biased else bound + fire.offset_max
-    dtype = fire.dtype(vbound)
-    if biased and (dtype is None or np.dtype(dtype) != current.dtype):
-        raise ValueError(f"biased current in {current.dtype}, exact dtype is {dtype}")
-    if dtype is None:
-        n, sat = semantics.fire_once(np.asarray(current, dtype=np.int64), bias, threshold, lo, hi)
-        return n, sat, fire.levels
-    reciprocal = Fire.reciprocal(vbound, dtype)
-    offset, factor = fire.cast(dtype, reciprocal)
-    if use_torch:   # the same IEEE operations, in place, fewer passes over memory
-        from sim.cpu import torch_ops
-        done = torch_ops.fire_once(current, None if biased else offset, factor, lo, hi, dtype,
-                                   vbound > semantics.V_MAX, reciprocal)
-        if done is not None:
-            return done[0], done[1], fire.levels
-    v = current if biased else np.add(current, offset, dtype=dtype)
-    sat = 0
-    if vbound > semantics.V_MAX:
-        sat = int(np.count_nonzero(np.abs(v) > semantics.V_MAX))
-        if sat:
-            np.clip(v, -semantics.V_MAX, semantics.V_MAX, out=v)
-    (np.multiply if reciprocal else np.divide)(v, factor, out=v)
-    np.floor(v, out=v)
-    np.maximum(v, dtype(lo), out=v)
-    np.minimum(v, dtype(hi), out=v)
-    return v, sat, fire.levels
+    n, sat = FirePlan(fire, bound, biased).apply(current, use_torch)
+    return n, sat, fire.levels
 
 
 def fanout_map(in_hw, kernel, stride, pads, dilation, out_hw) -> np.ndarray:

@@ -181,7 +181,7 @@ class _Run:
     """What the operations of one program step share: the batch, the values made so far, their
     bounds (static ones seeded, others measured once when asked), and per-step counts."""
     __slots__ = ("x", "previous", "state", "binary", "count", "stats", "values", "bounds",
-                 "biased", "counts")
+                 "biased", "counts", "done")
 
     def bound(self, name: str) -> float:
         b = self.bounds.get(name)
@@ -219,6 +219,8 @@ class _Program:
         self.static: dict[str, float] = {}
         self.nonneg: set[str] = set()     # values known ≥ 0: neurons with lo ≥ 0, index maps of them
         self.fires: dict[str, kernels.Fire] = {}
+        self.biased: set[str] = set()     # products that add their neuron's offset, statically
+        self.dynamic: set[str] = set()    # products whose dtype and bias wait for the data
         self.ops = []
         for node in art.nodes:
             kind = node.kind
@@ -236,7 +238,7 @@ class _Program:
         r = _Run()
         r.x, r.previous, r.state, r.binary, r.count, r.stats = x, previous, state, binary, \
             count, stats
-        r.values, r.bounds, r.biased, r.counts = {}, dict(self.static), set(), {}
+        r.values, r.bounds, r.biased, r.counts, r.done = {}, dict(self.static), set(), {}, set()
         for op in self.ops:
             op(r)
         return r.values
@@ -270,13 +272,16 @@ class _Program:
                                               r.stats[name], r.count)
             return op
         fire, use_torch = self._fire(node), self.use_torch
-        bias, theta = _broadcast(node.bias), _broadcast(node.threshold)
         self.static[name] = fire.levels
+        # the fire's plan made here when its input's bound and form are static
+        plan = kernels.FirePlan(fire, self.static[src], src in self.biased) \
+            if src in self.static and src not in self.dynamic else None
 
         def op(r):       # the one-pass neuron, in floats
-            out, sat, _ = kernels.fire_once_exact(r.values[src], r.bound(src), bias, theta, lo,
-                                                  hi, use_torch, biased=src in r.biased,
-                                                  fire=fire)
+            if name in r.done:          # fired by its convolution (`joined` in _product)
+                return
+            p = plan or kernels.FirePlan(fire, r.bound(src), src in r.biased)
+            out, sat = p.apply(r.values[src], use_torch)
             r.values[name] = out
             _count_neuron(r.stats[name], out, sat, lo, hi, r.count,
                           (lambda: r.nonzero(name)) if r.count else None)
@@ -309,13 +314,38 @@ class _Program:
         if bx is not None and w.absum * bx < kernels.F32_EXACT:
             fixed = w.exact(bx, None, fire)
             self.static[name] = fixed[1]
+            if fixed[2] is not None:
+                self.biased.add(name)
+        else:
+            self.dynamic.add(name)
         # a non-negative payload ≤ 255 with a float32 result: oneDNN's u8·s8 convolution
         int8 = kind == "conv" and use_torch and src in self.nonneg
         per_input = node.weight.shape[0] // node.groups if kind == "conv" else node.weight.shape[0]
         out_hw = _out_hw(node)
+        # an int8 convolution with a static float32 bound and its neuron's offset as the bias
+        # hands its output tensor straight to the neuron's fire (one call, no numpy round trip;
+        # not when counting, which needs the current): the neuron then has nothing left to do
+        joined = None
+        if int8 and fixed is not None and fixed[2] is not None and fixed[0].dtype == np.float32 \
+                and bx <= 255 and w.int8(node) is not None:
+            plan = kernels.FirePlan(fire, fixed[1], biased=True)
+            if plan.dtype is np.float32 and not plan.saturate:
+                import torch
+                joined = (neuron.name, torch.from_numpy(fixed[2]), torch.from_numpy(plan.factor),
+                          fire.lo, fire.hi, plan.reciprocal)
 
         def op(r):
             x = r.values[src]
+            if joined is not None and not r.count:
+                nname, bias_t, factor_t, lo, hi, reciprocal = joined
+                n = torch_ops.conv_fire_int8(x, w.int8(node), bias_t, factor_t, lo, hi,
+                                             reciprocal)
+                if n is not None:
+                    # the product's value is the array the fire overwrote, as in the fused
+                    # form below: nobody else reads it
+                    r.values[name] = r.values[nname] = n
+                    r.done.add(nname)
+                    return
             wf, bound, bias = fixed if fixed is not None else w.exact(r.bound(src), x, fire)
             if wf is None:
                 out, synops = _synapse(node, _as_int(x), r.count)

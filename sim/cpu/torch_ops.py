@@ -194,9 +194,13 @@ def fire_once(current: np.ndarray, offset: np.ndarray, theta: np.ndarray, lo: in
         sat = int(torch.count_nonzero(v.abs() > V_MAX))
         if sat:
             v.clamp_(-V_MAX, V_MAX)
-    factor = torch.from_numpy(theta)
-    (v.mul_(factor) if reciprocal else v.div_(factor)).floor_().clamp_(lo, hi)
-    return v.numpy(), sat
+    return _fire(v, torch.from_numpy(theta), lo, hi, reciprocal).numpy(), sat
+
+
+def _fire(v, factor, lo: int, hi: int, reciprocal: bool):
+    """clip(floor(v / θ), lo, hi) in place on the tensor v; `factor` θ, or fl(1/θ) to multiply
+    by (reciprocal)."""
+    return (v.mul_(factor) if reciprocal else v.div_(factor)).floor_().clamp_(lo, hi)
 
 
 def sum_pool(x: np.ndarray, kernel, stride, pads, out_hw, dtype) -> np.ndarray | None:
@@ -233,9 +237,9 @@ _INT8_OK: bool | None = None
 def _qconv(torch, x, packed, scales, stride, padding, dilation, groups, bias, zp=None):
     if zp is None:
         zp = torch.zeros(len(scales), dtype=torch.int64)
-    return torch.ops.onednn.qconv2d_pointwise(x, 1.0, 0, packed, scales, zp, bias, stride,
-                                              padding, dilation, groups, 1.0, 0, torch.float32,
-                                              "none", [], "")
+    return torch.ops.onednn.qconv2d_pointwise.default(x, 1.0, 0, packed, scales, zp, bias,
+                                                      stride, padding, dilation, groups, 1.0, 0,
+                                                      torch.float32, "none", [], "")
 
 
 def _int8_exact(torch) -> bool:
@@ -311,6 +315,22 @@ def conv2d_int8(x: np.ndarray, packed, bias: np.ndarray | None) -> np.ndarray | 
     torch = _torch()
     if not torch:
         return None
+    bt = None if bias is None else _tensor(torch, np.reshape(bias, -1), np.float32)
+    out = _conv_int8(torch, x, packed, bt)
+    return None if out is None else out.numpy()
+
+
+def conv_fire_int8(x: np.ndarray, packed, bias, factor, lo: int, hi: int,
+                   reciprocal: bool) -> np.ndarray | None:
+    """conv2d_int8 whose float32 output, v = I + b + θ//2 (+ 1/2) by its `bias` (a float32
+    tensor), goes straight on through the one-pass fire (kernels.FirePlan without saturation;
+    `factor` a tensor): the spikes as a float32 array, or None if oneDNN refuses."""
+    torch = _torch()
+    out = _conv_int8(torch, x, packed, bias) if torch else None
+    return None if out is None else _fire(out, factor, lo, hi, reciprocal).numpy()
+
+
+def _conv_int8(torch, x, packed, bt):
     packed, scales, (stride, padding, dilation, groups), cin, zp = packed
     # one pass: the cast to uint8 into the channels-last layout oneDNN's kernel takes (numpy's
     # cast is twice as fast as torch's copy_ here), channels beyond x's own zero
@@ -321,9 +341,7 @@ def conv2d_int8(x: np.ndarray, packed, bias: np.ndarray | None) -> np.ndarray | 
         u8 = np.zeros(nhwc.shape[:-1] + (cin,), np.uint8)
         u8[..., :nhwc.shape[-1]] = nhwc
     xt = torch.from_numpy(u8).permute(0, 3, 1, 2)
-    bt = None if bias is None else _tensor(torch, np.reshape(bias, -1), np.float32)
     try:
-        return _qconv(torch, xt, packed, scales, stride, padding, dilation, groups, bt,
-                      zp).numpy()
+        return _qconv(torch, xt, packed, scales, stride, padding, dilation, groups, bt, zp)
     except Exception:  # noqa: BLE001 - refused at run time: the caller takes the float path
         return None
