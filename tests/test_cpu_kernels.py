@@ -102,7 +102,7 @@ def test_sum_pool_in_floats_equals_int64(pool, dtype, use_torch):
 
 @pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
 @pytest.mark.parametrize("case", ["reciprocal", "float32", "float64", "int64", "saturating"])
-def test_fire_once_exact_equals_semantics(case, use_torch):
+def test_fire_plan_equals_semantics(case, use_torch):
     rng = np.random.default_rng(3)
     theta = rng.integers(1, 5000, (1, 30, 1, 1))
     bias = rng.integers(-20000, 20000, (1, 30, 1, 1))
@@ -118,9 +118,10 @@ def test_fire_once_exact_equals_semantics(case, use_torch):
     current = np.clip(np.where(rng.random(current.shape) < 0.5, edge, current), -cmax, cmax)
     bound = float(np.abs(current).max())
     held = current.astype(np.float64 if case != "int64" else np.int64)
-    n, sat, nb = kernels.fire_once_exact(held, bound, bias, theta, lo, hi, use_torch)
+    fire = kernels.Fire(bias, theta, lo, hi)
+    n, sat = kernels.FirePlan(fire, bound).apply(held, use_torch)
     expect, sat_expect = semantics.fire_once(current, bias, theta, lo, hi)
-    assert np.array_equal(n, expect) and sat == sat_expect and nb == 15
+    assert np.array_equal(n, expect) and sat == sat_expect and fire.levels == 15
     assert {"reciprocal": np.float32, "float32": np.float32, "float64": np.float64,
             "int64": np.int64, "saturating": np.float32}[case] == n.dtype
     assert kernels.Fire.reciprocal(bound + float(np.abs(bias + theta // 2).max()),
@@ -153,8 +154,8 @@ def test_reciprocal_fire_at_its_limits(use_torch):
         assert kernels.Fire.reciprocal(float(limit), np.float32)
         current = (v.reshape(-1, 1) + 0.5).astype(np.float32)
         assert np.array_equal(current - 0.5, v.reshape(-1, 1))        # exact
-        n, sat, _ = kernels.fire_once_exact(current, float(limit), zero, th,
-                                            -(2 ** 23), 2 ** 23, use_torch, biased=True)
+        fire = kernels.Fire(zero, th, -(2 ** 23), 2 ** 23)
+        n, sat = kernels.FirePlan(fire, float(limit), biased=True).apply(current, use_torch)
         assert n.dtype == np.float32 and sat == 0
         np.testing.assert_array_equal(n.ravel(), v // theta, err_msg=f"theta {theta}")
     assert not kernels.Fire.reciprocal(float(limit + 1), np.float32)

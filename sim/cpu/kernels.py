@@ -173,8 +173,7 @@ def encode_input_exact(x: np.ndarray, inv_scale, lo: int, hi: int) -> np.ndarray
 
 
 class Fire:
-    """The constants of one one-pass neuron (bias, θ, levels) in the forms fire_once_exact
-    uses: the offset b + θ//2 (int64), its largest magnitude, the largest θ, and float copies
+    """The constants of one one-pass neuron (bias, θ, levels) in the forms FirePlan uses: the offset b + θ//2 (int64), its largest magnitude, the largest θ, and float copies
     made once per dtype."""
 
     def __init__(self, bias: np.ndarray, threshold: np.ndarray, lo: int, hi: int):
@@ -225,7 +224,8 @@ class Fire:
 
 
 class FirePlan:
-    """One one-pass fire with everything that depends only on the bound decided: the dtype
+    """semantics.fire_once in float arithmetic on exact integers, for a current bounded by
+    `bound`, with everything that depends only on that bound decided once: the dtype
     (Fire.dtype's; None: the int64 definition), the multiplying or dividing form
     (Fire.reciprocal), the operands in that dtype, whether 24-bit saturation is possible.
     `biased`: the current will already hold v = I + b + θ//2 (+ 1/2 in the multiplying form),
@@ -268,24 +268,6 @@ class FirePlan:
         np.maximum(v, dtype(fire.lo), out=v)
         np.minimum(v, dtype(fire.hi), out=v)
         return v, sat
-
-
-def fire_once_exact(current: np.ndarray, bound: float, bias: np.ndarray, threshold: np.ndarray,
-                    lo: int, hi: int, use_torch: bool = False, biased: bool = False,
-                    fire: Fire | None = None):
-    """semantics.fire_once in float arithmetic on exact integers; `bound` ≥ max|current|.
-
-    The dtype is Fire.dtype's (float32, float64, or the int64 definition when neither is exact);
-    where Fire.reciprocal allows, v/θ is taken as (v + 1/2)·fl(1/θ) (same floor, proven there).
-    biased=True: `current` already holds v = I + b + θ//2 (+ 1/2 in the reciprocal form: a
-    convolution that added Fire.cast's offset as its bias), in Fire.dtype's dtype for `bound`,
-    and is overwritten. `fire`: the neuron's constants if the caller keeps them. Returns (n,
-    saturations, bound of |n|); n in the float dtype used. (FirePlan, made once, when the bound
-    is known in advance.)
-    """
-    fire = fire or Fire(bias, threshold, lo, hi)
-    n, sat = FirePlan(fire, bound, biased).apply(current, use_torch)
-    return n, sat, fire.levels
 
 
 def fanout_map(in_hw, kernel, stride, pads, dilation, out_hw) -> np.ndarray:

@@ -220,7 +220,6 @@ class _Program:
         self.nonneg: set[str] = set()     # values known ≥ 0: neurons with lo ≥ 0, index maps of them
         self.fires: dict[str, kernels.Fire] = {}
         self.biased: set[str] = set()     # products that add their neuron's offset, statically
-        self.dynamic: set[str] = set()    # products whose dtype and bias wait for the data
         self.ops = []
         for node in art.nodes:
             kind = node.kind
@@ -266,16 +265,17 @@ class _Program:
         name, src, lo, hi = node.name, node.inputs[0], node.lo, node.hi
         # in a trial, _one_pass picks the neurons with reset "subtract": the ones whose state
         # _run_trials drops after every step (a leaky neuron, reset "none", keeps its own)
-        if not (self.afresh and _one_pass(node, None)):
+        if not (self.afresh and _one_pass(node)):
             def op(r):
                 r.values[name] = _neuron_step(node, _as_int(r.values[src]), r.state, r.binary,
                                               r.stats[name], r.count)
             return op
         fire, use_torch = self._fire(node), self.use_torch
         self.static[name] = fire.levels
-        # the fire's plan made here when its input's bound and form are static
+        # the fire's plan made here when its input's bound (so its form) is static; a product
+        # whose dtype and bias wait for the data has no static bound
         plan = kernels.FirePlan(fire, self.static[src], src in self.biased) \
-            if src in self.static and src not in self.dynamic else None
+            if src in self.static else None
 
         def op(r):       # the one-pass neuron, in floats
             if name in r.done:          # fired by its convolution (`joined` in _product)
@@ -316,8 +316,6 @@ class _Program:
             self.static[name] = fixed[1]
             if fixed[2] is not None:
                 self.biased.add(name)
-        else:
-            self.dynamic.add(name)
         # a non-negative payload ≤ 255 with a float32 result: oneDNN's u8·s8 convolution
         int8 = kind == "conv" and use_torch and src in self.nonneg
         per_input = node.weight.shape[0] // node.groups if kind == "conv" else node.weight.shape[0]
@@ -330,7 +328,7 @@ class _Program:
                 and bx <= 255 and w.int8(node) is not None:
             plan = kernels.FirePlan(fire, fixed[1], biased=True)
             if plan.dtype is np.float32 and not plan.saturate:
-                import torch
+                torch = torch_ops._torch()
                 joined = (neuron.name, torch.from_numpy(fixed[2]), torch.from_numpy(plan.factor),
                           fire.lo, fire.hi, plan.reciprocal)
 
@@ -578,9 +576,10 @@ def _joined(parts: list[np.ndarray], empty) -> np.ndarray:
     return np.concatenate(parts) if parts else empty()
 
 
-def _one_pass(node, state) -> bool:
-    """The T = 1 multi-threshold neuron (semantics.fire_once) applies to this neuron node."""
-    return state is None and node.fire == "uniform" and node.reset == "subtract" \
+def _one_pass(node) -> bool:
+    """The T = 1 multi-threshold neuron (semantics.fire_once) applies to this neuron node when
+    it starts afresh (no state kept from an earlier step)."""
+    return node.fire == "uniform" and node.reset == "subtract" \
         and node.decay == semantics.LEAK_ONE
 
 
@@ -597,7 +596,7 @@ def _fusions(art, keep) -> dict:
             readers[n.source] = readers.get(n.source, 0) + 2
     out = {}
     for n in art.nodes:
-        if n.kind == "neuron" and _one_pass(n, None):
+        if n.kind == "neuron" and _one_pass(n):
             src = n.inputs[0]
             if readers.get(src) == 1 and src not in keep and src != art.output \
                     and kinds[src] in ("conv", "dense"):

@@ -179,7 +179,7 @@ def dense(x: np.ndarray, weight: np.ndarray, dtype,
 
 def fire_once(current: np.ndarray, offset: np.ndarray, theta: np.ndarray, lo: int, hi: int,
               dtype, saturate: bool, reciprocal: bool = False):
-    """kernels.fire_once_exact's float arithmetic (v = current + offset, saturate, floor(v/θ),
+    """kernels.FirePlan's float arithmetic (v = current + offset, saturate, floor(v/θ),
     clip) as in-place torch operations; offset None: `current` is v, overwritten. reciprocal:
     `theta` holds fl(1/θ) and v is multiplied by it (Fire.reciprocal's form).
     (n, saturations) or None without torch."""
@@ -227,8 +227,10 @@ def sum_pool(x: np.ndarray, kernel, stride, pads, out_hw, dtype) -> np.ndarray |
 # exception from these private ops turns the path off and the float32 kernel runs instead.
 # oneDNN's u8·s8 kernels take input channels in groups of 4 (VNNI sums four products): a
 # convolution with C_in not a multiple of 4 and one group gets zero input channels added (zero
-# weights too), which makes a one-channel first layer 1.4–1.7× faster than the float32 kernel
-# on either layout (README, "Speed").
+# weights too). On the digits CNN's one-channel first layer that is not faster than the float32
+# kernel by itself (both are slow there, README "Speed"), but it fires its neuron on its own
+# output and hands the next layer channels-last spikes: a whole outputs-only run on a batch of
+# 256 is 4–10% faster than with the float32 first layer (paired runs, one and two threads).
 INT8_MIN_TAPS = 32     # C_in/groups (so padded) · kh · kw below this: float32 is faster
 INT8_CHANNELS = 4
 _INT8_OK: bool | None = None
