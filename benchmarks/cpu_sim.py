@@ -1,6 +1,6 @@
 """sim.cpu throughput against onnxruntime running the float model, same batch, same run.
 
-    .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 60] [--rounds 15]
+    .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 60] [--rounds 12]
                                            [--threads 2] [--sim-threads 1,2]
 
 Prints samples/s for: onnxruntime (float ONNX) with --threads intra-op threads and with one,
@@ -41,7 +41,6 @@ from timing import run_seconds  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
-
 
 
 def _ort(threads: int):
@@ -91,13 +90,14 @@ def main():
     # `rounds` short blocks taken in turn, a pause after each block letting worker threads stop
     # spinning. A row's time is its median over all runs; a ratio is the median over rounds of
     # the two rows' block medians — both timed seconds apart, under the same conditions.
-    per_round = max(2, -(-args.repeats // args.rounds))
+    def per_round(repeats):
+        return max(2, -(-repeats // args.rounds))
+
     blocks: list[list[float]] = [[] for _ in cases]
     samples: list[list[float]] = [[] for _ in cases]
     for _ in range(args.rounds):
         for (_, _, fn, repeats), got, med in zip(cases, samples, blocks):
-            times = run_seconds(fn, per_round if repeats >= args.repeats else
-                                max(1, -(-repeats // args.rounds)))
+            times = run_seconds(fn, per_round(repeats))
             got += times
             med.append(statistics.median(times))
             time.sleep(0.25)
@@ -111,7 +111,7 @@ def main():
         return statistics.median(r), r[len(r) // 4], r[(3 * len(r)) // 4]
 
     t = Table(title=f"digits CNN, batch {args.batch}, {args.rounds} interleaved rounds of "
-                    f"{per_round} runs per row")
+                    f"{per_round(args.repeats)} runs per row (numpy only: fewer)")
     for c in ("runtime", "threads", "ms / batch", "samples/s",
               *(f"time vs onnxruntime ({k} thr)" for k in base)):
         t.add_column(c)
