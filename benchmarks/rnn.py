@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sim.cpu  # noqa: E402
 from timing import median_seconds  # noqa: E402
-from exporters.rnn.export import export_rnn_onnx, run_onnx_trials  # noqa: E402
+from exporters.rnn.export import export_rnn_onnx  # noqa: E402
+from toolchain.rnn import run_onnx_trials  # noqa: E402
 from exporters.rnn.model import EIRNN  # noqa: E402
-from exporters.rnn.tasks import make_task  # noqa: E402
+from toolchain.tasks import make_task  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
 

@@ -24,10 +24,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sim.cpu  # noqa: E402
-from exporters.rnn.export import export_rnn_onnx, run_onnx_trials  # noqa: E402
+from exporters.rnn.export import export_rnn_onnx  # noqa: E402
+from toolchain.rnn import run_onnx_trials  # noqa: E402
 from exporters.rnn.model import EIRNN  # noqa: E402
-from exporters.rnn.tasks import decision, make_task  # noqa: E402
-from exporters.rnn.train import masked_r2, train  # noqa: E402
+from toolchain.tasks import decision, make_task  # noqa: E402
+from exporters.rnn.train import train  # noqa: E402
+from toolchain.tasks import masked_r2  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
 VARIANTS = [(a, d) for a in ("relu", "sigmoid", "tanh") for d in (True, False)]

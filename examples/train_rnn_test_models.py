@@ -54,7 +54,7 @@ def train_one(name: str, out_dir: Path) -> dict:
 
     from exporters.rnn.export import export_rnn_onnx
     from exporters.rnn.model import EIRNN
-    from exporters.rnn.tasks import make_task
+    from toolchain.tasks import make_task
     from exporters.rnn.train import train
 
     task_name, act, dale = parse(name)
@@ -83,8 +83,8 @@ def parse(name: str) -> tuple[str, str, bool]:
 def measure(path: Path) -> dict:
     """`toolchain rnn eval --onnx` on the compiled cell: float (onnxruntime) and deployed
     (sim.cpu) masked R² and decision accuracy on the task's own trials."""
-    from exporters.rnn.tasks import make_task
-    from toolchain.cli_rnn import evaluate
+    from toolchain.tasks import make_task
+    from toolchain.rnn.evaluate import evaluate
     from toolchain.compiler import compile_onnx
 
     art = compile_onnx(path).artifact  # calibrated on the task's trials (named in the metadata)

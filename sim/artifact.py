@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.ir import ARRAY_DTYPES, Node, check_node, node_from_record
-from toolchain.errors import ArtifactError, InputFileError
+from sim.ops import Node, node_from_record
+from sim.errors import ArtifactError, InputFileError
 
 FORMAT = "sfn"
 FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ class Artifact:
             missing = [i for i in n.inputs if i not in seen]
             if missing:
                 raise ArtifactError(f"node {n.name!r} reads {missing} before they are defined")
-            problem = check_node(n, [shapes[i] for i in n.inputs])
+            problem = n.check([shapes[i] for i in n.inputs])
             if problem:
                 raise ArtifactError(f"node {n.name!r} ({n.kind}): {problem}")
             shapes[n.name] = tuple(n.shape)
@@ -78,7 +78,7 @@ class Artifact:
         if self.input not in seen or self.output not in seen:
             raise ArtifactError("manifest input/output names do not match any node")
         for n in self.nodes:
-            if n.kind == "delay":
+            if n.role == "edge":
                 if n.source not in seen:
                     raise ArtifactError(f"delay {n.name!r} reads unknown node {n.source!r}")
                 if tuple(self.node(n.source).shape) != tuple(n.shape):
@@ -88,7 +88,7 @@ class Artifact:
     @property
     def recurrent(self) -> bool:
         """A recurrent network runs on sequences (N, T, *input_shape), one readout per step."""
-        return any(n.kind == "delay" for n in self.nodes)
+        return any(n.role == "edge" for n in self.nodes)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -114,7 +114,7 @@ def to_bytes(art: Artifact) -> bytes:
         arrays = {}
         for key, value in n.arrays().items():
             member = f"arrays/{i:05d}_{key}.npy"
-            value = np.asarray(value, dtype=ARRAY_DTYPES.get(key, value.dtype))
+            value = np.asarray(value, dtype=type(n).array_dtypes.get(key, value.dtype))
             members[member] = _npy_bytes(value)
             arrays[key] = {"member": member, "dtype": value.dtype.str, "shape": list(value.shape)}
         records.append({"name": n.name, "kind": n.kind, "inputs": list(n.inputs),

@@ -119,6 +119,69 @@ def leak(v: np.ndarray, current: np.ndarray, decay: int) -> np.ndarray:
     return v + (decay * (current - v)) // LEAK_ONE
 
 
+def neuron_step(current: np.ndarray, v: np.ndarray | None, *, bias, threshold, lo: int,
+                hi: int, fire: str = "uniform", thresholds=None, payload=None,
+                decay: int = LEAK_ONE, reset: str = "subtract", binary: bool = False,
+                keep: bool = True):
+    """One timestep of an SFN neuron, the equations above, in int64: returns (payload, v after
+    the step — None where no state survives it —, saturations).
+
+    `current` is the integer input current I (B, *shape); bias, threshold, thresholds broadcast
+    against it; `v` is the state carried from the previous timestep of the same sample or trial,
+    None at its start (uniform fire: v = (K·θ)//2; reset "none": v = 0). `keep` False: nobody
+    reads the state after this step (a T = 1 pass), so a uniform neuron without leak takes the
+    one-pass form `fire_once`, which gives the same payload."""
+    if fire == "adaptive":
+        v, sat = saturate(current + bias)
+        return fire_adaptive(v, thresholds, payload), None, sat
+    if reset == "none":
+        drive = current + bias
+        v, sat = saturate(leak(0 if v is None else v, drive, decay) if decay < LEAK_ONE
+                          else drive)
+        return fire_state(v, threshold, lo, hi), v, sat
+    k, lo_q, hi_q = spike_unit(lo, hi, binary)
+    if v is None and not keep and k == 1 and decay == LEAK_ONE:
+        out, sat = fire_once(current, bias, threshold, lo_q, hi_q)
+        return out, None, sat
+    if v is None:
+        v = np.broadcast_to(initial_state(threshold, k), np.shape(current))
+    if decay < LEAK_ONE:
+        v, sat = saturate(leak(v, current + bias, decay))
+    else:
+        v, sat = saturate(v + current + bias)
+    out, v = fire_uniform(v, threshold, k, lo_q, hi_q)
+    return out, v, sat
+
+
+def neuron_step_float(current: np.ndarray, v: np.ndarray | None, *, bias, threshold, lo: int,
+                      hi: int, fire: str = "uniform", thresholds=None, payload=None,
+                      decay: int = LEAK_ONE, reset: str = "subtract", binary: bool = False):
+    """`neuron_step` in float64 without the 24-bit state clip (Lava's floating_pt models): v is
+    never clipped (a would-be clip is still counted) and the fire divides in float. Every value
+    is an integer below 2⁵³, where float64 addition, the leak's product and the floor of a
+    quotient are exact, so this equals `neuron_step` whenever that reports no saturation.
+    Returns (payload as float64, v, saturations)."""
+    drive = np.asarray(current, np.float64) + np.asarray(bias, np.float64)
+    theta = np.asarray(threshold, np.float64)
+    if fire == "adaptive":
+        sat = int(np.count_nonzero(np.abs(drive) > V_MAX))
+        crossed = np.sum(drive[..., None] >= np.asarray(thresholds, np.float64), axis=-1)
+        return np.asarray(payload, np.float64)[crossed], None, sat
+    if reset == "none":
+        v = 0.0 if v is None else v
+        v = v + np.floor(decay * (drive - v) / LEAK_ONE) if decay < LEAK_ONE else drive
+        q = np.clip(np.floor((v + np.floor(theta / 2)) / theta), lo, hi)
+        return q, v, int(np.count_nonzero(np.abs(v) > V_MAX))
+    k, lo_q, hi_q = spike_unit(lo, hi, binary)
+    step = k * theta
+    if v is None:
+        v = np.floor(step / 2)
+    v = v + np.floor(decay * (drive - v) / LEAK_ONE) if decay < LEAK_ONE else v + drive
+    sat = int(np.count_nonzero(np.abs(v) > V_MAX))
+    q = np.clip(np.floor(v / step), lo_q, hi_q)
+    return q * k, v - q * step, sat
+
+
 def readout(acc_sum: np.ndarray, bias: np.ndarray, scale: np.ndarray, timesteps: int) -> np.ndarray:
     """y = float32(A + T·b) · float32(scale / T), A the accumulator summed over T steps."""
     total = np.asarray(acc_sum, dtype=np.int64) + timesteps * np.asarray(bias, dtype=np.int64)

@@ -1,19 +1,10 @@
-"""Helpers shared by the Lava tests: exact-equality of results and a scan for Lava children."""
+"""Helpers shared by the Lava tests: exact equality of results (tests/compare.py) and a scan for
+Lava children."""
 from __future__ import annotations
 
 import os
 
-import numpy as np
-
-
-def assert_same(result, reference):
-    """Output, accumulator (values and dtypes) and every node's statistics identical."""
-    np.testing.assert_array_equal(result.accumulator, reference.accumulator)
-    np.testing.assert_array_equal(result.output, reference.output)
-    assert result.output.dtype == reference.output.dtype
-    assert result.accumulator.dtype == reference.accumulator.dtype
-    assert result.stats == reference.stats
-    assert (result.samples, result.timesteps) == (reference.samples, reference.timesteps)
+from compare import assert_same  # noqa: F401  (the Lava tests take it from here)
 
 
 def assert_failed_cleanly(info, elapsed: float, message: str, shm_names, guard: float = 60):
@@ -21,7 +12,9 @@ def assert_failed_cleanly(info, elapsed: float, message: str, shm_names, guard: 
     before the guard, no Lava child left, none of the run's shared-memory segments left."""
     assert message in str(info.value)
     assert "injected failure" in info.value.lava_traceback
-    assert elapsed < 15, f"failure took {elapsed:.1f} s to report (guard: {guard:.0f} s)"
+    # reported by the failure, not by the guard's clock: well before the guard even on a loaded
+    # machine (a failure takes a few seconds to report; the guard is minutes)
+    assert elapsed < guard / 2, f"failure took {elapsed:.1f} s to report (guard: {guard:.0f} s)"
     assert lava_children() == []
     assert shm_names and not [n for n in shm_names if os.path.exists(f"/dev/shm/{n}")]
 

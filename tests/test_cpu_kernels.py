@@ -7,8 +7,11 @@ import pytest
 
 import nets
 import sim.cpu
+import sim.reference
+from compare import assert_same as _same
+from sim import kernels as contract
 from sim import semantics
-from sim.cpu import kernels, runner, torch_ops
+from sim.cpu import kernels, program, runner, torch_ops
 from sim.ir import Conv, Dense, SumPool
 from toolchain.compiler import compile_onnx
 
@@ -61,7 +64,7 @@ def test_conv_exact_equals_integer_definition(geometry, xmax, use_torch):
     out_hw = _out(size, k, s, pads, d)
     expect = _conv_int(x, w, s, pads, d, g, out_hw) << 3
     bound = float(np.abs(w).sum(axis=(1, 2, 3)).max()) * xmax * 8
-    dtype = kernels.exact_dtype(bound)
+    dtype = contract.exact_dtype(bound)
     assert dtype is (np.float32 if xmax == 15 else np.float64)
     x_in = x.astype(dtype)
     got = kernels.conv2d_exact(x_in, w.astype(dtype) * 8, (s, s), pads, (d, d), g, out_hw,
@@ -79,7 +82,7 @@ def test_dense_exact_equals_integer_definition(xmax, use_torch):
     x = rng.integers(-xmax, xmax + 1, (300, 200))
     w = 2 * rng.integers(-128, 128, (70, 200))
     expect = x @ w.T
-    dtype = kernels.exact_dtype(float(np.abs(w).sum(axis=1).max()) * xmax)
+    dtype = contract.exact_dtype(float(np.abs(w).sum(axis=1).max()) * xmax)
     got = kernels.dense_exact(x.astype(dtype), w.astype(dtype), use_torch)
     assert got.dtype == dtype and np.array_equal(got, expect)
 
@@ -95,8 +98,8 @@ def test_sum_pool_in_floats_equals_int64(pool, dtype, use_torch):
     rng = np.random.default_rng(size)
     x = rng.integers(0, 16, (6, 5, size, size))
     out_hw = tuple((size + pads[a] + pads[a + 2] - kernel[a]) // stride[a] + 1 for a in (0, 1))
-    expect = kernels.sum_pool(x, kernel, stride, pads, out_hw)
-    got = kernels.sum_pool(x.astype(dtype), kernel, stride, pads, out_hw, dtype, use_torch)
+    expect = contract.sum_pool(x, kernel, stride, pads, out_hw)
+    got = kernels.sum_pool_exact(x.astype(dtype), kernel, stride, pads, out_hw, dtype, use_torch)
     assert got.dtype == dtype and np.array_equal(got, expect)
 
 
@@ -172,40 +175,18 @@ def test_encoder_in_float32_equals_semantics():
         assert np.array_equal(got, semantics.encode_input(x, np.float32(0.77), lo, hi))
 
 
-def _int_path(monkeypatch):
-    """Make the batched runner evaluate every node in int64 (the reference form)."""
-    step = runner._step
-    monkeypatch.setattr(runner, "_step", lambda *a, fast=True, **k: step(*a, fast=False, **k))
-
-
-def _same(a, b):
-    assert np.array_equal(a.accumulator, b.accumulator) and a.accumulator.dtype == np.int64
-    assert np.array_equal(a.output, b.output)
-    for name in a.stats:
-        assert a.stats[name] == b.stats[name], name
-    for name in a.recorded:
-        assert np.array_equal(a.recorded[name], b.recorded[name]) \
-            and a.recorded[name].dtype == np.int64
-
-
 @pytest.mark.parametrize("name", sorted(nets.NETS))
-def test_fast_runner_equals_int64_runner(name, monkeypatch):
+def test_fast_runner_equals_reference(name, monkeypatch):
     compiled, _, test = nets.compiled(name)
     art = compiled.artifact
     record = tuple(n.name for n in art.nodes if n.kind in ("neuron", "conv", "sumpool"))[:4]
     fast = sim.cpu.run(art, test, record=record)
     for timesteps, binary in ((3, False), (2, True)):
         _same(sim.cpu.run(art, test, timesteps=timesteps, binary=binary),
-              _run_int(monkeypatch, art, test, timesteps=timesteps, binary=binary))
+              sim.reference.run(art, test, timesteps=timesteps, binary=binary))
     monkeypatch.setattr(runner, "USE_TORCH", False)
     _same(fast, sim.cpu.run(art, test, record=record))
-    _same(fast, _run_int(monkeypatch, art, test, record=record))
-
-
-def _run_int(monkeypatch, art, x, **kw):
-    with monkeypatch.context() as m:
-        _int_path(m)
-        return sim.cpu.run(art, x, **kw)
+    _same(fast, sim.reference.run(art, test, record=record))
 
 
 def test_runs_without_torch(monkeypatch):
@@ -230,7 +211,7 @@ def test_torch_refused_when_it_could_round():
     with torch.backends.mkldnn.flags(enabled=False):     # → NNPACK on a batch ≥ 16
         assert torch_ops.conv2d(*args) is None
         got = kernels.conv2d_exact(x, w, *args[2:6], (8, 8), use_torch=True)
-        assert np.array_equal(got, kernels.conv2d_numpy(x, w, *args[2:6], (8, 8)))
+        assert np.array_equal(got, contract.conv2d_numpy(x, w, *args[2:6], (8, 8)))
     before = torch.backends.mkldnn.conv.fp32_precision
     try:
         torch.backends.mkldnn.conv.fp32_precision = "bf16"
@@ -246,7 +227,7 @@ def test_torch_refused_when_it_could_round():
 
 
 def test_lava_entry_point_never_calls_torch(monkeypatch):
-    """evaluate_synapse (what the forked Lava process models call) is numpy only."""
+    """A kind's `apply` (what the forked Lava process models call) is numpy only."""
     def boom():
         raise AssertionError("torch used on the Lava path")
     monkeypatch.setattr(torch_ops, "_torch", boom)
@@ -254,13 +235,13 @@ def test_lava_entry_point_never_calls_torch(monkeypatch):
     x = rng.integers(0, 16, (1, 4, 6, 6))
     conv = Conv("c", ("x",), (5, 6, 6), weight=rng.integers(-9, 9, (5, 4, 3, 3)), weight_exp=1,
                 pads=(1, 1, 1, 1))
-    out, _ = runner.evaluate_synapse(conv, [x], True)
+    out, _ = conv.apply([x], True)
     assert out.dtype == np.int64
     assert np.array_equal(out, _conv_int(x, conv.weight, 1, (1, 1, 1, 1), 1, 1, (6, 6)) << 1)
     pool = SumPool("p", ("x",), (4, 3, 3))
-    assert runner.evaluate_synapse(pool, [x], True)[0].dtype == np.int64
+    assert pool.apply([x], True)[0].dtype == np.int64
     dense = Dense("d", ("x",), (3,), weight=rng.integers(-9, 9, (3, 144)))
-    assert runner.evaluate_synapse(dense, [x.reshape(1, -1)], True)[0].dtype == np.int64
+    assert dense.apply([x.reshape(1, -1)], True)[0].dtype == np.int64
 
 
 def test_thread_count_is_set_for_the_run_and_restored():
@@ -382,10 +363,10 @@ def test_runner_takes_the_int8_path_and_falls_back(monkeypatch):
     monkeypatch.setattr(torch_ops, "_INT8_OK", False)
     _same(int8, sim.cpu.run(art, test))
     assert calls == []
-    _same(int8, _run_int(monkeypatch, art, test))
+    _same(int8, sim.reference.run(art, test))
 
 
-def test_program_follows_replaced_parameters_and_is_dropped_with_its_artifact(monkeypatch):
+def test_program_follows_replaced_parameters_and_is_dropped_with_its_artifact():
     """The batched runner's program is made once per artifact; replacing a node's parameter by
     another array rebuilds it (the new bias shows in the output, equal to the int64 path), and
     the program goes when its artifact does."""
@@ -394,21 +375,21 @@ def test_program_follows_replaced_parameters_and_is_dropped_with_its_artifact(mo
     compiled, _, test = nets.compiled("avgpool_cnn")
     art = copy.deepcopy(compiled.artifact)
     before = sim.cpu.run(art, test)
-    assert len([k for k in runner._PROGRAMS if k[0] == id(art)]) == 1
+    assert len([k for k in program.PROGRAMS if k[0] == id(art)]) == 1
     assert sim.cpu.run(art, test).accumulator.tobytes() == before.accumulator.tobytes()
     neuron = next(n for n in art.nodes if n.kind == "neuron")
     neuron.bias = neuron.bias + 3 * np.asarray(neuron.threshold)     # three levels up
     after = sim.cpu.run(art, test)
     assert not np.array_equal(after.accumulator, before.accumulator)
-    _same(after, _run_int(monkeypatch, art, test))
+    _same(after, sim.reference.run(art, test))
     key = id(art)
     del art
     gc.collect()
-    assert not [k for k in runner._PROGRAMS if k[0] == key]
+    assert not [k for k in program.PROGRAMS if k[0] == key]
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_program_equals_int64_on_random_conv_stacks(seed, monkeypatch):
+def test_program_equals_reference_on_random_conv_stacks(seed):
     """Random two-conv stacks with few input channels (the int8 path pads them to four), random
     geometry, fused offsets and both fire forms (small bounds multiply by fl(1/θ), large ones
     divide), with counts and without (where an int8 convolution fires its neuron itself): the
@@ -442,6 +423,6 @@ def test_program_equals_int64_on_random_conv_stacks(seed, monkeypatch):
     art = Artifact(nodes, "x", "y")
     art.validate()
     x = rng.uniform(0, 10, (37, c0, size, size)).astype(np.float32)
-    _same(sim.cpu.run(art, x), _run_int(monkeypatch, art, x))
+    _same(sim.cpu.run(art, x), sim.reference.run(art, x))
     _same(sim.cpu.run(art, x, count=False, threads=1),
-          _run_int(monkeypatch, art, x, count=False))
+          sim.reference.run(art, x, count=False))

@@ -32,7 +32,7 @@ def _compiled(activation: str, dale: bool, units: int = 24, task: str = "go_nogo
 
     from exporters.rnn.export import export_rnn_onnx
     from exporters.rnn.model import EIRNN
-    from exporters.rnn.tasks import make_task
+    from toolchain.tasks import make_task
     from toolchain.compiler import compile_onnx
 
     data = make_task(task, T=steps)
@@ -57,7 +57,7 @@ def _trials(n: int = 11, steps: int = 25, inputs: int = 3, seed: int = 5) -> np.
 def test_shipped_tanh_cell_equals_cpu_either_scale(per_channel):
     """A trained 100-unit tanh cell with Dale's law, both activation-scale choices: per unit the
     leaky thresholds differ unit by unit (they absorb the gain rounding); fixed_pt is sim.cpu."""
-    from exporters.rnn.tasks import make_task
+    from toolchain.tasks import make_task
     from toolchain.compiler import compile_onnx
     path = os.path.join(os.path.dirname(__file__), "data", "rnn", "cddm_tanh_dale.onnx")
     art = compile_onnx(path, per_channel=per_channel).artifact
@@ -276,7 +276,7 @@ def test_schedule_and_hardware_cases():
 @pytest.mark.slow
 def test_cddm_sized_network_equals_cpu():
     """100 units, 6 inputs, 2 outputs, T = 300, 98 trials (the CDDM analysis grid)."""
-    from exporters.rnn.tasks import CDDM_ANALYSIS_COHERENCES, make_task
+    from toolchain.tasks import CDDM_ANALYSIS_COHERENCES, make_task
 
     art, _ = _compiled("relu", True, units=100, task="cddm", steps=300, seed=0)
     x = make_task("cddm", T=300, coherences=CDDM_ANALYSIS_COHERENCES).inputs

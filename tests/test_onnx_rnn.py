@@ -271,9 +271,9 @@ def test_both_outputs_refused(tmp_path):
 def test_rnn_eval_runs_the_onnx_rnn_model(tmp_path):
     """`toolchain rnn eval --onnx` on an RNN-operator model: the float side is the model itself
     under onnxruntime (here an untrained Go/NoGo-shaped network: 3 inputs, 1 output)."""
-    from exporters.rnn.tasks import decision, make_task
-    from exporters.rnn.train import masked_r2
-    from toolchain.cli_rnn import evaluate
+    from toolchain.tasks import decision, make_task
+    from toolchain.tasks import masked_r2
+    from toolchain.rnn.evaluate import evaluate
     torch.manual_seed(2)
     path = _export(TorchRNN("tanh", n_out=1).eval(), tmp_path / "gonogo.onnx")
     task = make_task("go_nogo")

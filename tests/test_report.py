@@ -12,7 +12,8 @@ import sim.cpu
 from exporters.digits import load_digits_split
 from sim import semantics
 from sim.artifact import save
-from toolchain.cli_mapping import report, targets
+from toolchain.cli.report import report
+from toolchain.cli.targets import targets
 from toolchain.energy import tap_payloads
 from toolchain.errors import InputFileError
 from toolchain.mapping import map_artifact

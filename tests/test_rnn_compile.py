@@ -7,7 +7,9 @@ import torch
 from onnx import numpy_helper
 
 import sim.cpu
-from exporters.rnn.export import export_rnn_onnx, run_onnx_trials
+import sim.reference
+from exporters.rnn.export import export_rnn_onnx
+from toolchain.rnn import run_onnx_trials
 from exporters.rnn.model import EIRNN
 from sim import semantics
 from toolchain.compiler import compile_onnx
@@ -49,18 +51,17 @@ def test_leaky_neuron_follows_the_integer_equations(tmp_path):
     art = compile_onnx(path, calib=_trials()).artifact
     x = _trials(2, 30, 3)
     y, gain = art.node("y"), art.node("y/in")
-    # the f payloads per step, from a run that exposes them through a trimmed artifact
-    from sim.cpu.runner import _step, LayerStats
-    stats = {n.name: LayerStats() for n in art.nodes}
-    values, state, v = {}, {}, np.zeros((2, y.shape[0]), np.int64)
+    # the f and y payloads of every step, from the int64 oracle (and sim.cpu, identical)
+    rec = sim.reference.run(art, x, record=("f", "y")).recorded
+    assert all(np.array_equal(a, b) for a, b in
+               zip(rec.values(), sim.cpu.run(art, x, record=("f", "y")).recorded.values()))
+    v = np.zeros((2, y.shape[0]), np.int64)
     for t in range(x.shape[1]):
-        state = {k: s for k, s in state.items() if k == "y"}
-        values = _step(art, x[:, t], {}, values, state, False, False, stats)
-        current = (gain.gains[0][None] * values["f"]) << gain.exps[0]
+        current = (gain.gains[0][None] * rec["f"][:, t]) << gain.exps[0]
         v = np.clip(v + (y.decay * (current - v)) // 4096, -semantics.V_MAX, semantics.V_MAX)
         expect = np.clip(np.floor((v + y.threshold[None] // 2) / y.threshold[None]), y.lo, y.hi)
-        assert np.array_equal(values["y"], expect)
-    assert np.abs(values["y"]).max() > 0
+        assert np.array_equal(rec["y"][:, t], expect)
+    assert np.abs(rec["y"]).max() > 0
 
 
 def test_dale_violation_is_refused_naming_units(tmp_path):

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import pytest
 
-from exporters.rnn.tasks import make_task
+from toolchain.tasks import make_task
 from toolchain import rnn
-from toolchain.cli_rnn import evaluate
+from toolchain.rnn.evaluate import evaluate
 from toolchain.compiler import compile_onnx
 from toolchain.errors import QuantizationError
 

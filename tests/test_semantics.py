@@ -90,7 +90,7 @@ def test_encoder_matches_float32_formula():
 def test_conv_synops_equal_brute_force(geometry):
     """SynOps = Σ over outputs of the nonzero inputs in their receptive field, counted directly
     with a convolution of the nonzero mask by an all-ones kernel."""
-    from sim.cpu import kernels
+    from sim import kernels
     size, k, s, pads, d, g = geometry
     ci, co = 4, 6
     rng = np.random.default_rng(size + k)

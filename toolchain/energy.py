@@ -30,13 +30,11 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from sim import ir
+import sim.cpu
 from sim.artifact import Artifact, atomic_write
-from sim.cpu import LayerStats, SimResult
+from sim.results import LayerStats, SimResult
 from toolchain.mapping import Placement
 from toolchain.target import Target
-
-INDEX_KINDS = ("reshape", "transpose", "concat", "delay")
 
 
 @dataclass
@@ -44,7 +42,7 @@ class LayerActivity:
     """One node's activity and cost per inference (one sample: all its timesteps)."""
     name: str
     kind: str
-    role: str                       # input | neuron | relay | maxpool | readout | synapse
+    role: str                       # input | relay | synapse | the compartment role (Placement)
     compartments: int               # on-core compartments (0 for host and pure synapse nodes)
     cores: int
     elements: int                   # outputs per step
@@ -83,16 +81,6 @@ class EnergyReport:
         return out
 
 
-def macs(node: ir.Node) -> int:
-    """Multiply-accumulates of one evaluation of a dense or conv node in the float network."""
-    if node.kind == "dense":
-        return int(node.weight.size)
-    if node.kind == "conv":
-        c_out, c_in_g, kh, kw = node.weight.shape
-        return int(np.prod(node.shape)) * c_in_g * kh * kw
-    return 0
-
-
 def _steps(art: Artifact, result: SimResult) -> int:
     """Timesteps per inference: T, or the trial length of a recurrent network."""
     return int(result.accumulator.shape[1]) if art.recurrent else int(result.timesteps)
@@ -115,7 +103,7 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
     rows, notes = [], []
     unmeasured = []
     for node in art.nodes:
-        if node.kind in INDEX_KINDS:
+        if node.role in ("index", "edge"):     # index maps: no compartments, no arithmetic
             continue
         st = result.stats.get(node.name, LayerStats())
         layer = placement.layers.get(node.name)
@@ -128,11 +116,11 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
             nonzero = {int(v): int(c) for v, c in hist.items() if int(v) != 0}
             spikes = sum(nonzero.values()) / samples
             mean = sum(abs(v) * c for v, c in nonzero.items()) / max(sum(nonzero.values()), 1)
-        elif node.kind == "neuron":
+        elif node.role == "neuron":
             spikes, mean = st.spikes / samples, st.payload / max(st.spikes, 1)
         else:
             spikes = mean = None
-        emits = role in ("input", "neuron", "relay", "maxpool")
+        emits = role not in ("readout", "synapse")    # sources of spikes: all but sinks
         if emits and spikes is None:
             unmeasured.append(node.name)
         destinations = len(placement.destination_cores(node.name)) if emits else 0
@@ -145,7 +133,7 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
             elements, spikes, None if spikes is None else spikes / (elements * steps),
             mean if emits else None,
             None if hist is None else {str(int(v)): int(c) for v, c in sorted(hist.items())},
-            destinations, synops, macs(node) * ann_passes, st.saturations, energy))
+            destinations, synops, node.macs() * ann_passes, st.saturations, energy))
     if unmeasured:
         notes.append(f"spikes of {', '.join(unmeasured)} not measured (no payload histogram): "
                      "their spike-message energy is left out")
@@ -172,7 +160,6 @@ def tap_payloads(art: Artifact, x: np.ndarray, names: list[str], timesteps: int 
     """Run sim.cpu on `x`, returning its SimResult and histograms of the integer values of nodes
     `names` ({value: count} over all samples and steps). A feed-forward run at T > 1 records
     only sums over its steps: there the histograms are None."""
-    import sim.cpu
     if timesteps > 1 and not art.recurrent:
         return sim.cpu.run(art, x, timesteps=timesteps, progress=progress), None
     result = sim.cpu.run(art, x, timesteps=timesteps, batch_size=batch_size, progress=progress,

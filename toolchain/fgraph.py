@@ -2,11 +2,8 @@
 
 A `networkx.DiGraph` whose nodes are named after the ONNX tensor they compute (so calibration can
 read every node's float value from onnxruntime), each with an `op`, ordered `inputs`, a per-sample
-`shape` and float parameters. Ops:
-
-    input | conv(W, b, stride, pads, dilation, groups) | dense(W, b) | affine(scale, shift)
-    add | relu(hi) | avgpool(kernel, stride, pads) | maxpool(kernel, stride, pads, dilation)
-    concat(axis) | reshape | transpose(perm) | output(softmax)
+`shape` and float parameters. The ops are what the converters (toolchain/onnx_import/converters)
+write and the quantizer's rules (`op_<op>` in toolchain/quantize) read: float ops, one rule each.
 
 A node with `synthetic=True` in its params has no ONNX tensor of its own (a pooling split off a
 ReduceMean with keepdims=0); calibration skips it.

@@ -30,6 +30,7 @@ import numpy as np
 import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
+from toolchain.compiled import agreement
 from toolchain.errors import QuantizationError
 from toolchain.quantize import QuantOptions, Quantizer
 
@@ -75,7 +76,6 @@ def search(fg, stats, opts: QuantOptions, softmax: str, source, output_name: str
            seed: int = 0) -> dict:
     """Run the grid; return {"lambda", "curve", "rule", "tolerance", "error_factor",
     "samples"}."""
-    from toolchain.compiler import agreement
     grid = check_grid(grid, tolerance)
     if len(data) > MAX_SAMPLES:
         idx = np.sort(np.random.default_rng(seed).choice(len(data), MAX_SAMPLES, replace=False))

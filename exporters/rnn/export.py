@@ -13,13 +13,13 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .model import EIRNN, euler_step
-from .tasks import Task
+from toolchain.rnn import run_onnx_trials
+from toolchain.tasks import Task
 
 WEIGHTS = ("W_inp", "W_rec", "W_out")
 
@@ -37,23 +37,6 @@ class _Cell(nn.Module):
         h_next = euler_step(h, F.linear(u, self.W_inp), self.W_rec, self.alpha, self.activation,
                             self.slope)
         return F.linear(h_next, self.W_out), h_next
-
-
-def run_onnx_trials(path, inputs, h0=None):
-    """Iterate the exported cell over trials ``inputs`` (B, T, n_in) with onnxruntime.
-
-    Returns (outputs (B, T, n_out), states (B, T, N)) in the convention of ``EIRNN.forward``.
-    """
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = np.asarray(inputs, dtype=np.float32)
-    n_units = sess.get_inputs()[1].shape[1]
-    h = np.zeros((x.shape[0], n_units), np.float32) if h0 is None else np.asarray(h0, np.float32)
-    outs, states = [], []
-    for t in range(x.shape[1]):
-        o, h = sess.run(["o", "h_next"], {"u": x[:, t], "h": h})
-        outs.append(o)
-        states.append(h)
-    return np.stack(outs, 1), np.stack(states, 1)
 
 
 def export_rnn_onnx(model: EIRNN, path, opset=17, task: Task | str | None = None, check=True,

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import EIRNN
-from .tasks import Task, decision, make_task
+from toolchain.tasks import Task, decision, make_task, masked_r2
 
 # Per-task (steps, batch_size); batch_size None = the whole condition batch every step. Go/NoGo
 # and CDDM were measured to reach R² ≥ 0.8 for all six {relu, sigmoid, tanh} × {Dale, no Dale}
@@ -33,14 +33,6 @@ class TrainResult:
     best_val_loss: float
     r2: float
     accuracy: float | None
-
-
-def masked_r2(outputs, targets, mask) -> float:
-    """R² = 1 − SSE/SST over the masked (trial, time) entries of all outputs (SST about their
-    common mean)."""
-    m = np.asarray(mask, dtype=bool)
-    o, t = np.asarray(outputs)[m], np.asarray(targets)[m]
-    return float(1.0 - np.sum((o - t) ** 2) / np.sum((t - t.mean()) ** 2))
 
 
 @torch.no_grad()

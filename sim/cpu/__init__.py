@@ -1,4 +1,5 @@
-"""The CPU simulator: vectorized, batched, bit-exact reference backend."""
-from sim.cpu.runner import LayerStats, SimResult, run
+"""The CPU simulator: vectorized, batched, bit-exact to the integer contract (sim.reference)."""
+from sim.cpu.runner import run
+from sim.results import LayerStats, SimResult
 
 __all__ = ["run", "SimResult", "LayerStats"]

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from sim.semantics import V_MAX
+
 _TORCH = None          # the module once imported, False when unavailable or switched off
 # conv backends that are plain sums of products (no operand transform): exact under the bound
 _EXACT_CONV_BACKENDS = {"Mkldnn", "Slow2d", "SlowDilated2d", "Empty"}
@@ -186,7 +188,6 @@ def fire_once(current: np.ndarray, offset: np.ndarray, theta: np.ndarray, lo: in
     torch = _torch()
     if not torch:
         return None
-    from sim.semantics import V_MAX
     v = _tensor(torch, current, dtype) if offset is None else \
         torch.add(_tensor(torch, current, dtype), torch.from_numpy(offset))
     sat = 0

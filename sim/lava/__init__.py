@@ -8,6 +8,7 @@ cell process over batches of trials (sim.lava.recurrent).
 package does not import Lava; a run does (through sim.lava.compat).
 """
 from sim.lava.hardware import HARDWARE_CASES, hardware_case
-from sim.lava.runner import TAGS, run
+from sim.lava.guard import TAGS
+from sim.lava.runner import run
 
 __all__ = ["run", "hardware_case", "HARDWARE_CASES", "TAGS"]

@@ -44,7 +44,7 @@ def build(plan: Plan, x: np.ndarray) -> Network:
         common = dict(chain=stage.chain, input_shapes=stage.input_shapes, delays=stage.delays,
                       offset=stage.offset, timesteps=plan.timesteps, num_samples=len(x),
                       lanes=plan.lanes)
-        if stage.node.kind == "neuron":
+        if stage.node.role == "neuron":
             proc = SFNNeuronLayer(neuron=stage.node, binary=plan.binary, **common)
             layers[stage.node.name] = senders[stage.node.name] = proc
         else:

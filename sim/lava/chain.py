@@ -2,9 +2,9 @@
 readout) and the neuron/input nodes that feed it, evaluated on a batch of lanes (the samples
 one Lava step carries side by side; sim.cpu's kernels take a leading batch axis).
 
-A Lava process per synapse node would cost ~84 µs per step each (notes/lava.md), so each neuron
-layer's process computes its whole chain (conv, sum-pool, add, concat, ...) in numpy with
-sim.cpu's own kernels; the integer results and the synops counts are sim.cpu's by construction.
+A Lava process per synapse node would cost ~0.1 ms per step each (docs/lava.md), so each neuron
+layer's process computes its whole chain in numpy with each kind's own integer map (sim.ops, the
+contract); the integer results and the synops counts are sim.reference's by construction.
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.cpu.runner import evaluate_synapse
-from sim.ir import Node
+from sim.ops import Node
 
 
 @dataclass
@@ -35,6 +34,6 @@ class Chain:
         values = dict(zip(self.sources, inputs))
         synops = np.zeros(len(self.nodes), dtype=np.int64)
         for i, node in enumerate(self.nodes):
-            values[node.name], synops[i] = evaluate_synapse(
-                node, [values[n] for n in node.inputs], count and node.name in self.counted)
+            values[node.name], synops[i] = node.apply(
+                [values[n] for n in node.inputs], count and node.name in self.counted)
         return values[self.output], synops

@@ -5,7 +5,7 @@ lava-nc 0.10.0 declares Python < 3.11. On 3.11 exactly one module fails to impor
 dataclass as default, which 3.11 rejects ("mutable default ... is not allowed"). While that one
 module is imported, `dataclasses._get_field` turns such a default into a `default_factory`
 returning the same object, which is what 3.10 did with it. Nothing else of Lava is patched; every
-other module imports and runs unchanged (see ../shared/notes/lava.md).
+other module imports and runs unchanged (docs/lava.md).
 
 Call `load_lava()` before importing anything from `lava` so `import sim.lava` stays cheap (no
 Lava, no multiprocessing start-method change) until a Lava run is actually requested.
@@ -23,7 +23,7 @@ import multiprocessing
 import sys
 import threading
 
-from toolchain.errors import SimulationError
+from sim.errors import SimulationError
 
 _LOCK = threading.Lock()
 _PATCHED_MODULE = "lava.magma.compiler.var_model"

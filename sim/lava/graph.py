@@ -12,7 +12,7 @@ every value a stage combines belongs to the same sample. Step u is timestep u mo
 u // T; the readout's offset is the graph's latency D.
 
 Lanes: every message is a (B, *shape) batch of B samples side by side, and every stage holds its
-state for B samples, so the per-step cost of Lava (~0.1 ms per process, notes/lava.md) is shared
+state for B samples, so the per-step cost of Lava (~0.1 ms per process, docs/lava.md) is shared
 by B samples. Step u is then timestep u mod T of group g = u // T, the samples g·B … g·B + B − 1
 (the last group may hold fewer: its padding rows are sent as zeros and never evaluated), and
 N samples take ⌈N/B⌉·T + D steps. B = 1 is the one-sample-per-step pipeline.
@@ -24,14 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.artifact import Artifact
-from sim.ir import Input, Node
+from sim.errors import SimulationError, UnsupportedOpError
 from sim.lava.chain import Chain
-from toolchain.errors import SimulationError, UnsupportedOpError
+from sim.ops import Input, Node
+from sim.ops.base import EDGE, INDEX, NEURON, SINK, SOURCE, SYNAPSE
 
 MAX_INPUTS = 8  # in-ports of a stage process (Lava models declare ports statically)
-COMPUTE_KINDS = ("neuron", "readout")
-CHAIN_KINDS = ("dense", "conv", "sumpool", "maxpool", "add", "concat", "reshape", "transpose")
-MAPPED_KINDS = ("input",) + COMPUTE_KINDS + CHAIN_KINDS
+# a stage process per neuron layer and for the readout; synapse and index nodes are computed in
+# the chain of the stage they feed; delays only inside a recurrent cell (sim.lava.recurrent)
+COMPUTE_ROLES = (NEURON, SINK)
+CHAIN_ROLES = (SYNAPSE, INDEX)
+MAPPED_ROLES = (SOURCE,) + COMPUTE_ROLES + CHAIN_ROLES
 DEFAULT_LANES = 64         # samples side by side when lanes is not given
 MESSAGE_BYTES = 1 << 20    # largest (B, *shape) message; Lava allocates 64 per channel
 
@@ -56,7 +59,7 @@ class Plan:
 
     @property
     def readout(self) -> Stage:
-        return next(s for s in self.stages if s.node.kind == "readout")
+        return next(s for s in self.stages if s.node.role == SINK)
 
     @property
     def latency(self) -> int:
@@ -80,11 +83,7 @@ class Plan:
         by two chains counted twice, as it is computed twice)."""
         total = 0
         for stage in self.stages:
-            for node in stage.chain.nodes:
-                if node.kind == "dense":
-                    total += node.weight.size
-                elif node.kind == "conv":
-                    total += node.weight.size * int(np.prod(node.shape[-2:]))
+            total += sum(node.macs() for node in stage.chain.nodes)
         return total
 
 
@@ -98,34 +97,35 @@ def choose_lanes(p: Plan, samples: int, lanes: int | None = None) -> int:
     return max(1, min(samples, DEFAULT_LANES if lanes is None else int(lanes), cap))
 
 
-def refuse_unmapped(art: Artifact, kinds: tuple[str, ...] = MAPPED_KINDS,
+def refuse_unmapped(art: Artifact, roles: tuple[str, ...] = MAPPED_ROLES,
                     recurrent: bool = False) -> None:
     """Raise UnsupportedOpError naming the first node sim.lava cannot map, before anything runs:
-    a kind outside `kinds`, or (feed-forward only) a neuron that does not reset by subtraction."""
+    a role outside `roles`, or (feed-forward only) a neuron that does not reset by subtraction."""
     defined = set()
     for node in art.nodes:
         where = f"node {node.name!r} ({node.kind})"
-        if node.kind not in kinds:
+        if node.role not in roles or (node.role in CHAIN_ROLES
+                                      and type(node).apply is Node.apply):
+            what = "a recurrent edge outside a recurrent cell" if node.role == EDGE else \
+                f"its kind defines no integer map for a {node.role!r} node"
             raise UnsupportedOpError(
-                f"{where} has no Lava mapping (sim.lava maps {', '.join(kinds)}"
-                f"{' in a recurrent network' if recurrent else ''}); run this artifact with the "
-                "cpu backend")
+                f"{where} has no Lava mapping ({what}); run this artifact with the cpu backend")
         later = [i for i in node.inputs if i not in defined]
         if later:
             raise UnsupportedOpError(f"{where} reads {later} before they are computed; a "
                                      "recurrent edge must be a delay node")
-        if not recurrent and node.kind == "neuron" and node.reset != "subtract":
+        if not recurrent and node.role == NEURON and node.reset != "subtract":
             raise UnsupportedOpError(
                 f"{where}: reset {node.reset!r} is mapped only in a recurrent network's cell "
                 "(sim.lava.recurrent); a feed-forward layer resets by subtraction; use the cpu "
                 "backend")
-        if node.kind == "input" and node.name != art.input:
+        if node.role == SOURCE and node.name != art.input:
             raise UnsupportedOpError(f"{where}: sim.lava maps one input node ({art.input!r})")
-        if node.kind == "readout" and node.name != art.output:
+        if node.role == SINK and node.name != art.output:
             raise UnsupportedOpError(f"{where}: sim.lava maps one readout ({art.output!r})")
         defined.add(node.name)
     for node in art.nodes:
-        if node.kind == "delay" and node.source not in defined:
+        if node.role == EDGE and node.source not in defined:
             raise UnsupportedOpError(f"delay {node.name!r} reads unknown node {node.source!r}")
 
 
@@ -135,7 +135,7 @@ def plan(art: Artifact, timesteps: int = 1, binary: bool = False, lanes: int = 1
     refuse_unmapped(art)
     if timesteps < 1:
         raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
-    if timesteps > 1 and any(n.kind == "neuron" and n.fire == "adaptive" for n in art.nodes):
+    if timesteps > 1 and any(getattr(n, "fire", "") == "adaptive" for n in art.nodes):
         raise SimulationError("adaptive fire functions are defined for T = 1 only")
     by_name = {n.name: n for n in art.nodes}
     order = {n.name: i for i, n in enumerate(art.nodes)}
@@ -143,13 +143,13 @@ def plan(art: Artifact, timesteps: int = 1, binary: bool = False, lanes: int = 1
     counted: set[str] = set()
     stages = []
     for node in art.nodes:
-        if node.kind not in COMPUTE_KINDS:
+        if node.role not in COMPUTE_ROLES:
             continue
         members, sources = set(), set()
         pending = list(node.inputs)
         while pending:
             upstream = by_name[pending.pop()]
-            if upstream.kind in ("neuron", "input"):
+            if upstream.role in (NEURON, SOURCE):
                 sources.add(upstream.name)
             elif upstream.name not in members:
                 members.add(upstream.name)

@@ -8,8 +8,8 @@ The cell computes every node of the artifact except the input and the readout, i
 order, one trial step per Lava step (sim.lava.cell). A Delay reads its source's value from the
 previous Lava step inside the same process, so the recurrent loop has exactly one step of delay
 whatever the number of neuron layers on it (one process per layer would add a step per layer and
-break the loop's timing). The synapse chains stay sim.cpu's kernels and the neurons
-sim.semantics, so fixed_pt is bit-exact to sim.cpu by construction.
+break the loop's timing). The synapse chains are each kind's integer map and the neurons the
+contract's step (sim.lava.cell), so fixed_pt is bit-exact to sim.reference by construction.
 
 Schedule: the N trials run in groups of B side by side (every message is a (B, …) batch), the
 groups back to back, T Lava steps each; padding rows of the last group are sent but never
@@ -28,14 +28,16 @@ import numpy as np
 
 from sim import semantics
 from sim.artifact import Artifact
-from sim.cpu.runner import SimResult, prepare_run
-from sim.ir import Input, Node, Readout
+from sim.errors import SimulationError
 from sim.lava.cell import STATS
 from sim.lava.compat import load_lava
-from sim.lava.graph import MAPPED_KINDS, refuse_unmapped as _refuse
-from toolchain.errors import SimulationError
+from sim.lava.graph import MAPPED_ROLES, refuse_unmapped as _refuse
+from sim.lava.guard import GuardedRun, check_tag, default_timeout as per_step
+from sim.ops import Input, Node, Readout
+from sim.ops.base import EDGE
+from sim.results import SimResult, prepare_run
 
-RECURRENT_KINDS = MAPPED_KINDS + ("delay",)
+RECURRENT_ROLES = MAPPED_ROLES + (EDGE,)
 DEFAULT_BATCH = 1024       # trials side by side in one Lava step (sim.cpu's batch_size)
 MESSAGE_BYTES = 1 << 20    # largest (B, …) message; Lava allocates 64 per channel
 MAC_SECONDS = 5e-8         # timeout allowance per multiply-accumulate (numpy: ~1 ns)
@@ -70,13 +72,7 @@ class TrialPlan:
 
     def macs_per_step(self) -> int:
         """Multiply-accumulates of one trial step (dense and conv nodes)."""
-        total = 0
-        for node in self.nodes:
-            if node.kind == "dense":
-                total += node.weight.size
-            elif node.kind == "conv":
-                total += node.weight.size * int(np.prod(node.shape[-2:]))
-        return total
+        return sum(node.macs() for node in self.nodes)
 
 
 def trial_batch(art: Artifact, trials: int, batch: int | None = None) -> int:
@@ -90,7 +86,7 @@ def trial_batch(art: Artifact, trials: int, batch: int | None = None) -> int:
 
 
 def plan(art: Artifact, trials: int, trial_steps: int, batch: int | None = None) -> TrialPlan:
-    _refuse(art, RECURRENT_KINDS, recurrent=True)
+    _refuse(art, RECURRENT_ROLES, recurrent=True)
     readout = art.node(art.output)
     cell = [n for n in art.nodes if n.name not in (art.input, art.output)]
     return TrialPlan(art.node(art.input), readout, cell, readout.inputs[0], trials, trial_steps,
@@ -108,7 +104,6 @@ def step_major(p: TrialPlan, x: np.ndarray) -> np.ndarray:
 
 
 def default_timeout(p: TrialPlan, processes: int = 3) -> float:
-    from sim.lava.runner import default_timeout as per_step
     return per_step(p.num_steps, processes) + \
         MAC_SECONDS * p.macs_per_step() * p.trials * p.trial_steps
 
@@ -124,12 +119,9 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     the trials run side by side (module docstring). `progress(n)` is called as each group of n
     trials completes.
     """
-    from sim.lava.runner import TAGS, GuardedRun
-
-    _refuse(art, RECURRENT_KINDS, recurrent=True)
+    _refuse(art, RECURRENT_ROLES, recurrent=True)
     x, stats = prepare_run(art, x, timesteps)
-    if tag not in TAGS:
-        raise SimulationError(f"unknown Lava tag {tag!r}; use one of {', '.join(TAGS)}")
+    check_tag(tag)
     readout = art.node(art.output)
     trials, steps = x.shape[:2]
     if trials == 0:

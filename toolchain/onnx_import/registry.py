@@ -31,5 +31,6 @@ def converter(*op_types: str, note: str = ""):
 
 
 def supported_ops() -> list[str]:
-    from toolchain.onnx_import import converters  # noqa: F401  (fills the registry)
+    """Every op type with a converter (complete once `toolchain.onnx_import` is imported, which
+    imports every converter module)."""
     return sorted(CONVERTERS)

@@ -11,7 +11,7 @@ between floating_pt processes and enter the (integer) synapse chains as the inte
 The recurrent cell (sim.lava.cell) does the same for its neurons; there a saturating leaky
 integrator carries the difference on through the rest of its trial (never into another trial).
 
-Never call torch here: Lava forks these models (notes/lava.md).
+Never call torch here: Lava forks these models (docs/lava.md).
 """
 from __future__ import annotations
 
@@ -187,6 +187,13 @@ class _NeuronLayerModel(_StageModel):
         """Payload (rows, *shape) and saturation count of this step for lanes [0, rows)."""
         raise NotImplementedError
 
+    def neuron_fields(self) -> dict:
+        """The neuron's parameters, from its Vars, as semantics.neuron_step takes them."""
+        return dict(bias=self.bias[None], threshold=self.threshold[None], lo=int(self.lo[0]),
+                    hi=int(self.hi[0]), fire="adaptive" if self.adaptive[0] else "uniform",
+                    thresholds=self.thresholds[None], payload=self.payload,
+                    decay=int(self.decay[0]))
+
 
 @implements(proc=SFNNeuronLayer, protocol=LoihiProtocol)
 @requires(CPU)
@@ -200,25 +207,13 @@ class PySFNNeuronLayerFixed(_NeuronLayerModel):
     s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
 
     def fire(self, current, rows, first_step):
-        bias = self.bias[None]
-        if self.adaptive[0]:
-            v, saturations = semantics.saturate(current + bias)
-            return semantics.fire_adaptive(v, self.thresholds[None], self.payload), saturations
-        k, lo_q, hi_q = semantics.spike_unit(int(self.lo[0]), int(self.hi[0]),
-                                             bool(self.binary[0]))
-        decay = int(self.decay[0])
-        if int(self.timesteps[0]) == 1 and k == 1 and decay == semantics.LEAK_ONE:
-            # T = 1: v restarts every step, so the residual state is never read (sim.cpu's pass)
-            return semantics.fire_once(current, bias, self.threshold[None], lo_q, hi_q)
-        if first_step:
-            self.v[...] = semantics.initial_state(self.threshold, k)[None]
-        v = self.v[:rows]
-        if decay < semantics.LEAK_ONE:
-            v, saturations = semantics.saturate(semantics.leak(v, current + bias, decay))
-        else:
-            v, saturations = semantics.saturate(v + current + bias)
-        out, v = semantics.fire_uniform(v, self.threshold[None], k, lo_q, hi_q)
-        self.v[:rows] = v
+        # T = 1: v restarts every step, so the residual state is never kept (sim.cpu's pass)
+        keep = int(self.timesteps[0]) > 1
+        out, v, saturations = semantics.neuron_step(
+            current, None if first_step else self.v[:rows], binary=bool(self.binary[0]),
+            keep=keep, **self.neuron_fields())
+        if keep and v is not None:
+            self.v[:rows] = v
         return out, saturations
 
 
@@ -235,26 +230,12 @@ class PySFNNeuronLayerFloat(_NeuronLayerModel):
     s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
 
     def fire(self, current, rows, first_step):
-        drive = current.astype(FLOAT) + self.bias[None]
-        if self.adaptive[0]:
-            saturations = int(np.count_nonzero(np.abs(drive) > semantics.V_MAX))
-            crossed = np.sum(drive[..., None] >= self.thresholds[None], axis=-1)
-            return self.payload[crossed].astype(FLOAT), saturations
-        k, lo_q, hi_q = semantics.spike_unit(int(self.lo[0]), int(self.hi[0]),
-                                             bool(self.binary[0]))
-        step = k * self.threshold[None]
-        if first_step:
-            self.v[...] = np.floor(step / 2)
-        v = self.v[:rows]
-        decay = float(self.decay[0])
-        if decay < semantics.LEAK_ONE:
-            v = v + np.floor(decay * (drive - v) / semantics.LEAK_ONE)
-        else:
-            v = v + drive
-        saturations = int(np.count_nonzero(np.abs(v) > semantics.V_MAX))
-        q = np.clip(np.floor(v / step), lo_q, hi_q)
-        self.v[:rows] = v - q * step
-        return q * k, saturations
+        out, v, saturations = semantics.neuron_step_float(
+            current, None if first_step else self.v[:rows], binary=bool(self.binary[0]),
+            **self.neuron_fields())
+        if v is not None:
+            self.v[:rows] = v
+        return out, saturations
 
 
 class _ReadoutModel(_StageModel):

@@ -1,4 +1,6 @@
-"""Cognitive tasks in the form of Tolmachev & Engel (2025), as batch-first numpy arrays.
+"""Cognitive tasks in the form of Tolmachev & Engel (2025), as batch-first numpy arrays, and how a
+recurrent network's outputs are scored on them (masked R², the task's decision rule). Used by
+the compiler (calibration trials), `toolchain rnn eval` and the trainer in exporters.rnn.
 
 Every event time is given for the paper's trial length T0 and scaled by T/T0 (rounded), so a
 shorter ``T`` compresses the whole trial. Masks select the time steps the loss sees; ``response``
@@ -124,6 +126,14 @@ def _memory_decision(out, task):
 TASKS = {"cddm": cddm, "go_nogo": go_nogo, "memory_number": memory_number}
 _DECISIONS = {"cddm": _cddm_decision, "go_nogo": _go_nogo_decision,
               "memory_number": _memory_decision}
+
+
+def masked_r2(outputs, targets, mask) -> float:
+    """R² = 1 − SSE/SST over the masked (trial, time) entries of all outputs (SST about their
+    common mean)."""
+    m = np.asarray(mask, dtype=bool)
+    o, t = np.asarray(outputs)[m], np.asarray(targets)[m]
+    return float(1.0 - np.sum((o - t) ** 2) / np.sum((t - t.mean()) ** 2))
 
 
 def decision(outputs, task: Task) -> float | None:

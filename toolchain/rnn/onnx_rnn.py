@@ -1,184 +1,20 @@
-"""E/I recurrent networks: the one-step cell ONNX (exporters.rnn) → recurrent SFN graph.
-
-The cell computes  h' = h + α·(f(W_rec·h + W_inp·u) − h),  o = W_out·h'  (f: relu, sigmoid with
-slope, tanh), its weights are the initializers W_inp, W_rec, W_out and its neuron model is in the
-metadata (`sfn.kind = ei_rnn_cell`, `sfn.activation`, `sfn.alpha`, …). The compiler checks the
-graph against that metadata with onnxruntime, then builds
-
-    u ─encoder─ dense(W_inp) ─┐
-    y(t−1) ─delay─ dense(W_rec) ─ add ─ f neuron (uniform or table) ─ leaky neuron y ─ dense(W_out) ─ readout
-
-where the leaky neuron integrates f with v ← v + floor(d·(I − v)/4096), d = round(α·4096), and emits
-its rounded state each step. After quantization Dale's law is verified on the integer W_rec: every
-unit's outgoing weights (its column) keep one sign.
-
-The standard ONNX `RNN` operator (one forward layer, Relu/Tanh/Sigmoid, as torch.nn.RNN exports it
-with the legacy exporter) maps onto the same cell with α = 1, the bias B (Wb + Rb) on W_inp's
-dense and a linear read-out (MatMul/Gemm/Add after Y) as W_out, b_out: `read_onnx_rnn`. The
-model's X (seq, batch, input) and the SFN trials (N, T, n_in) correspond as X[t, n, :] = x[n, t, :]
-(a batch-first model — X behind Transpose(1, 0, 2) — takes (N, T, n_in) as it is).
+"""The standard ONNX `RNN` operator (one forward layer, Relu/Tanh/Sigmoid, as torch.nn.RNN exports
+it with the legacy exporter) read as the E/I cell with α = 1: the bias B (Wb + Rb) on W_inp's
+dense and a linear read-out (MatMul/Gemm/Add after Y) as W_out, b_out. The model's X (seq, batch,
+input) and the SFN trials (N, T, n_in) correspond as X[t, n, :] = x[n, t, :] (a batch-first
+model — X behind Transpose(1, 0, 2) — takes (N, T, n_in) as it is).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from toolchain.errors import ModelError, QuantizationError, ShapeError
-from toolchain.fgraph import FloatGraph
+from toolchain.errors import ModelError, ShapeError
+from toolchain.onnx_import.loader import check_graph, opset_of
+from toolchain.rnn.cell import Cell, is_rnn_cell
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
-DEFAULT_RNN_LEVELS = 255
-
-
-@dataclass
-class Cell:
-    W_inp: np.ndarray
-    W_rec: np.ndarray
-    W_out: np.ndarray
-    activation: str
-    slope: float
-    alpha: float
-    dale: bool
-    n_exc: int
-    task: str | None
-    bias: np.ndarray | None = None      # added to W_inp·u (ONNX RNN: Wb + Rb)
-    b_out: np.ndarray | None = None     # added to W_out·y (the read-out's bias)
-    origin: str = "ei_rnn_cell"         # or "onnx_rnn"
-    onnx_io: tuple[bool, bool] | None = None  # ONNX RNN: (input, output) batch-major?
-
-    def describe(self) -> str:
-        n = self.W_rec.shape[0]
-        if self.origin != "onnx_rnn":
-            return (f"E/I RNN cell: {n} units, {self.activation}, α = {self.alpha}, "
-                    f"Dale's law {'on' if self.dale else 'off'}")
-        layout = ("X (batch, seq, input) = x" if self.onnx_io and self.onnx_io[0]
-                  else "X[t, n, :] = x[n, t, :]")
-        return (f"ONNX RNN operator: {n} units, {self.activation}, no leak (α = 1), "
-                f"{'with' if self.bias is not None else 'no'} bias, read-out to "
-                f"{self.W_out.shape[0]} outputs; trials x (N, T, n_in) feed the model's {layout}")
-
-    def f(self, z):
-        if self.activation == "relu":
-            return np.maximum(z, 0)
-        if self.activation == "sigmoid":
-            return 1 / (1 + np.exp(-self.slope * z))
-        return np.tanh(z)
-
-    def trials(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Float dynamics over trials x (B, T, n_in): every tensor of the float graph, (B·T, C)."""
-        b, T, n_in = x.shape
-        n, n_out = self.W_rec.shape[0], self.W_out.shape[0]
-        h = np.zeros((b, n))
-        bias = 0.0 if self.bias is None else self.bias
-        b_out = 0.0 if self.b_out is None else self.b_out
-        widths = {"u": n_in, "y_prev": n, "z_in": n, "z_rec": n, "z": n, "f": n, "y": n,
-                  "o": n_out}
-        rec = {k: np.empty((T * b, c)) for k, c in widths.items()}  # filled time-major
-        for t in range(T):
-            rows = slice(t * b, (t + 1) * b)
-            z_in, z_rec = x[:, t] @ self.W_inp.T + bias, h @ self.W_rec.T
-            f = self.f(z_in + z_rec)
-            h_new = h + self.alpha * (f - h)
-            for k, v in (("u", x[:, t]), ("y_prev", h), ("z_in", z_in), ("z_rec", z_rec),
-                         ("z", z_in + z_rec), ("f", f), ("y", h_new),
-                         ("o", h_new @ self.W_out.T + b_out)):
-                rec[k][rows] = v
-            h = h_new
-        return rec
-
-
-def is_rnn_cell(model: onnx.ModelProto) -> bool:
-    return any(p.key == "sfn.kind" and p.value == "ei_rnn_cell" for p in model.metadata_props)
-
-
-def read_cell(model: onnx.ModelProto, where: str) -> Cell:
-    meta = {p.key: p.value for p in model.metadata_props}
-    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
-    missing = [k for k in ("W_inp", "W_rec", "W_out") if k not in inits]
-    if missing:
-        raise ModelError(f"{where}: an ei_rnn_cell model needs initializers W_inp, W_rec, W_out; "
-                         f"missing {missing}")
-    try:
-        act = meta["sfn.activation"]
-        cell = Cell(inits["W_inp"], inits["W_rec"], inits["W_out"], act,
-                    float(meta.get("sfn.sigmoid_slope", 1.0)), float(meta["sfn.alpha"]),
-                    meta.get("sfn.dale", "0") == "1", int(meta.get("sfn.n_exc", 0)),
-                    meta.get("sfn.task"))
-    except (KeyError, ValueError) as exc:
-        raise ModelError(f"{where}: bad or missing ei_rnn_cell metadata ({exc})") from None
-    if act not in ACTIVATIONS or not 0 < cell.alpha <= 1:
-        raise ModelError(f"{where}: activation {act!r} / alpha {cell.alpha} not supported "
-                         f"(activations {ACTIVATIONS}, 0 < alpha ≤ 1)")
-    n = cell.W_rec.shape[0]
-    if cell.W_rec.shape != (n, n) or cell.W_inp.shape[0] != n or cell.W_out.shape[1] != n:
-        raise ShapeError(f"{where}: W_inp {cell.W_inp.shape}, W_rec {cell.W_rec.shape}, "
-                         f"W_out {cell.W_out.shape} do not form an RNN")
-    _check_graph(model, cell, where)
-    return cell
-
-
-def _check_graph(model, cell: Cell, where: str) -> None:
-    """The graph must compute what the metadata says (it is the metadata the compiler trusts)."""
-    rng = np.random.default_rng(0)
-    u = rng.uniform(0, 1, (4, cell.W_inp.shape[1])).astype(np.float32)
-    h = rng.uniform(0, 0.5, (4, cell.W_rec.shape[0])).astype(np.float32)
-    try:
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        o, h_next = sess.run(["o", "h_next"], {"u": u, "h": h})
-    except Exception as exc:
-        raise ModelError(f"{where}: cannot run the cell with inputs u, h and outputs o, h_next "
-                         f"({str(exc)[:200]})") from None
-    expect = h + cell.alpha * (cell.f(u @ cell.W_inp.T + h @ cell.W_rec.T) - h)
-    err = max(np.abs(h_next - expect).max(), np.abs(o - expect @ cell.W_out.T).max())
-    if err > 1e-3:
-        raise ModelError(f"{where}: the cell graph differs from its sfn.* metadata by {err:.3g}; "
-                         "it is not the documented ei_rnn_cell form")
-
-
-def float_graph(cell: Cell) -> FloatGraph:
-    n, n_in = cell.W_inp.shape
-    fg = FloatGraph()
-    fg.add("u", "input", [], (n_in,))
-    fg.add("y_prev", "delay", [], (n,), source="y")
-    fg.add("z_in", "dense", ["u"], (n,), W=cell.W_inp,
-           b=np.zeros(n) if cell.bias is None else cell.bias)
-    fg.add("z_rec", "dense", ["y_prev"], (n,), W=cell.W_rec, b=np.zeros(n))
-    fg.add("z", "add", ["z_in", "z_rec"], (n,))
-    if cell.activation == "relu":
-        fg.add("f", "relu", ["z"], (n,), hi=None)
-    elif cell.activation == "sigmoid":
-        fg.add("f", "sigmoid", ["z"], (n,), slope=cell.slope)
-    else:
-        fg.add("f", "tanh", ["z"], (n,))
-    fg.add("y", "leaky", ["f"], (n,), alpha=cell.alpha, signed=cell.activation == "tanh")
-    fg.add("o", "dense", ["y"], (cell.W_out.shape[0],), W=cell.W_out,
-           b=np.zeros(len(cell.W_out)) if cell.b_out is None else cell.b_out)
-    fg.output = "o"
-    return fg
-
-
-def check_dale(w_rec_int: np.ndarray, n_exc: int) -> tuple[int, int]:
-    """Every presynaptic unit j (column j) keeps its sign: + for j < n_exc, − after (zeros allowed).
-    Returns (excitatory, inhibitory) counts; raises naming the violating units."""
-    n = w_rec_int.shape[1]
-    bad_e = [j for j in range(n_exc) if np.any(w_rec_int[:, j] < 0)]
-    bad_i = [j for j in range(n_exc, n) if np.any(w_rec_int[:, j] > 0)]
-    if bad_e or bad_i:
-        parts = []
-        if bad_e:
-            parts.append(f"excitatory units {bad_e[:20]} have negative outgoing weights")
-        if bad_i:
-            parts.append(f"inhibitory units {bad_i[:20]} have positive outgoing weights")
-        raise QuantizationError(f"Dale's law violated after quantization: {'; '.join(parts)} "
-                                f"({len(bad_e) + len(bad_i)} units)")
-    return n_exc, n - n_exc
-
-
-# --- the standard ONNX RNN operator ------------------------------------------------------------
 RECURRENT_OPS = ("RNN", "LSTM", "GRU")
 ONNX_ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 _RNN_ATTRIBUTES = {"hidden_size", "activations", "direction", "layout"}
@@ -244,7 +80,6 @@ def read_onnx_rnn(model: onnx.ModelProto, where: str) -> Cell:
     Add of a constant, Squeeze/Reshape/Transpose(1, 0, 2) between them. Anything else raises a
     ModelError naming the node and what is unsupported. onnxruntime then runs the model against
     the cell (`onnx_rnn_trials`)."""
-    from toolchain.onnx_import.loader import check_graph, opset_of
     opset_of(model, where)
     g = model.graph
     check_graph(g, where)

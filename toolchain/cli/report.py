@@ -1,8 +1,4 @@
-"""`toolchain targets` and `toolchain report`: hardware targets, core mapping, activity and energy.
-
-Standalone click commands; `toolchain.cli` registers them on its group (`main.add_command`), whose
-handler prints a ToolchainError as one line `error: …` with exit code 2.
-"""
+"""`toolchain report`: map an artifact to cores, run it, report activity, SynOps and energy."""
 from __future__ import annotations
 
 import json
@@ -11,23 +7,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+import sim.lava
+from sim.artifact import atomic_write, load
+from toolchain.cli.common import console, load_npy
+from toolchain.energy import build_report, report_table, tap_payloads, write_figures
 from toolchain.errors import InputFileError
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--debug", is_flag=True, hidden=True)
-def targets(as_json, debug):
-    """List the hardware targets and every constant they define, with its source."""
-    from toolchain.energy import constants_table
-    from toolchain.target import list_targets, load_target
-    loaded = [load_target(name) for name in list_targets()]
-    if as_json:
-        click.echo(json.dumps([t.to_json() for t in loaded], indent=1))
-        return
-    from toolchain.cli import console
-    for target in loaded:
-        console.print(constants_table(target))
+from toolchain.mapping import map_artifact, placement_table
+from toolchain.target import load_target
 
 
 @click.command()
@@ -44,12 +30,6 @@ def targets(as_json, debug):
 @click.option("--debug", is_flag=True, hidden=True)
 def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, debug):
     """Map ARTIFACT to cores, run it on --input and report activity, SynOps and energy."""
-    from sim.artifact import atomic_write, load
-    from toolchain.cli import console, load_npy
-    from toolchain.energy import build_report, report_table, tap_payloads, write_figures
-    from toolchain.mapping import map_artifact, placement_table
-    from toolchain.target import load_target
-
     art = load(artifact)
     x = load_npy(inp, "input")
     if x.dtype != np.float32:
@@ -63,7 +43,6 @@ def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, deb
     if backend == "cpu" or T == 1 or art.recurrent:
         result, payloads = tap_payloads(art, x, sources, timesteps=T)
     if backend == "lava":
-        import sim.lava  # lazily: Lava is heavy and optional
         result = sim.lava.run(art, x, timesteps=T)
     rep = build_report(art, result, placement, target, payloads, backend)
     if backend == "lava" and payloads is not None:

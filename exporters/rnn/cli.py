@@ -1,0 +1,49 @@
+"""`toolchain rnn train`, contributed to the toolchain's CLI through the entry point
+`sfn_toolchain.commands` (pyproject.toml): training needs torch and this package."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from toolchain.rnn.evaluate import TASKS
+from toolchain.tasks import make_task
+
+
+@click.command()
+@click.option("--task", type=click.Choice(sorted(TASKS)), required=True)
+@click.option("--activation", type=click.Choice(["relu", "sigmoid", "tanh"]), default="relu",
+              show_default=True)
+@click.option("--dale/--no-dale", default=True, show_default=True, help="Dale's law (80% E).")
+@click.option("--units", type=click.IntRange(2, 4096), default=100, show_default=True)
+@click.option("--steps", type=click.IntRange(1), help="Optimizer steps (default: per task).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="The cell ONNX.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--debug", is_flag=True, hidden=True)
+def train(task, activation, dale, units, steps, seed, out, as_json, debug):
+    """Train on TASK and export the one-step cell as ONNX (state as explicit input/output)."""
+    import sys
+
+    import torch
+
+    from exporters.rnn.export import export_rnn_onnx
+    from exporters.rnn.model import EIRNN
+    from exporters.rnn.train import train as fit
+    torch.set_num_threads(2)
+    t = make_task(TASKS[task], seed=seed)
+    model = EIRNN(t.n_inputs, t.n_outputs, n_units=units, activation=activation, dale=dale,
+                  seed=seed)
+    result = fit(model, t, steps=steps, seed=seed, progress=sys.stderr.isatty() and not as_json)
+    export_rnn_onnx(model, out, task=t)
+    summary = {"output": out, "task": TASKS[task], "activation": activation, "dale": dale,
+               "units": units, "r2": result.r2, "accuracy": result.accuracy}
+    click.echo(json.dumps(summary, indent=1) if as_json else
+               f"{out}: {TASKS[task]}, {activation}, Dale {'on' if dale else 'off'}, {units} units"
+               f" — masked R² {result.r2:.3f}, decision accuracy "
+               f"{'n/a' if result.accuracy is None else f'{result.accuracy:.3f}'}")
+
+
+def register(main: click.Group) -> None:
+    """Add `train` to the toolchain's `rnn` command group."""
+    main.commands["rnn"].add_command(train)

@@ -1,0 +1,73 @@
+"""2-D convolution synapses: integer kernels with a power-of-two exponent."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from sim import kernels
+from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Windowed, is_int, register
+from sim.ops.dense import _weighted_range
+
+
+@register
+@dataclass
+class Conv(Windowed):
+    """I = conv2d(n, W; stride, pads (top, left, bottom, right), dilation, groups) · 2^weight_exp.
+
+    Zero padding; W has shape (C_out, C_in / groups, kh, kw); integer arithmetic. SynOps: every
+    nonzero input times the output positions it reaches times C_out / groups."""
+    weight: np.ndarray = None
+    weight_exp: int = 0
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    kind: ClassVar[str] = "conv"
+    role: ClassVar[str] = SYNAPSE
+    new_current: ClassVar[bool] = True
+    hardware: ClassVar[str] = CHIP_SYNAPSE
+    array_dtypes: ClassVar[dict] = {"weight": np.int16}
+
+    def window(self):
+        c_out, c_in_g, kh, kw = self.weight.shape
+        return self.groups, c_in_g, kh, kw, self.stride, self.pads, self.dilation
+
+    def _check(self, inputs):
+        (x,) = inputs
+        if np.ndim(self.weight) != 4:
+            return f"weight rank {np.ndim(self.weight)}, expected 4"
+        if not is_int(self.weight_exp) or not 0 <= self.weight_exp < 32:
+            return f"weight_exp {self.weight_exp!r} is not an integer in [0, 32)"
+        co, cg = self.weight.shape[:2]
+        g = self.groups
+        if len(x) != 3:
+            return f"input {x} and output {tuple(self.shape)} must be (C, H, W)"
+        if not isinstance(g, int) or g < 1 or x[0] % g or co % g or cg * g != x[0]:
+            return f"weight {self.weight.shape} with groups {g} does not fit {x[0]} channels"
+        return self._check_window(x, self.weight.shape[2:], co)
+
+    def apply(self, ins, count):
+        (x,) = ins
+        absum = np.abs(self.weight.astype(np.int64)).sum(axis=(1, 2, 3)).max(initial=0)
+        dtype = kernels.exact_float_dtype(float(absum) * float(np.abs(x).max(initial=0)))
+        out = kernels.conv2d(x, self.weight, self.stride, self.pads, self.dilation, self.groups,
+                             self.shape[-2:], dtype) << self.weight_exp
+        return out, (self.window_synops(x) if count else 0)
+
+    def value_range(self, ranges):
+        return _weighted_range(self.weight.reshape(self.weight.shape[0], -1), self.weight_exp,
+                               ranges[0])
+
+    def macs(self) -> int:
+        c_out, c_in_g, kh, kw = self.weight.shape
+        return int(np.prod(self.shape)) * c_in_g * kh * kw
+
+    def mantissas(self):
+        return self.weight
+
+    def emit(self, b, ins):
+        out = b.op("Conv", [ins[0], b.const(self.weight)], strides=list(self.stride),
+                   pads=list(self.pads), dilations=list(self.dilation), group=self.groups)
+        return b.shift(out, self.weight_exp)

@@ -1,0 +1,63 @@
+"""Dense synapses: an integer weight matrix with a power-of-two exponent."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from sim import kernels
+from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Node, is_int, register
+
+
+@register
+@dataclass
+class Dense(Node):
+    """I[o] = (Σ_i W[o, i] · n[i]) · 2^weight_exp;  W int (8-bit mantissa), weight_exp ≥ 0.
+
+    SynOps: every nonzero input times the F_out synapses it reaches."""
+    weight: np.ndarray = None
+    weight_exp: int = 0
+    kind: ClassVar[str] = "dense"
+    role: ClassVar[str] = SYNAPSE
+    connectivity: ClassVar[str | None] = "full"
+    new_current: ClassVar[bool] = True
+    hardware: ClassVar[str] = CHIP_SYNAPSE
+    array_dtypes: ClassVar[dict] = {"weight": np.int16}
+
+    def _check(self, inputs):
+        (x,), w, shape = inputs, self.weight, tuple(self.shape)
+        if np.ndim(w) != 2 or len(x) != 1 or w.shape != (shape[0], x[0]) or len(shape) != 1:
+            return f"weight {np.shape(w)} does not map input {x} to {shape}"
+        if not is_int(self.weight_exp) or not 0 <= self.weight_exp < 32:
+            return f"weight_exp {self.weight_exp!r} is not an integer in [0, 32)"
+        return None
+
+    def apply(self, ins, count):
+        (x,) = ins
+        absum = np.abs(self.weight.astype(np.int64)).sum(axis=1).max(initial=0)
+        dtype = kernels.exact_float_dtype(float(absum) * float(np.abs(x).max(initial=0)))
+        out = kernels.dense(x, self.weight, dtype) << self.weight_exp
+        return out, (int(np.count_nonzero(x)) * self.weight.shape[0] if count else 0)
+
+    def value_range(self, ranges):
+        return _weighted_range(self.weight.reshape(self.weight.shape[0], -1), self.weight_exp,
+                               ranges[0])
+
+    def macs(self) -> int:
+        return int(self.weight.size)
+
+    def mantissas(self):
+        return self.weight
+
+    def emit(self, b, ins):
+        out = b.op("MatMul", [ins[0], b.const(self.weight.T)])
+        return b.shift(out, self.weight_exp)
+
+
+def _weighted_range(w: np.ndarray, exp: int, rng: tuple[int, int]) -> tuple[int, int]:
+    """[lo, hi] of Σ_i w[o, i]·x_i·2^exp over x_i ∈ [a, b] ∪ {0} (zero padding), over every o."""
+    a, b = min(rng[0], 0), max(rng[1], 0)
+    w = w.astype(np.int64) * 2 ** exp
+    w_pos, w_neg = np.clip(w, 0, None).sum(1), np.clip(w, None, 0).sum(1)
+    return int((w_pos * a + w_neg * b).min()), int((w_pos * b + w_neg * a).max())

@@ -1,0 +1,45 @@
+"""Sum pooling: average pooling with its divisor folded into the next threshold."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from sim import kernels
+from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Windowed, register
+from sim.ops.dense import _weighted_range
+
+
+@register
+@dataclass
+class SumPool(Windowed):
+    """I[c, y, x] = Σ over the window of n[c, ·, ·] (zero padding); average pooling's divisor is
+    folded into the next threshold or readout scale. SynOps: every nonzero input times the
+    output positions it reaches."""
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    kind: ClassVar[str] = "sumpool"
+    role: ClassVar[str] = SYNAPSE
+    new_current: ClassVar[bool] = True
+    keeps_sign: ClassVar[bool] = True
+    hardware: ClassVar[str] = CHIP_SYNAPSE
+
+    def _check(self, inputs):
+        (x,) = inputs
+        return self._check_window(x, self.kernel, x[0] if x else 0)
+
+    def apply(self, ins, count):
+        (x,) = ins
+        out = kernels.sum_pool(x, self.kernel, self.stride, self.pads, self.shape[-2:])
+        return out, (self.window_synops(x) if count else 0)
+
+    def value_range(self, ranges):
+        return _weighted_range(np.ones((1, self.kernel[0] * self.kernel[1]), np.int64), 0,
+                               ranges[0])
+
+    def emit(self, b, ins):
+        c = self.shape[0]
+        return b.op("Conv", [ins[0], b.const(np.ones((c, 1) + tuple(self.kernel)))],
+                    strides=list(self.stride), pads=list(self.pads), group=c)

@@ -1,0 +1,76 @@
+"""What every backend returns and checks: per-node statistics, the run's result, the input checks
+made before any run (shared by sim.reference, sim.cpu and sim.lava)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim import semantics
+from sim.artifact import Artifact
+from sim.errors import ShapeError, SimulationError
+
+
+@dataclass
+class LayerStats:
+    """Totals over all samples and timesteps of one node."""
+    spikes: int = 0          # nonzero payloads emitted (neurons)
+    payload: int = 0         # Σ|payload| emitted (neurons)
+    synops: int = 0          # synaptic operations: nonzero input × fan-out (synapses)
+    saturations: int = 0     # 24-bit state clips (neurons)
+    neurons: int = 0         # neurons per sample
+
+    def add_spikes(self, out: np.ndarray, saturations: int, count: bool) -> None:
+        """Count a neuron's integer payloads: saturations always (never silent), spikes and
+        payload only when counting."""
+        self.saturations += saturations
+        if count:
+            self.spikes += int(np.count_nonzero(out))
+            self.payload += int(np.abs(out).sum())
+
+
+@dataclass
+class SimResult:
+    output: np.ndarray                    # float32 (N, *output_shape), before softmax
+    accumulator: np.ndarray               # int64 (N, *output_shape), Σ_t readout accumulator
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+    samples: int = 0
+    timesteps: int = 1
+    # integer values of the nodes asked for with run(record=...): (N, *shape), summed over the
+    # steps of a feed-forward run, or (N, T, *shape) per step of a recurrent one
+    recorded: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def probabilities(self, softmax: str) -> np.ndarray:
+        if softmax in ("softmax", "logsoftmax"):
+            return semantics.softmax(self.output, log=softmax == "logsoftmax")
+        return self.output
+
+
+def check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
+    """x must be finite floats of shape (N, *input_shape), or (N, T, *input_shape) for a
+    recurrent artifact; anything else is a ShapeError naming both shapes."""
+    x = np.asarray(x)
+    expect = tuple(art.input_shape)
+    lead = 2 if art.recurrent else 1
+    if x.ndim != len(expect) + lead or tuple(x.shape[lead:]) != expect:
+        want = "(N, T, " if art.recurrent else "(N, "
+        raise ShapeError(f"input has shape {tuple(x.shape)}, the model expects {want}"
+                         f"{', '.join(map(str, expect))})")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ShapeError(f"input dtype is {x.dtype}, expected a float array")
+    if not np.all(np.isfinite(x)):
+        raise ShapeError(f"input contains {int(np.count_nonzero(~np.isfinite(x)))} NaN/Inf values")
+    return x
+
+
+def prepare_run(art: Artifact, x: np.ndarray, timesteps: int) -> tuple[np.ndarray,
+                                                                        dict[str, LayerStats]]:
+    """The checks every backend makes before a run, and empty per-node statistics."""
+    x = check_input(art, x)
+    if timesteps < 1:
+        raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
+    if timesteps > 1 and any(getattr(n, "fire", "") == "adaptive" for n in art.nodes):
+        raise SimulationError("adaptive fire functions are defined for T = 1 only")
+    return x, {n.name: LayerStats(neurons=math.prod(n.shape) if n.role == "neuron" else 0)
+               for n in art.nodes}

@@ -1,0 +1,98 @@
+"""`toolchain compile`: an ONNX model → an SFN artifact."""
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from toolchain.cli.common import console, layer_table, load_npy
+from toolchain.compiler import compile_onnx
+from toolchain.mapping import Placement, placement_table
+
+
+def scale_table(found: dict) -> Table:
+    """The λ scale search curve (toolchain.scale_search), the chosen row marked."""
+    t = Table(title=f"scale search on {found['samples']} calibration samples: {found['rule']} "
+                    f"(tolerance {found['tolerance']:g}, error factor {found['error_factor']:g})",
+              title_justify="left")
+    for col in ("λ", "SynOps / inference", "top-1 agreement", "rel. RMS error", "chosen"):
+        t.add_column(col, justify="left" if col == "chosen" else "right")
+    for p in found["curve"]:
+        if "error" in p:
+            t.add_row(f"{p['lambda']:g}", "", "", "", f"not quantizable: {p['error'][:60]}")
+            continue
+        top1 = f"{100 * p['top1_agreement']:.2f}%" if "top1_agreement" in p else "—"
+        t.add_row(f"{p['lambda']:g}", f"{p['synops']:,.0f}", top1, f"{p['rel_rms_error']:.4f}",
+                  "◀" if p["chosen"] else "")
+    return t
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="The .sfn artifact.")
+@click.option("--calib", type=click.Path(), help="Calibration inputs X.npy, (N, *input_shape).")
+@click.option("--levels", type=click.IntRange(1, 2 ** 15), help="Spike levels L (default: the "
+              "model's sfn.levels metadata, else 15).")
+@click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
+              help="Activation range per channel; 100 means max.")
+@click.option("--per-layer/--per-channel", "per_layer", default=None, help="One activation "
+              "scale per layer, or one per channel (default: per channel for feed-forward "
+              "networks; for recurrent cells whichever reproduces the float read-out better on "
+              "the calibration trials).")
+@click.option("--timesteps", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="Default timesteps stored in the artifact.")
+@click.option("--emit-reference", type=click.Path(), help="Also write the integer reference ONNX.")
+@click.option("--target", "target_name", default="loihi2", show_default=True,
+              help="Target name or .json file (see `toolchain targets`).")
+@click.option("--fire", type=click.Choice(["uniform", "adaptive", "quantile"]), default="uniform",
+              show_default=True, help="ReLU/Clip fire function: uniform levels, adaptive "
+              "(non-uniform levels fitted to the calibration distribution), or quantile (the "
+              "quantile placement alone). T = 1 only.")
+@click.option("--scale", "scale", type=click.FloatRange(0, min_open=True), default=1.0,
+              show_default=True, help="λ: every ReLU/Clip range is λ × the calibrated one.")
+@click.option("--scale-search", is_flag=True, help="Choose λ on the calibration data: SynOps "
+              "against agreement with the float model (overrides --scale).")
+@click.option("--scale-tolerance", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+              help="Scale search: top-1 agreement kept within this of the best λ.")
+@click.option("--scale-error-factor", type=click.FloatRange(1), default=2.0, show_default=True,
+              help="Scale search: relative RMS error kept within this factor of the smallest.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--debug", is_flag=True, hidden=True)
+def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_reference,
+            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, as_json,
+            debug):
+    """Compile MODEL.onnx into an SFN artifact."""
+    x = load_npy(calib, "calibration") if calib else None
+    result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
+                          per_channel=None if per_layer is None else not per_layer,
+                          timesteps=timesteps, target=target_name,
+                          fire=fire, scale=scale, scale_search=scale_search,
+                          scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor)
+    if emit_reference:
+        result.write_reference(emit_reference)
+    result.save(out)
+    if as_json:
+        placement = result.artifact.meta["placement"]
+        click.echo(json.dumps({"artifact": out, "reference": emit_reference,
+                               "layers": result.artifact.meta["layers"],
+                               "placement": {k: placement[k] for k in
+                                             ("cores_used", "chips", "lower_bound")},
+                               "agreement": result.agreement, "notes": result.notes,
+                               "fire": result.artifact.meta.get("fire", "uniform"),
+                               "scale": result.artifact.meta.get("scale")}, indent=1))
+        return
+    console.print(layer_table(result.layers, f"{model} → {out}"))
+    console.print(placement_table(Placement.from_json(result.artifact.meta["placement"])))
+    found = (result.artifact.meta.get("scale") or {}).get("search")
+    if found:
+        console.print(scale_table(found))
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    a = result.agreement
+    what = "trial steps" if result.artifact.recurrent else "calibration samples"
+    line = f"float vs SNN on {a['samples']} {what}: relative RMS error " \
+           f"{a['rel_rms_error']:.4f}, max |error| {a['max_abs_error']:.4g}"
+    if "top1_agreement" in a:
+        line += f", top-1 agreement {100 * a['top1_agreement']:.2f}%"
+    console.print(line, highlight=False)

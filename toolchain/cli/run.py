@@ -1,0 +1,72 @@
+"""`toolchain run`: an artifact on inputs, on sim.cpu or Lava."""
+from __future__ import annotations
+
+import json
+
+import click
+import numpy as np
+
+import sim.cpu
+import sim.lava
+from sim.artifact import load
+from toolchain.cli.common import console, load_npy, save_npy
+from toolchain.errors import InputFileError, SimulationError
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--input", "inp", required=True, type=click.Path(), help="X.npy, (N, *input_shape) float32.")
+@click.option("--output", "out", required=True, type=click.Path(), help="Y.npy to write.")
+@click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
+@click.option("--timesteps", type=click.IntRange(1, 4096), help="Default: the artifact's.")
+@click.option("--binary", is_flag=True, help="Binary spikes per step (rate coding) when T > 1.")
+@click.option("--lava-tag", type=click.Choice(["fixed_pt", "floating_pt"]), default="fixed_pt",
+              show_default=True)
+@click.option("--lanes", type=click.IntRange(1), default=None,
+              help="Lava backend: samples each Lava timestep carries side by side (trials for a "
+                   "recurrent artifact). Default: 64 (1024 trials), capped so one message "
+                   "stays under 1 MiB; outputs do not depend on it.")
+@click.option("--timeout", type=click.FloatRange(1), default=600, show_default=True,
+              help="Wall-clock guard for a Lava run, seconds.")
+@click.option("--fail-on-saturation", is_flag=True,
+              help="Treat any 24-bit state saturation as an error (no output is written).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU backend: torch threads for the run (default: every core).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--debug", is_flag=True, hidden=True)
+def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout,
+        fail_on_saturation, threads, as_json, debug):
+    """Run ARTIFACT on --input and write the readout to --output."""
+    from tqdm import tqdm
+
+    art = load(artifact)
+    x = load_npy(inp, "input")
+    if x.dtype != np.float32:
+        raise InputFileError(f"{inp}: dtype {x.dtype}; inputs must be float32")
+    T = timesteps or int(art.meta.get("timesteps", 1))
+    with tqdm(total=len(x), unit="sample", disable=None, leave=False) as bar:
+        if backend == "cpu":
+            res = sim.cpu.run(art, x, timesteps=T, binary=binary, progress=bar.update,
+                              threads=threads)
+        else:
+            res = sim.lava.run(art, x, timesteps=T, binary=binary, tag=lava_tag,
+                               timeout=timeout, progress=bar.update, lanes=lanes)
+    saturated = {name: st.saturations for name, st in res.stats.items() if st.saturations}
+    if fail_on_saturation and saturated:
+        raise SimulationError("24-bit state saturated: " + ", ".join(
+            f"layer {name!r} {count} times" for name, count in saturated.items()) +
+            f" over {res.samples} samples; recompile with fewer --levels or a smaller range")
+    softmax = art.node(art.output).softmax
+    save_npy(out, res.probabilities(softmax))
+    summary = {"samples": res.samples, "timesteps": T, "backend": backend,
+               "output": out, "output_shape": [res.samples, *art.output_shape],
+               "softmax": softmax or None,
+               "synops_per_sample": sum(s.synops for s in res.stats.values()) / max(res.samples, 1),
+               "saturations": sum(s.saturations for s in res.stats.values())}
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        console.print(f"{res.samples} samples × T={T} on {backend} → {out} "
+                      f"{tuple(summary['output_shape'])}; "
+                      f"{summary['synops_per_sample']:,.0f} synaptic ops/sample, "
+                      f"{summary['saturations']} saturations", highlight=False)

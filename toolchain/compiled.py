@@ -1,0 +1,53 @@
+"""What a compilation returns (`Compiled`) and the steps every compiler shares: agreement with
+the float model, placement on the target's cores."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.artifact import Artifact, atomic_write, save
+from toolchain.mapping import map_artifact
+from toolchain.reference import emit_reference
+from toolchain.target import load_target
+
+
+@dataclass
+class Compiled:
+    artifact: Artifact
+    imported: object            # the ImportedModel of a feed-forward ONNX model, else None
+    layers: list                # LayerRow per layer (the compiler's table)
+    notes: list[str] = field(default_factory=list)
+    agreement: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        save(self.artifact, path)
+
+    def write_reference(self, path: str | os.PathLike) -> None:
+        atomic_write(path, emit_reference(self.artifact).SerializeToString())
+
+
+def agreement(float_out: np.ndarray, snn_out: np.ndarray) -> dict:
+    """Top-1 agreement (for class scores) and error of the SNN readout against the float model."""
+    f = float_out.reshape(-1, float_out.shape[-1])
+    s = snn_out.reshape(-1, snn_out.shape[-1])
+    err = s - f
+    out = {"samples": int(len(f)), "max_abs_error": float(np.abs(err).max(initial=0)),
+           "rel_rms_error": float(np.sqrt((err ** 2).mean()) / max(np.sqrt((f ** 2).mean()), 1e-12))}
+    if f.shape[1] > 1:
+        out["top1_agreement"] = float((f.argmax(1) == s.argmax(1)).mean())
+    return out
+
+
+def place(art: Artifact, target: str) -> None:
+    """Map the artifact onto the target's cores; the placement becomes part of the artifact.
+    A network that cannot fit raises MappingError naming the layer, the limit and the excess."""
+    tgt = load_target(target)
+    art.meta["target"] = tgt.name
+    art.meta["placement"] = map_artifact(art, tgt).to_json()
+
+
+def layer_rows_json(rows) -> list[dict]:
+    """The per-layer table as JSON (the artifact's meta["layers"])."""
+    return [r.to_json() for r in rows]

@@ -1,0 +1,124 @@
+"""The quantizer: the state of one quantization and the driver that runs a rule per float-graph
+op. The rules are mixins, one module per family (synapses, pools and index maps, activations,
+recurrent units); a rule `op_<float op>(name, d, ins)` takes the float node `d` and its inputs'
+QTensors, emits SFN nodes (sim.ops) and returns the QTensor of its output.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from sim import ir, semantics
+from toolchain.calibrate import ChannelStats
+from toolchain.errors import QuantizationError, UnsupportedOpError
+from toolchain.fgraph import FloatGraph
+from toolchain.quantize.tensor import (LayerRow, QTensor, QuantOptions, channel_view, payloads,
+                                       round_even)
+
+
+class QuantizerBase:
+    def __init__(self, fg: FloatGraph, stats: dict[str, ChannelStats], opts: QuantOptions,
+                 where: str, fits: dict | None = None):
+        self.fg, self.stats, self.opts, self.where = fg, stats, opts, where
+        # fitted level shapes by (layer, method, L): they do not depend on λ, so a scale search
+        # shares them between its Quantizers
+        self.fits = {} if fits is None else fits
+        self.sfn = nx.DiGraph()
+        self.nodes: list[ir.Node] = []
+        self.q: dict[str, QTensor] = {}
+        self.record: dict[str, np.ndarray] = {}
+        self.layers: list[LayerRow] = []
+        self.synapses: dict[str, dict] = {}  # how each dense/conv was quantized (joint rescaling)
+        self.adaptive: dict[str, dict] = {}  # fitted level shapes of adaptive ReLU layers
+        self.nonneg: set[str] = set()        # emitted nodes whose values are never negative
+
+    # --- helpers -------------------------------------------------------------------------------
+    def emit(self, node: ir.Node) -> ir.Node:
+        self.nodes.append(node)
+        ir.nonnegative([node], self.nonneg)
+        self.sfn.add_node(node.name, node=node)
+        for i in node.inputs:
+            self.sfn.add_edge(i, node.name)
+        return node
+
+    def fail(self, name: str, message: str):
+        raise QuantizationError(f"{self.where}: layer {name!r}: {message}")
+
+    def act_scale(self, fname: str, hi: float | None, signed: bool) -> np.ndarray:
+        """Per-channel float value of one level step, s_out = range / L."""
+        L = self.opts.levels
+        c = self.fg[fname]["shape"][0]
+        if hi is not None and self.opts.trust_clip:
+            return np.full(c, hi / L)
+        st = self.stats[fname]
+        rng = st.pct_abs if self.opts.per_channel else np.full(c, st.layer_pct_abs)
+        fallback = max(st.layer_pct_abs, float(st.max_abs.max()), 1e-12)
+        rng = np.where(rng > 0, rng, fallback)
+        if hi is not None:
+            rng = np.minimum(rng, hi)
+        return rng / L
+
+    def check_state(self, name: str, x: QTensor, theta: np.ndarray):
+        need = x.bound + np.abs(x.bias) + theta // 2
+        worst = float(need.max())
+        if worst > semantics.V_MAX:
+            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
+                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×; use "
+                            "fewer --levels or a smaller input range")
+        return float(np.log2(semantics.V_MAX / max(worst, 1)))
+
+    # --- neurons -------------------------------------------------------------------------------
+    def neuron(self, name: str, fname: str, x: QTensor, s_out: np.ndarray, lo: int,
+               hi: int) -> QTensor:
+        shape = x.unit.shape
+        s_full = np.broadcast_to(s_out.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+        theta = round_even(s_full / x.unit)
+        margin = self.check_state(name, x, theta)
+        node = self.emit(ir.Neuron(name, (x.node,), shape, threshold=channel_view(theta),
+                                   bias=channel_view(x.bias.astype(np.int64)), lo=lo, hi=hi))
+        unit = theta * x.unit
+        self.record[f"{name}/act_scale"] = channel_view(unit).reshape(-1)
+        self.layers.append(LayerRow(name, node.kind, shape, neurons=int(np.prod(shape)),
+                                    levels=(lo, hi), threshold=(int(theta.min()),
+                                                                int(theta.max())),
+                                    margin_bits=round(margin, 1)))
+        return payloads(name, fname, unit, np.zeros(shape, np.int64),
+                        np.full(shape, float(max(hi, -lo))))
+
+    def requantize(self, x: QTensor) -> QTensor:
+        """A signed neuron [−L, L] turning a current into spikes a synapse can read."""
+        L = self.opts.levels
+        return self.neuron(f"{x.fname}/requant", x.fname, x, self.act_scale(x.fname, None, True),
+                           -L, L)
+
+    def spikes_in(self, x: QTensor) -> QTensor:
+        return x if x.synapse_ok else self.requantize(x)
+
+    # --- driver --------------------------------------------------------------------------------
+    def _prune(self):
+        """Drop the float-graph nodes an import composition or fold left unused (tables, uniform
+        affines and ReLUs bypassed by a composed table, pads folded into a conv)."""
+        while True:
+            dead = [n for n in self.fg.g if n != self.fg.output and not self.fg.consumers(n)
+                    and self.fg[n]["op"] in ("table", "affine", "relu", "pad")]
+            if not dead:
+                return
+            self.fg.g.remove_nodes_from(dead)
+
+    def run(self, softmax: str) -> tuple[list[ir.Node], str, str]:
+        self._prune()
+        for name in self.fg.order():
+            d = self.fg[name]
+            handler = getattr(self, f"op_{d['op']}", None)
+            if handler is None:
+                raise UnsupportedOpError(f"{self.where}: no quantization rule for {d['op']!r} "
+                                         f"(node {name!r})")
+            self.q[name] = handler(name, d, [self.q[i] for i in d["inputs"]])
+        x = self.q[self.fg.output]
+        out = f"{self.fg.output}/readout"
+        self.emit(ir.Readout(out, (x.node,), x.unit.shape,
+                             scale=channel_view(x.unit).astype(np.float32),
+                             bias=channel_view(x.bias), softmax=softmax))
+        if not np.all(channel_view(x.unit).astype(np.float32) > 0):
+            self.fail(out, "readout scale underflows float32")
+        return self.nodes, self.nodes[0].name, out

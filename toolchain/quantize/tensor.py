@@ -1,0 +1,128 @@
+"""What the quantizer's rules pass around: the integer tensor record (`QTensor`), the options,
+one row of the per-layer table (`LayerRow`), and the small array helpers the rules share."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# accumulator headroom a weight exponent is chosen for: 2²¹ (a quarter of the 24-bit state),
+# 2¹³ when an Add reads the accumulator (its gains may scale it up by 2⁸)
+HEADROOM = 2 ** 21
+HEADROOM_BEFORE_ADD = 2 ** 13
+WEIGHT_BOUND = 2 ** 22  # fewer weight bits only when 8-bit weights could exceed this
+MAX_WEIGHT_EXP = 7
+# a bias much larger than the reachable current (a channel whose input is almost never nonzero,
+# its output driven by the folded BatchNorm shift) lowers the weight exponent until
+# current bound + |bias| fits in three quarters of the signed 24-bit state (θ/2 takes the rest)
+BIAS_HEADROOM = 3 * 2 ** 21
+MAX_ADD_SHIFT = 8
+LEAK_SHIFT = 8  # a leaky unit's state carries 8 more bits than its output payload
+FIRE_MODES = ("uniform", "adaptive", "quantile")
+
+
+@dataclass
+class QTensor:
+    """An integer tensor of the SFN graph as the quantizer sees it: per element, the float `unit`
+    one integer step stands for, a pending integer `bias` (added by the neuron or readout that
+    consumes it) and a static `bound` on |value|."""
+    node: str              # SFN node producing it
+    fname: str             # float-graph node whose float value it represents
+    unit: np.ndarray       # float64, per-sample shape
+    bias: np.ndarray       # int64, per-sample shape (pending)
+    bound: np.ndarray      # float64, per-sample shape, max |integer|
+    spikes: bool           # payloads of neurons / the encoder (possibly index-mapped, max-pooled)
+    synapse_ok: bool       # a synapse may read it: spikes or sum-pools of spikes, no pending bias
+
+    def like(self, node: str, fname: str, unit, bias, bound) -> "QTensor":
+        """The same kind of tensor (spikes, synapse_ok) for another node and values."""
+        return QTensor(node, fname, unit, bias, bound, spikes=self.spikes,
+                       synapse_ok=self.synapse_ok)
+
+
+def current(node: str, fname: str, unit, bias, bound) -> QTensor:
+    """An integer current (a synapse's output): not spikes, not readable by another synapse."""
+    return QTensor(node, fname, unit, bias, bound, spikes=False, synapse_ok=False)
+
+
+def payloads(node: str, fname: str, unit, bias, bound) -> QTensor:
+    """Spikes of a neuron or the encoder: any synapse may read them."""
+    return QTensor(node, fname, unit, bias, bound, spikes=True, synapse_ok=True)
+
+
+@dataclass
+class QuantOptions:
+    levels: int = 15
+    percentile: float = 99.99
+    per_channel: bool = True
+    input_bits: int = 8
+    # Clip(0, max) ranges: a model trained with clip-floor activations (it declares sfn.levels)
+    # is quantized at exactly max / L; otherwise the range is min(max, calibration percentile)
+    trust_clip: bool = False
+    # calibration inputs lie on this grid (see calibrate.grid_step): encode them losslessly
+    input_step: float | None = None
+    # ReLU/Clip fire function: "uniform" (L equal steps), "adaptive" (non-uniform levels fitted to
+    # the calibration distribution: quantile start, Lloyd-Max refinement) or "quantile" (the
+    # quantile placement alone, without the refinement)
+    fire: str = "uniform"
+    # λ: every ReLU/Clip layer's range (hence its thresholds and levels) is λ × the calibrated one
+    scale: float = 1.0
+
+
+@dataclass
+class LayerRow:
+    """One row of the compiler's per-layer table, stored in the artifact's meta["layers"].
+    Numbers stay numbers; `levels_text` is what the table shows."""
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    neurons: int = 0
+    synapses: int = 0
+    levels: tuple[int, int] | None = None     # payload range of a neuron or the encoder
+    weight_bits: int | None = None            # mantissa bits of a dense/conv layer
+    weight_exp: int | None = None             # its power-of-two exponent
+    gain_max: int | None = None               # an Add's largest gain mantissa
+    gain_exp: int | None = None               # and largest gain exponent
+    threshold: tuple[int, int] | None = None  # smallest and largest threshold
+    margin_bits: float | None = None          # log2 of the 24-bit state headroom left
+    detail: str = ""                          # "joint", "grid", an adaptive level summary
+
+    def levels_text(self) -> str:
+        if self.weight_bits is not None:
+            text = f"w{self.weight_bits} e{self.weight_exp}"
+        elif self.gain_max is not None:
+            text = f"gains≤{self.gain_max} e{self.gain_exp}"
+        elif self.levels is not None:
+            text = f"[{self.levels[0]}, {self.levels[1]}]"
+        else:
+            text = ""
+        return f"{text} {self.detail}".strip()
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def channel_view(a: np.ndarray) -> np.ndarray:
+    """Compact broadcast form: (C,1,1) if constant over space, else the array itself."""
+    if a.ndim == 3 and np.all(a == a[:, :1, :1]):
+        return a[:, :1, :1].copy()
+    return a.copy()
+
+
+def per_channel(a: np.ndarray) -> np.ndarray:
+    """Per-channel value of an array that must be constant within each channel."""
+    flat = a.reshape(a.shape[0], -1)
+    return flat[:, 0]
+
+
+def gain_exponent(fail, name: str, g: np.ndarray) -> int:
+    """Exponent e so that the gains g / 2^e fit 8-bit mantissas."""
+    top = float(np.max(g))
+    if not np.isfinite(top) or top > 255 * 2 ** 24:
+        fail(name, f"input gains reach {top:.3g} output units; the inputs' scales are too far "
+                   "apart for 8-bit gains")
+    return max(0, int(np.ceil(np.log2(top / 255.0))))
+
+
+def round_even(x):
+    return np.maximum(2 * np.floor(np.asarray(x) / 2 + 0.5), 2).astype(np.int64)

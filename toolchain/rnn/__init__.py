@@ -1,0 +1,9 @@
+"""Recurrent networks: the E/I cell (exporters.rnn's one-step cell ONNX), the standard ONNX RNN
+operator, and their compilation to a recurrent SFN graph (a Delay edge, leaky neurons)."""
+from toolchain.rnn.cell import (ACTIVATIONS, DEFAULT_RNN_LEVELS, Cell, check_dale, float_graph,
+                                is_rnn_cell, read_cell, run_onnx_trials)
+from toolchain.rnn.onnx_rnn import is_onnx_rnn, onnx_rnn_trials, read_onnx_rnn
+
+__all__ = ["ACTIVATIONS", "DEFAULT_RNN_LEVELS", "Cell", "check_dale", "float_graph",
+           "is_rnn_cell", "read_cell", "run_onnx_trials", "is_onnx_rnn", "onnx_rnn_trials",
+           "read_onnx_rnn"]
