@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first and exactly (an open-ended requirement would pull a multi-GB CUDA build);
-# lava-nc without its Python cap (see ../shared/notes/lava.md), then the project.
+# lava-nc without its Python cap (docs/lava.md), then the project.
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0

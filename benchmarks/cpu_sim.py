@@ -6,8 +6,7 @@
 Prints samples/s for: onnxruntime (float ONNX) with --threads intra-op threads and with one,
 sim.cpu (outputs only, one row per --sim-threads value; with spike, SynOps and saturation
 counting; and its numpy-only fallback), and each one's time against both onnxruntime rows.
-Target: sim.cpu no more than 2× slower than onnxruntime on the digits CNN; the last lines give
-that ratio at equal thread counts.
+The last lines give sim.cpu's time against onnxruntime's at equal thread counts.
 
 sim.cpu's convolutions and matrix products run on float32 copies of the integers (exact: every
 partial sum is bounded below 2²⁴) through torch's oneDNN/MKL kernels when torch is there, else
@@ -40,7 +39,7 @@ from exporters.digits import load_digits_split  # noqa: E402
 from timing import run_seconds  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
-MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
+MODEL = Path(__file__).resolve().parents[1] / "toolchain" / "data" / "digits_cnn_relu.onnx"
 
 
 def _ort(threads: int):

@@ -4,7 +4,7 @@ per sample, and sim.cpu, in one run.
     .venv/bin/python benchmarks/lava_throughput.py [--samples 1000] [--per-sample 40]
         [--lanes 64] [--lanes-samples 16000]
 
-Network: the digits CNN (examples/models/digits_cnn_relu.onnx compiled with the digits training
+Network: the digits CNN (toolchain/data/digits_cnn_relu.onnx compiled with the digits training
 split as calibration); if that file is missing, tests/nets.py's avgpool_cnn (the table says which).
 Rows, all on the same machine in the same run:
 - sim.lava pipelined, 1 lane: `sim.lava.run(..., lanes=1)` on all samples at once: one source
@@ -17,7 +17,7 @@ Rows, all on the same machine in the same run:
   most Lava code feeds data);
 - sim.lava, one run() per sample, rebuilt: a fresh `sim.lava.run` per sample (a few samples);
 - sim.cpu: `sim.cpu.run` on all samples (median of 5).
-Target: pipelined ≥ 50× the built-once per-sample rate (last column). Fixed_pt outputs are
+The last column is each row's rate over the built-once per-sample rate. Fixed_pt outputs are
 checked against sim.cpu on every row. Runs in about a minute on 2 cores.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from rich.table import Table
 import sim.cpu  # noqa: E402
 import sim.lava  # noqa: E402
 
-MODEL = ROOT / "examples" / "models" / "digits_cnn_relu.onnx"
+MODEL = ROOT / "toolchain" / "data" / "digits_cnn_relu.onnx"
 
 
 def network():

@@ -79,7 +79,7 @@ def digits_artifact() -> Artifact:
     from exporters.digits import load_digits_split
     from toolchain.compiler import compile_onnx
     x_train = load_digits_split()[0]
-    return compile_onnx(ROOT / "examples" / "models" / "digits_cnn_relu.onnx",
+    return compile_onnx(ROOT / "toolchain" / "data" / "digits_cnn_relu.onnx",
                         calib=x_train).artifact
 
 

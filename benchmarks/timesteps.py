@@ -21,7 +21,7 @@ with the relative RMS error of the readout against the float model on the test i
 (probabilities where the model ends in a softmax) and the synaptic operations per inference
 (Σ stats.synops / samples, all T steps counted). `--no-fire` skips the fire-function rows.
 
-Models: `digits_cnn` is examples/models/digits_cnn_relu.onnx; `mobilenetv2` and `densenet` are
+Models: `digits_cnn` is toolchain/data/digits_cnn_relu.onnx; `mobilenetv2` and `densenet` are
 the trained zoo models shipped in tests/data/; `resnet18` is trained here (tests/zoo.py, 8
 epochs, about 10 s on one thread).
 """
@@ -53,7 +53,7 @@ FIRE_LEVELS = (3, 7, 15)
 def model_path(name: str, tmp: Path) -> tuple[Path, int]:
     """(ONNX path, input size) of a model name."""
     if name == "digits_cnn":
-        return ROOT / "examples" / "models" / "digits_cnn_relu.onnx", 8
+        return ROOT / "toolchain" / "data" / "digits_cnn_relu.onnx", 8
     import json
 
     import zoo

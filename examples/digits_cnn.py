@@ -2,7 +2,7 @@
 run on the CPU simulator (and Lava), and compare float / integer reference / SNN accuracy.
 
     python examples/digits_cnn.py                 # train both CNNs (~1 min), then deploy
-    python examples/digits_cnn.py --pretrained    # deploy the bundled models in examples/models/
+    python examples/digits_cnn.py --pretrained    # deploy the bundled models in toolchain/data/
     python examples/digits_cnn.py --pretrained --lava 360   # also on Lava, first 360 test samples
 
 Two CNNs: plain ReLU (converted after training, calibrated on the training split) and clip-floor
@@ -27,7 +27,7 @@ import sim.cpu  # noqa: E402
 from exporters.digits import load_digits_split  # noqa: E402
 from toolchain.compiler import compile_onnx  # noqa: E402
 
-MODELS = Path(__file__).parent / "models"
+MODELS = Path(__file__).resolve().parents[1] / "toolchain" / "data"
 VARIANTS = {"relu": dict(act="relu", levels=None), "clipfloor": dict(act="clipfloor", levels=15)}
 
 

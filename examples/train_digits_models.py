@@ -1,6 +1,6 @@
 """Train the two digits CNNs the examples and tests compile, and export them to ONNX.
 
-Writes into examples/models/:
+Writes into toolchain/data/:
   digits_cnn_relu.onnx       plain ReLU CNN, average pooling
   digits_cnn_clipfloor.onnx  clip-floor CNN (ClipFloor, 15 levels), sfn.levels = 15
   digits_models.json         per model: test accuracy, epochs, seed, levels, lr
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from exporters import DigitsCNN, export_onnx, load_digits_split, train_digits  # noqa: E402
 from sim.artifact import atomic_write  # noqa: E402
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "toolchain" / "data"
 OPSET = 17
 CONFIGS = {
     "digits_cnn_relu": dict(act="relu", levels=None, epochs=10, seed=0, lr=1e-2),

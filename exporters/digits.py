@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 
+from toolchain.examples import load_digits_split  # noqa: F401  (the split the models use)
+
 from .layers import ClipFloor
-
-
-def load_digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(x_train, y_train, x_test, y_test)``: a stratified 80/20 split.
-
-    Images are float32 of shape (N, 1, 8, 8) with pixel / 16 in [0, 1]; labels int64.
-    The split is ``train_test_split(test_size=0.2, stratify=y, random_state=seed)``.
-    """
-    digits = load_digits()
-    x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
-    y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
-    return x_train, y_train, x_test, y_test
 
 
 class DigitsCNN(nn.Sequential):

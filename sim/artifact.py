@@ -85,6 +85,15 @@ class Artifact:
                     raise ArtifactError(f"delay {n.name!r} has shape {n.shape}, its source "
                                         f"{n.source!r} {self.node(n.source).shape}")
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write this artifact to `path` (atomically; same artifact, same bytes)."""
+        save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Artifact":
+        """Read and fully validate the artifact at `path` (ArtifactError naming any defect)."""
+        return load(path)
+
     @property
     def recurrent(self) -> bool:
         """A recurrent network runs on sequences (N, T, *input_shape), one readout per step."""

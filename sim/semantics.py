@@ -1,4 +1,4 @@
-"""The integer semantics contract (design.md), defined once.
+"""The integer semantics contract, defined once.
 
 Both simulators (`sim.cpu`, the `fixed_pt` Lava models) call these functions, and the reference
 ONNX emitted by the compiler spells out the same equations with ONNX ops. All integer arrays are

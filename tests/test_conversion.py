@@ -22,7 +22,7 @@ from toolchain.errors import QuantizationError
 from toolchain.quantize import fit_levels
 from toolchain.reference import emit_reference
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
+DIGITS = Path(__file__).resolve().parents[1] / "toolchain" / "data" / "digits_cnn_relu.onnx"
 
 
 def _compile(name: str, levels: int = 3, fire: str = "adaptive", **kw):

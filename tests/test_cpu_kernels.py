@@ -15,7 +15,7 @@ from sim.cpu import kernels, program, runner, torch_ops
 from sim.ir import Conv, Dense, SumPool
 from toolchain.compiler import compile_onnx
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "models" / "digits_cnn_relu.onnx"
+DIGITS = Path(__file__).resolve().parents[1] / "toolchain" / "data" / "digits_cnn_relu.onnx"
 
 GEOMETRIES = [  # (C_in, C_out, size, k, stride, pads, dilation, groups)
     (1, 16, 8, 3, 1, (1, 1, 1, 1), 1, 1),

@@ -23,7 +23,7 @@ from exporters import (
 )
 
 torch.set_num_threads(2)
-MODELS_DIR = Path(__file__).resolve().parents[1] / "examples" / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "toolchain" / "data"
 
 
 # ---------------------------------------------------------------- ClipFloor
@@ -191,7 +191,7 @@ def test_train_digits_is_deterministic():
 def test_example_models_are_exported_with_levels():
     record_path = MODELS_DIR / "digits_models.json"
     if not record_path.exists():
-        pytest.skip("run examples/train_digits_models.py to create examples/models/")
+        pytest.skip("run examples/train_digits_models.py to create toolchain/data/")
     record = json.loads(record_path.read_text())
     for name, entry in record.items():
         proto = onnx.load(MODELS_DIR / entry["file"])

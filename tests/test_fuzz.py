@@ -151,7 +151,7 @@ def seeds(tmp_path_factory):
     from exporters.rnn.model import EIRNN
     d = tmp_path_factory.mktemp("seeds")
     out = [Case(n, nets.onnx_path(n).read_bytes()) for n in sorted(nets.NETS)]
-    out.append(Case("digits", (ROOT / "examples/models/digits_cnn_clipfloor.onnx").read_bytes()))
+    out.append(Case("digits", (ROOT / "toolchain/data/digits_cnn_clipfloor.onnx").read_bytes()))
     out.append(Case("shape_arith", _shape_arith_model().SerializeToString()))
     torch.manual_seed(0)
     cell = export_rnn_onnx(EIRNN(6, 2, n_units=8, seed=0), d / "rnn.onnx", check=False)

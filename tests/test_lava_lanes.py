@@ -21,7 +21,7 @@ from toolchain.errors import SimulationError
 
 pytestmark = pytest.mark.lava
 
-MODELS = Path(__file__).resolve().parents[1] / "examples" / "models"
+MODELS = Path(__file__).resolve().parents[1] / "toolchain" / "data"
 
 LANES = (1, 4, 7)
 N = 23  # a multiple of none of LANES but 1: the last group is partly padding

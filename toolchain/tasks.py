@@ -124,6 +124,8 @@ def _memory_decision(out, task):
 
 
 TASKS = {"cddm": cddm, "go_nogo": go_nogo, "memory_number": memory_number}
+# the short names the CLI takes (--task)
+CLI_NAMES = {"cddm": "cddm", "gonogo": "go_nogo", "memory": "memory_number"}
 _DECISIONS = {"cddm": _cddm_decision, "go_nogo": _go_nogo_decision,
               "memory_number": _memory_decision}
 

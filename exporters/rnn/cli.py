@@ -6,7 +6,7 @@ import json
 
 import click
 
-from toolchain.rnn.evaluate import TASKS
+from toolchain.tasks import CLI_NAMES as TASKS
 from toolchain.tasks import make_task
 
 

@@ -9,7 +9,7 @@ reduced-precision mode (bf16/tf32 "fp32_precision", float32_matmul_precision "me
 call here checks for those and answers None when it cannot vouch for the result, and the caller
 then takes the numpy path.
 
-Never used by the Lava process models: they call `sim.cpu.runner.evaluate_synapse`, which is
+Never used by the Lava process models: they call each node kind's `apply` (sim.ops), which is
 numpy only (torch hangs in Lava's forked processes). torch is imported lazily, on the first call;
 without torch every function answers None.
 """

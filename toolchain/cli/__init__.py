@@ -15,8 +15,9 @@ from importlib.metadata import entry_points
 import click
 
 from toolchain.cli import compile as compile_
-from toolchain.cli import inspect, report, rnn, run, targets
+from toolchain.cli import example, inspect, report, rnn, run, targets
 from toolchain.cli.common import err_console
+from toolchain import __version__
 from toolchain.errors import ToolchainError
 
 PLUGIN_GROUP = "sfn_toolchain.commands"
@@ -44,6 +45,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="toolchain")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(debug):
     """SFN toolchain: ONNX → Scale-and-Fire spiking graphs → Loihi-style integers → simulators."""
@@ -51,7 +53,7 @@ def main(debug):
 
 def _register():
     for command in (compile_.compile, run.run, inspect.inspect, targets.targets, report.report,
-                    rnn.rnn):
+                    rnn.rnn, example.example):
         main.add_command(command)
     for entry in entry_points(group=PLUGIN_GROUP):
         entry.load()(main)

@@ -7,8 +7,6 @@ import click
 from rich.table import Table
 
 from toolchain.cli.common import console, layer_table, load_npy
-from toolchain.compiler import compile_onnx
-from toolchain.mapping import Placement, placement_table
 
 
 def scale_table(found: dict) -> Table:
@@ -63,6 +61,7 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
             target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, as_json,
             debug):
     """Compile MODEL.onnx into an SFN artifact."""
+    from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
     x = load_npy(calib, "calibration") if calib else None
     result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
                           per_channel=None if per_layer is None else not per_layer,
@@ -82,6 +81,7 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
                                "fire": result.artifact.meta.get("fire", "uniform"),
                                "scale": result.artifact.meta.get("scale")}, indent=1))
         return
+    from toolchain.mapping import Placement, placement_table
     console.print(layer_table(result.layers, f"{model} → {out}"))
     console.print(placement_table(Placement.from_json(result.artifact.meta["placement"])))
     found = (result.artifact.meta.get("scale") or {}).get("search")

@@ -9,7 +9,7 @@ import click
 
 from sim.artifact import load
 from toolchain.errors import ArtifactError
-from toolchain.rnn.evaluate import TASKS, evaluate
+from toolchain.tasks import CLI_NAMES as TASKS
 
 
 @click.group()
@@ -35,6 +35,7 @@ def eval_(artifact, task, onnx_path, backend, as_json, debug):
     name = TASKS[task] if task else info.get("task")
     if not name:
         raise click.UsageError("the artifact names no task; pass --task")
+    from toolchain.rnn.evaluate import evaluate   # onnxruntime and the RNN readers
     row = evaluate(art, name, onnx_path, backend)
     if as_json:
         click.echo(json.dumps(row, indent=1))

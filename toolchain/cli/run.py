@@ -15,7 +15,8 @@ from toolchain.errors import InputFileError, SimulationError
 
 @click.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--input", "inp", required=True, type=click.Path(), help="X.npy, (N, *input_shape) float32.")
+@click.option("--input", "inp", required=True, type=click.Path(),
+              help="X.npy, (N, *input_shape) float32.")
 @click.option("--output", "out", required=True, type=click.Path(), help="Y.npy to write.")
 @click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
 @click.option("--timesteps", type=click.IntRange(1, 4096), help="Default: the artifact's.")
@@ -32,10 +33,12 @@ from toolchain.errors import InputFileError, SimulationError
               help="Treat any 24-bit state saturation as an error (no output is written).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU backend: torch threads for the run (default: every core).")
+@click.option("--labels", type=click.Path(),
+              help="Y.npy of N integer class labels: print the top-1 accuracy of the run.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, hidden=True)
 def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout,
-        fail_on_saturation, threads, as_json, debug):
+        fail_on_saturation, threads, labels, as_json, debug):
     """Run ARTIFACT on --input and write the readout to --output."""
     from tqdm import tqdm
 
@@ -44,6 +47,7 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout
     if x.dtype != np.float32:
         raise InputFileError(f"{inp}: dtype {x.dtype}; inputs must be float32")
     T = timesteps or int(art.meta.get("timesteps", 1))
+    truth = _labels(labels, len(x)) if labels else None
     with tqdm(total=len(x), unit="sample", disable=None, leave=False) as bar:
         if backend == "cpu":
             res = sim.cpu.run(art, x, timesteps=T, binary=binary, progress=bar.update,
@@ -57,12 +61,18 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout
             f"layer {name!r} {count} times" for name, count in saturated.items()) +
             f" over {res.samples} samples; recompile with fewer --levels or a smaller range")
     softmax = art.node(art.output).softmax
-    save_npy(out, res.probabilities(softmax))
+    y = res.probabilities(softmax)
+    save_npy(out, y)
     summary = {"samples": res.samples, "timesteps": T, "backend": backend,
                "output": out, "output_shape": [res.samples, *art.output_shape],
                "softmax": softmax or None,
                "synops_per_sample": sum(s.synops for s in res.stats.values()) / max(res.samples, 1),
                "saturations": sum(s.saturations for s in res.stats.values())}
+    if truth is not None:
+        if y.ndim != 2:
+            raise InputFileError(f"--labels: the output has shape {y.shape}; top-1 accuracy "
+                                 "needs one score vector per sample")
+        summary["accuracy"] = float((y.argmax(1) == truth).mean())
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
@@ -70,3 +80,15 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout
                       f"{tuple(summary['output_shape'])}; "
                       f"{summary['synops_per_sample']:,.0f} synaptic ops/sample, "
                       f"{summary['saturations']} saturations", highlight=False)
+        if truth is not None:
+            right = int((y.argmax(1) == truth).sum())
+            console.print(f"accuracy {summary['accuracy']:.4f} ({right} of {len(truth)})",
+                          highlight=False)
+
+
+def _labels(path: str, n: int) -> np.ndarray:
+    truth = load_npy(path, "labels")
+    if truth.shape != (n,) or not np.issubdtype(truth.dtype, np.integer):
+        raise InputFileError(f"{path}: labels of shape {truth.shape} and dtype {truth.dtype}; "
+                             f"expected ({n},) integers, one per input sample")
+    return truth

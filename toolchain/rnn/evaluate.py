@@ -10,9 +10,6 @@ from toolchain.rnn.cell import run_onnx_trials
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, onnx_rnn_trials, read_onnx_rnn
 from toolchain.tasks import decision, make_task, masked_r2
 
-# the CLI's task names → toolchain.tasks names
-TASKS = {"cddm": "cddm", "gonogo": "go_nogo", "memory": "memory_number"}
-
 
 def evaluate(art, task_name: str, onnx_path: str | None = None, backend: str = "cpu") -> dict:
     """Masked R² and decision accuracy of the deployed network (and of the float one)."""
