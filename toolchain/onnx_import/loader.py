@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -192,10 +193,10 @@ def check_graph(graph: onnx.GraphProto, where: str) -> None:
                 raise ModelError(f"{where}: tensor {out!r} is produced twice: by {by} and by "
                                  f"{_label(node, i)}; every tensor needs one producer")
             producer[out] = i
-    outputs = [o.name for o in graph.output]
-    for name in outputs:
-        if outputs.count(name) > 1:
-            raise ModelError(f"{where}: graph output {name!r} is listed {outputs.count(name)} times")
+    listed = Counter(o.name for o in graph.output)
+    for name, times in listed.items():
+        if times > 1:
+            raise ModelError(f"{where}: graph output {name!r} is listed {times} times")
         if name not in producer:
             raise ModelError(f"{where}: graph output {name!r} is not produced by any node, graph "
                              "input or initializer")
@@ -208,28 +209,38 @@ def check_graph(graph: onnx.GraphProto, where: str) -> None:
 
 
 def _check_order(graph: onnx.GraphProto, producer: dict, where: str) -> None:
-    """A cycle is named by its nodes; an acyclic graph must list producers before readers."""
+    """A cycle is named by its nodes; an acyclic graph must list producers before readers.
+    Linear in the number of nodes and edges."""
     readers = [{producer[n] for n in node.input if isinstance(producer.get(n), int)}
                for node in graph.node]
-    if not any(j >= i for i, deps in enumerate(readers) for j in deps):
+    late = next(((i, j) for i, deps in enumerate(readers) for j in deps if j >= i), None)
+    if late is None:
         return
-    done: set[int] = set()
-    pending = set(range(len(graph.node)))
-    while True:  # peel off nodes whose producers are all placed (Kahn)
-        ready = {i for i in pending if readers[i] <= done}
-        if not ready:
-            break
-        done |= ready
-        pending -= ready
-    if pending:  # every pending node waits on another pending node: walk back until one repeats
-        path, i = [], min(pending)
+    waiting = [len(deps) for deps in readers]  # Kahn: producers not yet placed
+    users: list[list[int]] = [[] for _ in readers]
+    for i, deps in enumerate(readers):
+        for j in deps:
+            users[j].append(i)
+    placed = [i for i, w in enumerate(waiting) if not w]
+    for i in placed:  # the list grows while it is walked
+        for k in users[i]:
+            waiting[k] -= 1
+            if not waiting[k]:
+                placed.append(k)
+    if len(placed) < len(readers):
+        # every unplaced node waits on another unplaced node: walk back until one repeats
+        pending = set(range(len(readers))).difference(placed)
+        path: dict[int, int] = {}
+        i = min(pending)
         while i not in path:
-            path.append(i)
+            path[i] = len(path)
             i = min(readers[i] & pending)
-        cycle = path[path.index(i):][::-1]
-        names = " → ".join(_label(graph.node[k], k) for k in cycle + cycle[:1])
+        cycle = list(path)[path[i]:][::-1]
+        names = " → ".join(_label(graph.node[k], k) for k in (cycle + cycle[:1])[:9])
+        if len(cycle) > 8:
+            names += f" → … ({len(cycle)} nodes in all)"
         raise ModelError(f"{where}: the graph has a cycle: {names}")
-    i, j = next((i, j) for i, deps in enumerate(readers) for j in deps if j >= i)
+    i, j = late
     raise ModelError(f"{where}: {_label(graph.node[i], i)} reads the output of "
                      f"{_label(graph.node[j], j)}, which comes later; nodes must be in "
                      "topological order")

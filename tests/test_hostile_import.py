@@ -1,0 +1,152 @@
+"""Hostile ONNX files and .npy inputs: memory and time bounds of the import.
+
+Each bomb is refused with one named error (or, where it is dead weight, dropped unread) within a
+time bound, and its peak memory is measured in a fresh process from /proc/self/status (VmHWM,
+the resident high-water mark) under an address-space limit, so a regression fails the test
+instead of taking the machine down. Files go to pytest's tmp_path; the large external-data files
+are sparse (no disk blocks)."""
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+import nets
+from toolchain.cli import main
+from toolchain.compiler import compile_onnx
+from toolchain.errors import InputFileError, ModelError, ShapeError, UnsupportedOpError
+from toolchain.onnx_import import import_onnx, loader
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT_BYTES = 3 * 1024 ** 3  # address space of a probe process: a regression fails, not the machine
+
+# Imports the toolchain, then runs import_onnx (or compile_onnx) on argv[1] and prints the
+# outcome, the seconds it took and how far the resident high-water mark rose meanwhile.
+PROBE = r"""
+import json, sys, time
+def peak_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+from toolchain.errors import ToolchainError
+from toolchain.compiler import compile_onnx
+from toolchain.onnx_import import import_onnx
+run = {"import": import_onnx, "compile": compile_onnx}[sys.argv[2]]
+before, start = peak_kb(), time.perf_counter()
+try:
+    run(sys.argv[1])
+    outcome = ["ok", ""]
+except ToolchainError as exc:
+    outcome = [type(exc).__name__, str(exc)]
+print(json.dumps({"outcome": outcome, "seconds": time.perf_counter() - start,
+                  "extra_mb": (peak_kb() - before) / 1024}))
+"""
+
+
+def _probe(path, mode="import"):
+    """(error class name or "ok", message, seconds, extra resident MB) of a fresh process."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (LIMIT_BYTES, LIMIT_BYTES))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    r = subprocess.run([sys.executable, "-c", PROBE, str(path), mode], capture_output=True,
+                       text=True, timeout=120, env=env, cwd=ROOT, preexec_fn=limit)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    return (*report["outcome"], report["seconds"], report["extra_mb"])
+
+
+def _model(nodes, inits=(), in_shape=("N", 4), out_shape=("N", 4), opset=17):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         list(in_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             list(out_shape))], list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _save(tmp_path, model, name="m.onnx") -> Path:
+    path = tmp_path / name
+    path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+    return path
+
+
+def _const(name, value):
+    return helper.make_node("Constant", [], [name], name=name,
+                            value=numpy_helper.from_array(np.array(value, np.int64)))
+
+
+def _into_output(name):
+    """Nodes that make the int64 tensor `name` feed y = x + float(Size(name)): the bomb is
+    live, and Size is an op that ONNX data propagation expands element by element."""
+    return [helper.make_node("Size", [name], ["size"], name="size"),
+            helper.make_node("Cast", ["size"], ["sizef"], name="cast", to=TensorProto.FLOAT),
+            helper.make_node("Add", ["x", "sizef"], ["y"], name="add")]
+
+
+def _relu(src, dst, name):
+    return helper.make_node("Relu", [src], [dst], name=name)
+
+
+def _external(name, n_floats, location, offset=0):
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[n_floats],
+                    data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", offset), ("length", 4 * n_floats)):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, str(value)
+    return t
+
+
+def _sparse_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+# --- quadratic checks ---------------------------------------------------------------------------
+def _chain(n):
+    return [_relu("x" if k == 0 else f"t{k - 1}", "y" if k == n - 1 else f"t{k}", f"n{k}")
+            for k in range(n)]
+
+
+def test_100k_nodes_in_reverse_order_are_refused_in_linear_time(tmp_path):
+    path = _save(tmp_path, _model(_chain(100_000)[::-1]))
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="node 'n99999' \\(Relu\\) reads the output of node "
+                                         "'n99998' \\(Relu\\), which comes later"):
+        import_onnx(path)
+    assert time.perf_counter() - start < 10
+
+
+def test_100k_node_cycle_is_named_briefly(tmp_path):
+    nodes = _chain(100_000)
+    nodes[0] = helper.make_node("Add", ["x", "t99998"], ["t0"], name="n0")
+    nodes[-1] = _relu("t99998", "y", "last")
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="the graph has a cycle: node 'n1' \\(Relu\\) → "
+                                         "node 'n2' \\(Relu\\) → .* → … "
+                                         "\\(99999 nodes in all\\)$"):
+        import_onnx(_save(tmp_path, _model(nodes)))
+    assert time.perf_counter() - start < 10
+
+
+def test_100k_graph_outputs_are_refused_in_linear_time(tmp_path):
+    m = _model([_relu("x", f"o{k}", f"r{k}") for k in range(100_000)])
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_tensor_value_info(f"o{k}", TensorProto.FLOAT, ["N", 4])
+                          for k in range(100_000))
+    path = _save(tmp_path, m)
+    start = time.perf_counter()
+    with pytest.raises(UnsupportedOpError, match="the model has 100000 outputs; exactly one"):
+        import_onnx(path)
+    assert time.perf_counter() - start < 10
+    m.graph.output.append(m.graph.output[5])
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="graph output 'o5' is listed 2 times"):
+        loader.check_graph(m.graph, "m.onnx")
+    assert time.perf_counter() - start < 5
