@@ -108,6 +108,54 @@ def _sparse_file(path: Path, size: int) -> None:
         f.truncate(size)
 
 
+# --- the file itself: what parsing costs, unused data ------------------------------------------
+def test_packed_varint_bomb_is_refused_before_parsing(tmp_path):
+    """8 MB of int64 zeros as packed varints (one byte each, 16 in protobuf's memory), in an
+    unused initializer: the wire walk refuses it, nothing is parsed."""
+    z = TensorProto(name="Z", data_type=TensorProto.INT64, dims=[8_000_000])
+    z.int64_data.extend(np.zeros(8_000_000, np.int64))
+    path = _save(tmp_path, _model([_relu("x", "y", "r")], [z]))
+    kind, message, seconds, extra_mb = _probe(path)
+    assert kind == "ModelError", message
+    assert "parsing would allocate" in message and "refused before parsing" in message
+    assert "TensorProto.int64_data" in message and "tensor 'Z'" in message
+    assert seconds < 10 and extra_mb < 100, (seconds, extra_mb)
+
+
+def test_many_small_messages_are_refused_before_parsing(tmp_path):
+    """Three million empty nodes in 6 MB: ~150 bytes each once parsed."""
+    head = _model([_relu("x", "y", "r")])
+    graph = b"\x0a\x00" * 3_000_000 + head.graph.SerializeToString()
+    head.ClearField("graph")
+    n, length = len(graph), b""
+    while True:
+        length += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            break
+    path = _save(tmp_path, head.SerializeToString() + b"\x3a" + length + graph)
+    kind, message, seconds, extra_mb = _probe(path)
+    assert kind == "ModelError", message
+    assert "GraphProto.node alone accounts for" in message
+    assert seconds < 10 and extra_mb < 100, (seconds, extra_mb)
+
+
+def test_nesting_deeper_than_the_limit_is_refused(tmp_path):
+    def branch(nodes, name):
+        return helper.make_graph(nodes, name, [],
+                                 [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)])
+    leaf = branch([_relu("x", "v", "r")], "leaf")
+    body = leaf
+    for k in range(22):  # each If adds graph → node → attribute → graph: 70 levels in all
+        body = branch([helper.make_node("If", ["c"], ["v"], then_branch=body, else_branch=leaf)],
+                      f"b{k}")
+    m = _model([helper.make_node("If", ["c"], ["y"], name="if", then_branch=body,
+                                 else_branch=leaf)], [numpy_helper.from_array(np.array(True), "c")])
+    assert len(m.SerializeToString()) < 10_000
+    with pytest.raises(ModelError, match="nested more than 64 deep.*refused before parsing"):
+        import_onnx(_save(tmp_path, m))
+
+
 # --- quadratic checks ---------------------------------------------------------------------------
 def _chain(n):
     return [_relu("x" if k == 0 else f"t{k - 1}", "y" if k == n - 1 else f"t{k}", f"n{k}")
@@ -150,3 +198,37 @@ def test_100k_graph_outputs_are_refused_in_linear_time(tmp_path):
     with pytest.raises(ModelError, match="graph output 'o5' is listed 2 times"):
         loader.check_graph(m.graph, "m.onnx")
     assert time.perf_counter() - start < 5
+# --- inputs that used to crash ------------------------------------------------------------------
+
+
+def _rename(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) == 1 and len(old) == len(new)
+    return data.replace(old, new)
+
+
+def test_non_utf8_names_are_refused(tmp_path):
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "Wq")
+    m = _model([helper.make_node("MatMul", ["x", "Wq"], ["y"], name="mm")], [w])
+    data = _rename(m.SerializeToString(), b"\x0a\x02Wq", b"\x0a\x02W\xff")  # the input's name
+    with pytest.raises(ModelError, match="input b'W\\\\xff' is not UTF-8 text \\(in graph 'g', "
+                                         "node 'mm'\\)"):
+        compile_onnx(_save(tmp_path, data))
+    data = _rename(m.SerializeToString(), b"\x42\x02Wq", b"\x42\x02W\xff")  # the tensor's name
+    with pytest.raises(ModelError, match="tensor name b'W\\\\xff' is not UTF-8 text "
+                                         "\\(in graph 'g'\\)"):
+        compile_onnx(_save(tmp_path, data))
+    r = CliRunner().invoke(main, ["compile", str(tmp_path / "m.onnx"), "-o",
+                                  str(tmp_path / "m.sfn")])
+    assert r.exit_code == 2 and r.output.startswith("error:") and "Traceback" not in r.output
+    assert "is not UTF-8 text" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_non_utf8_external_location_is_refused(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"\0" * 64)
+    w = _external("W", 16, "w.bin")
+    w.dims[:] = [4, 4]
+    m = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [w])
+    data = _rename(m.SerializeToString(), b"w.bin", b"w\xff.bi")
+    with pytest.raises(ModelError, match="value b'w\\\\xff.bi' is not UTF-8 text \\(in graph "
+                                         "'g', tensor 'W'\\)"):
+        compile_onnx(_save(tmp_path, data))

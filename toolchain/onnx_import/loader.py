@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from sim.artifact import read_user_file
@@ -26,6 +27,9 @@ from toolchain.onnx_import.registry import MAX_OPSET, MIN_OPSET
 MAX_MODEL_BYTES = 2 * 1024 ** 3
 MAX_TENSOR_ELEMENTS = 200_000_000
 MAX_ACTIVATION_ELEMENTS = 2 ** 22   # per tensor, batch included: 4 Mi (four Loihi 2 chips of neurons)
+PARSE_MEMORY_FACTOR = 4             # parsing may cost 4 × the file size …
+PARSE_MEMORY_SLACK = 64 * 1024 ** 2  # … + 64 MiB
+MAX_NESTING = 64                    # messages inside messages (protobuf itself stops at 100)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # Data types a tensor may carry, with bytes per element: the ones the converters can read as
@@ -44,6 +48,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, str]:
     data = read_user_file(path, MAX_MODEL_BYTES)
     if not data:
         raise InputFileError(f"{path}: empty file, not an ONNX model")
+    check_wire(data, str(path))
     try:
         model = onnx.load_from_string(data)  # protobuf keeps tensor bytes as bytes: no allocation
     except Exception as exc:  # protobuf raises DecodeError and friends
@@ -55,6 +60,207 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, str]:
     for tensor in _tensors(model.graph, str(path)):
         _check_tensor(tensor, base, str(path))
     return model, hashlib.sha256(data).hexdigest()
+
+
+# --- the wire format, walked before protobuf parses it ------------------------------------------
+# protobuf allocates far more than a field's bytes for some fields: a packed varint of value 0 is
+# one byte in the file and 8 (16 while the array grows) in memory, an empty sub-message two bytes
+# and ~150. `check_wire` adds up an upper estimate of what parsing allocates, field by field,
+# skipping over byte strings (tensor data) without reading them, and refuses a file whose estimate
+# exceeds PARSE_MEMORY_FACTOR × its size + PARSE_MEMORY_SLACK. It also refuses what protobuf would
+# accept but the toolchain cannot use: text fields that are not UTF-8 (protobuf hands those back
+# as bytes) and messages nested deeper than MAX_NESTING.
+_F = FieldDescriptor
+_VARINT = {_F.TYPE_INT64: 8, _F.TYPE_UINT64: 8, _F.TYPE_SINT64: 8, _F.TYPE_INT32: 4,
+           _F.TYPE_UINT32: 4, _F.TYPE_SINT32: 4, _F.TYPE_ENUM: 4, _F.TYPE_BOOL: 1}
+_FIXED = {_F.TYPE_FLOAT: 4, _F.TYPE_FIXED32: 4, _F.TYPE_SFIXED32: 4, _F.TYPE_DOUBLE: 8,
+          _F.TYPE_FIXED64: 8, _F.TYPE_SFIXED64: 8}
+_MESSAGE, _TEXT, _BYTES, _NUMBER, _VARINT_NUMBER = range(5)
+_LAST_BYTES = bytes(range(128))  # a varint ends on a byte below 0x80: one per value
+_STRING_COST, _FIELD_COST = 32, 16  # upb's string view + slack; an unknown field's record
+_LAYOUTS: dict[str, dict] = {}
+# the field that names an object of each message type, for error messages
+_NAMES = {"onnx.TensorProto": (8, "tensor"), "onnx.NodeProto": (3, "node"),
+          "onnx.ValueInfoProto": (1, "value_info"), "onnx.GraphProto": (2, "graph"),
+          "onnx.AttributeProto": (1, "attribute"), "onnx.SparseTensorProto": (None, "tensor"),
+          "onnx.FunctionProto": (4, "function")}
+
+
+class _WireError(Exception):
+    """Raised inside the walk; `owner` collects the names of the objects it happened in, `parts`
+    the estimate so far by (message type, field name)."""
+
+    def __init__(self, kind: str, detail: str, field: tuple | None = None):
+        super().__init__(detail)
+        self.kind, self.detail, self.field = kind, detail, field
+        self.owner: list[str] = []
+        self.parts: dict[tuple[str, str], int] = {}
+
+
+def _layout(desc) -> dict:
+    """field number → (kind, cost, sub-layout, repeated, name, cost of one unpacked element);
+    None → the message type's name, -1 → one more than the largest field number."""
+    key = desc.full_name
+    if key in _LAYOUTS:
+        return _LAYOUTS[key]
+    layout: dict = {None: key, -1: max((f.number for f in desc.fields), default=0) + 1}
+    _LAYOUTS[key] = layout  # before the fields: message types refer to each other
+    for f in desc.fields:
+        if f.type == _F.TYPE_MESSAGE:  # cost: the message's own record
+            layout[f.number] = (_MESSAGE, 48 + 8 * len(f.message_type.fields),
+                                _layout(f.message_type), f.is_repeated, f.name, 0)
+        elif f.type in (_F.TYPE_STRING, _F.TYPE_BYTES):  # cost: on top of the bytes
+            layout[f.number] = (_TEXT if f.type == _F.TYPE_STRING else _BYTES, _STRING_COST,
+                                None, f.is_repeated, f.name, 0)
+        else:  # cost, packed: per varint (counted) or per byte (fixed size), ×2 while growing
+            size = _VARINT.get(f.type) or _FIXED.get(f.type, 8)
+            layout[f.number] = (_VARINT_NUMBER if f.type in _VARINT else _NUMBER,
+                                2 * size if f.type in _VARINT else 2, None, f.is_repeated,
+                                f.name, 2 * size)
+    return layout
+
+
+def _varint(data: bytes, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise _WireError("truncated", "a varint runs past its message")
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _walk(data: bytes, i: int, end: int, layout: dict, depth: int, budget: int) -> int:
+    """The estimated bytes protobuf allocates for the message between i and end (its fields and
+    sub-messages; its own record is the caller's); _WireError past `budget`."""
+    if depth > MAX_NESTING:
+        raise _WireError("nesting", f"messages nested more than {MAX_NESTING} deep")
+    start, total, get, last = i, 0, layout.get, layout[-1]
+    spent = [0] * (last + 1)  # by field number; the last slot for unknown numbers
+    try:
+        while i < end:
+            tag = data[i]
+            if tag < 0x80:
+                i += 1
+            else:
+                tag, i = _varint(data, i, end)
+            number, wire = tag >> 3, tag & 7
+            f = get(number)
+            if wire == 2:
+                n = data[i] if i < end else 0x80
+                if n < 0x80:
+                    i += 1
+                else:
+                    n, i = _varint(data, i, end)
+                j = i + n
+                if j > end:
+                    raise _WireError("truncated", "a field runs past its message")
+                if f is None:
+                    cost = n + _FIELD_COST
+                else:
+                    kind = f[0]
+                    if kind == _MESSAGE:
+                        cost = f[1] + _walk(data, i, j, f[2], depth + 1, budget - total - f[1])
+                    elif kind == _NUMBER:  # packed, or (not repeated) an unknown field
+                        cost = f[1] * n if f[3] else n + _FIELD_COST
+                    elif kind == _VARINT_NUMBER:
+                        if not f[3]:
+                            cost = n + _FIELD_COST
+                        elif n <= 4096:  # at most one value per byte
+                            cost = f[1] * n
+                        else:  # count the values: bytes that end a varint
+                            cost = f[1] * (n - len(data[i:j].translate(None, _LAST_BYTES)))
+                    else:
+                        cost = n + f[1]
+                        if kind == _TEXT:
+                            try:
+                                data[i:j].decode("utf-8")
+                            except UnicodeDecodeError:
+                                raise _WireError("text", f"{f[4]} {data[i:j][:60]!r} is not "
+                                                 "UTF-8 text", (layout[None], number)) from None
+                i = j
+            elif wire == 0 or wire == 1 or wire == 5:
+                if wire == 0:
+                    _, i = _varint(data, i, end)
+                else:
+                    i += 8 if wire == 1 else 4
+                if f is None or f[0] < _NUMBER:
+                    cost = _FIELD_COST  # an unknown field (or a known one of another type)
+                else:
+                    cost = f[5] if f[3] else 0
+            else:
+                raise _WireError("truncated", f"wire type {wire} (groups or garbage)")
+            total += cost
+            spent[number if number < last else last] += cost
+            if total > budget:
+                raise _WireError("memory", "")
+        if i != end:
+            raise _WireError("truncated", "a field runs past its message")
+    except _WireError as exc:
+        for k, cost in enumerate(spent):
+            if cost:
+                f = get(k) if k < last else None
+                part = (layout[None], f[4] if f else "unknown field")
+                exc.parts[part] = exc.parts.get(part, 0) + cost
+        number, kind = _NAMES.get(layout[None], (None, None))
+        if exc.field == (layout[None], number) and not exc.owner:  # the name itself
+            exc.detail = f"{kind} {exc.detail}"
+        elif kind and len(exc.owner) < 3:
+            name = _field_text(data, start, end, number) if number else None
+            exc.owner.append(f"{kind} {name!r}" if name else kind)
+        raise
+    return total
+
+
+def _field_text(data: bytes, i: int, end: int, number: int) -> str | None:
+    """The text of field `number` among the fields between i and end, if it can be found."""
+    try:
+        while i < end:
+            tag, i = _varint(data, i, end)
+            wire = tag & 7
+            if wire == 2:
+                n, i = _varint(data, i, end)
+                if tag >> 3 == number:
+                    return data[i:min(i + n, end, i + 200)].decode("utf-8", "backslashreplace")
+                i += n
+            elif wire == 0:
+                _, i = _varint(data, i, end)
+            elif wire in (1, 5):
+                i += 8 if wire == 1 else 4
+            else:
+                return None
+    except _WireError:
+        return None
+    return None
+
+
+def check_wire(data: bytes, where: str) -> int:
+    """Walk the protobuf wire format of a ModelProto without parsing it; return the estimated
+    bytes protobuf will allocate parsing it. Refuses (before any allocation that depends on the
+    content) a file whose estimate exceeds PARSE_MEMORY_FACTOR × its size + PARSE_MEMORY_SLACK,
+    text fields that are not UTF-8, nesting deeper than MAX_NESTING, and truncated fields."""
+    budget = PARSE_MEMORY_FACTOR * len(data) + PARSE_MEMORY_SLACK
+    try:
+        return _walk(data, 0, len(data), _layout(onnx.ModelProto.DESCRIPTOR), 0, budget)
+    except _WireError as exc:
+        inside = f" (in {', '.join(reversed(exc.owner))})" if exc.owner else ""
+        if exc.kind == "truncated":
+            raise InputFileError(f"{where}: not an ONNX model or truncated ({exc.detail}"
+                                 f"{inside})") from None
+        if exc.kind == "text":
+            raise ModelError(f"{where}: {exc.detail}{inside}; names and other text must be "
+                             "UTF-8") from None
+        if exc.kind == "nesting":
+            raise ModelError(f"{where}: {exc.detail}{inside}; refused before parsing") from None
+        (message, field), size = max(exc.parts.items(), key=lambda kv: kv[1])
+        raise ModelError(
+            f"{where}: parsing would allocate over {budget} bytes for a {len(data)}-byte file, "
+            f"the limit ({PARSE_MEMORY_FACTOR} × its size + {PARSE_MEMORY_SLACK} bytes); "
+            f"{message.removeprefix('onnx.')}.{field} alone accounts for {size} bytes{inside} "
+            "(packed numbers or many small fields); refused before parsing") from None
 
 
 def _tensors(graph: onnx.GraphProto, where: str):
