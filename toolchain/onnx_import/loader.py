@@ -25,8 +25,10 @@ from toolchain.errors import InputFileError, ModelError, ShapeError, Unsupported
 from toolchain.onnx_import.registry import MAX_OPSET, MIN_OPSET
 
 MAX_MODEL_BYTES = 2 * 1024 ** 3
+MAX_EXTERNAL_BYTES = 2 * 1024 ** 3  # all external data of one model together
 MAX_TENSOR_ELEMENTS = 200_000_000
 MAX_ACTIVATION_ELEMENTS = 2 ** 22   # per tensor, batch included: 4 Mi (four Loihi 2 chips of neurons)
+MAX_RANK = 32                       # numpy's limit on dimensions
 PARSE_MEMORY_FACTOR = 4             # parsing may cost 4 × the file size …
 PARSE_MEMORY_SLACK = 64 * 1024 ** 2  # … + 64 MiB
 MAX_NESTING = 64                    # messages inside messages (protobuf itself stops at 100)
@@ -39,27 +41,46 @@ TENSOR_TYPES = {t: helper.tensor_dtype_to_np_dtype(t).itemsize for t in (
     TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32,
     TensorProto.UINT32, TensorProto.INT64, TensorProto.UINT64, TensorProto.BOOL)}
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+_DATA_TYPES = frozenset(TensorProto.DataType.values())
 
 
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, str]:
     """Parse `path`; return the model (external data loaded) and the SHA-256 of its bytes.
-    Every tensor is checked (type, size, data length) before its data is read or converted."""
+
+    In this order, each step before anything the next one allocates: the wire format is walked
+    to bound what parsing costs; every tensor's type, rank and size is checked and every
+    external-data entry (location, range, overlap, total) validated, data unread; the graph's
+    structure is checked; initializers and nodes that no graph output depends on are dropped;
+    only then is external data read and every remaining tensor's data checked (length,
+    finite values)."""
     path = Path(path)
+    where = str(path)
     data = read_user_file(path, MAX_MODEL_BYTES)
     if not data:
         raise InputFileError(f"{path}: empty file, not an ONNX model")
-    check_wire(data, str(path))
+    check_wire(data, where)
     try:
         model = onnx.load_from_string(data)  # protobuf keeps tensor bytes as bytes: no allocation
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise InputFileError(f"{path}: not an ONNX model or truncated ({type(exc).__name__}: "
                              f"{str(exc)[:200]})") from None
+    sha = hashlib.sha256(data).hexdigest()
+    del data
     if not model.HasField("graph") or not model.graph.node:
         raise InputFileError(f"{path}: not an ONNX model (no graph or no nodes)")
     base = path.parent.resolve()
-    for tensor in _tensors(model.graph, str(path)):
-        _check_tensor(tensor, base, str(path))
-    return model, hashlib.sha256(data).hexdigest()
+    tensors = list(_tensors(model.graph, where))
+    for tensor in tensors:
+        _check_declared(tensor, where)
+    _check_external(tensors, base, where)
+    del tensors
+    check_graph(model.graph, where)
+    prune(model.graph)
+    for tensor in _tensors(model.graph, where):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            _read_external(tensor, base, where)
+        _check_data(tensor, where)
+    return model, sha
 
 
 # --- the wire format, walked before protobuf parses it ------------------------------------------
@@ -281,23 +302,28 @@ def _tensors(graph: onnx.GraphProto, where: str):
                 yield from _tensors(g, where)
 
 
-def _check_tensor(t: TensorProto, base: Path, where: str) -> None:
-    """Type and size first, then the data length the type and dims need (reading external data
-    from inside `base`), then finite values: afterwards converting the tensor allocates at most
-    what its dims say."""
+def _check_declared(t: TensorProto, where: str) -> None:
+    """Type, rank and size of a tensor, before its data is read."""
     what = f"{where}: tensor {t.name!r}"
     if t.data_type not in TENSOR_TYPES:
         raise UnsupportedOpError(f"{what} has data type {_type_name(t.data_type)}; supported: "
                                  + ", ".join(_type_name(k) for k in TENSOR_TYPES))
+    if len(t.dims) > MAX_RANK:
+        raise ShapeError(f"{what} has {len(t.dims)} dimensions, over the limit of {MAX_RANK}")
     if any(d < 0 for d in t.dims):
         raise ModelError(f"{what} has negative dimensions {list(t.dims)}")
     count = math.prod(t.dims)
     if count > MAX_TENSOR_ELEMENTS:
         raise ShapeError(f"{what} declares {count} elements (dims {list(t.dims)}), over the "
                          f"{MAX_TENSOR_ELEMENTS} limit; refused before reading its data")
+
+
+def _check_data(t: TensorProto, where: str) -> None:
+    """The data length the type and dims need, then finite values: afterwards converting the
+    tensor allocates at most what its dims say."""
+    what = f"{where}: tensor {t.name!r}"
+    count = math.prod(t.dims)
     need = count * TENSOR_TYPES[t.data_type]
-    if t.data_location == TensorProto.EXTERNAL:
-        _load_external(t, need, base, what)
     if t.HasField("raw_data"):
         if len(t.raw_data) != need:
             raise ModelError(f"{what} has {len(t.raw_data)} bytes of data; its dims "
@@ -308,18 +334,48 @@ def _check_tensor(t: TensorProto, base: Path, where: str) -> None:
         if have != count:
             raise ModelError(f"{what} has {have} values in {field}; its dims {list(t.dims)} "
                              f"need {count}")
-    if t.data_type in FLOAT_TYPES:
+    if t.data_type in FLOAT_TYPES and count:
         values = np.frombuffer(t.raw_data, helper.tensor_dtype_to_np_dtype(t.data_type)) \
             if t.HasField("raw_data") else numpy_helper.to_array(t)
-        bad = values.size - np.count_nonzero(np.isfinite(values))
+        bad = 0
+        for k in range(0, values.size, 1 << 22):  # a bounded temporary, not one bool per value
+            chunk = values[k:k + (1 << 22)]
+            bad += chunk.size - np.count_nonzero(np.isfinite(chunk))
         if bad:
             raise ModelError(f"{what} has {bad} NaN/Inf values; a deployable network needs "
                              "finite weights")
 
 
-def _load_external(t: TensorProto, need: int, base: Path, what: str) -> None:
-    """Read `need` bytes for `t` from a file inside `base` (no `..`, no absolute path, no
-    symlink that leaves the folder) and make the data inline."""
+def _check_external(tensors, base: Path, where: str) -> None:
+    """Validate every external-data entry without reading data: a location inside `base`, an
+    existing file long enough for offset + the bytes the dims need, ranges of different tensors
+    that do not overlap, and all of them together within MAX_EXTERNAL_BYTES."""
+    total, ranges = 0, {}
+    for t in tensors:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        what = f"{where}: tensor {t.name!r}"
+        need = math.prod(t.dims) * TENSOR_TYPES[t.data_type]
+        target, offset = _external_entry(t, need, base, what)
+        total += need
+        if total > MAX_EXTERNAL_BYTES:
+            raise InputFileError(f"{what}: the model's external data adds up to {total} bytes "
+                                 f"so far, over the {MAX_EXTERNAL_BYTES}-byte limit")
+        if need:
+            ranges.setdefault(target, []).append((offset, offset + need, t.name))
+    for target, spans in ranges.items():
+        spans.sort()
+        for (a0, a1, a), (b0, b1, b) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ModelError(f"{where}: external data of tensors {a!r} (bytes {a0}–{a1}) and "
+                                 f"{b!r} (bytes {b0}–{b1}) overlap in "
+                                 f"{target.relative_to(base).as_posix()!r}; every tensor needs "
+                                 "its own bytes")
+
+
+def _external_entry(t: TensorProto, need: int, base: Path, what: str) -> tuple[Path, int]:
+    """The file (inside `base`: no `..`, no absolute path, no symlink that leaves the folder) and
+    offset of `t`'s external data, checked against the bytes its dims need."""
     try:
         info = external_data_helper.ExternalDataInfo(t)
     except ValueError as exc:  # a non-integer or negative offset/length
@@ -342,11 +398,68 @@ def _load_external(t: TensorProto, need: int, base: Path, what: str) -> None:
     if offset + need > size:
         raise InputFileError(f"{what}: external data file {location!r} is {size} bytes, the "
                              f"tensor needs {need} from offset {offset}: the file is short")
-    with open(target, "rb") as f:
-        f.seek(offset)
-        t.raw_data = f.read(need)
+    return target, offset
+
+
+def _read_external(t: TensorProto, base: Path, where: str) -> None:
+    """Read exactly the bytes `t` needs (its entry checked again) and make the data inline."""
+    what = f"{where}: tensor {t.name!r}"
+    need = math.prod(t.dims) * TENSOR_TYPES[t.data_type]
+    target, offset = _external_entry(t, need, base, what)
+    try:
+        with open(target, "rb") as f:
+            f.seek(offset)
+            data = f.read(need)
+    except OSError as exc:
+        raise InputFileError(f"{what}: cannot read external data ({exc.strerror or exc})") \
+            from None
+    if len(data) != need:
+        raise InputFileError(f"{what}: external data file {target.name!r} ended early")
+    t.raw_data = data
+    del data
     t.data_location = TensorProto.DEFAULT
     del t.external_data[:]
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """Names a node reads: its inputs and every name its subgraphs read (a subgraph may read
+    tensors of the enclosing graph)."""
+    names = list(node.input)
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                names += _reads(n)
+    return names
+
+
+def prune(graph: onnx.GraphProto) -> tuple[int, int]:
+    """Drop the nodes and initializers no graph output depends on (and the graph-input entries
+    of dropped initializers), in place, without copying any tensor. Returns (nodes, initializers)
+    dropped."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    live_nodes: set[int] = set()
+    live = {o.name for o in graph.output}
+    stack = list(live)
+    while stack:
+        i = producer.get(stack.pop())
+        if i is None or i in live_nodes:
+            continue
+        live_nodes.add(i)
+        for name in _reads(graph.node[i]):
+            if name not in live:
+                live.add(name)
+                stack.append(name)
+    dead_nodes = len(graph.node) - len(live_nodes)
+    if dead_nodes:  # a stable sort moves the dead ones last, keeping the live ones' order
+        graph.node.sort(key=lambda n: not any(o in live for o in n.output if o))
+        del graph.node[len(live_nodes):]
+    dead = {t.name for t in graph.initializer if t.name not in live}
+    if dead:
+        graph.initializer.sort(key=lambda t: t.name in dead)
+        del graph.initializer[sum(t.name not in dead for t in graph.initializer):]
+        graph.input.sort(key=lambda v: v.name in dead)
+        del graph.input[sum(v.name not in dead for v in graph.input):]
+    return dead_nodes, len(dead)
 
 
 def opset_of(model: onnx.ModelProto, where: str) -> int:
@@ -460,8 +573,7 @@ def check_shapes(values, where: str, what: str) -> None:
         if v.type.WhichOneof("value") != "tensor_type":
             continue
         tt = v.type.tensor_type
-        if tt.elem_type == TensorProto.UNDEFINED or tt.elem_type not in \
-                TensorProto.DataType.values():
+        if tt.elem_type == TensorProto.UNDEFINED or tt.elem_type not in _DATA_TYPES:
             raise ModelError(f"{where}: {what} {v.name!r} has element type "
                              f"{_type_name(tt.elem_type)}")
         shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
