@@ -1,11 +1,15 @@
-"""Reading an ONNX file safely: parse, bound every tensor's size before anything is allocated,
-resolve external data inside the model's folder, check the graph's structure, pin the batch
-axis, run shape inference.
+"""Reading an ONNX file safely: bound what parsing it will cost, parse, check every tensor's
+declared size before its data is read, drop what the graph's outputs do not depend on, resolve
+external data inside the model's folder, check the graph's structure, pin the batch axis, run
+shape inference on a copy that carries no large constant data.
 
 Limits (module constants, read at call time, so a test or a caller may change them):
-`MAX_MODEL_BYTES` bounds the file, `MAX_TENSOR_ELEMENTS` any tensor whose data the file carries
-(initializers, Constant values, folded constants), `MAX_ACTIVATION_ELEMENTS` any tensor shape the
-graph declares or shape inference derives (inputs, outputs, value_info, batch included).
+`MAX_MODEL_BYTES` bounds the file and `MAX_EXTERNAL_BYTES` all its external data together;
+`PARSE_MEMORY_FACTOR` × the file size + `PARSE_MEMORY_SLACK` bounds what protobuf may allocate
+parsing it (estimated from the wire format before parsing); `MAX_TENSOR_ELEMENTS` bounds any
+tensor whose data the file carries (initializers, Constant values, folded constants),
+`MAX_ACTIVATION_ELEMENTS` any tensor shape the graph declares or shape inference derives (inputs,
+outputs, value_info, batch included), `MAX_RANK` the rank of either.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ MAX_RANK = 32                       # numpy's limit on dimensions
 PARSE_MEMORY_FACTOR = 4             # parsing may cost 4 × the file size …
 PARSE_MEMORY_SLACK = 64 * 1024 ** 2  # … + 64 MiB
 MAX_NESTING = 64                    # messages inside messages (protobuf itself stops at 100)
+SHAPE_DATA_ELEMENTS = 1024          # constants up to this size feed shape inference their values
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # Data types a tensor may carry, with bytes per element: the ones the converters can read as
@@ -566,9 +571,9 @@ def _check_order(graph: onnx.GraphProto, producer: dict, where: str) -> None:
 
 
 def check_shapes(values, where: str, what: str) -> None:
-    """Refuse a declared or inferred tensor whose element type is unknown, or whose shape has a
-    negative dimension or more than MAX_ACTIVATION_ELEMENTS elements (dynamic dimensions count
-    as 1)."""
+    """Refuse a declared or inferred tensor whose element type is unknown, or whose shape has
+    more than MAX_RANK dimensions, a negative dimension or more than MAX_ACTIVATION_ELEMENTS
+    elements (dynamic dimensions count as 1)."""
     for v in values:
         if v.type.WhichOneof("value") != "tensor_type":
             continue
@@ -576,6 +581,9 @@ def check_shapes(values, where: str, what: str) -> None:
         if tt.elem_type == TensorProto.UNDEFINED or tt.elem_type not in _DATA_TYPES:
             raise ModelError(f"{where}: {what} {v.name!r} has element type "
                              f"{_type_name(tt.elem_type)}")
+        if len(tt.shape.dim) > MAX_RANK:
+            raise ShapeError(f"{where}: {what} {v.name!r} has rank {len(tt.shape.dim)}, over the "
+                             f"limit of {MAX_RANK}")
         shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
                  for d in tt.shape.dim]
         dims = [d for d in shape if isinstance(d, int)]
@@ -587,24 +595,99 @@ def check_shapes(values, where: str, what: str) -> None:
                              f"over the {MAX_ACTIVATION_ELEMENTS}-element limit")
 
 
+def _constant_type(node: onnx.NodeProto) -> tuple[int, list[int]] | None:
+    """(element type, shape) of a Constant node's value, from its attribute, data unread."""
+    if node.op_type != "Constant" or len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name == "value" and a.HasField("t"):
+        return a.t.data_type, list(a.t.dims)
+    if a.name in ("value_floats", "value_ints"):
+        return (TensorProto.FLOAT if a.name == "value_floats" else TensorProto.INT64,
+                [len(a.floats) if a.name == "value_floats" else len(a.ints)])
+    return None
+
+
+def shape_model(model: onnx.ModelProto, nodes, consts: dict | None = None) -> onnx.ModelProto:
+    """A model to run shape inference on, carrying no large constant data: `model`'s IR version,
+    opsets, functions, graph inputs, outputs and value_info, and `nodes`. Constants with at most
+    SHAPE_DATA_ELEMENTS elements keep their values (shape arithmetic reads them); larger ones —
+    `model`'s initializers (or, given `consts`, the arrays in it that `nodes` read) and the
+    values of Constant nodes — become graph inputs of their type and shape."""
+    sk = onnx.ModelProto()
+    sk.ir_version = model.ir_version
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    g, out = model.graph, sk.graph
+    out.name = g.name
+    declared: list = []
+    if consts is None:
+        for t in g.initializer:
+            if math.prod(t.dims) <= SHAPE_DATA_ELEMENTS:
+                out.initializer.append(t)
+            else:
+                declared.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    else:
+        read = {name for node in nodes for name in _reads(node)}
+        for name in sorted(read.intersection(consts)):
+            v = np.asarray(consts[name])
+            if v.size <= SHAPE_DATA_ELEMENTS:
+                out.initializer.append(numpy_helper.from_array(v, name))
+            else:
+                declared.append(helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
+    for node in nodes:
+        kind = _constant_type(node)
+        if kind and math.prod(kind[1]) > SHAPE_DATA_ELEMENTS:
+            declared.append(helper.make_tensor_value_info(node.output[0], *kind))
+        else:
+            out.node.append(node)
+    replaced = {v.name: v for v in declared}
+    for v in g.input:  # IR < 4 lists initializers as inputs too: their data decides the type
+        out.input.append(replaced.pop(v.name, v))
+    out.input.extend(replaced.values())
+    out.output.extend(g.output)
+    out.value_info.extend(g.value_info)
+    return sk
+
+
+def infer(model: onnx.ModelProto, where: str, after: str = "") -> onnx.ModelProto:
+    """ONNX shape inference on a model from shape_model, then check_shapes on what it derived.
+    Data propagation is off: it materializes a shape entry per element of every 1-D tensor an
+    op such as Size or Add reads (gigabytes for one Range over constants); the importer's
+    constant folding, rerun with inference until nothing changes, computes what it would."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                     data_prop=False)
+    except Exception as exc:
+        raise ShapeError(f"{where}: ONNX shape inference failed{after}: {_first_line(exc)}") \
+            from None
+    check_shapes(inferred.graph.value_info, where, "inferred tensor")
+    check_shapes(inferred.graph.output, where, "graph output")
+    return inferred
+
+
 def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
-    """Check the model, fix the batch axis to 1, infer shapes. Returns (model, input name)."""
+    """Check the model, fix the batch axis to 1, infer shapes. Returns (shapes, input name):
+    `shapes` is shape_model(model) with the batch axis pinned and every inferred shape in its
+    value_info. `model` itself is left as it is."""
     g = model.graph
     check_graph(g, where)
     check_shapes(g.input, where, "graph input")
     check_shapes(g.output, where, "graph output")
     check_shapes(g.value_info, where, "value_info")
+    shapes = shape_model(model, g.node)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(shapes)
     except Exception as exc:
         raise ModelError(f"{where}: invalid ONNX model: {_first_line(exc)}") from None
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    inits = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
     if len(inputs) != 1:
         raise UnsupportedOpError(f"{where}: the model has {len(inputs)} inputs "
                                  f"({[i.name for i in inputs]}); exactly one is supported")
-    if len(model.graph.output) != 1:
-        raise UnsupportedOpError(f"{where}: the model has {len(model.graph.output)} outputs; "
+    if len(g.output) != 1:
+        raise UnsupportedOpError(f"{where}: the model has {len(g.output)} outputs; "
                                  "exactly one is supported")
     inp = inputs[0]
     if inp.type.WhichOneof("value") != "tensor_type" or \
@@ -622,16 +705,8 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
         if not d.HasField("dim_value") or d.dim_value <= 0:
             raise ShapeError(f"{where}: input {inp.name!r} dimension {k} is dynamic "
                              f"({d.dim_param or '?'}); only the batch dimension may be dynamic")
-    dims[0].Clear()
-    dims[0].dim_value = 1
-    for out in model.graph.output:
-        if out.type.tensor_type.HasField("shape") and out.type.tensor_type.shape.dim:
-            out.type.tensor_type.shape.dim[0].Clear()
-            out.type.tensor_type.shape.dim[0].dim_value = 1
-    try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
-                                                  data_prop=True)
-    except Exception as exc:
-        raise ShapeError(f"{where}: ONNX shape inference failed: {_first_line(exc)}") from None
-    check_shapes(model.graph.value_info, where, "inferred tensor")
-    return model, inp.name
+    for v in [v for v in shapes.graph.input if v.name == inp.name] + list(shapes.graph.output):
+        if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim:
+            v.type.tensor_type.shape.dim[0].Clear()
+            v.type.tensor_type.shape.dim[0].dim_value = 1
+    return infer(shapes, where), inp.name
