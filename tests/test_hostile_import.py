@@ -6,8 +6,10 @@ peak memory is measured in a fresh process from /proc/self/status (VmHWM, the re
 high-water mark) under an address-space limit, so a regression fails the test instead of taking
 the machine down. Files go to pytest's tmp_path; the large external-data files
 are sparse (no disk blocks)."""
+import io
 import json
 import os
+import pickle
 import resource
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import nets
 from toolchain.cli import main
 from toolchain.compiler import compile_onnx
 from toolchain.errors import InputFileError, ModelError, ShapeError, UnsupportedOpError
+from toolchain.npyio import load_user_npy
 from toolchain.onnx_import import import_onnx, loader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -411,3 +414,103 @@ def test_non_utf8_external_location_is_refused(tmp_path):
     with pytest.raises(ModelError, match="value b'w\\\\xff.bi' is not UTF-8 text \\(in graph "
                                          "'g', tensor 'W'\\)"):
         compile_onnx(_save(tmp_path, data))
+
+
+# --- .npy inputs --------------------------------------------------------------------------------
+def _npy(array=None, header=None, data=b"", version=(1, 0)) -> bytes:
+    buf = io.BytesIO()
+    if header is None:
+        np.save(buf, array, allow_pickle=True)
+        return buf.getvalue()
+    write = np.lib.format.write_array_header_1_0 if version == (1, 0) \
+        else np.lib.format.write_array_header_2_0
+    write(buf, header)
+    return buf.getvalue() + data
+
+
+def test_npy_reads_plain_arrays(tmp_path):
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for name, blob in [("c.npy", _npy(x)), ("f.npy", _npy(np.asfortranarray(x))),
+                       ("v2.npy", _npy(header={"descr": "<f4", "fortran_order": False,
+                                               "shape": (2, 3, 4)}, data=x.tobytes(),
+                                       version=(2, 0)))]:
+        (tmp_path / name).write_bytes(blob)
+        y = load_user_npy(tmp_path / name, "input", min_rows=1)
+        assert y.dtype == np.float32 and np.array_equal(y, x), name
+
+
+def test_npy_header_bomb_is_refused_before_allocating(tmp_path):
+    """The header claims 10¹⁰ samples of 3×224×224 float32 (6 PB): refused from the header."""
+    path = tmp_path / "x.npy"
+    path.write_bytes(_npy(header={"descr": "<f4", "fortran_order": False,
+                                  "shape": (10 ** 10, 3, 224, 224)}, data=b"\0" * 64))
+    start = time.process_time()
+    with pytest.raises(InputFileError, match=f"x.npy: the header declares float32 \\(10000000000, "
+                                             f"3, 224, 224\\), {10 ** 10 * 3 * 224 * 224 * 4} "
+                                             "bytes of data, over the 2147483648-byte limit"):
+        load_user_npy(path, "input")
+    assert time.process_time() - start < 1
+    with pytest.raises(InputFileError, match="the header declares float32 \\(4, 4\\), 64 bytes of "
+                                             "data, over the 63-byte limit"):
+        path.write_bytes(_npy(np.zeros((4, 4), np.float32)))
+        load_user_npy(path, "input", max_bytes=63)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("short", "x.npy: the header declares float32 (4, 4), 64 bytes of data, but the file holds "
+              "60: truncated"),
+    ("long", "but the file holds 66: trailing bytes"),
+    ("zero_rows", "x.npy: 0 rows (shape (0, 1, 8, 8)); the calibration needs at least 1"),
+    ("zero_d", "x.npy: a 0-d array (a single float32 value)"),
+    ("object", "x.npy: the array holds Python objects (pickled data); refused"),
+    ("strings", "x.npy: dtype <U3 is not a plain number type"),
+    ("records", "x.npy: dtype |V8 is not a plain number type"),
+    ("damaged", "x.npy: damaged .npy header"),
+    ("version3", "x.npy: .npy format version 3.0; versions 1.0 and 2.0 are read"),
+    ("npz", "x.npy: not a .npy file (it starts like a zip archive, such as an .npz file"),
+    ("png", "x.npy: not a .npy file (it starts like a PNG image); give the calibration array "
+            "saved with numpy.save"),
+    ("csv", "x.npy: not a .npy file (it starts like CSV text: '0.1,0.2,0.3')"),
+    ("pickle", "x.npy: not a .npy file (it starts like a Python pickle, which is never loaded)"),
+    ("empty", "x.npy: not a .npy file (it is empty)"),
+    ("missing", "x.npy: no such calibration file"),
+])
+def test_npy_refusals_name_the_problem(tmp_path, case, message):
+    path = tmp_path / "x.npy"
+    good = _npy(np.zeros((4, 4), np.float32))
+    blob = {
+        "short": good[:-4], "long": good + b"xx",
+        "zero_rows": _npy(np.zeros((0, 1, 8, 8), np.float32)),
+        "zero_d": _npy(np.float32(1)),
+        "object": _npy(np.array([{"evil": 1}], dtype=object)),
+        "strings": _npy(np.array(["abc"])),
+        "records": _npy(np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")])),
+        "damaged": good.replace(b"'shape': (4, 4)", b"'shape': (4, 4 "),
+        "version3": b"\x93NUMPY\x03\x00" + good[8:],
+        "npz": None, "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 64,
+        "csv": b"0.1,0.2,0.3\n0.4,0.5,0.6\n", "pickle": pickle.dumps(np.ones(3)),
+        "empty": b"", "missing": None,
+    }[case]
+    if case == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, x=np.ones(3))
+    elif blob is not None:
+        path.write_bytes(blob)
+    with pytest.raises(InputFileError) as err:
+        load_user_npy(path, "calibration", min_rows=1)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_npy_never_unpickles(tmp_path, monkeypatch):
+    """No code path reaches pickle: a pickled object array is refused from its header."""
+    import pickle as pickle_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle.load called")
+    monkeypatch.setattr(pickle_module, "load", refuse)
+    monkeypatch.setattr(pickle_module, "loads", refuse)
+    path = tmp_path / "x.npy"
+    path.write_bytes(_npy(np.array([1, "a", None], dtype=object)))
+    with pytest.raises(InputFileError, match="holds Python objects"):
+        load_user_npy(path, "input")
