@@ -82,7 +82,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
     outputs = {imported.output_name: []}
     stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
-                          outputs=outputs)
+                          outputs=outputs,
+                          sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)
