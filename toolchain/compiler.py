@@ -11,7 +11,7 @@ import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
 from toolchain import scale_search as search
-from toolchain.compiled import Compiled, agreement, layer_rows_json, place
+from toolchain.compiled import Compiled, agreement, layer_rows_json, place, weight_warnings
 from toolchain.errors import ModelError, QuantizationError
 from toolchain.onnx_import import import_onnx
 from toolchain.onnx_import.loader import read_model
@@ -104,6 +104,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      f"{found['tolerance']:g} top-1, error factor {found['error_factor']:g})")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
+    notes += weight_warnings(qz.layers)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
             "levels": levels, "timesteps": timesteps,
