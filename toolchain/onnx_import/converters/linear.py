@@ -1,6 +1,8 @@
-"""Gemm, MatMul (constant weight), Conv (2-D; a zero Pad in front folds into its pads)."""
+"""Gemm, MatMul (constant weight), Conv (2-D; a zero Pad in front folds into its pads),
+ConvTranspose (2-D: a select that spreads the input with zeros, then a Conv)."""
 import numpy as np
 
+from toolchain.onnx_import.converters.index import add_select
 from toolchain.onnx_import.converters.pad import fold_pad
 from toolchain.errors import ModelError
 from toolchain.onnx_import.registry import converter
@@ -80,3 +82,66 @@ def conv(node, ctx):
                          f"{groups} and {c_in} input channels do not form a convolution")
     ctx.add(node, "conv", [x], W=w, b=bias, stride=stride, pads=pads, dilation=dilation,
             groups=groups)
+
+
+@converter("ConvTranspose")
+def conv_transpose(node, ctx):
+    """y = conv_transpose(x, W): the input spread with stride − 1 zeros between pixels (a
+    select, cropped where a pad exceeds the kernel's reach), then a stride-1 Conv with the
+    kernel flipped in H and W and its in/out channels swapped per group, padded by
+    dilation·(k − 1) − pad (plus output_padding at the end)."""
+    w = ctx.need_const(node, 1, "W (the kernel)").astype(np.float64)
+    if w.ndim != 4:
+        ctx.fail(node, f"only 2-D transposed convolution is supported (kernel has rank {w.ndim})")
+    groups = int(ctx.attr(node, "group", 1))
+    c_in, h, wd = ctx.sample_shape(node, node.input[0])
+    c_out, ho, wo = ctx.sample_shape(node, node.output[0])
+    if groups < 1 or c_in % groups or w.shape[0] != c_in or w.shape[1] * groups != c_out:
+        raise ModelError(f"{ctx.node_label(node)}: kernel {w.shape}, group {groups}, {c_in} input "
+                         f"and {c_out} output channels do not form a transposed convolution")
+    kernel = w.shape[2:]
+    stride = tuple(ctx.attr(node, "strides", [1, 1]))
+    dilation = tuple(ctx.attr(node, "dilations", [1, 1]))
+    out_pad = tuple(ctx.attr(node, "output_padding", [0, 0]))
+    auto = ctx.attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    pads = list(ctx.attr(node, "pads", [0, 0, 0, 0]))
+    if auto == "VALID":
+        pads = [0, 0, 0, 0]
+    for a, (n_in, n_out) in enumerate(((h, ho), (wd, wo))):
+        full = stride[a] * (n_in - 1) + out_pad[a] + dilation[a] * (kernel[a] - 1) + 1
+        total = full - n_out
+        if auto in ("SAME_UPPER", "SAME_LOWER") or ctx.attr(node, "output_shape") is not None:
+            small, big = total // 2, total - total // 2
+            pads[a], pads[a + 2] = (small, big) if auto != "SAME_LOWER" else (big, small)
+        elif pads[a] + pads[a + 2] != total:
+            raise ModelError(f"{ctx.node_label(node)}: pads {pads} and output_padding {out_pad} "
+                             f"do not give the inferred output size {n_out} on axis {a + 2}")
+    # the spread input, then the conv's padding: reach − pad before, reach − pad + output_padding
+    # after; a negative amount crops the spread input instead
+    before = [dilation[a] * (kernel[a] - 1) - pads[a] for a in range(2)]
+    after = [dilation[a] * (kernel[a] - 1) - pads[a + 2] + out_pad[a] for a in range(2)]
+    axes = []
+    for a, n_in in enumerate((h, wd)):
+        spread = np.full(stride[a] * (n_in - 1) + 1, -1, np.int64)
+        spread[::stride[a]] = np.arange(n_in)
+        lo, hi = max(-before[a], 0), len(spread) - max(-after[a], 0)
+        axes.append(spread[lo:hi])
+    x = ctx.tensor(node, node.input[0])
+    if any(len(a) != n for a, n in zip(axes, (h, wd))) or any(stride[a] > 1 for a in range(2)):
+        grid = np.meshgrid(np.arange(c_in), axes[0], axes[1], indexing="ij")
+        table = np.where((grid[1] < 0) | (grid[2] < 0), -1,
+                         np.ravel_multi_index([np.maximum(g, 0) for g in grid], (c_in, h, wd)))
+        x = add_select(ctx, f"{node.output[0]}/spread", x, table.shape, table, synthetic=True)
+    conv_pads = (max(before[0], 0), max(before[1], 0), max(after[0], 0), max(after[1], 0))
+    cig, cog = c_in // groups, c_out // groups
+    flipped = w[:, :, ::-1, ::-1].reshape(groups, cig, cog, *kernel)
+    weight = flipped.transpose(0, 2, 1, 3, 4).reshape(c_out, cig, *kernel).copy()
+    bias = np.zeros(c_out)
+    if len(node.input) > 2 and node.input[2]:
+        bias = ctx.need_const(node, 2, "B (the bias)").astype(np.float64).reshape(-1)
+        if bias.size != c_out:
+            raise ModelError(f"{ctx.node_label(node)}: bias of {bias.size} values for {c_out} "
+                             "output channels")
+    ctx.add(node, "conv", [x], W=weight, b=bias, stride=(1, 1), pads=conv_pads,
+            dilation=dilation, groups=groups)
