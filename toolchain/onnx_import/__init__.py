@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,6 +148,7 @@ def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
     model, input_name = prepare(raw, where)
     model, ctx, rest = _fold_all(model, where, opset)
     ctx.fg.add(input_name, "input", [], ctx.shapes[input_name][1:])
+    ctx.readers = Counter(i for node in rest for i in node.input if i)
     for node in rest:
         conv = CONVERTERS.get(node.op_type)
         if conv is None:

@@ -17,6 +17,7 @@ class ImportContext:
         self.consts: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.alias: dict[str, str] = {}
+        self.readers: dict[str, int] = {}   # ONNX nodes reading each tensor (set by import_onnx)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.graph_output = model.graph.output[0].name
         self.softmax = ""

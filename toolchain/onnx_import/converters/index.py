@@ -22,10 +22,11 @@ MAX_KERNEL_NUMERATOR = 255   # a bilinear kernel's integer weights must fit 8-bi
 
 
 def add_select(ctx, name: str, x: str, shape, table: np.ndarray, synthetic: bool = False) -> str:
-    """A `select` node `name` reading float-graph node `x` (per-sample output `shape`)."""
+    """A `select` node `name` reading float-graph node `x` (per-sample output `shape`). A
+    synthetic one (no ONNX tensor) feeds a synapse: marked `spikes`, it reads spikes."""
+    extra = {"synthetic": True, "spikes": True} if synthetic else {}
     return ctx.fg.add(name, "select", [x], tuple(shape),
-                      table=np.asarray(table, np.int64).reshape(-1),
-                      **({"synthetic": True} if synthetic else {}))
+                      table=np.asarray(table, np.int64).reshape(-1), **extra)
 
 
 def _positions(shape) -> np.ndarray:
