@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,7 +133,7 @@ def _fold_all(model: onnx.ModelProto, where: str, opset: int):
         except Exception as exc:
             raise ShapeError(f"{where}: ONNX shape inference failed after constant folding: "
                              f"{str(exc).splitlines()[0][:300]}") from None
-        loader.check_shapes(model.graph.value_info, where, "inferred tensor")
+        loader.check_shapes(model.graph.value_info, where, "inferred tensor", set(ctx.consts))
     return model, ctx, rest
 
 
@@ -142,13 +141,16 @@ def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
     """`read`: the (model, sha256) that loader.read_model already returned for `path`, if any."""
     raw, sha = read or read_model(path)  # every tensor's type, size and data checked
     where = str(path)
+    raw, upgraded = loader.upgrade_opset(raw, where)
     opset = opset_of(raw, where)
     source = onnx.ModelProto()
     source.CopyFrom(raw)
     model, input_name = prepare(raw, where)
     model, ctx, rest = _fold_all(model, where, opset)
     ctx.fg.add(input_name, "input", [], ctx.shapes[input_name][1:])
-    ctx.readers = Counter(i for node in rest for i in node.input if i)
+    for node in rest:
+        for i in filter(None, node.input):
+            ctx.readers.setdefault(i, []).append(node)
     for node in rest:
         conv = CONVERTERS.get(node.op_type)
         if conv is None:
@@ -159,7 +161,7 @@ def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
     if out not in ctx.fg.g:
         raise ModelError(f"{where}: graph output {ctx.graph_output!r} is not computed from the input")
     ctx.fg.output = out
-    notes = []
+    notes = [upgraded] if upgraded else []
     if ctx.softmax:
         notes.append(f"final {ctx.softmax} dropped from the spiking graph; applied by the readout")
     folded = fold_affine(ctx.fg)

@@ -17,7 +17,8 @@ class ImportContext:
         self.consts: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.alias: dict[str, str] = {}
-        self.readers: dict[str, int] = {}   # ONNX nodes reading each tensor (set by import_onnx)
+        self.readers: dict[str, list] = {}   # the ONNX nodes reading each tensor (import_onnx)
+        self.final: set[str] = set()         # tensors after a final Softmax (its reshapes)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.graph_output = model.graph.output[0].name
         self.softmax = ""

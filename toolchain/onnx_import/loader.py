@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, external_data_helper, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper, version_converter
 
 from sim.artifact import read_user_file
 from toolchain.errors import InputFileError, ModelError, ShapeError, UnsupportedOpError
@@ -26,6 +26,7 @@ MAX_MODEL_BYTES = 2 * 1024 ** 3
 MAX_TENSOR_ELEMENTS = 200_000_000
 MAX_ACTIVATION_ELEMENTS = 2 ** 22   # per tensor, batch included: 4 Mi (four Loihi 2 chips of neurons)
 DEFAULT_DOMAINS = ("", "ai.onnx")
+UPGRADE_OPSET = 13   # a model below MIN_OPSET is converted to this opset
 
 # Data types a tensor may carry, with bytes per element: the ones the converters can read as
 # numbers. Strings, complex and sub-byte/float8 types have no use in an SFN network.
@@ -142,6 +143,36 @@ def _load_external(t: TensorProto, need: int, base: Path, what: str) -> None:
     del t.external_data[:]
 
 
+def upgrade_opset(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str | None]:
+    """A model whose default-domain opset is below MIN_OPSET, converted to UPGRADE_OPSET with
+    onnx's version converter, and a note saying so; any other model as it is, and None."""
+    version = next((imp.version for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS),
+                   None)
+    if version is None or version >= MIN_OPSET:
+        return model, None
+    try:
+        upgraded = version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError / ValueError / its own errors
+        raise UnsupportedOpError(f"{where}: opset {version}; supported opsets are {MIN_OPSET} to "
+                                 f"{MAX_OPSET}, and onnx's version converter could not convert "
+                                 f"it to {UPGRADE_OPSET} ({_first_line(exc)}); re-export with "
+                                 f"opset_version={UPGRADE_OPSET}") from None
+    return upgraded, f"opset {version} converted to {UPGRADE_OPSET} by onnx.version_converter"
+
+
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Tensors computed from initializers and Constant nodes alone (weights built by
+    ConstantOfShape, a Reshape of a weight …): constants the importer folds, bounded by
+    MAX_TENSOR_ELEMENTS, not activations."""
+    known = {t.name for t in graph.initializer}
+    inputs = {i.name for i in graph.input} - known
+    for node in graph.node:
+        if all(i in known for i in node.input if i) and not any(i in inputs for i in node.input) \
+                and not any(a.HasField("g") or a.graphs for a in node.attribute):
+            known.update(o for o in node.output if o)
+    return known
+
+
 def opset_of(model: onnx.ModelProto, where: str) -> int:
     for imp in model.opset_import:
         if imp.domain in DEFAULT_DOMAINS:
@@ -235,10 +266,10 @@ def _check_order(graph: onnx.GraphProto, producer: dict, where: str) -> None:
                      "topological order")
 
 
-def check_shapes(values, where: str, what: str) -> None:
+def check_shapes(values, where: str, what: str, constants=frozenset()) -> None:
     """Refuse a declared or inferred tensor whose element type is unknown, or whose shape has a
     negative dimension or more than MAX_ACTIVATION_ELEMENTS elements (dynamic dimensions count
-    as 1)."""
+    as 1). Tensors named in `constants` are not activations: the size limit skips them."""
     for v in values:
         if v.type.WhichOneof("value") != "tensor_type":
             continue
@@ -253,7 +284,7 @@ def check_shapes(values, where: str, what: str) -> None:
         if any(d < 0 for d in dims):
             raise ShapeError(f"{where}: {what} {v.name!r} has a negative dimension {shape}")
         count = math.prod(dims)
-        if count > MAX_ACTIVATION_ELEMENTS:
+        if count > MAX_ACTIVATION_ELEMENTS and v.name not in constants:
             raise ShapeError(f"{where}: {what} {v.name!r} has shape {shape} ({count} elements), "
                              f"over the {MAX_ACTIVATION_ELEMENTS}-element limit")
 
@@ -264,7 +295,7 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
     check_graph(g, where)
     check_shapes(g.input, where, "graph input")
     check_shapes(g.output, where, "graph output")
-    check_shapes(g.value_info, where, "value_info")
+    check_shapes(g.value_info, where, "value_info", constant_tensors(g))
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -304,5 +335,5 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
                                                   data_prop=True)
     except Exception as exc:
         raise ShapeError(f"{where}: ONNX shape inference failed: {_first_line(exc)}") from None
-    check_shapes(model.graph.value_info, where, "inferred tensor")
+    check_shapes(model.graph.value_info, where, "inferred tensor", constant_tensors(model.graph))
     return model, inp.name

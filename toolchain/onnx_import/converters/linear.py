@@ -66,7 +66,7 @@ def fold_token_bias(node, ctx, x: str, value) -> bool:
     reader of the MatMul's output."""
     d = ctx.fg[x]
     conv_name = d["params"].get("token_conv")
-    if conv_name is None or ctx.readers.get(x, 0) != 1 or x == ctx.graph_output:
+    if conv_name is None or len(ctx.readers.get(x, [])) != 1 or x == ctx.graph_output:
         return False
     s, f = d["shape"]
     try:
