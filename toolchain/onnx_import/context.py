@@ -19,6 +19,7 @@ class ImportContext:
         self.alias: dict[str, str] = {}
         self.readers: dict[str, list] = {}   # the ONNX nodes reading each tensor (import_onnx)
         self.final: set[str] = set()         # tensors after a final Softmax (its reshapes)
+        self.moved: dict[str, tuple] = {}    # index maps with the batch axis moved (index.py)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.graph_output = model.graph.output[0].name
         self.softmax = ""

@@ -35,14 +35,34 @@ def _positions(shape) -> np.ndarray:
 
 
 def _select(node, ctx, table, out=None):
-    out = out or node.output[0]
+    """Output `out` of `node` as a select of its first input (`_select_from`)."""
+    _select_from(node, ctx, ctx.tensor(node, node.input[0]), table, out or node.output[0])
+
+
+def _select_from(node, ctx, x: str, table, out: str):
+    """Output `out` of `node` as a select of float-graph node x. A table that is the identity
+    is a pass-through (or a reshape); a select read only by this one composes into it."""
     shape = ctx.sample_shape(node, out)
-    table = np.asarray(table)
+    table = np.asarray(table, np.int64).reshape(-1)
     if table.size != math.prod(shape):
         ctx.fail(node, f"gathers {table.size} elements, its output {out!r} has shape {shape}")
     if out in ctx.fg.g:
         ctx.fail(node, f"output {out!r} is produced twice")
-    add_select(ctx, out, ctx.tensor(node, node.input[0]), shape, table)
+    d = ctx.fg[x]
+    if d["op"] == "select" and x in node.input and x != ctx.graph_output \
+            and not d["params"].get("synthetic") and len(ctx.readers.get(x, [])) == 1 \
+            and not ctx.fg.consumers(x):
+        inner = d["params"]["table"]
+        table = np.where(table < 0, -1, inner[np.maximum(table, 0)])
+        ctx.fg.g.remove_node(x)
+        x = d["inputs"][0]
+    if np.array_equal(table, np.arange(math.prod(ctx.fg[x]["shape"]))):
+        if tuple(ctx.fg[x]["shape"]) == tuple(shape):
+            ctx.alias[out] = x
+        else:
+            ctx.fg.add(out, "reshape", [x], shape)
+        return
+    add_select(ctx, out, x, shape, table)
 
 
 def _optional_const(node, ctx, index: int, what: str):
@@ -81,6 +101,9 @@ def slice_(node, ctx):
 
 @converter("Gather")
 def gather(node, ctx):
+    if node.input[0] in ctx.moved:
+        moved_index(node, ctx)
+        return
     full = ctx.shape(node, node.input[0])
     axis = int(ctx.attr(node, "axis", 0)) % len(full)
     if axis == 0:
@@ -129,6 +152,64 @@ def tile(node, ctx):
         ctx.fail(node, f"repeats {repeats.tolist()} tile the batch axis")
     _select(node, ctx, np.tile(_positions(ctx.shape(node, node.input[0])[1:]),
                                tuple(int(r) for r in repeats[1:])))
+
+
+# --- gathers with the batch axis moved ------------------------------------------------------
+
+MOVED_READERS = ("Transpose", "Gather", "GatherND")
+
+
+@converter("GatherND")
+def gather_nd(node, ctx):
+    if node.input[0] not in ctx.moved:
+        ctx.fail(node, "GatherND is supported on a tensor whose batch axis a Transpose moved "
+                       "(advanced indexing as the dynamo exporter writes it)")
+    moved_index(node, ctx)
+
+
+def moved_index(node, ctx, perm=None):
+    """Transpose → Gather/GatherND → Transpose, as the dynamo exporter writes advanced
+    indexing (x[:, :, idx]) and nearest-exact resizing: the batch axis is moved away, a leading
+    axis gathered with constant indices, the batch axis moved back. Each step is applied to the
+    element positions of one sample, with the batch axis kept as an axis of size 1 wherever it
+    is; when it is first again, the positions are the table of one select. A tensor with the
+    batch axis elsewhere may only be read by these ops."""
+    src = node.input[0]
+    if src in ctx.moved:
+        x, pos, b = ctx.moved[src]
+    else:
+        x, b = ctx.tensor(node, src), 0
+        pos = _positions(ctx.shape(node, src)[1:])[None]
+    if node.op_type == "Transpose":
+        pos, b = pos.transpose(perm), perm.index(b)
+    elif node.op_type == "Gather":
+        axis = int(ctx.attr(node, "axis", 0)) % pos.ndim
+        if axis == b:
+            ctx.fail(node, "gathering along the batch axis is not supported")
+        idx = ctx.need_const(node, 1, "indices").astype(np.int64)
+        idx = np.where(idx < 0, idx + pos.shape[axis], idx)
+        pos = np.take(pos, idx, axis=axis)
+        b = b if axis > b else b - 1 + idx.ndim
+    else:   # GatherND
+        if int(ctx.attr(node, "batch_dims", 0)) != 0:
+            ctx.fail(node, "GatherND with batch_dims > 0 is not supported")
+        idx = ctx.need_const(node, 1, "indices").astype(np.int64)
+        k = idx.shape[-1]
+        if b < k:
+            ctx.fail(node, "GatherND indexes the batch axis")
+        idx = np.where(idx < 0, idx + np.array(pos.shape[:k]), idx)
+        pos = pos[tuple(idx[..., i] for i in range(k))]
+        b = b - k + idx.ndim - 1
+    out = node.output[0]
+    if b == 0:
+        _select_from(node, ctx, x, pos[0], out)
+        return
+    readers = ctx.readers.get(out, [])
+    if out == ctx.graph_output or not readers or \
+            any(r.op_type not in MOVED_READERS for r in readers):
+        ctx.fail(node, f"the result has the batch axis at position {b}; only a Transpose, Gather "
+                       "or GatherND that brings it back first may read it")
+    ctx.moved[out] = (x, pos, b)
 
 
 # --- Resize / Upsample ------------------------------------------------------------------------

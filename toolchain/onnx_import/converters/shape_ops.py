@@ -1,5 +1,6 @@
 """Index maps with static shapes: Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat;
 pass-throughs: Identity, Dropout (its mask output unread). LRN is refused with its reason."""
+from toolchain.onnx_import.converters import index
 from toolchain.onnx_import.registry import converter
 
 
@@ -31,8 +32,9 @@ def transpose(node, ctx):
     perm = ctx.attr(node, "perm")
     rank = len(ctx.shape(node, node.input[0]))
     perm = list(perm) if perm is not None else list(reversed(range(rank)))
-    if perm[0] != 0:
-        ctx.fail(node, f"perm {perm} moves the batch axis")
+    if perm[0] != 0 or node.input[0] in ctx.moved:
+        index.moved_index(node, ctx, perm)   # a gather with the batch axis moved out of the way
+        return
     ctx.add(node, "transpose", [ctx.tensor(node, node.input[0])],
             perm=tuple(p - 1 for p in perm[1:]))
 
