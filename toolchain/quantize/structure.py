@@ -47,9 +47,11 @@ class StructureRules:
         self.layers.append(LayerRow(name, "add", shape, synapses=int(np.prod(shape)),
                                     gain_max=int(gains.max()), gain_exp=exp,
                                     detail="divisor" if exact else "divisor≈"))
+        # a window sums `count` inputs: |g·2^e·sum| ≤ count·g·2^e·bound
         unit = unit_c[:, None, None] / (counts * real)[None]
         return QTensor(name, name, unit, pool(x.bias) * (gains * 2 ** exp)[None],
-                       bound * real.max(), spikes=False, synapse_ok=ok)
+                       per_channel(x.bound)[:, None, None] * (counts * real)[None],
+                       spikes=False, synapse_ok=ok)
 
     def op_fixed_conv(self, name, d, ins):
         """A depthwise convolution with a fixed integer kernel K and divisor D (a bilinear
@@ -122,9 +124,13 @@ class StructureRules:
         """A constant gather (Slice, Gather, Split, Expand, nearest Resize, zero insertion):
         units, pending biases and bounds move with the values. An inserted zero is an exact 0
         (pending bias 0); it takes its output channel's unit (the consumers read one unit per
-        channel) and bound. A select of the compiler's own that a synapse reads requantizes a current
-        first (`spikes_first`)."""
+        channel) and bound. A select of a current that only synapses read (or that the compiler
+        made for one, `spikes_first`) requantizes the current before moving it: fewer neurons
+        than after an upsampling select, and the scale is the calibrated input's."""
         x = self.spikes_first(d, ins[0])
+        if not x.synapse_ok and self.fg.consumers(name) and \
+                all(self.fg[c]["op"] in ("conv", "dense") for c in self.fg.consumers(name)):
+            x = self.requantize(x)
         table = np.asarray(d["params"]["table"], dtype=np.int64)
         shape = tuple(d["shape"])
         self.emit(ir.Select(name, (x.node,), shape, table=table))
