@@ -17,10 +17,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import nets
@@ -34,6 +36,7 @@ from toolchain.calibrate import run_float
 from toolchain.compiler import compile_onnx
 from toolchain.quantize.quantizer import QuantizerBase
 from toolchain.errors import ToolchainError
+from toolchain.onnx_import import import_onnx, loader
 from toolchain.reference import emit_reference
 
 _DIR = Path(tempfile.mkdtemp(prefix="sfn-test-real-ops-"))
@@ -386,3 +389,98 @@ def test_lava_fixed_pt_equals_cpu(name):
     cc, _, x = compiled(name, False)
     ref = sim.cpu.run(cc.artifact, x[:24])
     assert_same(sim.lava.run(cc.artifact, x[:24], timeout=300), ref)
+
+
+# --- import: opset upgrade, constant weights, final softmax, Dropout, LRN ------------------------
+
+def _graph_model(nodes, inits, in_shape, out_shape, opset, out="y"):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", *out_shape])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _mlp_nodes(weight_from_constant_of_shape: bool, f_in=8, hidden=6):
+    """x → Gemm(W1) → Relu → Dropout (mask output unused) → Gemm(W2) → Softmax → Reshape."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((hidden, f_in)).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array(rng.standard_normal((3, hidden)).astype(np.float32), "W2")
+    shape = numpy_helper.from_array(np.array([-1, 3, 1], np.int64), "shape")
+    nodes = []
+    inits = [w2, shape]
+    if weight_from_constant_of_shape:   # W1 = 0.25 everywhere, built by the graph
+        inits.append(numpy_helper.from_array(np.array([hidden, f_in], np.int64), "w1_shape"))
+        nodes.append(helper.make_node("ConstantOfShape", ["w1_shape"], ["W1"],
+                                      value=numpy_helper.from_array(np.array([0.25], np.float32))))
+    else:
+        inits.append(w1)
+    nodes += [helper.make_node("Gemm", ["x", "W1"], ["h"], transB=1),
+              helper.make_node("Relu", ["h"], ["r"]),
+              helper.make_node("Dropout", ["r"], ["d", "mask"]),
+              helper.make_node("Gemm", ["d", "W2"], ["z"], transB=1),
+              helper.make_node("Softmax", ["z"], ["p"], axis=1),
+              helper.make_node("Reshape", ["p", "shape"], ["y"])]
+    return nodes, inits
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_old_opset_is_upgraded_and_a_final_softmax_before_a_reshape_is_the_readouts(opset,
+                                                                                    tmp_path):
+    nodes, inits = _mlp_nodes(False)
+    path = tmp_path / f"m{opset}.onnx"
+    onnx.save(_graph_model(nodes, inits, (8,), (3, 1), opset), path)
+    x = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
+    cc = compile_onnx(path, calib=x)
+    notes = " ".join(cc.notes)
+    assert ("opset 9 converted to 13 by onnx.version_converter" in notes) == (opset == 9)
+    readout = cc.artifact.node(cc.artifact.output)
+    assert readout.softmax == "softmax" and tuple(readout.shape) == (3,)
+    assert cc.agreement["top1_agreement"] >= 0.95
+    probs = sim.cpu.run(cc.artifact, x).probabilities("softmax")
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert_exact(cc.artifact, x)
+
+
+def test_constant_built_weight_is_not_an_activation(tmp_path, monkeypatch):
+    """A ConstantOfShape weight larger than the activation limit imports (it is a constant,
+    bounded by the tensor limit); an activation of that size is still refused."""
+    monkeypatch.setattr(loader, "MAX_ACTIVATION_ELEMENTS", 40)
+    nodes, inits = _mlp_nodes(True)            # W1: 6 × 8 = 48 elements > 40
+    path = tmp_path / "cos.onnx"
+    onnx.save(_graph_model(nodes, inits, (8,), (3, 1), 13), path)
+    imported = import_onnx(path)
+    dense = [d for _, d in imported.graph.g.nodes(data=True) if d["op"] == "dense"]
+    assert np.all(dense[0]["params"]["W"] == 0.25)
+    big = _graph_model([helper.make_node("Relu", ["x"], ["y"])], [], (48,), (48,), 13)
+    onnx.save(big, tmp_path / "big.onnx")
+    with pytest.raises(ToolchainError, match=r"'x' has shape \['N', 48\] \(48 elements\), over "
+                                             r"the 40-element limit"):
+        import_onnx(tmp_path / "big.onnx")
+
+
+def test_dropout_mask_that_is_read_and_softmax_in_the_middle_are_refused(tmp_path):
+    nodes, inits = _mlp_nodes(False)
+    nodes[-1] = helper.make_node("Add", ["p", "p"], ["y2"])   # softmax read by an Add
+    onnx.save(_graph_model(nodes[:-1] + [helper.make_node("Reshape", ["p", "shape"], ["q"]),
+                                         helper.make_node("Relu", ["q"], ["y"])],
+                           inits, (8,), (3, 1), 13), tmp_path / "mid.onnx")
+    with pytest.raises(ToolchainError, match=r"node 'p' \(Softmax, opset 13\): Softmax in the "
+                                             r"middle"):
+        import_onnx(tmp_path / "mid.onnx")
+    nodes, inits = _mlp_nodes(False)
+    nodes[-1] = helper.make_node("Concat", ["p", "mask_f"], ["y"], axis=1)
+    nodes.insert(-1, helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT))
+    onnx.save(_graph_model(nodes, inits, (8,), (9,), 13), tmp_path / "mask.onnx")
+    with pytest.raises(ToolchainError, match=r"\(Dropout, opset 13\): the mask output of "
+                                             r"Dropout is read"):
+        import_onnx(tmp_path / "mask.onnx")
+
+
+def test_lrn_is_refused_with_its_reason(tmp_path):
+    onnx.save(_graph_model([helper.make_node("LRN", ["x"], ["y"], name="norm1", size=3)], [],
+                           (4, 5, 5), (4, 5, 5), 13), tmp_path / "lrn.onnx")
+    with pytest.raises(ToolchainError, match=r"node 'norm1' \(LRN, opset 13\): LRN divides by a "
+                                             r"function of a sum of squares of activations, a "
+                                             r"product of two activations; it is supported once "
+                                             r"products of activations are"):
+        import_onnx(tmp_path / "lrn.onnx")
