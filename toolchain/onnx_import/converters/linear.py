@@ -15,7 +15,8 @@ def gemm(node, ctx):
         ctx.fail(node, "transA=1 is not supported (the batch axis must stay first)")
     b = ctx.need_const(node, 1, "B (the weight)").astype(np.float64)
     w = b if ctx.attr(node, "transB", 0) else b.T
-    w = w * ctx.attr(node, "alpha", 1.0)
+    alpha = ctx.attr(node, "alpha", 1.0)
+    w = w * alpha if alpha != 1.0 else w
     bias = np.zeros(w.shape[0])
     if len(node.input) > 2 and node.input[2]:
         c = ctx.need_const(node, 2, "C (the bias)").astype(np.float64)
