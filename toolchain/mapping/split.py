@@ -8,6 +8,11 @@ its own synapse lists, and the neuron one one-to-one synapse per relay. A partia
 exactly while it fits the payload bits (a worst-case bound beyond them is a note, like any
 relay's).
 
+k is the count, among the fewest that make every part fit a core and up to TRIED more, whose
+parts need the fewest cores when packed alone (k × ⌈neurons / neurons of a part per core⌉):
+a synapse list costs whole 64-bit words per input axon, so fewer inputs per core can let more
+neurons share a word.
+
 Allowed when the target says compartments may forward partial sums
 (`synapse_encoding.partial_sum_relays`); only dense (full) connections are cut: a window
 connection's fan-in is C_in/groups·kh·kw, shared over every position. Everything else that does
@@ -24,26 +29,43 @@ from toolchain.mapping.limits import value_ranges
 from toolchain.target import Target
 
 MAX_CHUNKS = 64
-# a split leaves room on the neuron's core: one element with its chunk takes at most this share
-# of a core, so several neurons share each core
-CHUNK_SHARE = 0.5
+TRIED = 16       # chunk counts tried beyond the fewest that fit
 
 
-def _fits(cost: Cost, target: Target, share: float = 1.0) -> bool:
+def _fits(cost: Cost, target: Target) -> bool:
     axon_limit = target["input_axons_per_core"]
-    return (cost.neurons <= share * target["neurons_per_core"]
-            and cost.memory_bits <= share * target["synaptic_memory_bits_per_core"]
-            and (axon_limit is None or cost.axons <= share * axon_limit))
+    return (cost.neurons <= target["neurons_per_core"]
+            and cost.memory_bits <= target["synaptic_memory_bits_per_core"]
+            and (axon_limit is None or cost.axons <= axon_limit))
+
+
+def _cost(g: Graph, pop: Population, mask: np.ndarray, target: Target) -> Cost:
+    total = Cost(int(mask.sum()))
+    for c in pop.connections:
+        total = total + c.cost(mask, target, g.input_shape(c), target["input_axons_per_core"]
+                               is not None)
+    return total
 
 
 def _element_cost(g: Graph, pop: Population, element: int, target: Target) -> Cost:
     mask = np.zeros(pop.size, bool)
     mask[element] = True
-    total = Cost(1)
-    for c in pop.connections:
-        total = total + c.cost(mask, target, g.input_shape(c), target["input_axons_per_core"]
-                               is not None)
-    return total
+    return _cost(g, pop, mask, target)
+
+
+def _per_core(g: Graph, pop: Population, target: Target) -> int:
+    """How many consecutive elements of `pop` (from the first) fit one core: a binary search on
+    the exact cost (0 if not even one)."""
+    lo, hi = 0, pop.size
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        mask = np.zeros(pop.size, bool)
+        mask[:mid] = True
+        if _fits(_cost(g, pop, mask, target), target):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _widest(pop: Population) -> int:
@@ -105,16 +127,25 @@ def split_fan_in(g: Graph, target: Target) -> list[str]:
                 "only a dense fan-in is split into partial sums; this one comes through "
                 "window (convolution or pooling) connections, whose synapses are shared per "
                 "channel"))
+        # the fewest chunks whose parts fit a core, then up to TRIED more: the count that needs
+        # the fewest cores (k parts of ⌈size / elements per core⌉ cores each)
+        best, tried = None, 0
         for k in range(2, MAX_CHUNKS + 1):
             trial = Population(pop.name, pop.role, pop.shape, list(pop.connections))
-            relays = _split(g, trial, k, target)
-            parts = [trial] + relays
-            if all(_fits(_element_cost(g, p, element, target), target, CHUNK_SHARE)
-                   for p in parts):
+            parts = [trial] + _split(g, trial, k, target)
+            if not all(_fits(_element_cost(g, p, element, target), target) for p in parts):
+                continue
+            per_core = min(_per_core(g, p, target) for p in parts)
+            cores = k * -(-pop.size // max(per_core, 1))
+            if best is None or cores < best[0]:
+                best = (cores, k, trial, parts[1:])
+            tried += 1
+            if tried > TRIED:
                 break
-        else:
+        if best is None:
             raise single_neuron_error(pop, element, single, target, (
                 f"even {MAX_CHUNKS} partial sums leave one part over a core"))
+        _, k, trial, relays = best
         pop.connections = trial.connections
         out.extend(relays)
         inputs = max(c.node.weight.shape[1] for c in pop.connections
