@@ -132,11 +132,12 @@ def lift_1d(node, ctx, x: str, spikes: bool = False) -> str:
 
 
 def add_window_op(node, ctx, op: str, x: str, **params) -> str:
-    """Add the float op of a conv/pool node. A 1-D node (output (C, L)) becomes the 2-D op over
-    (C, 1, L), named after the ONNX output (calibration reads it: same channels, same values),
-    followed by a reshape back to (C, L) that the output's readers see."""
+    """Add the float op of a conv/pool/affine node. A 1-D node (output (C, L)) becomes the 2-D op
+    over (C, 1, L), named after the ONNX output (calibration reads it: same channels, same
+    values), followed by a reshape back to (C, L) that the output's readers see; any other shape
+    is the op itself."""
     shape = ctx.sample_shape(node, node.output[0])
-    if len(shape) == 3:
+    if len(shape) != 2:
         return ctx.add(node, op, [x], **params)
     out = node.output[0]
     ctx.fg.add(out, op, [x], (shape[0], 1, shape[1]), **params)
