@@ -142,7 +142,11 @@ def expand(node, ctx):
     if len(full_out) != len(full_in):
         ctx.fail(node, f"expanding rank {len(full_in)} to rank {len(full_out)} moves the batch "
                        "axis; only an Expand that keeps the rank is supported")
-    _select(node, ctx, np.broadcast_to(_positions(full_in[1:]), full_out[1:]))
+    try:
+        table = np.broadcast_to(_positions(full_in[1:]), full_out[1:])
+    except ValueError:
+        ctx.fail(node, f"input {full_in} does not broadcast to the output {full_out}")
+    _select(node, ctx, table)
 
 
 @converter("Tile")
@@ -150,6 +154,8 @@ def tile(node, ctx):
     repeats = ctx.need_const(node, 1, "repeats").astype(np.int64).reshape(-1)
     if len(repeats) == 0 or repeats[0] != 1:
         ctx.fail(node, f"repeats {repeats.tolist()} tile the batch axis")
+    if np.any(repeats < 1) or len(repeats) != len(ctx.shape(node, node.input[0])):
+        ctx.fail(node, f"repeats {repeats.tolist()} must be ≥ 1, one per input axis")
     _select(node, ctx, np.tile(_positions(ctx.shape(node, node.input[0])[1:]),
                                tuple(int(r) for r in repeats[1:])))
 
@@ -187,6 +193,8 @@ def moved_index(node, ctx, perm=None):
         if axis == b:
             ctx.fail(node, "gathering along the batch axis is not supported")
         idx = ctx.need_const(node, 1, "indices").astype(np.int64)
+        if np.any((idx < -pos.shape[axis]) | (idx >= pos.shape[axis])):
+            ctx.fail(node, f"indices outside [−{pos.shape[axis]}, {pos.shape[axis]})")
         idx = np.where(idx < 0, idx + pos.shape[axis], idx)
         pos = np.take(pos, idx, axis=axis)
         b = b if axis > b else b - 1 + idx.ndim
@@ -194,10 +202,13 @@ def moved_index(node, ctx, perm=None):
         if int(ctx.attr(node, "batch_dims", 0)) != 0:
             ctx.fail(node, "GatherND with batch_dims > 0 is not supported")
         idx = ctx.need_const(node, 1, "indices").astype(np.int64)
-        k = idx.shape[-1]
-        if b < k:
-            ctx.fail(node, "GatherND indexes the batch axis")
-        idx = np.where(idx < 0, idx + np.array(pos.shape[:k]), idx)
+        k = idx.shape[-1] if idx.ndim else 0
+        if not 0 < k <= b:
+            ctx.fail(node, f"GatherND indexes {k} leading axes; the batch axis is axis {b}")
+        dims = np.array(pos.shape[:k])
+        if np.any((idx < -dims) | (idx >= dims)):
+            ctx.fail(node, f"indices outside the sizes {dims.tolist()} of the axes they index")
+        idx = np.where(idx < 0, idx + dims, idx)
         pos = pos[tuple(idx[..., i] for i in range(k))]
         b = b - k + idx.ndim - 1
     out = node.output[0]
@@ -258,6 +269,8 @@ def _resize_params(node, ctx):
         scales[axes] = given
     if len(scales) != rank:
         ctx.fail(node, f"{len(scales)} scales for a rank-{rank} input")
+    if not np.all(np.isfinite(scales)) or np.any(scales <= 0):
+        ctx.fail(node, f"scales {scales.tolist()} must be finite and > 0")
     if full_out[0] != full_in[0] or scales[0] != 1:
         ctx.fail(node, "resizing the batch axis is not supported")
     return mode, coord, nearest, scales, full_in, full_out

@@ -188,11 +188,18 @@ def conv_transpose(node, ctx):
     stride = tuple(ctx.attr(node, "strides", [1, 1]))
     dilation = tuple(ctx.attr(node, "dilations", [1, 1]))
     out_pad = tuple(ctx.attr(node, "output_padding", [0, 0]))
+    if len(stride) != 2 or len(dilation) != 2 or len(out_pad) != 2 or min(kernel) < 1 or \
+            min(stride + dilation) < 1 or min(out_pad) < 0:
+        raise ModelError(f"{ctx.node_label(node)}: strides {list(stride)}, dilations "
+                         f"{list(dilation)}, output_padding {list(out_pad)} and kernel "
+                         f"{list(kernel)} must be two positive sizes each (output_padding ≥ 0)")
     auto = ctx.attr(node, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     pads = list(ctx.attr(node, "pads", [0, 0, 0, 0]))
     if auto == "VALID":
         pads = [0, 0, 0, 0]
+    if len(pads) != 4 or min(pads) < 0:
+        raise ModelError(f"{ctx.node_label(node)}: pads {pads} must be four sizes ≥ 0")
     for a, (n_in, n_out) in enumerate(((h, ho), (wd, wo))):
         full = stride[a] * (n_in - 1) + out_pad[a] + dilation[a] * (kernel[a] - 1) + 1
         total = full - n_out
