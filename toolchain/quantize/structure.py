@@ -141,8 +141,8 @@ class StructureRules:
         if zero.any():
             rows = unit.reshape(shape[0], -1)
             known = np.where(np.isnan(rows), -np.inf, rows)
-            first = np.where(np.isfinite(known).any(axis=1), known.max(axis=1), 1.0)
-            unit = np.where(np.isnan(rows), first[:, None], rows).reshape(shape)
+            fill = np.where(np.isfinite(known).any(axis=1), known.max(axis=1), 1.0)
+            unit = np.where(np.isnan(rows), fill[:, None], rows).reshape(shape)
             bound = np.broadcast_to(bound.reshape(shape[0], -1).max(axis=1)[:, None],
                                     rows.shape).reshape(shape).copy()
         bias = np.where(zero, 0, x.bias.reshape(-1)[np.maximum(table, 0)]).reshape(shape)
