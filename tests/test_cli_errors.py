@@ -99,11 +99,11 @@ def test_dynamic_feature_dimension(tmp_path):
 
 
 def test_unsupported_opset(tmp_path):
-    m = _model([helper.make_node("Relu", ["x"], ["y"])], opset=9)
-    onnx.save(m, tmp_path / "o9.onnx")
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], opset=22)
+    onnx.save(m, tmp_path / "o22.onnx")
     out = tmp_path / "o.sfn"
-    _assert_clean_failure(invoke("compile", tmp_path / "o9.onnx", "-o", out), out, "opset 9",
-                          "11 to 21")
+    _assert_clean_failure(invoke("compile", tmp_path / "o22.onnx", "-o", out), out, "opset 22",
+                          "11 to 21", "opset_version=21")
 
 
 def test_calibration_shape_mismatch(tmp_path, good):

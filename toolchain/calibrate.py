@@ -224,6 +224,15 @@ def calibrate(model: onnx.ModelProto, x: np.ndarray, names: list[str], percentil
     return stats
 
 
+def per_tensor(st: ChannelStats) -> ChannelStats:
+    """The same statistics with every channel given the whole tensor's: for tensors whose axis
+    1 is not a channel axis (the tokens of a (N, tokens, features) tensor), so that their
+    neurons get one scale along it."""
+    c = len(st.max_abs)
+    return ChannelStats(np.full(c, float(st.max_abs.max())), np.full(c, st.layer_pct_abs),
+                        st.layer_pct_abs, st.min, st.max, st.sample)
+
+
 def stats_from_arrays(acts: dict[str, np.ndarray], percentile: float) -> dict[str, ChannelStats]:
     """ChannelStats of activations given directly as (samples, channels) arrays."""
     out = {}

@@ -31,6 +31,8 @@ class Compiled:
 
 def agreement(float_out: np.ndarray, snn_out: np.ndarray) -> dict:
     """Top-1 agreement (for class scores) and error of the SNN readout against the float model."""
+    if float_out.shape != snn_out.shape and float_out.size == snn_out.size:
+        float_out = float_out.reshape(snn_out.shape)   # a final softmax's trailing reshapes
     f = float_out.reshape(-1, float_out.shape[-1])
     s = snn_out.reshape(-1, snn_out.shape[-1])
     err = s - f

@@ -84,6 +84,9 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
                           outputs=outputs,
                           sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
+    for n in names:   # tokens × features tensors: their first axis is not a channel axis
+        if fg[n]["params"].get("per_tensor"):
+            stats[n] = cal.per_tensor(stats[n])
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)

@@ -111,6 +111,9 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
         role = "input" if is_input else layer["role"] if layer else "synapse"
         elements = int(np.prod(node.shape))
         compartments = layer["neurons"] if layer else 0
+        # a fan-in split into partial sums: the relays' compartments update every step too
+        compartments += sum(placement.layers[r]["neurons"]
+                            for r in (layer or {}).get("partial_sums", []))
         hist = payloads.get(node.name)
         if hist is not None:
             nonzero = {int(v): int(c) for v, c in hist.items() if int(v) != 0}

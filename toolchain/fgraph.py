@@ -73,9 +73,22 @@ class FloatGraph:
         return "\n".join(lines)
 
 
+def prune_synthetic(fg: FloatGraph) -> None:
+    """Drop the compiler's own nodes (synthetic) that nothing reads: the reshape back to (C, L)
+    after a 1-D layer whose reader took its (C, 1, L) form instead."""
+    while True:
+        dead = [n for n in fg.g if n != fg.output and not fg.consumers(n)
+                and fg[n]["params"].get("synthetic")]
+        if not dead:
+            return
+        fg.g.remove_nodes_from(dead)
+
+
 def fold_affine(fg: FloatGraph) -> int:
     """y = scale·(W x + b) + shift  →  W' = scale·W, b' = scale·b + shift, when the conv/dense's
-    only consumer is the affine. Returns how many were folded."""
+    only consumer is the affine; an affine of an affine (BatchNormalization, then Mul and Add by
+    per-channel constants) is one affine. Returns how many were folded."""
+    prune_synthetic(fg)
     folded = 0
     for name in fg.order():
         d = fg[name]
@@ -83,6 +96,14 @@ def fold_affine(fg: FloatGraph) -> int:
             continue
         (src,) = d["inputs"]
         s = fg[src]
+        if s["op"] == "affine" and fg.consumers(src) == [name] and src != fg.output:
+            p, q = s["params"], d["params"]
+            q["shift"] = q["scale"] * p["shift"] + q["shift"]
+            q["scale"] = q["scale"] * p["scale"]
+            fg.remove_passthrough(src)
+            folded += 1
+            (src,) = d["inputs"]
+            s = fg[src]
         if s["op"] not in ("conv", "dense") or fg.consumers(src) != [name]:
             continue
         scale, shift = d["params"]["scale"], d["params"]["shift"]

@@ -334,6 +334,18 @@ def _index(p: Program, node):
     return op
 
 
+@builds("select")
+def _select(p: Program, node):
+    """A constant gather on the float array as it is (its dtype kept, no int64 round trip); it
+    copies values or writes 0, so its input's bound holds."""
+    name, src = node.name, node.inputs[0]
+    p.derived(node, lambda b: b[0])
+
+    def op(r):
+        r.values[name] = node.apply([r.values[src]], False)[0]
+    return op
+
+
 def fusions(art, keep) -> dict:
     """{dense/conv node: the one-pass neuron that is its only reader} for nodes whose value
     nobody else sees (not kept, recorded, read by a delay or the readout): these add the

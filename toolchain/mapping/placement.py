@@ -16,6 +16,7 @@ from toolchain.mapping.cost import Cost
 from toolchain.mapping.graph import Graph
 from toolchain.mapping.limits import check_fixed_limits
 from toolchain.mapping.packing import pack, pop_cost, units_of
+from toolchain.mapping.split import split_fan_in
 from toolchain.target import Target
 
 PLACEMENT_VERSION = 1
@@ -90,6 +91,7 @@ def map_artifact(art: Artifact, target: Target) -> Placement:
     """Place `art` on `target`'s cores; raise MappingError for a limit no split can fix."""
     g = Graph(art, target)
     width_notes = check_fixed_limits(g, target)
+    width_notes += split_fan_in(g, target)
     n_core, m_core = target["neurons_per_core"], target["synaptic_memory_bits_per_core"]
     axons_on = target["input_axons_per_core"] is not None
     whole = [pop_cost(g, p, np.ones(p.size, bool), target, False) for p in g.populations]
@@ -132,6 +134,14 @@ def map_artifact(art: Artifact, target: Target) -> Placement:
                                           for core in cores if p.name in core["layers"]),
                           "connections": {x.name: x.format for x in p.connections},
                           "sources": sorted(g.graph.predecessors(p.name))}
+        columns = [x.columns for x in p.connections if x.columns is not None]
+        if columns:   # a fan-in split into partial sums (toolchain.mapping.split)
+            layers[p.name]["columns"] = [int(columns[0][0]), int(columns[0][-1]) + 1]
+            if p.partial_of:
+                layers[p.name]["partial_of"] = p.partial_of
+            else:
+                layers[p.name]["partial_sums"] = [r.name for r in g.populations
+                                                  if r.partial_of == p.name]
     bound_n, bound_m = total_n / n_core, total_m / m_core
     lower = {"cores": max(1, math.ceil(max(bound_n, bound_m) - 1e-9)), "by_neurons": bound_n,
              "by_memory": bound_m, "neurons": total_n, "memory_bits": total_m}

@@ -24,6 +24,9 @@ class ImportContext:
             t.name: numpy_helper.to_array(t) for t in model.graph.initializer} \
             if consts is None else consts
         self.alias: dict[str, str] = {}
+        self.readers: dict[str, list] = {}   # the ONNX nodes reading each tensor (import_onnx)
+        self.final: set[str] = set()         # tensors after a final Softmax (its reshapes)
+        self.moved: dict[str, tuple] = {}    # index maps with the batch axis moved (index.py)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.graph_output = model.graph.output[0].name
         self.softmax = ""

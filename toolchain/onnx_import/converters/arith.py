@@ -2,7 +2,7 @@
 two-tensor Add / Sub / Mul / Div of functions of one tensor become one table (elementwise.py)."""
 import numpy as np
 
-from toolchain.onnx_import.converters import elementwise
+from toolchain.onnx_import.converters import elementwise, linear
 from toolchain.onnx_import.registry import converter
 
 
@@ -14,7 +14,9 @@ def _affine(node, ctx, x_name, scale=None, shift=None):
     uniform = np.all(scale == scale[0]) and np.all(shift == shift[0])
     if uniform and elementwise.compose_affine(node, ctx, x, float(scale[0]), float(shift[0])):
         return   # a per-tensor constant on a table: one table
-    ctx.add(node, "affine", [x], scale=scale, shift=shift)
+    if len(ctx.sample_shape(node, x_name)) == 2:   # (C, L): the affine of a (C, 1, L) view
+        x = linear.lift_1d(node, ctx, x)
+    linear.add_window_op(node, ctx, "affine", x, scale=scale, shift=shift)
 
 
 def _same_shape(node, ctx) -> bool:
@@ -36,6 +38,8 @@ def add(node, ctx):
         if len(node.input) != 2:
             ctx.fail(node, "a constant operand is supported only in a two-input Add")
         x, value, _ = _split_const(node, ctx)
+        if linear.fold_token_bias(node, ctx, ctx.tensor(node, x), value):
+            return   # a per-token Linear's bias
         _affine(node, ctx, x, shift=ctx.channel_vector(node, value, x))
         return
     shapes = {ctx.sample_shape(node, i) for i in node.input}
