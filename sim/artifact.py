@@ -1,10 +1,11 @@
 """The `.sfn` artifact: one zip of `manifest.json` and `.npy` arrays.
 
-Written atomically (temp file in the target folder, then rename) with deterministic bytes (fixed
-zip timestamps, sorted members, canonical JSON, members stored uncompressed so the bytes do not
-depend on the zlib version). The manifest carries a SHA-256 of its own canonical form plus every
-member, checked on load; the file must also equal its canonical re-serialization, so a flipped
-byte anywhere — headers and fields the zip format itself never checks included — is corruption. Arrays load with `allow_pickle=False` and are
+Written whole or not at all (sim.files: a temp file in the target folder, then a rename) with
+deterministic bytes (fixed zip timestamps, sorted members, canonical JSON, members stored
+uncompressed so the bytes do not depend on the zlib version). The manifest carries a SHA-256 of
+its own canonical form plus every member, checked on load; the file must also equal its
+canonical re-serialization, so a flipped byte anywhere — headers and fields the zip format
+itself never checks included — is corruption. Arrays load with `allow_pickle=False` and are
 checked against the dtype and shape the manifest declares. Unknown members, paths that leave the
 archive, oversized archives and newer format versions are refused.
 """
@@ -15,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import tokenize
 import zipfile
 from dataclasses import dataclass, field
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from sim.ops import Node, node_from_record
-from sim.errors import ArtifactError, InputFileError
+from sim.errors import ArtifactError
+from sim.files import atomic_write, read_user_file  # noqa: F401  (re-exported)
 
 FORMAT = "sfn"
 FORMAT_VERSION = 1
@@ -146,40 +147,6 @@ def to_bytes(art: Artifact) -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, members[name])
     return buf.getvalue()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and a rename: a reader never
-    sees a partial file, and a failure leaves no file behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever shares the file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_user_file(path: Path, limit: int, what: str = "file",
-                   too_big: type[Exception] = InputFileError) -> bytes:
-    """The bytes of a file a user named: missing, unreadable or over `limit` bytes is an error."""
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such {what}")
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise too_big(f"{path}: {size} bytes, over the {limit}-byte limit")
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def save(art: Artifact, path: str | os.PathLike) -> None:

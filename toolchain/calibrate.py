@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import (Fail, InvalidArgument, InvalidGraph,
                                                          NotImplemented, RuntimeException)
 
+from sim.results import as_float32
 from toolchain.errors import ModelError, ShapeError
 
 # onnxruntime's exceptions derive from Exception directly
@@ -133,7 +134,7 @@ def check_data(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
                          f"{', '.join(map(str, shape))})")
     if not np.issubdtype(x.dtype, np.floating) or not np.all(np.isfinite(x)):
         raise ShapeError(f"{what} must be finite floats (dtype {x.dtype})")
-    return x.astype(np.float32)
+    return as_float32(x, what)[0]
 
 
 def grid_step(x: np.ndarray, max_levels: int) -> float | None:

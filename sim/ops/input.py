@@ -13,7 +13,8 @@ from sim.ops.base import HOST, SOURCE, Node, is_int, register
 @register
 @dataclass
 class Input(Node):
-    """Input encoder: n = clip(floor(x · inv_scale + 1/2), lo, hi), float32 arithmetic."""
+    """Input encoder: n = clip(floor(x · inv_scale + 1/2), lo, hi), float32 arithmetic; every
+    element the clip changes is counted (`LayerStats.clipped`)."""
     inv_scale: float = 1.0
     lo: int = 0
     hi: int = 255
@@ -31,7 +32,9 @@ class Input(Node):
         return None
 
     def evaluate(self, ins, step) -> np.ndarray:
-        return semantics.encode_input(step.x, self.inv_scale, self.lo, self.hi)
+        n, clipped = semantics.encode_input_counted(step.x, self.inv_scale, self.lo, self.hi)
+        step.stats[self.name].clipped += clipped
+        return n
 
     def value_range(self, ranges):
         return self.lo, self.hi
