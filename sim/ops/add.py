@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Node, batched, broadcasts, is_int, register
+from sim.ops.base import (CHIP_SYNAPSE, GAIN_LIMIT, SYNAPSE, Node, batched, broadcasts,
+                          check_ints, is_int, register)
 
 
 @register
@@ -29,6 +30,11 @@ class Add(Node):
         shape = tuple(self.shape)
         if any(i != shape for i in inputs):
             return f"inputs {inputs} must all have the output shape {shape}"
+        problem = check_ints("gains", self.gains, -GAIN_LIMIT, GAIN_LIMIT)
+        if problem:
+            return problem
+        if not isinstance(self.exps, tuple):
+            return f"exps {self.exps!r} is not a list of exponents"
         if np.shape(self.gains)[0:1] != (len(inputs),) or len(self.exps) != len(inputs) or \
                 not all(is_int(e) and 0 <= e < 32 for e in self.exps) or \
                 not all(broadcasts(g, shape) for g in self.gains):
@@ -49,6 +55,10 @@ class Add(Node):
             lo += int(np.minimum(gain * a, gain * b).min())
             hi += int(np.maximum(gain * a, gain * b).max())
         return lo, hi
+
+    def magnitude(self, inputs):
+        return sum(float(np.abs(g.astype(np.float64)).max(initial=0.0)) * 2.0 ** float(e) * m
+                   for g, e, m in zip(self.gains, self.exps, inputs))
 
     def mantissas(self):
         return self.gains

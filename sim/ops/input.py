@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from sim import semantics
-from sim.ops.base import HOST, SOURCE, Node, is_int, register
+from sim.ops.base import HOST, PAYLOAD_MAX, PAYLOAD_MIN, SOURCE, Node, int_in, register
 
 
 @register
@@ -24,12 +24,20 @@ class Input(Node):
     arity: ClassVar[int | None] = 0
 
     def _check(self, inputs):
-        if not (is_int(self.lo) and is_int(self.hi) and self.lo <= self.hi):
-            return f"levels [{self.lo!r}, {self.hi!r}]"
-        if not isinstance(self.inv_scale, (int, float)) or not np.isfinite(self.inv_scale) \
-                or self.inv_scale <= 0:
-            return f"inv_scale {self.inv_scale!r} is not a finite number > 0"
+        if not (int_in(self.lo, PAYLOAD_MIN, PAYLOAD_MAX) and
+                int_in(self.hi, PAYLOAD_MIN, PAYLOAD_MAX) and self.lo <= self.hi):
+            return f"levels [{self.lo!r}, {self.hi!r}] are not integers lo ≤ hi within 24 bits"
+        scale = self.inv_scale
+        ok = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+        if ok:
+            with np.errstate(over="ignore"):
+                ok = 0 < np.float32(scale) < np.inf
+        if not ok:
+            return f"inv_scale {scale!r} is not a number > 0 that is finite as float32"
         return None
+
+    def magnitude(self, inputs):
+        return float(max(abs(self.lo), abs(self.hi)))
 
     def evaluate(self, ins, step) -> np.ndarray:
         n, clipped = semantics.encode_input_counted(step.x, self.inv_scale, self.lo, self.hi)

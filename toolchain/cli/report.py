@@ -35,7 +35,8 @@ def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, deb
     out = Path(out_dir)
     check_folder(out)
     if out.is_dir():
-        check_outputs({f"--out {name}": out / name for name in FILES if os.path.lexists(out / name)},
+        present = [name for name in FILES if os.path.lexists(out / name)]
+        check_outputs({f"--out {name}": out / name for name in present},
                       {"artifact": artifact, "input": inp})
     art = load(artifact)
     x, cast_note = load_input_npy(inp, "input")
