@@ -58,7 +58,9 @@ def session(model: onnx.ModelProto, extra_outputs: list[str]) -> ort.InferenceSe
 
 
 def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: int = 256):
-    """Yield dicts name → float activations of each batch of x (the source model, onnxruntime)."""
+    """Yield dicts name → float activations of each batch of x (the source model, onnxruntime).
+    A tensor that is not finite on the data (the float model overflows float32 or divides by
+    zero there) is a ModelError naming it: every scale the quantizer derives would be NaN."""
     sess = session(model, names)
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -73,7 +75,14 @@ def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: in
         except ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime cannot run the model: "
                              f"{str(exc).splitlines()[0][:300]}") from None
-        yield {n: o[:len(x[start:start + step])] for n, o in zip(names, outs)}
+        acts = {n: o[:len(x[start:start + step])] for n, o in zip(names, outs)}
+        for n, a in acts.items():
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if bad:
+                raise ModelError(f"tensor {n!r}: the float model computes {bad} NaN or ±Inf "
+                                 "values on the calibration data (its weights or inputs overflow "
+                                 "float32)")
+        yield acts
 
 
 def calibrate(model: onnx.ModelProto, x: np.ndarray, names: list[str], percentile: float,

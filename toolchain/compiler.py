@@ -80,7 +80,10 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                       f"{'per-channel' if per_channel else 'per-layer'}"
     names = fg.tensors()
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
-    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus)
+    try:
+        stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus)
+    except ModelError as exc:   # onnxruntime's refusals and non-finite activations
+        raise ModelError(f"{path}: {exc}") from None
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)

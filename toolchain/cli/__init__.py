@@ -33,7 +33,8 @@ PLUGIN_GROUP = "sfn_toolchain.commands"
 
 class _Group(click.Group):
     def invoke(self, ctx):
-        debug = "--debug" in sys.argv
+        # `toolchain --debug CMD …` (the group's option) or `toolchain CMD … --debug`
+        debug = bool(ctx.params.get("debug")) or "--debug" in ctx.args
         try:
             with warnings.catch_warnings(), raise_on_termination():
                 if not debug:

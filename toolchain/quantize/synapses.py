@@ -40,6 +40,13 @@ class SynapseRules:
     def _weights(self, name, w_eff, bound_of, b=None):
         """Quantize W_eff (out, ...) per output channel; choose bits and weight_exp (lowered
         while the bound plus the float bias `b` in accumulator units exceeds BIAS_HEADROOM)."""
+        bad = int(np.size(w_eff) - np.count_nonzero(np.isfinite(w_eff)))
+        if b is not None:
+            bad += int(np.size(b) - np.count_nonzero(np.isfinite(b)))
+        if bad:
+            self.fail(name, f"{bad} of its weights and biases are not finite (NaN or ±Inf) once "
+                            "the scales around it are folded in; the model's values overflow or "
+                            "divide by zero")
         self.synapses[name] = dict(w_eff=w_eff, bound_of=bound_of)
         pos, neg = bool(np.any(w_eff > 0)), bool(np.any(w_eff < 0))
         head = HEADROOM_BEFORE_ADD if any(self.fg[c]["op"] == "add"

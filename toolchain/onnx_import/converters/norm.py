@@ -12,5 +12,9 @@ def batch_norm(node, ctx):
                               enumerate(["scale", "B", "mean", "var"], start=1))
     if ctx.attr(node, "training_mode", 0):
         ctx.fail(node, "training_mode=1; export the model in eval mode")
-    scale = gamma / np.sqrt(var + ctx.attr(node, "epsilon", 1e-5))
+    denominator = var + ctx.attr(node, "epsilon", 1e-5)
+    if not np.all(denominator > 0):
+        ctx.fail(node, f"variance + epsilon is not positive in {int(np.sum(~(denominator > 0)))} "
+                       "channels: the normalization would divide by the square root of that")
+    scale = gamma / np.sqrt(denominator)
     ctx.add(node, "affine", [x], scale=scale, shift=beta - mean * scale)
