@@ -80,8 +80,10 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                       f"{'per-channel' if per_channel else 'per-layer'}"
     names = fg.tensors()
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
+    outputs = {imported.output_name: []}
     try:
-        stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus)
+        stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
+                              outputs=outputs)
     except ModelError as exc:   # onnxruntime's refusals and non-finite activations
         raise ModelError(f"{path}: {exc}") from None
     trained = "sfn.levels" in imported.metadata
@@ -92,7 +94,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      "lossless for such inputs")
     opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
                         input_bits=input_bits, trust_clip=trained, input_step=step, fire=fire,
-                        scale=float(scale))
+                        scale=float(scale), timesteps=timesteps)
     found = None
     if scale_search:
         found = search.search(fg, stats, opts, imported.softmax, imported.source,
@@ -114,8 +116,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     art = Artifact(nodes, inp, out, meta, qz.record)
     art.validate()
     place(art, target)
-    float_out = np.concatenate([o[imported.output_name] for o in
-                                cal.run_float(imported.source, data, [imported.output_name])])
+    float_out = np.concatenate(outputs[imported.output_name])
     snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)
     result = Compiled(art, imported, qz.layers, notes)
     result.agreement = agreement(float_out, snn.probabilities(imported.softmax))

@@ -308,7 +308,13 @@ def check_floats(field: str, a) -> str | None:
     return None
 
 
+def shifted_magnitude(bound: float, exp: int) -> float:
+    """A bound on |semantics.shift(a, exp)| for |a| ≤ bound: bound·2^exp, rounded up for a right
+    shift (its floor moves a negative value away from zero)."""
+    return bound * 2.0 ** float(exp) if exp >= 0 else float(math.ceil(bound * 2.0 ** float(exp)))
+
+
 def weighted_magnitude(weight: np.ndarray, exp: int, axes: tuple[int, ...], inp: float) -> float:
-    """max over outputs of Σ|w|·2^exp times the input bound (float64, no integer overflow)."""
+    """A bound on |shift(Σ w·x, exp)| over outputs for |x| ≤ inp (float64, no integer overflow)."""
     rows = np.abs(weight.astype(np.float64)).sum(axis=axes) if weight.size else np.zeros(1)
-    return float(rows.max(initial=0.0)) * 2.0 ** float(exp) * inp
+    return shifted_magnitude(float(rows.max(initial=0.0)) * inp, exp)
