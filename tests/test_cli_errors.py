@@ -132,7 +132,7 @@ def test_run_nan_and_wrong_dtype(tmp_path, good):
     _assert_clean_failure(invoke("run", good[0] / "m.sfn", "--input", tmp_path / "f64.npy",
                                  "--output", out), out, "f64.npy", "beyond float32's range")
     _assert_clean_failure(invoke("run", good[0] / "m.sfn", "--input", tmp_path / "obj.npy",
-                                 "--output", out), out, "not a readable .npy")
+                                 "--output", out), out, "holds Python objects")
 
 
 def test_corrupt_artifact(tmp_path, good):

@@ -360,6 +360,30 @@ def test_report_refuses_to_replace_its_input(files, tmp_path):
                    "it is the input", unchanged={x: x.read_bytes()})
 
 
+# --- inputs read through toolchain.npyio ----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_an_input_that_is_not_a_file_is_named_and_never_opened(files, tmp_path, kind):
+    x = tmp_path / "x.npy"
+    os.mkfifo(x) if kind == "fifo" else x.mkdir()     # opening the FIFO would block
+    out = tmp_path / "y.npy"
+    line = assert_refused(invoke("run", files / "m.sfn", "--input", x, "--output", out),
+                          f"{x}: a ", absent=[out])
+    assert ("FIFO" if kind == "fifo" else "folder") in line
+
+
+def test_cli_inputs_are_read_header_first(files, tmp_path):
+    """The CLI reads --input and --calib with toolchain.npyio: an empty calibration set, an
+    image under a .npy name."""
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 8, 8), np.float32))
+    out = tmp_path / "o.sfn"
+    assert_refused(invoke("compile", files / "m.onnx", "--calib", tmp_path / "empty.npy", "-o",
+                          out), "empty.npy: 0 rows", "at least 1", absent=[out])
+    (tmp_path / "img.npy").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    out = tmp_path / "y.npy"
+    assert_refused(invoke("run", files / "m.sfn", "--input", tmp_path / "img.npy", "--output",
+                          out), "not a .npy file", "PNG image", absent=[out])
+
+
 # --- 5. forged artifacts through the CLI ---------------------------------------------------------------
 def _forge(tmp_path: Path, edit) -> Path:
     art = copy.deepcopy(feed_forward())

@@ -20,6 +20,7 @@ from rich.text import Text
 from sim.files import check_output, describe_missing, same_file
 from sim.results import as_float32
 from toolchain.errors import InputFileError, OutputFileError
+from toolchain.npyio import load_user_npy
 
 console = Console(width=None if sys.stdout.isatty() else 150, markup=False, emoji=False)
 err_console = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
@@ -44,25 +45,19 @@ def check_outputs(outputs: dict, inputs: dict) -> None:
                                       "each output its own file")
 
 
-def load_npy(path: str, what: str) -> np.ndarray:
-    if not os.path.isfile(path):   # missing, or a folder, FIFO or device: said, never read
+def load_npy(path: str, what: str, min_rows: int = 0) -> np.ndarray:
+    """A user's `.npy` file (toolchain.npyio.load_user_npy: header first, never unpickled); a
+    path that is not a regular file says what it is (missing, a folder, a FIFO, a device) and is
+    never opened."""
+    if not os.path.isfile(path):
         raise InputFileError(describe_missing(path, f"{what} file"))
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputFileError(f"{path}: not a readable .npy array ({str(exc)[:200]})") from None
-    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive as an NpzFile
-        array.close()
-        raise InputFileError(f"{path}: an .npz archive; give one .npy array")
-    if array.ndim == 0:
-        raise InputFileError(f"{path}: a 0-d array; give (N, *input_shape)")
-    return array
+    return load_user_npy(path, what, min_rows=min_rows)
 
 
-def load_input_npy(path: str, what: str) -> tuple[np.ndarray, str | None]:
+def load_input_npy(path: str, what: str, min_rows: int = 0) -> tuple[np.ndarray, str | None]:
     """A user's input samples as float32 (sim.results.as_float32) and the note to print when
     they were cast from another float dtype."""
-    return as_float32(load_npy(path, what), path)
+    return as_float32(load_npy(path, what, min_rows), path)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

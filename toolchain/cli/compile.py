@@ -48,7 +48,7 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
     from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
     check_outputs({"-o": out, "--emit-reference": emit_reference},
                   {"model": model, "calibration data": calib})
-    x, cast_note = load_input_npy(calib, "calibration") if calib else (None, None)
+    x, cast_note = load_input_npy(calib, "calibration", min_rows=1) if calib else (None, None)
     result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
                           per_channel=None if per_layer is None else not per_layer,
                           timesteps=timesteps, target=target_name,
