@@ -112,6 +112,27 @@ def recurrent():
     return Artifact(nodes, "u", "y", {"timesteps": 1, "rnn": {"task": "cddm"}}, {})
 
 
+def products():
+    """Products of activations: attention's two MatMuls, an elementwise Product broadcast
+    against a Constant."""
+    from sim.artifact import Artifact
+    from sim.ir import Constant, Input, MatMul, Neuron, Product, Readout, Reshape, Transpose
+    one = np.ones((1, 1, 1), np.int64)
+    nodes = [Input("x", (), (2, 4, 3), inv_scale=8.0, lo=-127, hi=127),
+             Neuron("q", ("x",), (2, 4, 3), threshold=4 * one, bias=0 * one, lo=-15, hi=15),
+             Transpose("qt", ("q",), (2, 3, 4), perm=(0, 2, 1)),
+             MatMul("s", ("q", "qt"), (2, 4, 4), inner=3, shift=2),
+             Neuron("w", ("s",), (2, 4, 4), threshold=8 * one, bias=0 * one, lo=0, hi=15),
+             MatMul("o", ("w", "q"), (2, 4, 3), inner=4, shift=3),
+             Constant("c", ("x",), (1, 1, 3), value=np.array([[[2, -1, 3]]])),
+             Product("p", ("o", "c"), (2, 4, 3), shift=1),
+             Neuron("h", ("p",), (2, 4, 3), threshold=6 * one, bias=one, lo=-15, hi=15),
+             Reshape("f", ("h",), (24,)),
+             Readout("y", ("f",), (24,), scale=np.full(24, 0.1, np.float32),
+                     bias=np.zeros(24, np.int64))]
+    return Artifact(nodes, "x", "y", {"timesteps": 1}, {})
+
+
 def inputs(art) -> np.ndarray:
     """A few samples (trials for a recurrent artifact), with values far outside the encoder's
     range among them."""
@@ -302,7 +323,7 @@ def _serve() -> None:
 
 @pytest.fixture(scope="module")
 def bases():
-    out = {"feed_forward": feed_forward(), "recurrent": recurrent()}
+    out = {"feed_forward": feed_forward(), "recurrent": recurrent(), "products": products()}
     for art in out.values():
         art.validate()
     return out

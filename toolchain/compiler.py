@@ -11,7 +11,7 @@ import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
 from toolchain import scale_search as search
-from toolchain.compiled import Compiled, agreement, layer_rows_json, place
+from toolchain.compiled import Compiled, agreement, layer_rows_json, place, weight_warnings
 from toolchain.errors import ModelError, QuantizationError
 from toolchain.onnx_import import import_onnx
 from toolchain.onnx_import.loader import read_model
@@ -83,7 +83,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     outputs = {imported.output_name: []}
     try:
         stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
-                              outputs=outputs)
+                              outputs=outputs,
+                              sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
     except ModelError as exc:   # onnxruntime's refusals and non-finite activations
         raise ModelError(f"{path}: {exc}") from None
     trained = "sfn.levels" in imported.metadata
@@ -106,6 +107,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      f"{found['tolerance']:g} top-1, error factor {found['error_factor']:g})")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
+    notes += weight_warnings(qz.layers)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
             "levels": levels, "timesteps": timesteps,

@@ -77,6 +77,8 @@ class Node:
     compartment: ClassVar[str | None] = None
     # sign: its output is ≥ 0 whenever every input is ≥ 0
     keeps_sign: ClassVar[bool] = False
+    # its output does not depend on the data (a constant): on a core a bias, no synapses
+    fixed: ClassVar[bool] = False
     # how it reaches Loihi 2 by default (`hardware_case` refines it)
     hardware: ClassVar[str] = UNMAPPED
     # the dtype each array field is stored with in an artifact
@@ -312,6 +314,11 @@ def shifted_magnitude(bound: float, exp: int) -> float:
     """A bound on |semantics.shift(a, exp)| for |a| ≤ bound: bound·2^exp, rounded up for a right
     shift (its floor moves a negative value away from zero)."""
     return bound * 2.0 ** float(exp) if exp >= 0 else float(math.ceil(bound * 2.0 ** float(exp)))
+
+
+def rounded_magnitude(bound: float, shift: int) -> float:
+    """A bound on |round_half_up(a / 2^shift)| for |a| ≤ bound (the product kinds)."""
+    return bound if shift == 0 else float(math.ceil(bound / 2.0 ** float(shift))) + 1.0
 
 
 def weighted_magnitude(weight: np.ndarray, exp: int, axes: tuple[int, ...], inp: float) -> float:

@@ -54,7 +54,11 @@ class SynapseRules:
             self.fail(name, f"{bad} of its weights and biases are not finite (NaN or ±Inf) once "
                             "the scales around it are folded in; the model's values overflow or "
                             "divide by zero")
-        self.synapses[name] = dict(w_eff=w_eff, bound_of=bound_of)
+        # the float weights stay only where an Add may re-quantize them jointly (_joint): a
+        # large network's float weights are much of the compiler's memory
+        consumers = self.fg.consumers(name)
+        joint = len(consumers) == 1 and self.fg[consumers[0]]["op"] == "add"
+        self.synapses[name] = dict(w_eff=w_eff if joint else None, bound_of=bound_of)
         pos, neg = bool(np.any(w_eff > 0)), bool(np.any(w_eff < 0))
         m = np.abs(w_eff).reshape(len(w_eff), -1).max(axis=1)
         m = np.where(m > 0, m, 1.0)
@@ -146,7 +150,8 @@ class SynapseRules:
         per-channel scale u[c] shared by all of them, each connection keeping its own power-of-two
         prescale 2^p_i and weight_exp; their accumulators then share a unit and add with gain 1."""
         joint = [k for k, x in enumerate(ins) if x.node in self.synapses and x.fname == x.node
-                 and self.fg.consumers(x.node) == [name]]
+                 and self.fg.consumers(x.node) == [name]
+                 and self.synapses[x.node]["w_eff"] is not None]
         if len(joint) < 2:
             return ins
         info = [self.synapses[ins[k].node] for k in joint]
