@@ -112,12 +112,13 @@ class Worker:
             raise AssertionError(f"crash: the worker died with exit code {code}\n{tail}")
         return line
 
-    def ask(self, request: dict, wait: float = WALL_S) -> dict:
+    def ask(self, request: dict, wait: float | None = None) -> dict:
+        """The reply to `request` within `wait` seconds (default: WALL_S, read at call time)."""
         if self.proc is None:
             self._start()
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        return json.loads(self._reply(wait))
+        return json.loads(self._reply(WALL_S if wait is None else wait))
 
     def compile(self, path: Path, calib: str | None) -> dict:
         return self.ask({"path": str(path), "calib": calib})
