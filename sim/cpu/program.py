@@ -127,7 +127,8 @@ def _input(p: Program, node):
     p.static[name] = float(max(abs(lo), abs(hi)))
 
     def op(r):
-        r.values[name] = encode_input_exact(r.x, inv, lo, hi)
+        r.values[name], clipped = encode_input_exact(r.x, inv, lo, hi)
+        r.stats[name].clipped += clipped
     return op
 
 

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim.ops.base import MICROCODE, SYNAPSE, Node, is_int, register
+from sim.ops.base import MICROCODE, SYNAPSE, Node, is_int, register, rounded_magnitude
 from sim.ops.product import shift_round
 
 
@@ -29,6 +29,8 @@ class MatMul(Node):
 
     def _check(self, inputs):
         a, b = inputs
+        if not is_int(self.inner):
+            return f"inner {self.inner!r} is not an integer"
         if len(a) < 2 or len(b) < 2 or a[-1] != b[-2] or a[-1] != self.inner:
             return f"inputs {a} and {b} cannot be multiplied as matrices over {self.inner}"
         try:
@@ -61,6 +63,9 @@ class MatMul(Node):
         s = int(self.shift)
         return (int(shift_round(np.int64(k * min(corners)), s)),
                 int(shift_round(np.int64(k * max(corners)), s)))
+
+    def magnitude(self, inputs):
+        return rounded_magnitude(float(self.inner) * inputs[0] * inputs[1], self.shift)
 
     def macs(self) -> int:
         return int(np.prod(self.shape)) * int(self.inner)

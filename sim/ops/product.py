@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim.ops.base import MICROCODE, SYNAPSE, Node, is_int, register
+from sim.ops.base import MICROCODE, SYNAPSE, Node, is_int, register, rounded_magnitude
 
 
 def shift_round(p: np.ndarray, shift: int) -> np.ndarray:
@@ -58,6 +58,9 @@ class Product(Node):
         s = int(self.shift)
         return (int(shift_round(np.int64(min(corners)), s)),
                 int(shift_round(np.int64(max(corners)), s)))
+
+    def magnitude(self, inputs):
+        return rounded_magnitude(inputs[0] * inputs[1], self.shift)
 
     def macs(self) -> int:
         return int(np.prod(self.shape))

@@ -65,6 +65,7 @@ class Placement:
         if version != PLACEMENT_VERSION:
             raise MappingError(f"placement record of version {version!r}; this toolchain reads "
                                f"version {PLACEMENT_VERSION}: re-run the mapping")
+        _check_record(data)
         return cls(data["target"], data["limits"], data["cores"], data["layers"],
                    data["lower_bound"], list(data.get("notes", [])), data.get("input", ""))
 
@@ -85,6 +86,48 @@ class Placement:
             return []
         return sorted({core for layer in self.graph.successors(source)
                        for core in self.graph.nodes[layer]["cores"]})
+
+
+def _check_record(data: dict) -> None:
+    """Every field the placement table and graph read, by type: an artifact's placement record
+    may be forged (the content hash proves consistency, not sanity)."""
+    def num(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def strings(v) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    def dicts(v) -> bool:
+        return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, dict)
+                                           for k, x in v.items())
+
+    lim, lb, cores, layers = (data.get(k) for k in ("limits", "lower_bound", "cores", "layers"))
+    checks = {
+        "target": isinstance(data.get("target"), str) and isinstance(data.get("input", ""), str),
+        "limits": isinstance(lim, dict) and all(
+            num(lim.get(k)) and lim[k] > 0
+            for k in ("neurons_per_core", "synaptic_memory_bits_per_core")),
+        "lower_bound": isinstance(lb, dict) and count(lb.get("cores")) and
+        num(lb.get("by_neurons")) and num(lb.get("by_memory")),
+        "notes": strings(data.get("notes", [])),
+        "cores": isinstance(cores, list) and all(
+            isinstance(c, dict) and count(c.get("chip")) and num(c.get("neurons")) and
+            num(c.get("memory_bits")) and dicts(c.get("layers")) for c in cores),
+        "layers": dicts(layers) and all(
+            isinstance(x.get("role"), str) and count(x.get("neurons")) and
+            num(x.get("memory_bits")) and strings(x.get("sources")) and
+            isinstance(x.get("cores"), list) and all(count(c) for c in x["cores"]) and
+            isinstance(x.get("connections"), dict) and
+            all(isinstance(f, str) for f in x["connections"].values())
+            for x in layers.values()),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise MappingError(f"placement record: {', '.join(bad)} malformed; re-run the mapping "
+                           "(toolchain compile)")
 
 
 def map_artifact(art: Artifact, target: Target) -> Placement:

@@ -24,7 +24,7 @@ import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from onnx import TensorProto, external_data_helper, helper, numpy_helper, version_converter
 
-from sim.artifact import read_user_file
+from sim.files import file_kind, read_user_file
 from toolchain.errors import InputFileError, ModelError, ShapeError, UnsupportedOpError
 from toolchain.onnx_import.registry import MAX_OPSET, MIN_OPSET
 
@@ -395,7 +395,9 @@ def _external_entry(t: TensorProto, need: int, base: Path, what: str) -> tuple[P
         raise InputFileError(f"{what} points outside the model's folder ({location!r} resolves "
                              f"to {str(target)!r}); refused")
     if not target.is_file():
-        raise InputFileError(f"{what}: external data file {location!r} is missing")
+        found = "is missing" if not os.path.lexists(target) else \
+            f"is a {file_kind(os.stat(target).st_mode)}, not a file"
+        raise InputFileError(f"{what}: external data file {location!r} {found}")
     offset = info.offset or 0
     if info.length is not None and info.length != need:
         raise ModelError(f"{what}: external data length {info.length}; its dims {list(t.dims)} "
@@ -743,7 +745,10 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
     if dims[0].HasField("dim_value") and dims[0].dim_value == 0:
         raise ShapeError(f"{where}: input {inp.name!r} has batch dimension 0")
     for k, d in enumerate(dims[1:], start=1):
-        if not d.HasField("dim_value") or d.dim_value <= 0:
+        if d.HasField("dim_value") and d.dim_value <= 0:
+            raise ShapeError(f"{where}: input {inp.name!r} dimension {k} has size "
+                             f"{d.dim_value}; every dimension but the batch needs a size ≥ 1")
+        if not d.HasField("dim_value"):
             raise ShapeError(f"{where}: input {inp.name!r} dimension {k} is dynamic "
                              f"({d.dim_param or '?'}); only the batch dimension may be dynamic")
     for v in [v for v in shapes.graph.input if v.name == inp.name] + list(shapes.graph.output):

@@ -189,9 +189,18 @@ class QuantizerBase:
             self.q[name] = handler(name, d, [self.q[i] for i in d["inputs"]])
         x = self.q[self.fg.output]
         out = f"{self.fg.output}/readout"
-        self.emit(ir.Readout(out, (x.node,), x.unit.shape,
-                             scale=channel_view(x.unit).astype(np.float32),
+        unit = channel_view(x.unit)
+        with np.errstate(over="ignore"):
+            scale = unit.astype(np.float32)
+        if not np.all(np.isfinite(unit)):
+            self.fail(out, "the readout scale is not finite: the layers before it compute NaN or "
+                           "±Inf from their weights")
+        if not np.all(np.isfinite(scale)):
+            self.fail(out, f"the readout scale reaches {float(np.max(np.abs(unit))):.3g}, beyond "
+                           "float32's range: the weights before the readout are too large")
+        if not np.all(scale > 0):
+            self.fail(out, f"the readout scale falls to {float(np.min(unit)):.3g}, below float32's "
+                           "smallest value: the weights before the readout are too small")
+        self.emit(ir.Readout(out, (x.node,), x.unit.shape, scale=scale,
                              bias=channel_view(x.bias), softmax=softmax))
-        if not np.all(channel_view(x.unit).astype(np.float32) > 0):
-            self.fail(out, "readout scale underflows float32")
         return self.nodes, self.nodes[0].name, out

@@ -47,6 +47,13 @@ class SynapseRules:
         the largest in [MIN_WEIGHT_EXP, MAX_WEIGHT_EXP] with twice the accumulator bound under
         the headroom (HEADROOM_BEFORE_ADD where an Add reads it) and the bound plus the float bias `b` (in accumulator units) under
         BIAS_HEADROOM. Returns (W, unit_w, exp, bound after the shift, bits)."""
+        bad = int(np.size(w_eff) - np.count_nonzero(np.isfinite(w_eff)))
+        if b is not None:
+            bad += int(np.size(b) - np.count_nonzero(np.isfinite(b)))
+        if bad:
+            self.fail(name, f"{bad} of its weights and biases are not finite (NaN or ±Inf) once "
+                            "the scales around it are folded in; the model's values overflow or "
+                            "divide by zero")
         # the float weights stay only where an Add may re-quantize them jointly (_joint): a
         # large network's float weights are much of the compiler's memory
         consumers = self.fg.consumers(name)

@@ -13,7 +13,11 @@ def batch_norm(node, ctx):
                               enumerate(["scale", "B", "mean", "var"], start=1))
     if ctx.attr(node, "training_mode", 0):
         ctx.fail(node, "training_mode=1; export the model in eval mode")
-    scale = gamma / np.sqrt(var + ctx.attr(node, "epsilon", 1e-5))
+    denominator = var + ctx.attr(node, "epsilon", 1e-5)
+    if not np.all(denominator > 0):
+        ctx.fail(node, f"variance + epsilon is not positive in {int(np.sum(~(denominator > 0)))} "
+                       "channels: the normalization would divide by the square root of that")
+    scale = gamma / np.sqrt(denominator)
     if len(ctx.sample_shape(node, node.input[0])) == 2:   # (C, L): over a (C, 1, L) view
         x = lift_1d(node, ctx, x)
     add_window_op(node, ctx, "affine", x, scale=scale, shift=beta - mean * scale)
