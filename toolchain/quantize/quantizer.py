@@ -45,9 +45,11 @@ class QuantizerBase:
     def fail(self, name: str, message: str):
         raise QuantizationError(f"{self.where}: layer {name!r}: {message}")
 
-    def act_scale(self, fname: str, hi: float | None, signed: bool) -> np.ndarray:
-        """Per-channel float value of one level step, s_out = range / L."""
-        L = self.opts.levels
+    def act_scale(self, fname: str, hi: float | None, signed: bool,
+                  levels: int | None = None) -> np.ndarray:
+        """Per-channel float value of one level step, s_out = range / L (L: `levels`, default
+        --levels)."""
+        L = self.opts.levels if levels is None else levels
         c = self.fg[fname]["shape"][0]
         if hi is not None and self.opts.trust_clip:
             return np.full(c, hi / L)
@@ -156,12 +158,14 @@ class QuantizerBase:
                         np.full(shape, float(max(hi, -lo))))
 
     def requantize(self, x: QTensor) -> QTensor:
-        """A signed neuron [−L, L] turning a current into spikes a synapse can read."""
-        L = self.opts.levels
+        """A signed neuron [−L, L] turning a current into spikes a synapse or a product can
+        read, L the internal level count: the current is no activation of the model, its levels
+        only carry it to the next synapse."""
+        L = self.opts.internal_levels
         key = (x.node, x.fname)
         if key not in self.requantized:   # one neuron for all the synapses that read it
             self.requantized[key] = self.neuron(f"{x.fname}/requant", x.fname, x,
-                                                self.act_scale(x.fname, None, True), -L, L)
+                                                self.act_scale(x.fname, None, True, L), -L, L)
         return self.requantized[key]
 
     def spikes_in(self, x: QTensor) -> QTensor:

@@ -143,12 +143,13 @@ class SynapseRules:
                                             np.asarray(v, np.float64).reshape(bshape), shape)
         scale, shift = as_full(p["scale"]), as_full(p["shift"])
         s0 = float(scale.reshape(-1)[0])
-        if np.all(scale == s0) and s0 > 0 and (not x.synapse_ok or not np.any(shift)):
+        if np.all(scale == s0) and s0 > 0 and (not x.spikes or not np.any(shift)):
             # the integers stay; the unit scales, the shift joins a current's pending bias
             unit = x.unit * s0
             bias = x.bias + np.rint(shift / unit).astype(np.int64)
-            return x.like(x.node, name, unit, bias, x.bound)
-        if full:
+            return QTensor(x.node, name, unit, bias, x.bound, spikes=x.spikes,
+                           synapse_ok=x.synapse_ok and not np.any(bias))
+        if full or len(shape) not in (1, 3):
             return self._element_affine(name, x, scale, shift)
         c = shape[0]
         scale, shift = np.asarray(p["scale"]), np.asarray(p["shift"])

@@ -64,6 +64,10 @@ def payloads(node: str, fname: str, unit, bias, bound) -> QTensor:
 @dataclass
 class QuantOptions:
     levels: int = 15
+    # levels of the neurons that are no activation of the model: requantized currents (a
+    # residual sum read by a synapse, the operands of products) and arithmetic tables (exp,
+    # 1/x, √x, x²) — the quantized model has only its activations' levels
+    internal_levels: int = 63
     percentile: float = 99.99
     per_channel: bool = True
     input_bits: int = 8

@@ -30,6 +30,10 @@ def _affine(node, ctx, x_name, scale=None, shift=None):
     uniform = np.all(scale == scale[0]) and np.all(shift == shift[0])
     if uniform and elementwise.compose_affine(node, ctx, x, float(scale[0]), float(shift[0])):
         return   # a per-tensor constant on a table: one table
+    if uniform and len(shape) != 3:
+        # the same on every element: the op itself, which a later table composes through
+        ctx.add(node, "affine", [x], scale=scale, shift=shift)
+        return
     if len(shape) == 2:   # (C, L): the affine of a (C, 1, L) view
         x = linear.lift_1d(node, ctx, x)
     linear.add_window_op(node, ctx, "affine", x, scale=scale, shift=shift)
