@@ -353,11 +353,14 @@ def test_concat_branches_land_on_their_channels():
     import nets
     art = nets.compiled("concat")[0].artifact
     placement = map_artifact(art, LOIHI2)
-    requant = placement.layers["/Concat_output_0/requant"]
-    assert requant["sources"] == ["/a/a.1/Relu_output_0", "/b/b.1/Clip_output_0",
-                                  "/c/c.2/Relu_output_0"]
-    # 4 + 3 one-to-one channels and the 6-channel 1×1 scaling conv: one 64-bit word each
-    assert requant["memory_bits"] == 13 * 64
+    # the branches fire in one common unit, so the concat is wiring into the next conv
+    conv = art.node("/out/out.0/Conv_output_0")
+    layer = placement.layers["/out/out.1/Relu_output_0"]
+    assert layer["sources"] == ["/a/a.1/Relu_output_0", "/b/b.1/Clip_output_0",
+                                "/c/c.2/Relu_output_0"]
+    # the conv reads all 4 + 3 + 6 concatenated channels; its kernel is stored once
+    assert conv.weight.shape[1] == 13
+    assert layer["synapses"] == conv.weight.size == 936
 
 
 def test_recurrent_delay_edges_are_connections():
