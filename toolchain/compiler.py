@@ -11,7 +11,7 @@ import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
 from toolchain import scale_search as search
-from toolchain.compiled import Compiled, agreement, layer_rows_json, place
+from toolchain.compiled import Compiled, agreement, layer_rows_json, place, weight_warnings
 from toolchain.errors import ModelError, QuantizationError
 from toolchain.onnx_import import import_onnx
 from toolchain.onnx_import.loader import read_model
@@ -82,7 +82,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
     outputs = {imported.output_name: []}
     stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
-                          outputs=outputs)
+                          outputs=outputs,
+                          sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
     for n in names:   # tokens × features tensors: their first axis is not a channel axis
         if fg[n]["params"].get("per_tensor"):
             stats[n] = cal.per_tensor(stats[n])
@@ -106,6 +107,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      f"{found['tolerance']:g} top-1, error factor {found['error_factor']:g})")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
+    notes += weight_warnings(qz.layers)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
             "levels": levels, "timesteps": timesteps,
