@@ -68,11 +68,17 @@ def _per_core(g: Graph, pop: Population, target: Target) -> int:
     return lo
 
 
+def _weighted(c: Connection) -> bool:
+    """A dense connection through a weight matrix (what a split cuts by input columns)."""
+    return c.node is not None and c.node.connectivity == "full" and \
+        getattr(c.node, "weight", None) is not None
+
+
 def _widest(pop: Population) -> int:
     """The element with the most nonzero incoming dense weights (0 without dense connections)."""
     fan = np.zeros(pop.size, np.int64)
     for c in pop.connections:
-        if c.node is not None and c.node.connectivity == "full":
+        if _weighted(c):
             rows = np.count_nonzero(np.asarray(c.node.weight), axis=1)
             fan += rows if c.index is None else np.where(c.index >= 0,
                                                          rows[np.maximum(c.index, 0)], 0)
@@ -87,7 +93,7 @@ def _chunks(n: int, k: int) -> list[tuple[int, int]]:
 def _split(g: Graph, pop: Population, k: int, target: Target) -> list[Population]:
     """Cut every dense connection of `pop` into k chunks of inputs: chunk 0 stays, chunks 1…k−1
     become relay populations feeding `pop` one-to-one. Returns the relays."""
-    full = [c for c in pop.connections if c.node is not None and c.node.connectivity == "full"]
+    full = [c for c in pop.connections if _weighted(c)]
     rest = [c for c in pop.connections if c not in full]
     relays = [Population(f"{pop.name}/partial{j}", "relay", pop.shape, partial_of=pop.name)
               for j in range(1, k)]
@@ -95,7 +101,8 @@ def _split(g: Graph, pop: Population, k: int, target: Target) -> list[Population
     for c in full:
         for j, (a, b) in enumerate(_chunks(c.node.weight.shape[1], k)):
             part = Connection(c.node, c.sources, c.index, c.size, c.shape, c.format,
-                              columns=np.arange(a, b))
+                              columns=np.arange(a, b), input=c.input,
+                              input_shapes=c.input_shapes)
             (mine if j == 0 else relays[j - 1].connections).append(part)
     shared = target["conv_weight_sharing"] and len(pop.shape) > 1
     pop.connections = mine + rest + [
@@ -116,17 +123,16 @@ def split_fan_in(g: Graph, target: Target) -> list[str]:
         single = _element_cost(g, pop, element, target)
         if _fits(single, target):
             continue
-        dense = any(c.node is not None and c.node.connectivity == "full"
-                    for c in pop.connections)
+        dense = any(_weighted(c) for c in pop.connections)
         if not allowed:
             raise single_neuron_error(pop, element, single, target, (
                 f"{target.name} does not allow splitting a neuron's fan-in into partial sums "
                 "on relay compartments (synapse_encoding.partial_sum_relays is not true)"))
         if not dense:
             raise single_neuron_error(pop, element, single, target, (
-                "only a dense fan-in is split into partial sums; this one comes through "
-                "window (convolution or pooling) connections, whose synapses are shared per "
-                "channel"))
+                "only a dense fan-in (a weight matrix) is split into partial sums; this one "
+                "comes through window (convolution or pooling) connections, whose synapses are "
+                "shared per channel, or through a product of two activations"))
         # the fewest chunks whose parts fit a core, then up to TRIED more: the count that needs
         # the fewest cores (k parts of ⌈size / elements per core⌉ cores each)
         best, tried = None, 0
