@@ -86,9 +86,12 @@ class Connection:
         product's operands (Node.synapse_mask)."""
         if self._nonzero is None:
             mask = getattr(self.node, "synapse_mask", None)
-            nonzero = mask(self.input, self.input_shapes) if mask is not None \
-                else np.asarray(self.node.weight) != 0
-            self._nonzero = nonzero if self.columns is None else nonzero[:, self.columns]
+            if mask is not None:
+                self._nonzero = mask(self.input, self.input_shapes)
+            else:
+                weight = np.asarray(self.node.weight)
+                self._nonzero = (weight if self.columns is None
+                                 else weight[:, self.columns]) != 0
         return self._nonzero
 
     def cost(self, elements: np.ndarray, target: Target, in_shape, axons: bool) -> Cost:

@@ -69,17 +69,19 @@ def _per_core(g: Graph, pop: Population, target: Target) -> int:
 
 
 def _weighted(c: Connection) -> bool:
-    """A dense connection through a weight matrix (what a split cuts by input columns)."""
+    """A dense connection through a weight matrix (what a split cuts by input columns; a
+    product's operands are not split)."""
     return c.node is not None and c.node.connectivity == "full" and \
         getattr(c.node, "weight", None) is not None
 
 
 def _widest(pop: Population) -> int:
-    """The element with the most nonzero incoming dense weights (0 without dense connections)."""
+    """The element with the most nonzero incoming dense synapses (weights or product operands;
+    0 without such connections)."""
     fan = np.zeros(pop.size, np.int64)
     for c in pop.connections:
-        if _weighted(c):
-            rows = np.count_nonzero(np.asarray(c.node.weight), axis=1)
+        if c.node is not None and c.node.connectivity == "full":
+            rows = np.count_nonzero(c._nz(), axis=1)
             fan += rows if c.index is None else np.where(c.index >= 0,
                                                          rows[np.maximum(c.index, 0)], 0)
     return int(fan.argmax())

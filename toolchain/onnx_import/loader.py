@@ -699,8 +699,16 @@ def shape_model(model: onnx.ModelProto, nodes, consts: dict | None = None) -> on
         out.input.append(replaced.pop(v.name, v))
     out.input.extend(replaced.values())
     out.output.extend(g.output)
-    out.value_info.extend(g.value_info)
+    # a shape with a symbolic or missing dimension is left for inference to derive: kept, it
+    # would stay symbolic after constant folding has made it static (a class token's Expand)
+    out.value_info.extend(v for v in g.value_info if _static(v))
     return sk
+
+
+def _static(v: onnx.ValueInfoProto) -> bool:
+    tt = v.type.tensor_type
+    return v.type.WhichOneof("value") == "tensor_type" and tt.HasField("shape") and \
+        all(d.HasField("dim_value") for d in tt.shape.dim)
 
 
 def infer(model: onnx.ModelProto, where: str, after: str = "",

@@ -7,8 +7,8 @@ import numpy as np
 
 from sim import ir, kernels
 from toolchain.errors import UnsupportedOpError
-from toolchain.quantize.tensor import (HEADROOM, MAX_WEIGHT_EXP, LayerRow, QTensor, current,
-                                       per_channel)
+from toolchain.quantize.tensor import (HEADROOM, MAX_WEIGHT_EXP, UNIT_SPREAD, LayerRow,
+                                       QTensor, current, per_channel, uniform)
 
 
 class StructureRules:
@@ -20,12 +20,13 @@ class StructureRules:
         every position has the same unit u / G and the map is exact; otherwise g rounds
         255·min(count) / count and each position keeps its own unit u / (count·g), uniform to
         within half a gain step."""
-        x = ins[0]
+        x = self.uniform_channels(name, ins[0])
         p = d["params"]
         kh, kw = p["kernel"]
         shape = tuple(d["shape"])
         out_hw = shape[1:]
         divisor = p.get("divisor")
+        per = 1 if p.get("total") else kh * kw   # ReduceSum: the sum itself
         sum_name = name if divisor is None else f"{name}/sum"
         node = self.emit(ir.SumPool(sum_name, (x.node,), shape, kernel=tuple(p["kernel"]),
                                     stride=tuple(p["stride"]), pads=tuple(p["pads"])))
@@ -38,7 +39,7 @@ class StructureRules:
                                     synapses=int(np.prod(shape) * kh * kw)))
         ok = x.synapse_ok and not np.any(x.bias)
         if divisor is None:
-            return QTensor(name, name, full(unit_c / (kh * kw)), pool(x.bias), bound,
+            return QTensor(name, name, full(unit_c / per), pool(x.bias), bound,
                            spikes=False, synapse_ok=ok)
         counts = np.asarray(divisor, np.int64)
         gains, exp, exact = _divisor_gains(counts)
@@ -79,8 +80,22 @@ class StructureRules:
         return current(name, name, full(unit_c), np.zeros(shape, np.int64),
                        full(bound_c * 2 ** exp))
 
+    def uniform_channels(self, name: str, x: QTensor) -> QTensor:
+        """x with one unit per channel, as a pool needs (it adds or compares a channel's values
+        as integers): a current whose unit varies within a channel (a token tensor's features)
+        is requantized first — its neuron's level step is the same for the whole tensor, its
+        realized unit uniform within the rounding of θ (UNIT_SPREAD)."""
+        if uniform(x.unit, 0):
+            return x
+        if not x.synapse_ok:
+            x = self.requantize(x)
+            if uniform(x.unit, 0):
+                return x
+        self.fail(name, "its input's unit varies within a channel by more than "
+                        f"{UNIT_SPREAD:.1%}; a pool needs one unit per channel")
+
     def op_maxpool(self, name, d, ins):
-        x = ins[0]
+        x = self.uniform_channels(name, ins[0])
         if not x.spikes and not np.all(x.bias == x.bias.reshape(len(x.bias), -1)[:, :1, None]):
             raise UnsupportedOpError(f"{self.where}: MaxPool {name!r} reads a current whose bias "
                                      "varies within a channel")
@@ -92,8 +107,28 @@ class StructureRules:
         take = lambda a: np.broadcast_to(a.reshape(c, -1)[:, :1, None], d["shape"]).copy()
         return x.like(name, name, take(x.unit), take(x.bias), take(x.bound))
 
+    def op_constant(self, name, d, ins):
+        """Quantized by the concat that reads it, in the units of the tensor it joins."""
+        return None
+
+    def _constant_input(self, name: str, cname: str, ref: QTensor, axis: int) -> QTensor:
+        """The constant node `cname` joined to `ref` along `axis`: integers in ref's units (its
+        first slice along the axis, the same for every token), a Constant node reading the
+        input for the batch; spikes or a current as `ref` is."""
+        value = np.asarray(self.fg[cname]["params"]["value"], np.float64)
+        unit = np.broadcast_to(np.take(ref.unit, [0], axis=axis), value.shape).astype(np.float64)
+        ints = np.rint(value / unit).astype(np.int64)
+        node = self.emit(ir.Constant(cname, (self.nodes[0].name,), value.shape, value=ints))
+        self.layers.append(LayerRow(cname, node.kind, value.shape))
+        return QTensor(node.name, cname, unit, np.zeros(value.shape, np.int64),
+                       np.abs(ints).astype(np.float64), spikes=ref.spikes,
+                       synapse_ok=ref.synapse_ok)
+
     def op_concat(self, name, d, ins):
         axis = d["params"]["axis"]
+        ref = next(x for x in ins if x is not None)
+        ins = [x if x is not None else self._constant_input(name, c, ref, axis)
+               for x, c in zip(ins, d["inputs"])]
         self.emit(ir.Concat(name, tuple(x.node for x in ins), d["shape"], axis=axis))
         cat = lambda attr: np.concatenate([getattr(x, attr) for x in ins], axis=axis)
         return QTensor(name, name, cat("unit"), cat("bias"), cat("bound"),

@@ -21,10 +21,14 @@ INT_MAX = 2 ** 31 - 1
 MAX_KERNEL_NUMERATOR = 255   # a bilinear kernel's integer weights must fit 8-bit mantissas
 
 
-def add_select(ctx, name: str, x: str, shape, table: np.ndarray, synthetic: bool = False) -> str:
+def add_select(ctx, name: str, x: str, shape, table: np.ndarray, synthetic: bool = False,
+               spikes: bool | None = None) -> str:
     """A `select` node `name` reading float-graph node `x` (per-sample output `shape`). A
-    synthetic one (no ONNX tensor) feeds a synapse: marked `spikes`, it reads spikes."""
-    extra = {"synthetic": True, "spikes": True} if synthetic else {}
+    synthetic one (no ONNX tensor) feeds a synapse unless `spikes` is False: marked `spikes`, it
+    reads spikes."""
+    extra = {"synthetic": True} if synthetic else {}
+    if synthetic and spikes is not False:
+        extra["spikes"] = True
     return ctx.fg.add(name, "select", [x], tuple(shape),
                       table=np.asarray(table, np.int64).reshape(-1), **extra)
 

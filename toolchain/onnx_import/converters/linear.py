@@ -33,17 +33,38 @@ def gemm(node, ctx):
 @converter("MatMul")
 def matmul(node, ctx):
     x = ctx.tensor(node, node.input[0])
+    if ctx.const(node.input[1]) is None and ctx.const(node.input[0]) is None:
+        activation_matmul(node, ctx)
+        return
     w = ctx.need_const(node, 1, "the second operand (weight)")
     shape = ctx.sample_shape(node, node.input[0])
     if w.ndim != 2 or len(shape) not in (1, 2):
         ctx.fail(node, "only (batch, features) or (batch, tokens, features) × constant "
                        "(features, out) is supported")
-    # one float64 copy of the weight (a large model's weights are its memory)
-    wt = np.ascontiguousarray(w.T, dtype=np.float64)
     if len(shape) == 1:
-        ctx.add(node, "dense", [x], W=wt, b=np.zeros(w.shape[1]))
+        # one float64 copy of the weight (a large model's weights are its memory)
+        ctx.add(node, "dense", [x], W=np.ascontiguousarray(w.T, dtype=np.float64),
+                b=np.zeros(w.shape[1]))
         return
-    token_linear(node, ctx, x, wt, np.zeros(w.shape[1]))
+    token_linear(node, ctx, x, np.ascontiguousarray(w.T, dtype=np.float64),
+                 np.zeros(w.shape[1]))
+
+
+def activation_matmul(node, ctx) -> None:
+    """A·B of two activations (attention's Q·Kᵀ and weights·V), batched over the leading axes
+    by numpy's rules: a `matmul2` node (product neurons and a summing synapse). Both operands
+    need rank ≥ 2 per sample, and the leading axes must match or broadcast."""
+    a, b = (ctx.sample_shape(node, i) for i in node.input[:2])
+    if len(a) < 2 or len(b) < 2:
+        ctx.fail(node, f"a product of activations of shapes {a} and {b}; each needs at least two "
+                       "axes besides the batch")
+    try:
+        np.broadcast_shapes(a[:-2], b[:-2])
+    except ValueError:
+        ctx.fail(node, f"the leading axes of {a} and {b} do not broadcast")
+    if a[-1] != b[-2]:
+        ctx.fail(node, f"shapes {a} and {b} cannot be multiplied as matrices")
+    ctx.add(node, "matmul2", [ctx.tensor(node, i) for i in node.input[:2]])
 
 
 def token_linear(node, ctx, x: str, w: np.ndarray, b: np.ndarray) -> None:

@@ -1,5 +1,5 @@
-"""AveragePool / GlobalAveragePool / ReduceMean over H, W (sum-pools), MaxPool; 1-D pools over
-(C, L) as 1 × k pools over (C, 1, L)."""
+"""AveragePool / GlobalAveragePool / ReduceMean / ReduceSum over H, W or the last axis
+(sum-pools), MaxPool / ReduceMax; 1-D pools over (C, L) as 1 × k pools over (C, 1, L)."""
 import numpy as np
 
 from toolchain.onnx_import.converters.linear import add_window_op, lift_1d, spatial, window_attrs
@@ -64,28 +64,45 @@ def global_average_pool(node, ctx):
                   stride=(1, 1), pads=(0, 0, 0, 0))
 
 
-@converter("ReduceMean")
-def reduce_mean(node, ctx):
-    shape = ctx.sample_shape(node, node.input[0])
+def _reduce_axes(node, ctx, rank: int) -> list[int]:
     axes = ctx.attr(node, "axes")
-    if axes is None and len(node.input) > 1:
+    if axes is None and len(node.input) > 1 and node.input[1]:
         axes = ctx.need_const(node, 1, "axes").tolist()
-    axes = sorted(a % (len(shape) + 1) for a in (axes or []))
-    if axes != list(range(2, len(shape) + 1)) or len(shape) not in (2, 3):
-        ctx.fail(node, "only ReduceMean over the spatial axes ([2, 3] of (N, C, H, W), [2] of "
-                       "(N, C, L)) is supported")
+    return sorted(a % (rank + 1) for a in (axes or range(1, rank + 1)))
+
+
+@converter("ReduceMean", "ReduceSum", "ReduceMax")
+def reduce(node, ctx):
+    """Over the spatial axes of (N, C, H, W) or the last axis of a tensor of rank 3 or 4 — a
+    (N, C, L) signal, a (N, tokens, features) sequence, (N, heads, queries, keys) scores — as a
+    window of the whole reduced extent: a sum pool (its divisor in the unit for ReduceMean,
+    none for ReduceSum) or a max pool. keepdims=0 adds a reshape."""
+    shape = ctx.sample_shape(node, node.input[0])
+    axes = _reduce_axes(node, ctx, len(shape))
+    spatial_ = len(shape) == 3 and axes == [2, 3]
+    if not (spatial_ or (len(shape) in (2, 3) and axes == [len(shape)])):
+        ctx.fail(node, f"{node.op_type} over axes {axes} of a rank-{len(shape) + 1} tensor; "
+                       "supported: the spatial axes [2, 3] of (N, C, H, W), or the last axis of "
+                       "a rank-3 or rank-4 tensor")
+    keepdims = ctx.attr(node, "keepdims", 1)
+    if keepdims not in (0, 1):
+        ctx.fail(node, f"keepdims={keepdims}; ONNX allows 0 or 1")
     x = ctx.tensor(node, node.input[0])
     if len(shape) == 2:
         x = lift_1d(node, ctx, x)
     c, h, w = ctx.fg[x]["shape"]
-    keepdims = ctx.attr(node, "keepdims", 1)
-    if keepdims not in (0, 1):
-        ctx.fail(node, f"keepdims={keepdims}; ONNX allows 0 or 1")
+    kernel = (h, w) if spatial_ else (1, w)
+    op = "maxpool" if node.op_type == "ReduceMax" else "avgpool"
+    params = dict(kernel=kernel, stride=(1, 1), pads=(0, 0, 0, 0))
+    if op == "maxpool":
+        params["dilation"] = (1, 1)
+    if node.op_type == "ReduceSum":
+        params["total"] = True
     if keepdims:
-        add_window_op(node, ctx, "avgpool", x, kernel=(h, w), stride=(1, 1), pads=(0, 0, 0, 0))
+        add_window_op(node, ctx, op, x, **params)
         return
-    pooled = ctx.fg.add(f"{node.output[0]}/pool", "avgpool", [x], (c, 1, 1), kernel=(h, w),
-                        stride=(1, 1), pads=(0, 0, 0, 0), synthetic=True)
+    pooled = ctx.fg.add(f"{node.output[0]}/pool", op, [x], (c, h // kernel[0], 1),
+                        synthetic=True, **params)
     ctx.add(node, "reshape", [pooled])
 
 
