@@ -267,7 +267,8 @@ def test_window_fan_in_is_not_split_and_the_error_says_why(tmp_path):
                 ir.Dense("out", ("flat",), (3,), weight=np.ones((3, 32), np.int16)),
                 _readout("out", 3)])
     with pytest.raises(MappingError, match=r"layer 'relu' .*the fan-in is not split: only a "
-                                           r"dense fan-in is split into partial sums"):
+                                           r"dense fan-in \(a weight matrix\) is split into "
+                                           r"partial sums; this one comes through window"):
         map_artifact(art, target)
 
 
