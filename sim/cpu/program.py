@@ -26,8 +26,8 @@ import numpy as np
 from sim import driver, kernels, ops, semantics
 from sim.artifact import Artifact
 from sim.cpu import torch_ops
-from sim.cpu.kernels import (Fire, FirePlan, conv2d_exact, dense_exact, encode_input_exact,
-                             sum_pool_exact)
+from sim.cpu.kernels import (Fire, FirePlan, StatePlan, conv2d_exact, dense_exact,
+                             encode_input_exact, encode_input_u8, sum_pool_exact)
 from sim.cpu.weights import Weights
 from sim.driver import as_int
 from sim.ops.base import batched
@@ -46,23 +46,46 @@ def builds(*kinds: str):
 
 
 class Run(driver.Step):
-    """One program step: the Step every node's `evaluate` reads, plus the values made so far,
-    their bounds (static ones seeded, others measured once when asked), which products added
-    their neuron's offset, per-step nonzero counts and the neurons already fired."""
-    __slots__ = ("values", "bounds", "biased", "counts", "done")
+    """One program step: the Step every node's `evaluate` reads, plus the values made so far
+    (numpy arrays or torch tensors of exact integers), their bounds (static ones seeded, others
+    measured once when asked), which products added their neuron's offset and per-step nonzero
+    counts. In the layer-major form (Program.steps) values hold all T steps stacked
+    (T·B rows, step-major) or, for `steady` ones that no neuron precedes, the B rows every step
+    shares; `reps` is T there (1 in a plain step)."""
+    __slots__ = ("values", "bounds", "biased", "counts", "steady", "reps", "layered", "done")
 
     def bound(self, name: str) -> float:
         b = self.bounds.get(name)
         if b is None:
-            b = self.bounds[name] = kernels.max_abs(self.values[name])
+            b = self.bounds[name] = kernels.max_abs(_np(self.values[name]))
         return b
 
     def nonzero(self, name: str) -> np.ndarray:
         """A value's nonzero_counts, computed once for all who count it."""
         c = self.counts.get(name)
         if c is None:
-            c = self.counts[name] = kernels.nonzero_counts(self.values[name])
+            c = self.counts[name] = kernels.nonzero_counts(_np(self.values[name]))
         return c
+
+    def rows(self, names) -> list:
+        """The values of `names`, the steady ones repeated over the T steps when the others
+        are stacked (a node that mixes both)."""
+        ins = [self.values[i] for i in names]
+        if self.reps > 1 and any(i in self.steady for i in names) and \
+                not all(i in self.steady for i in names):
+            ins = [_repeat(v, self.reps) if i in self.steady else v for i, v in zip(names, ins)]
+        return ins
+
+
+def _np(v) -> np.ndarray:
+    return v if isinstance(v, np.ndarray) else torch_ops.numpy(v)
+
+
+def _repeat(v, reps: int):
+    """v's rows repeated `reps` times, step-major (the same B samples at every step)."""
+    if isinstance(v, np.ndarray):
+        return np.concatenate([v] * reps)
+    return v.repeat((reps,) + (1,) * (v.ndim - 1))
 
 
 class Program:
@@ -77,14 +100,43 @@ class Program:
         self.nonneg = ops.nonnegative(art.nodes)
         self.fires: dict[str, Fire] = {}
         self.biased: set[str] = set()     # products that add their neuron's offset, statically
+        self.u8: set[str] = set()         # values an int8 product reads: emitted as uint8
+        self.output = art.output
         self.ops = [BUILDERS.get(node.kind, _generic)(self, node) for node in art.nodes]
+        # layer-major runs (`steps`): the values no stateful neuron precedes are the same at
+        # every step
+        self.steady = set()
+        for node in art.nodes:
+            if node.kind != "neuron" and node.role != "edge" and \
+                    all(i in self.steady for i in node.inputs):
+                self.steady.add(node.name)
 
-    def step(self, s: driver.Step) -> dict[str, np.ndarray]:
+    def _run(self, s: driver.Step, reps: int = 1, layered: bool = False) -> Run:
         r = Run(s.x, s.previous, s.state, s.binary, s.count, s.stats)
         r.values, r.bounds, r.biased, r.counts, r.done = {}, dict(self.static), set(), {}, set()
+        r.steady, r.reps, r.layered = (self.steady if layered else ()), reps, layered
         for op in self.ops:
             op(r)
-        return r.values
+        return r
+
+    def step(self, s: driver.Step) -> dict[str, np.ndarray]:
+        """Every node once for the timestep `s`: {node: its value as a numpy array}."""
+        return {k: _np(v) for k, v in self._run(s).values.items()}
+
+    def steps(self, s: driver.Step, timesteps: int, keep) -> tuple[np.ndarray, dict]:
+        """A feed-forward run of `timesteps` steps on the same input, layer by layer: each node
+        runs all steps at once (a product over T·B rows; a stateful neuron steps through its
+        T slices), so a layer's input over every step is known before it runs. Returns the
+        readout accumulator summed over the steps (int64) and the kept values, each summed
+        over the steps."""
+        r = self._run(s, timesteps, True)
+
+        def summed(name):
+            v = as_int(_np(r.values[name]))
+            if name in r.steady:
+                return v * timesteps
+            return v.reshape((timesteps, -1) + v.shape[1:]).sum(axis=0)
+        return summed(self.output), {k: summed(k) for k in keep}
 
     def fire(self, node) -> Fire:
         if node.name not in self.fires:
@@ -103,7 +155,7 @@ def _generic(p: Program, node):
     name, srcs = node.name, node.inputs
 
     def op(r):
-        r.values[name] = node.evaluate([as_int(r.values[i]) for i in srcs], r)
+        r.values[name] = node.evaluate([as_int(_np(v)) for v in r.rows(srcs)], r)
     return op
 
 
@@ -111,9 +163,13 @@ def _generic(p: Program, node):
 def _input(p: Program, node):
     name, inv, lo, hi = node.name, node.inv_scale, node.lo, node.hi
     p.static[name] = float(max(abs(lo), abs(hi)))
+    u8 = lo >= 0 and hi <= 255
 
     def op(r):
-        r.values[name] = encode_input_exact(r.x, inv, lo, hi)
+        if u8 and name in p.u8:       # an int8 product reads it
+            r.values[name] = encode_input_u8(r.x, inv, lo, hi)
+        else:
+            r.values[name] = encode_input_exact(r.x, inv, lo, hi)
     return op
 
 
@@ -130,7 +186,7 @@ def _neuron(p: Program, node):
     # in a trial, one_pass picks the neurons with reset "subtract": the ones whose state the
     # driver drops after every step (a leaky neuron, reset "none", keeps its own)
     if not (p.afresh and one_pass(node)):
-        return _generic(p, node)
+        return _stateful(p, node)
     fire, use_torch = p.fire(node), p.use_torch
     p.static[name] = fire.levels
     # the fire's plan made here when its input's bound (so its form) is static; a product
@@ -138,13 +194,50 @@ def _neuron(p: Program, node):
     plan = FirePlan(fire, p.static[src], src in p.biased) if src in p.static else None
 
     def op(r):       # the one-pass neuron, in floats
-        if name in r.done:          # fired by its convolution (`joined` in _product)
+        if name in r.done:          # fired inside its int8 product (`fired` in _product)
             return
         fp = plan or FirePlan(fire, r.bound(src), src in r.biased)
-        out, sat = fp.apply(r.values[src], use_torch)
+        out, sat = fp.run(r.values[src], use_torch, name in p.u8)
         r.values[name] = out
-        count_neuron(r.stats[name], out, sat, lo, hi, r.count,
-                     (lambda: r.nonzero(name)) if r.count else None)
+        if sat or r.count:
+            count_neuron(r.stats[name], _np(out), sat, lo, hi, r.count,
+                         (lambda: r.nonzero(name)) if r.count else None)
+    return op
+
+
+def _stateful(p: Program, node):
+    """A neuron that keeps its state from step to step (T > 1, binary spikes): the uniform fire
+    with reset by subtraction and any leak in float arithmetic (kernels.StatePlan) when torch
+    is there, stepping through the T slices of a layer-major run; anything else (adaptive,
+    reset "none", or an input no float dtype holds) its own int64 evaluation."""
+    generic = _generic(p, node)
+    if not p.use_torch or node.fire != "uniform" or node.reset != "subtract":
+        return generic
+    name, src = node.name, node.inputs[0]
+    plans: dict = {}
+
+    p.static[name] = float(max(abs(node.lo), abs(node.hi)))    # the payload q·K: |q·K| ≤ it
+
+    def op(r):
+        if not r.layered:
+            # a step of the driver's loop (a recurrent trial) keeps the state in its dict:
+            # int64, as defined
+            return generic(r)
+        key = (r.binary, r.bound(src))
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = StatePlan(node, r.binary, key[1])
+        if plan.dtype is None:
+            return generic(r)
+        reps = 1 if src in r.steady else r.reps
+        out, sat = plan.run(r.values[src], r.reps, reps, name in p.u8)
+        r.values[name] = out
+        r.stats[name].saturations += sat
+        if r.count:
+            o = _np(out)
+            r.stats[name].spikes += int(r.nonzero(name).sum())
+            r.stats[name].payload += int(np.abs(o.astype(np.int64) if o.dtype == np.uint8
+                                                else o).sum(dtype=np.float64))
     return op
 
 
@@ -158,9 +251,13 @@ def _readout(p: Program, node):
     return op
 
 
+# batches below these many rows run the float kernel: oneDNN's int8 kernels cost more per call
+INT8_MIN_ROWS = {"conv": 4, "dense": 8}
+
+
 @builds("dense", "conv")
 def _product(p: Program, node):
-    """Exact float products (int8 convolutions where they apply)."""
+    """Exact float products, or int8 ones where they apply (module docstring)."""
     name, src, dense = node.name, node.inputs[0], node.connectivity == "full"
     w, use_torch = Weights(node), p.use_torch
     neuron = p.fused.get(name)
@@ -172,60 +269,88 @@ def _product(p: Program, node):
         p.static[name] = fixed[1]
         if fixed[2] is not None:
             p.biased.add(name)
-    # a non-negative payload ≤ 255 with a float32 result: oneDNN's u8·s8 convolution
-    int8 = not dense and use_torch and src in p.nonneg
+    # a non-negative payload within the CPU's exact int8 class (torch_ops.Int8.usable), a
+    # float32 result: oneDNN's u8·s8 product, its input emitted as uint8 by its producer
+    int8 = use_torch and src in p.nonneg and not w.floor and w.int8() is not None
+    static8 = int8 and fixed is not None and fixed[0].dtype == np.float32 and \
+        w.int8().usable(bx)
+    if static8:
+        p.u8.add(src)
+    min_rows = INT8_MIN_ROWS[node.kind]
     per_input = node.weight.shape[0] // (1 if dense else node.groups)
     out_hw = node.shape[-2:]
-    # an int8 convolution with a static float32 bound and its neuron's offset as the bias
-    # hands its output tensor straight to the neuron's fire (one call, no numpy round trip;
-    # not when counting, which needs the current): the neuron then has nothing left to do
-    joined = None
-    if int8 and fixed is not None and fixed[2] is not None and fixed[0].dtype == np.float32 \
-            and bx <= 255 and not w.floor and w.int8() is not None:
-        plan = FirePlan(fire, fixed[1], biased=True)
-        if plan.dtype is np.float32 and not plan.saturate:
-            torch = torch_ops._torch()
-            joined = (neuron.name, torch.from_numpy(fixed[2]), torch.from_numpy(plan.factor),
-                      fire.lo, fire.hi, plan.reciprocal)
+    biases: dict = {}
+    # the neuron this product alone feeds fired inside the int8 kernel, its uint8 payloads
+    # straight out (torch_ops.fired: exact under fire_fits, without saturation, levels within
+    # [0, 255], θ and offset per channel)
+    fired = None
+    if static8 and neuron is not None and fixed[2] is not None:
+        theta, offset = _channelwise(fire.theta, node.shape), _channelwise(fire.offset, node.shape)
+        if theta is not None and offset is not None and fire.lo >= 0 and fire.hi <= 255 and \
+                not FirePlan(fire, fixed[1], biased=True).saturate and \
+                torch_ops.fire_fits(w.absum * bx, fire.offset_max, fire.theta_max):
+            fired = torch_ops.fired(w.int8(), theta, offset)
+    nname = neuron.name if neuron is not None else None
 
     def op(r):
         x = r.values[src]
-        if joined is not None and not r.count:
-            nname, bias_t, factor_t, lo, hi, reciprocal = joined
-            n = torch_ops.conv_fire_int8(x, w.int8(), bias_t, factor_t, lo, hi, reciprocal)
+        if fired is not None and len(x) >= min_rows:
+            n = torch_ops.product_fire_int8(x, w.int8(), fired, fire.lo, fire.hi)
             if n is not None:
-                # the product's value is the array the fire overwrote, as in the fused
-                # form below: nobody else reads it
+                # the product's value is the neuron's: nobody else reads it (fusions)
                 r.values[name] = r.values[nname] = n
                 r.done.add(nname)
+                if r.count:
+                    count_neuron(r.stats[nname], _np(n), 0, fire.lo, fire.hi, True,
+                                 lambda: r.nonzero(nname))
+                    _count_product(r, node, name, src, x, dense, per_input)
                 return
-        wf, bound, bias = fixed if fixed is not None else w.exact(r.bound(src), x, fire)
+        wf, bound, bias = fixed if fixed is not None else w.exact(r.bound(src), _np(x), fire)
         if wf is None:
-            r.values[name] = node.evaluate([as_int(x)], r)
+            r.values[name] = node.evaluate([as_int(_np(x))], r)
             return
-        if dense:
-            out = dense_exact(x, wf, use_torch, bias)
-        else:
-            out = None
-            if int8 and wf.dtype == np.float32 and r.bound(src) <= 255:
-                packed = w.int8()
-                if packed is not None:
-                    out = torch_ops.conv2d_int8(x, packed, bias)
-            if out is None:
-                out = conv2d_exact(x, wf, node.stride, node.pads, node.dilation, node.groups,
-                                   out_hw, use_torch, bias)
+        out = None
+        if int8 and wf.dtype == np.float32 and len(x) >= min_rows and \
+                w.int8().usable(r.bound(src)):
+            if bias is not None and id(bias) not in biases:
+                biases[id(bias)] = torch_ops.tensor(np.asarray(bias, np.float32).reshape(-1))
+            out = torch_ops.product_int8(x, w.int8(), None if bias is None else biases[id(bias)])
+        if out is None and use_torch:
+            out = torch_ops.dense(x, wf, wf.dtype, bias) if dense else \
+                torch_ops.conv2d(x, wf, node.stride, node.pads, node.dilation, node.groups,
+                                 wf.dtype, bias)
+        if out is None:
+            out = dense_exact(_np(x), wf, False, bias) if dense else \
+                conv2d_exact(_np(x), wf, node.stride, node.pads, node.dilation, node.groups,
+                             out_hw, False, bias)
         if w.floor:     # a negative exponent: the contract's right shift of the accumulator
-            np.floor(out, out=out)
+            if isinstance(out, np.ndarray):
+                np.floor(out, out=out)
+            else:
+                out.floor_()
         r.values[name] = out
         r.bounds[name] = bound
         if bias is not None:
             r.biased.add(name)
         if r.count:
-            if dense:
-                r.stats[name].synops += int(r.nonzero(src).sum()) * per_input
-            else:
-                r.stats[name].synops += node.window_synops(x, r.nonzero(src))
+            _count_product(r, node, name, src, x, dense, per_input)
     return op
+
+
+def _count_product(r: Run, node, name: str, src: str, x, dense: bool, per_input: int) -> None:
+    """A dense or conv node's synaptic operations on its input x (T times a steady one)."""
+    reps = r.reps if src in r.steady else 1
+    if dense:
+        r.stats[name].synops += int(r.nonzero(src).sum()) * per_input * reps
+    else:
+        r.stats[name].synops += node.window_synops(_np(x), r.nonzero(src)) * reps
+
+
+def _channelwise(param: np.ndarray, shape) -> np.ndarray | None:
+    """A batched neuron parameter as one value per channel (C,), or None when it varies
+    within a channel."""
+    full = np.broadcast_to(np.asarray(param)[0], tuple(shape)).reshape(shape[0], -1)
+    return full[:, 0].copy() if (full == full[:, :1]).all() else None
 
 
 @builds("sumpool")
@@ -238,29 +363,40 @@ def _sumpool(p: Program, node):
         bound = r.bound(src) * taps
         dtype = kernels.exact_dtype(bound) or np.int64
         x = r.values[src]
-        r.values[name] = sum_pool_exact(x if dtype is not np.int64 else as_int(x), node.kernel,
-                                        node.stride, node.pads, node.shape[-2:], dtype,
-                                        use_torch)
+        out = None
+        if use_torch and dtype is not np.int64:
+            out = torch_ops.sum_pool(x, node.kernel, node.stride, node.pads, node.shape[-2:],
+                                     dtype)
+        if out is None:
+            xn = _np(x)
+            out = sum_pool_exact(xn if dtype is not np.int64 else as_int(xn), node.kernel,
+                                 node.stride, node.pads, node.shape[-2:], dtype)
+        r.values[name] = out
         r.bounds[name] = bound
         if r.count:
-            r.stats[name].synops += node.window_synops(x, r.nonzero(src))
+            reps = r.reps if src in r.steady else 1
+            r.stats[name].synops += node.window_synops(_np(x), r.nonzero(src)) * reps
     return op
 
 
 @builds("maxpool")
 def _maxpool(p: Program, node):
-    name, src = node.name, node.inputs[0]
+    name, src, use_torch = node.name, node.inputs[0], p.use_torch
     p.derived(node, lambda b: b[0])
+    nonneg = src in p.nonneg
 
     def op(r):
-        r.values[name] = kernels.max_pool(r.values[src], node.kernel, node.stride, node.pads,
-                                          node.dilation, node.shape[-2:])
+        x = r.values[src]
+        out = torch_ops.max_pool(x, node.kernel, node.stride, node.pads, node.dilation,
+                                 node.shape[-2:], nonneg) if use_torch else None
+        r.values[name] = out if out is not None else kernels.max_pool(
+            _np(x), node.kernel, node.stride, node.pads, node.dilation, node.shape[-2:])
     return op
 
 
 @builds("add")
 def _add(p: Program, node):
-    name, srcs = node.name, node.inputs
+    name, srcs, use_torch = node.name, node.inputs, p.use_torch
     gains = [np.asarray(g, dtype=np.int64) for g in node.gains]
     peaks = [float(np.abs(g).max(initial=0)) * 2.0 ** int(e) for g, e in zip(gains, node.exps)]
     floors = [int(e) < 0 for e in node.exps]    # right-shift gains: each term floored
@@ -274,23 +410,26 @@ def _add(p: Program, node):
         bound = sum(pk * r.bound(i) for pk, i in zip(peaks, srcs))
         dtype = kernels.exact_dtype(max(bound, max(u * r.bound(i)
                                                    for u, i in zip(unshifted, srcs))))
-        ins = [r.values[i] for i in srcs]
+        ins = r.rows(srcs)
         if dtype is None:
-            r.values[name] = node.evaluate([as_int(i) for i in ins], r)
+            r.values[name] = node.evaluate([as_int(_np(i)) for i in ins], r)
             return
         if dtype not in scaled:
             scaled[dtype] = [(g * 2.0 ** int(e)).astype(dtype)[None]
                              for g, e in zip(gains, node.exps)]
-        total = None
-        for g, xi, fl in zip(scaled[dtype], ins, floors):
-            term = np.multiply(g, xi, dtype=dtype)
-            if fl:
-                np.floor(term, out=term)
-            total = term if total is None else np.add(total, term, out=total)
+        total = torch_ops.add_terms(list(zip(ins, scaled[dtype], floors)), dtype) \
+            if use_torch else None
+        if total is None:
+            for g, xi, fl in zip(scaled[dtype], ins, floors):
+                term = np.multiply(g, _np(xi), dtype=dtype)
+                if fl:
+                    np.floor(term, out=term)
+                total = term if total is None else np.add(total, term, out=total)
         r.values[name] = total
         r.bounds[name] = bound
         if r.count:
-            r.stats[name].synops += sum(int(r.nonzero(i).sum()) for i in srcs)
+            r.stats[name].synops += sum(int(r.nonzero(i).sum()) *
+                                        (r.reps if i in r.steady else 1) for i in srcs)
     return op
 
 
@@ -300,12 +439,17 @@ def _concat(p: Program, node):
     p.derived(node, max)
 
     def op(r):
-        ins = [r.values[i] for i in srcs]
-        if len({i.dtype for i in ins}) > 1:
-            ins = [as_int(i) for i in ins] \
-                if any(np.issubdtype(i.dtype, np.integer) for i in ins) \
-                else [i.astype(np.float64, copy=False) for i in ins]
-        r.values[name] = np.concatenate(ins, axis=axis)
+        ins = r.rows(srcs)
+        if p.use_torch and all(not isinstance(i, np.ndarray) for i in ins) and \
+                len({i.dtype for i in ins}) == 1:
+            r.values[name] = torch_ops.cat(ins, axis)
+        else:
+            ins = [_np(i) for i in ins]
+            if len({i.dtype for i in ins}) > 1:
+                ins = [as_int(i) for i in ins] \
+                    if any(np.issubdtype(i.dtype, np.integer) for i in ins) \
+                    else [i.astype(np.float64, copy=False) for i in ins]
+            r.values[name] = np.concatenate(ins, axis=axis)
     return op
 
 
@@ -314,9 +458,15 @@ def _index(p: Program, node):
     """Index maps of one input: the value's bound unchanged, its dtype kept."""
     name, src = node.name, node.inputs[0]
     p.derived(node, lambda b: b[0])
+    perm = (0,) + tuple(q + 1 for q in node.perm) if node.kind == "transpose" else None
 
     def op(r):
-        r.values[name] = node.apply([r.values[src]], False)[0]
+        x = r.values[src]
+        if isinstance(x, np.ndarray):
+            r.values[name] = node.apply([x], False)[0]
+        else:
+            r.values[name] = x.permute(perm) if perm else \
+                x.reshape((len(x),) + tuple(node.shape))
     return op
 
 

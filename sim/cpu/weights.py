@@ -28,13 +28,18 @@ class Weights:
         self._int8: tuple | None = None          # (packed or None,) once made
 
     def int8(self):
-        """The oneDNN int8 packing of a conv node's weights (torch_ops.pack_int8_conv), made
-        on first use; None where that path does not apply."""
+        """The oneDNN int8 packing of the node's weights (torch_ops.pack_int8_conv or
+        pack_int8_dense), made on first use; None where that path does not apply (a negative
+        exponent among them: the product must be floored)."""
         if self._int8 is None:
             n = self.node
-            self._int8 = (None if self.floor else
-                          torch_ops.pack_int8_conv(self.weight, n.weight_exp, n.stride, n.pads,
-                                                   n.dilation, n.groups),)
+            if self.floor:
+                self._int8 = (None,)
+            elif n.kind == "dense":
+                self._int8 = (torch_ops.pack_int8_dense(self.weight, n.weight_exp),)
+            else:
+                self._int8 = (torch_ops.pack_int8_conv(self.weight, n.weight_exp, n.stride,
+                                                       n.pads, n.dilation, n.groups),)
         return self._int8[0]
 
     def cast(self, dtype) -> np.ndarray:
