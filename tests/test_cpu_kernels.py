@@ -253,9 +253,50 @@ def test_thread_count_is_set_for_the_run_and_restored():
                 progress=lambda n: seen.append(torch.get_num_threads()))
     assert seen == [1] and torch.get_num_threads() == before
     seen.clear()
-    sim.cpu.run(compiled.artifact, test,               # the default: torch's own setting
+    sim.cpu.run(compiled.artifact, test,               # the default, on a small run: one thread
                 progress=lambda n: seen.append(torch.get_num_threads()))
-    assert seen == [before] and torch.get_num_threads() == before
+    assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_default_threads(monkeypatch):
+    """threads=None: one thread below PARALLEL_MACS; above, torch's own setting with OpenMP's
+    passive wait policy, and the free cores (at least one) when OpenMP spins."""
+    import sim as sim_pkg
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS - 1) == 1
+        monkeypatch.setattr(sim_pkg, "OMP_PASSIVE", True)
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) is None
+        monkeypatch.setattr(sim_pkg, "OMP_PASSIVE", False)
+        monkeypatch.setattr(torch_ops.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        monkeypatch.setattr(torch_ops, "_running", lambda: 1)        # only this thread runs
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) == 2
+        monkeypatch.setattr(torch_ops, "_running", lambda: 2)        # one core taken
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) == 1
+        monkeypatch.setattr(torch_ops, "_running", lambda: 9)
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_sim_sets_a_passive_openmp_wait_policy():
+    """In a fresh interpreter, `import sim` before torch leaves OMP_WAIT_POLICY=PASSIVE (unless
+    the user set it) and says so in sim.OMP_PASSIVE; after torch it changes nothing."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import {0}; import {1}, os; print(os.environ.get('OMP_WAIT_POLICY'), sim.OMP_PASSIVE)"
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = lambda first, then, **extra: subprocess.run(
+        [sys.executable, "-c", code.format(first, then)], env={**env, **extra},
+        capture_output=True, text=True, check=True).stdout.split()
+    assert run("sim", "torch") == ["PASSIVE", "True"]
+    assert run("torch", "sim") == ["None", "False"]
+    assert run("sim", "torch", OMP_WAIT_POLICY="active") == ["active", "False"]
 
 
 def test_count_false_keeps_saturations_only():

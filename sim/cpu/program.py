@@ -288,7 +288,7 @@ def _product(p: Program, node):
         theta, offset = _channelwise(fire.theta, node.shape), _channelwise(fire.offset, node.shape)
         if theta is not None and offset is not None and fire.lo >= 0 and fire.hi <= 255 and \
                 not FirePlan(fire, fixed[1], biased=True).saturate and \
-                torch_ops.fire_fits(w.absum * bx, fire.offset_max, fire.theta_max):
+                torch_ops.fire_fits(w.onesided * bx, fire.offset_max, fire.theta_max):
             fired = torch_ops.fired(w.int8(), theta, offset)
     nname = neuron.name if neuron is not None else None
 

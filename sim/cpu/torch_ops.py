@@ -68,6 +68,43 @@ def session(threads: int | None):
             torch.set_num_threads(old)
 
 
+# below this many multiply-accumulates per run the default runs on one thread: waking a second
+# thread costs more than it saves on small batches
+PARALLEL_MACS = 2 ** 25
+
+
+def _running() -> int:
+    """Runnable threads on the machine now (/proc/loadavg's 4th field, this one included), or
+    0 when unknown."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def default_threads(macs: float) -> int | None:
+    """The thread count sim.cpu.run uses when none is given, for a run of `macs`
+    multiply-accumulates: one thread below PARALLEL_MACS; otherwise torch's own setting
+    (None), except where OpenMP spins (OMP_WAIT_POLICY not passive: torch was imported before
+    sim) and the machine's cores are taken: then as many as are free, at least one."""
+    torch = _torch()
+    if not torch:
+        return None
+    n = torch.get_num_threads()
+    if n <= 1:
+        return None
+    if macs < PARALLEL_MACS:
+        return 1
+    import sim
+    if sim.OMP_PASSIVE:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else n
+    running = _running()
+    free = cores - (running - 1) if running else n
+    return max(1, min(n, free))
+
+
 def _resolved(*levels: str) -> str:
     """The first fp32_precision setting that is not "none" (conv/matmul → mkldnn → generic)."""
     for p in levels:

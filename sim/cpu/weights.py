@@ -24,6 +24,11 @@ class Weights:
         self.absum_int = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes)
                                .max(initial=0))
         self.absum = self.absum_int * self.scale       # bounds the (shifted) output
+        # for non-negative inputs the output lies between −Σ|w⁻|·max x and Σw⁺·max x
+        w = node.weight.astype(np.int64)
+        self.onesided = float(np.maximum(np.clip(w, 0, None).sum(axis=axes),
+                                         -np.clip(w, None, 0).sum(axis=axes)).max(initial=0)) \
+            * self.scale
         self.weight, self._cast = node.weight, {}
         self._int8: tuple | None = None          # (packed or None,) once made
 
