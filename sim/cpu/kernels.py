@@ -234,10 +234,11 @@ class StatePlan:
         rows = len(cur) // reps
         step, bias_free = dt(self.step), drive
         v = torch.empty_like(drive[:rows]).copy_(dt(self.v0).expand_as(drive[:rows]))
+        layout = torch.channels_last if drive.dim() == 4 and \
+            drive.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         out = torch.empty((timesteps * rows,) + tuple(cur.shape[1:]),
-                          dtype=torch_ops._DTYPES[np.dtype(self.out_dtype)])
-        if drive.dim() == 4 and drive.is_contiguous(memory_format=torch.channels_last):
-            out = out.contiguous(memory_format=torch.channels_last)
+                          dtype=torch_ops._DTYPES[np.dtype(self.out_dtype)],
+                          memory_format=layout)
         q = torch.empty_like(v)
         sat = 0
         for t in range(timesteps):

@@ -412,7 +412,7 @@ def int8_limit(torch=None) -> int:
     global _INT8_LIMIT
     if _INT8_LIMIT is None:
         _INT8_LIMIT = 0
-        torch = torch or _torch()
+        torch = _torch()
         if not torch or os.environ.get("SFN_CPU_INT8", "1") == "0":
             return 0
         try:
@@ -668,7 +668,7 @@ def fire_exact(torch=None) -> bool:
     global _FIRE_OK
     if _FIRE_OK is None:
         _FIRE_OK = False
-        torch = torch or _torch()
+        torch = _torch()
         if torch and int8_limit(torch) and os.environ.get("SFN_CPU_INT8_FIRE", "1") != "0":
             try:
                 _FIRE_OK = _fire_probe(torch)
