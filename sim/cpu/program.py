@@ -404,12 +404,40 @@ def _add(p: Program, node):
     unshifted = [float(np.abs(g).max(initial=0)) * max(1.0, 2.0 ** int(e))
                  for g, e in zip(gains, node.exps)]
     scaled: dict = {}         # dtype → the gains · 2^exp in it
-    p.derived(node, lambda b: sum(pk * bi for pk, bi in zip(peaks, b)))
+    # the one-pass neuron this sum alone feeds: its offset (in the form its fire takes it, as
+    # Weights.exact adds it to a product) joins the sum when both are exact in the same dtype
+    neuron = p.fused.get(name)
+    fire = p.fire(neuron) if neuron is not None else None
+    offsets: dict = {}
+
+    def forms(bound: float, exact: float):
+        """(dtype, bound, offset or None) for a sum bounded by `bound` whose partial sums
+        reach `exact`."""
+        dtype = kernels.exact_dtype(max(bound, exact))
+        if fire is None or dtype is None:
+            return dtype, bound, None
+        vbound = bound + fire.offset_max
+        if fire.dtype(vbound) is not dtype or kernels.exact_dtype(max(vbound, exact)) \
+                is not dtype:       # the neuron's plan takes the sum in its own dtype
+            return dtype, bound, None
+        key = (dtype, Fire.reciprocal(vbound, dtype))
+        if key not in offsets:
+            offsets[key] = fire.cast(dtype, key[1])[0]
+        return dtype, vbound, offsets[key]
+
+    static = None
+    if all(i in p.static for i in srcs):
+        bounds = [p.static[i] for i in srcs]
+        static = forms(sum(pk * b for pk, b in zip(peaks, bounds)),
+                       max(u * b for u, b in zip(unshifted, bounds)))
+        p.static[name] = static[1]
+        if static[2] is not None:
+            p.biased.add(name)
 
     def op(r):
-        bound = sum(pk * r.bound(i) for pk, i in zip(peaks, srcs))
-        dtype = kernels.exact_dtype(max(bound, max(u * r.bound(i)
-                                                   for u, i in zip(unshifted, srcs))))
+        dtype, bound, offset = static or forms(
+            sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)),
+            max(u * r.bound(i) for u, i in zip(unshifted, srcs)))
         ins = r.rows(srcs)
         if dtype is None:
             r.values[name] = node.evaluate([as_int(_np(i)) for i in ins], r)
@@ -417,7 +445,7 @@ def _add(p: Program, node):
         if dtype not in scaled:
             scaled[dtype] = [(g * 2.0 ** int(e)).astype(dtype)[None]
                              for g, e in zip(gains, node.exps)]
-        total = torch_ops.add_terms(list(zip(ins, scaled[dtype], floors)), dtype) \
+        total = torch_ops.add_terms(list(zip(ins, scaled[dtype], floors)), dtype, offset) \
             if use_torch else None
         if total is None:
             for g, xi, fl in zip(scaled[dtype], ins, floors):
@@ -425,8 +453,12 @@ def _add(p: Program, node):
                 if fl:
                     np.floor(term, out=term)
                 total = term if total is None else np.add(total, term, out=total)
+            if offset is not None:
+                total += offset
         r.values[name] = total
         r.bounds[name] = bound
+        if offset is not None:
+            r.biased.add(name)
         if r.count:
             r.stats[name].synops += sum(int(r.nonzero(i).sum()) *
                                         (r.reps if i in r.steady else 1) for i in srcs)
@@ -471,9 +503,9 @@ def _index(p: Program, node):
 
 
 def fusions(art, keep) -> dict:
-    """{dense/conv node: the one-pass neuron that is its only reader} for nodes whose value
+    """{dense/conv/add node: the one-pass neuron that is its only reader} for nodes whose value
     nobody else sees (not kept, recorded, read by a delay or the readout): these add the
-    neuron's offset inside their product and the neuron skips that pass."""
+    neuron's offset inside their product or sum and the neuron skips that pass."""
     readers: dict[str, int] = {}
     kinds = {n.name: n.kind for n in art.nodes}
     for n in art.nodes:
@@ -487,7 +519,7 @@ def fusions(art, keep) -> dict:
         if n.kind == "neuron" and one_pass(n):
             src = n.inputs[0]
             if readers.get(src) == 1 and src not in keep and src != art.output \
-                    and BUILDERS.get(kinds[src]) is _product:
+                    and BUILDERS.get(kinds[src]) in (_product, _add):
                 out[src] = n
     return out
 
