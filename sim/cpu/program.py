@@ -252,7 +252,7 @@ def _readout(p: Program, node):
 
 
 # batches below these many rows run the float kernel: oneDNN's int8 kernels cost more per call
-INT8_MIN_ROWS = {"conv": 4, "dense": 8}
+INT8_MIN_ROWS = {"conv": 2, "dense": 2}
 
 
 @builds("dense", "conv")
@@ -294,7 +294,7 @@ def _product(p: Program, node):
 
     def op(r):
         x = r.values[src]
-        if fired is not None and len(x) >= min_rows:
+        if fired is not None and x.shape[0] >= min_rows:
             n = torch_ops.product_fire_int8(x, w.int8(), fired, fire.lo, fire.hi)
             if n is not None:
                 # the product's value is the neuron's: nobody else reads it (fusions)
@@ -310,7 +310,7 @@ def _product(p: Program, node):
             r.values[name] = node.evaluate([as_int(_np(x))], r)
             return
         out = None
-        if int8 and wf.dtype == np.float32 and len(x) >= min_rows and \
+        if int8 and wf.dtype == np.float32 and x.shape[0] >= min_rows and \
                 w.int8().usable(r.bound(src)):
             if bias is not None and id(bias) not in biases:
                 biases[id(bias)] = torch_ops.tensor(np.asarray(bias, np.float32).reshape(-1))
@@ -498,7 +498,7 @@ def _index(p: Program, node):
             r.values[name] = node.apply([x], False)[0]
         else:
             r.values[name] = x.permute(perm) if perm else \
-                x.reshape((len(x),) + tuple(node.shape))
+                x.reshape((x.shape[0],) + tuple(node.shape))
     return op
 
 

@@ -64,6 +64,7 @@ def _torch():
                 _DTYPES.update({np.dtype(k): getattr(torch, k) for k in
                                 ("float32", "float64", "int64", "int32", "uint8", "int8",
                                  "int16")})
+                _NP_DTYPES.update({v: k for k, v in _DTYPES.items()})
             except Exception:  # noqa: BLE001 - any import failure means: no torch path
                 _TORCH = False
     return _TORCH
@@ -191,7 +192,25 @@ _DTYPES: dict = {}     # numpy dtype → torch dtype, once torch is imported
 
 def numpy_dtype(t) -> np.dtype:
     """The numpy dtype of a tensor."""
-    return next(k for k, v in _DTYPES.items() if v == t.dtype)
+    return _NP_DTYPES[t.dtype]
+
+
+_NP_DTYPES: dict = {}    # torch dtype → numpy dtype
+_CONSTS: dict = {}       # id(array) → (array, its tensor): the constants of programs
+
+
+def const(a: np.ndarray, dtype=None):
+    """A tensor sharing the memory of a constant array (a weight, bias or fire constant that
+    no one changes in place), made once per array (and dtype) and kept while the array is."""
+    key = (id(a), dtype)
+    hit = _CONSTS.get(key)
+    if hit is not None and hit[0] is a:
+        return hit[1]
+    t = tensor(a, dtype)
+    if len(_CONSTS) > 4096:
+        _CONSTS.clear()
+    _CONSTS[key] = (a, t)
+    return t
 
 
 def _tensor(torch, a, dtype=None):
@@ -207,7 +226,7 @@ def conv2d(x, weight: np.ndarray, stride, pads, dilation, groups, dtype,
     if not torch or not _fp32_strict(torch, "conv"):
         return None
     xt = _tensor(torch, x, dtype)
-    wt = _tensor(torch, weight, dtype)
+    wt = const(weight, dtype)
     top, left, bottom, right = (int(p) for p in pads)
     if (top, left) == (bottom, right):
         padding = [top, left]
@@ -225,7 +244,7 @@ def conv2d(x, weight: np.ndarray, stride, pads, dilation, groups, dtype,
     stride, dilation, groups = [int(s) for s in stride], [int(d) for d in dilation], int(groups)
     if not _exact_backend(torch, xt, wt, stride, padding, dilation, groups):
         return None
-    bt = None if bias is None else _tensor(torch, np.reshape(bias, -1), dtype)
+    bt = None if bias is None else const(bias, dtype).reshape(-1)
     # tensors made from numpy arrays never require grad: no autograd graph is recorded
     return torch.nn.functional.conv2d(xt, wt, bt, stride, padding, dilation, groups)
 
@@ -267,10 +286,10 @@ def dense(x, weight: np.ndarray, dtype, bias: np.ndarray | None = None):
     if not torch or not _fp32_strict(torch, "matmul"):
         return None
     xt = _tensor(torch, x, dtype)
-    wt = _tensor(torch, weight, dtype)
+    wt = const(weight, dtype)
     if bias is None:
         return torch.matmul(xt, wt.T)
-    return torch.addmm(_tensor(torch, np.reshape(bias, -1), dtype), xt, wt.T)
+    return torch.addmm(const(bias, dtype).reshape(-1), xt, wt.T)
 
 
 def fire_once(current, offset, factor, lo: int, hi: int, dtype, saturate: bool,
@@ -286,13 +305,13 @@ def fire_once(current, offset, factor, lo: int, hi: int, dtype, saturate: bool,
         return None
     v = _tensor(torch, current, dtype)
     if offset is not None:
-        v = torch.add(v, _tensor(torch, offset, dtype))
+        v = torch.add(v, const(offset, dtype))
     sat = 0
     if saturate:
         sat = int(torch.count_nonzero(v.abs() > V_MAX))
         if sat:
             v.clamp_(-V_MAX, V_MAX)
-    factor = _tensor(torch, factor, dtype)
+    factor = const(factor, dtype)
     v = v.mul_(factor) if reciprocal else v.div_(factor)
     if u8:
         return to_u8(v.clamp_(lo, hi)), sat
@@ -353,19 +372,19 @@ def add_terms(terms, dtype, offset=None):
         return None
     total, late = None, offset
     for x, g, floor in sorted(terms, key=lambda t: t[2]):     # unfloored terms first
-        xt, gt = tensor(x, dtype), _tensor(torch, g)
+        xt, gt = tensor(x, dtype), const(g)
         if floor:
             term = torch.mul(xt, gt).floor_()
             total = term if total is None else total.add_(term)
         elif total is None:
             if late is not None:
-                total, late = torch.addcmul(_tensor(torch, late), xt, gt), None
+                total, late = torch.addcmul(const(late), xt, gt), None
             else:
                 total = torch.mul(xt, gt)
         else:
             total.addcmul_(xt, gt)
     if late is not None:
-        total.add_(_tensor(torch, late))
+        total.add_(const(late))
     return total
 
 
