@@ -26,6 +26,8 @@ GEOMETRIES = [  # (C_in, C_out, size, k, stride, pads, dilation, groups)
     (4, 5, 6, 1, 2, (0, 0, 0, 0), 1, 1),      # 1×1, strided
     (3, 8, 7, 3, 2, (1, 1, 1, 1), 1, 1),      # three channels (padded to four), strided
     (5, 4, 6, 3, 1, (0, 0, 0, 0), 2, 1),      # five (padded to eight), dilated
+    (1, 5, 9, 4, 2, (0, 1, 2, 1), 1, 1),      # one channel (a matrix product), strided, uneven
+    (1, 3, 7, 3, 1, (1, 1, 1, 1), 2, 1),      # one channel, dilated (oneDNN's kernel)
 ]
 
 

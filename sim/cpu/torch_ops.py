@@ -233,9 +233,11 @@ def conv2d(x, weight: np.ndarray, stride, pads, dilation, groups, dtype,
     else:
         xt = torch.nn.functional.pad(xt, (left, right, top, bottom))
         padding = [0, 0]
+    if xt.shape[1] == 1 and groups == 1 and tuple(dilation) == (1, 1) and \
+            _fp32_strict(torch, "matmul"):
+        return _conv_one_channel(torch, xt, wt, stride, padding, bias, dtype)
     # channels-last is oneDNN's native layout: no reorder in or out, and the output stays
-    # channels-last for the next layer. One input channel is the exception: oneDNN's direct
-    # kernel for a plain (NCHW) image is faster than its channels-last one.
+    # channels-last for the next layer
     if xt.shape[1] > 1:
         xt = xt.contiguous(memory_format=torch.channels_last)
     else:
@@ -247,6 +249,27 @@ def conv2d(x, weight: np.ndarray, stride, pads, dilation, groups, dtype,
     bt = None if bias is None else const(bias, dtype).reshape(-1)
     # tensors made from numpy arrays never require grad: no autograd graph is recorded
     return torch.nn.functional.conv2d(xt, wt, bt, stride, padding, dilation, groups)
+
+
+def _conv_one_channel(torch, xt, wt, stride, padding, bias, dtype):
+    """A convolution of a one-channel image (a grey first layer) as one matrix product: the
+    kh·kw taps of every output position (an unfold of the padded image) times the kernel
+    (kh·kw, C_out), plus the bias. oneDNN's direct kernel for one input channel costs several
+    times more (and reorders its output); the product's sums are the convolution's, exact
+    under the same bound. The output is channels-last, as the next layer takes it."""
+    co, _, kh, kw = wt.shape
+    sh, sw = (int(v) for v in stride)
+    ph, pw = (int(v) for v in padding)
+    img = xt[:, 0]
+    if ph or pw:
+        img = torch.nn.functional.pad(img, (pw, pw, ph, ph))
+    taps = img.unfold(1, kh, sh).unfold(2, kw, sw)          # (B, Ho, Wo, kh, kw)
+    b, ho, wo = taps.shape[:3]
+    cols = taps.reshape(b * ho * wo, kh * kw)
+    w2 = wt.reshape(co, kh * kw).T
+    out = torch.mm(cols, w2) if bias is None else \
+        torch.addmm(const(bias, dtype).reshape(-1), cols, w2)
+    return out.reshape(b, ho, wo, co).permute(0, 3, 1, 2)
 
 
 _BACKENDS: dict[tuple, bool] = {}     # the answers of _exact_backend
