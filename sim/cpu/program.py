@@ -251,8 +251,12 @@ def _readout(p: Program, node):
     return op
 
 
-# batches below these many rows run the float kernel: oneDNN's int8 kernels cost more per call
-INT8_MIN_ROWS = {"conv": 2, "dense": 2}
+# batches below INT8_MIN_ROWS rows run the float kernel: oneDNN's int8 kernels cost more per
+# call, which a single sample of a small layer does not repay; a layer of INT8_ONE_ROW_MACS
+# multiply-accumulates per sample or more runs in int8 from one row (its prepacked weights:
+# the float kernel reorders its weights every call)
+INT8_MIN_ROWS = 2
+INT8_ONE_ROW_MACS = 2 ** 19
 
 
 @builds("dense", "conv")
@@ -276,7 +280,7 @@ def _product(p: Program, node):
         w.int8().usable(bx)
     if static8:
         p.u8.add(src)
-    min_rows = INT8_MIN_ROWS[node.kind]
+    min_rows = 1 if node.macs() >= INT8_ONE_ROW_MACS else INT8_MIN_ROWS
     per_input = node.weight.shape[0] // (1 if dense else node.groups)
     out_hw = node.shape[-2:]
     biases: dict = {}
