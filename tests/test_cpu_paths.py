@@ -179,3 +179,15 @@ def test_layered_runs_count_and_record_like_the_reference():
                     sim.reference.run(art, x, timesteps=t, binary=binary, record=keep))
     prog = program.Program(art, keep, "state", True)
     assert prog.steady == {"x", "d0"}
+
+
+def test_heap_kept_between_runs(monkeypatch):
+    """On glibc the thresholds are set (mallopt answers 1); SFN_CPU_MALLOC=0 leaves malloc
+    alone."""
+    import ctypes.util
+    import sys
+    if not sys.platform.startswith("linux") or "libc.so.6" not in str(ctypes.util.find_library("c")):
+        pytest.skip("not glibc")
+    assert torch_ops._keep_heap()
+    monkeypatch.setenv("SFN_CPU_MALLOC", "0")
+    assert not torch_ops._keep_heap()
