@@ -11,7 +11,7 @@ import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
 from toolchain import scale_search as search
-from toolchain.compiled import Compiled, agreement, layer_rows_json, place
+from toolchain.compiled import Compiled, agreement, layer_rows_json, place, weight_warnings
 from toolchain.errors import ModelError, QuantizationError
 from toolchain.onnx_import import import_onnx
 from toolchain.onnx_import.loader import read_model
@@ -80,7 +80,10 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                       f"{'per-channel' if per_channel else 'per-layer'}"
     names = fg.tensors()
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
-    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus)
+    outputs = {imported.output_name: []}
+    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
+                          outputs=outputs,
+                          sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)
@@ -89,7 +92,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      "lossless for such inputs")
     opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
                         input_bits=input_bits, trust_clip=trained, input_step=step, fire=fire,
-                        scale=float(scale))
+                        scale=float(scale), timesteps=timesteps)
     found = None
     if scale_search:
         found = search.search(fg, stats, opts, imported.softmax, imported.source,
@@ -101,6 +104,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      f"{found['tolerance']:g} top-1, error factor {found['error_factor']:g})")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
+    notes += weight_warnings(qz.layers)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
             "levels": levels, "timesteps": timesteps,
@@ -111,8 +115,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     art = Artifact(nodes, inp, out, meta, qz.record)
     art.validate()
     place(art, target)
-    float_out = np.concatenate([o[imported.output_name] for o in
-                                cal.run_float(imported.source, data, [imported.output_name])])
+    float_out = np.concatenate(outputs[imported.output_name])
     snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)
     result = Compiled(art, imported, qz.layers, notes)
     result.agreement = agreement(float_out, snn.probabilities(imported.softmax))

@@ -110,13 +110,27 @@ class Program:
             if node.kind != "neuron" and node.role != "edge" and \
                     all(i in self.steady for i in node.inputs):
                 self.steady.add(node.name)
+        # a value is dropped after its last reader's operation (a large network's activations
+        # are not all held at once), except what the driver reads after the step: the readout's
+        # input, recorded nodes, and the sources of recurrent edges (next step's `previous`)
+        last: dict[str, int] = {}
+        for i, node in enumerate(art.nodes):
+            for name in node.inputs:
+                last[name] = i
+        kept = set(keep) | {art.output} | {getattr(n, "source", None) for n in art.nodes}
+        self.frees: list[list[str]] = [[] for _ in art.nodes]
+        for name, i in last.items():
+            if name not in kept:
+                self.frees[i].append(name)
 
     def _run(self, s: driver.Step, reps: int = 1, layered: bool = False) -> Run:
         r = Run(s.x, s.previous, s.state, s.binary, s.count, s.stats)
         r.values, r.bounds, r.biased, r.counts, r.done = {}, dict(self.static), set(), {}, set()
         r.steady, r.reps, r.layered = (self.steady if layered else ()), reps, layered
-        for op in self.ops:
+        for op, free in zip(self.ops, self.frees):
             op(r)
+            for name in free:
+                r.values.pop(name, None)
         return r
 
     def step(self, s: driver.Step) -> dict[str, np.ndarray]:

@@ -77,14 +77,15 @@ def check_fixed_limits(g: Graph, target: Target) -> list[str]:
 
 
 def _check_exponents(g: Graph, target: Target) -> list[str]:
-    """Weight and gain exponents within the target's range (when the target states one)."""
+    """Weight exponents of the connections within the target's range (when the target states
+    one). An Add's gains are not connections of their own: on a core each folds into the
+    weights and exponent of the connection that delivers its input (docs/hardware.md)."""
     try:
         lo, hi = target["weight_exp_min"], target["weight_exp_max"]
     except KeyError:
         return ["the target states no weight exponent range; exponents are not checked"]
     for node in g.art.nodes:
-        exps = [node.weight_exp] if hasattr(node, "weight_exp") else \
-            list(getattr(node, "exps", ()))
+        exps = [node.weight_exp] if hasattr(node, "weight_exp") else []
         bad = [int(e) for e in exps if (lo is not None and e < lo) or (hi is not None and e > hi)]
         if bad:
             raise MappingError(
