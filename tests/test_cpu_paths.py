@@ -81,7 +81,7 @@ def _dense_stack(rng, widths, levels, offsets, exps=None):
 def test_program_equals_reference_on_random_dense_stacks(seed):
     """Random MLPs: payloads of 1, 15, 127 or 255 levels (inside and outside the int16 pair
     class), offsets from small to large (the kernel fire, the float32 fire, the float64 fire),
-    negative exponents (no int8: the floor), batches below and above INT8_MIN_ROWS, with
+    negative exponents (the product, int8 or float, then floored), batches of 3 and 37 rows, with
     counts and without: the program equals the int64 runner, and T = 3 and binary T = 2 runs
     (layer by layer) too."""
     rng = np.random.default_rng(seed)

@@ -289,7 +289,7 @@ def _product(p: Program, node):
             p.biased.add(name)
     # a non-negative payload within the CPU's exact int8 class (torch_ops.Int8.usable), a
     # float32 result: oneDNN's u8·s8 product, its input emitted as uint8 by its producer
-    int8 = use_torch and src in p.nonneg and not w.floor and w.int8() is not None
+    int8 = use_torch and src in p.nonneg and w.int8() is not None
     static8 = int8 and fixed is not None and fixed[0].dtype == np.float32 and \
         w.int8().usable(bx)
     if static8:

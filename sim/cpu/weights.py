@@ -34,13 +34,12 @@ class Weights:
 
     def int8(self):
         """The oneDNN int8 packing of the node's weights (torch_ops.pack_int8_conv or
-        pack_int8_dense), made on first use; None where that path does not apply (a negative
-        exponent among them: the product must be floored)."""
+        pack_int8_dense), made on first use; None where that path does not apply. With a
+        negative exponent the kernel's float32 output acc·2^e is exact (a power of two) and the
+        caller floors it, as the float path does."""
         if self._int8 is None:
             n = self.node
-            if self.floor:
-                self._int8 = (None,)
-            elif n.kind == "dense":
+            if n.kind == "dense":
                 self._int8 = (torch_ops.pack_int8_dense(self.weight, n.weight_exp),)
             else:
                 self._int8 = (torch_ops.pack_int8_conv(self.weight, n.weight_exp, n.stride,
