@@ -191,3 +191,30 @@ def test_heap_kept_between_runs(monkeypatch):
     assert torch_ops._keep_heap()
     monkeypatch.setenv("SFN_CPU_MALLOC", "0")
     assert not torch_ops._keep_heap()
+
+
+def test_one_sided_bound_of_non_negative_inputs():
+    """A dense layer on 8-bit pixels whose Σw⁺·255 and Σ|w⁻|·255 are each just below 2²⁴ (so
+    Σ|w|·255 is twice that): every partial sum stays below 2²⁴, the product runs in float32,
+    and equals the int64 runner with the inputs at 255 under the positive weights only, under
+    the negative only, and everywhere."""
+    half = (2 ** 24 - 1) // 255                      # Σw⁺ = Σ|w⁻| = half
+    n = -(-half // 127)
+    w = np.zeros((3, 2 * n), np.int64)
+    w[:, :n], w[:, n:] = 127, -127
+    w[:, n - 1] = half - 127 * (n - 1)
+    w[:, -1] = -(half - 127 * (n - 1))
+    w[1] = w[1][::-1]
+    nodes = [ir.Input("x", (), (2 * n,), inv_scale=1.0, lo=0, hi=255),
+             ir.Dense("d", ("x",), (3,), weight=w.astype(np.int16), weight_exp=0),
+             ir.Readout("y", ("d",), (3,), scale=np.ones(3, np.float32),
+                        bias=np.zeros(3, np.int64))]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    weights = program.Weights(nodes[1])
+    assert weights.sums(True)[0] * 255 < 2 ** 24 <= weights.sums(False)[0] * 255
+    assert weights.exact(255.0, None, None, True)[0].dtype == np.float32
+    x = np.zeros((3, 2 * n), np.float32)
+    x[0, :n], x[1, n:], x[2] = 255, 255, 255
+    assert_same(sim.cpu.run(art, x), sim.reference.run(art, x))
+    assert_same(sim.cpu.run(art, x, count=False), sim.reference.run(art, x, count=False))

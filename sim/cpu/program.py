@@ -282,14 +282,15 @@ def _product(p: Program, node):
     fire = p.fire(neuron) if neuron is not None else None
     bx = p.static.get(src)
     fixed = None
-    if bx is not None and w.absum_int * bx < kernels.F32_EXACT:
-        fixed = w.exact(bx, None, fire)
+    nonneg = src in p.nonneg
+    if bx is not None and w.sums(nonneg)[0] * bx < kernels.F32_EXACT:
+        fixed = w.exact(bx, None, fire, nonneg)
         p.static[name] = fixed[1]
         if fixed[2] is not None:
             p.biased.add(name)
     # a non-negative payload within the CPU's exact int8 class (torch_ops.Int8.usable), a
     # float32 result: oneDNN's u8·s8 product, its input emitted as uint8 by its producer
-    int8 = use_torch and src in p.nonneg and w.int8() is not None
+    int8 = use_torch and nonneg and w.int8() is not None
     static8 = int8 and fixed is not None and fixed[0].dtype == np.float32 and \
         w.int8().usable(bx)
     if static8:
@@ -323,7 +324,8 @@ def _product(p: Program, node):
                                  lambda: r.nonzero(nname))
                     _count_product(r, node, name, src, x, dense, per_input)
                 return
-        wf, bound, bias = fixed if fixed is not None else w.exact(r.bound(src), _np(x), fire)
+        wf, bound, bias = fixed if fixed is not None else \
+            w.exact(r.bound(src), _np(x), fire, nonneg)
         if wf is None:
             r.values[name] = node.evaluate([as_int(_np(x))], r)
             return
