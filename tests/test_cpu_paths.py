@@ -218,3 +218,35 @@ def test_one_sided_bound_of_non_negative_inputs():
     x[0, :n], x[1, n:], x[2] = 255, 255, 255
     assert_same(sim.cpu.run(art, x), sim.reference.run(art, x))
     assert_same(sim.cpu.run(art, x, count=False), sim.reference.run(art, x, count=False))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_right_shift_adds_in_int32_equal_reference(seed):
+    """A residual Add with right-shift gains (exponents down to −7) on currents large enough
+    that the unshifted products need more than float32 (the int32 path), or more than int32
+    (the float64 path), with an identity term of spikes: the program equals the int64 runner,
+    counts and T > 1 included."""
+    rng = np.random.default_rng(seed)
+    c, hw = int(rng.integers(1, 6)), int(rng.integers(3, 7))
+    shape = (c, hw, hw)
+    big = [2 ** 6, 2 ** 14][seed % 2]             # int32, or beyond it: float64
+    w = rng.integers(-127, 128, (c, c, 3, 3))
+    nodes = [ir.Input("x", (), shape, inv_scale=float(rng.uniform(5, 40)), lo=0, hi=255),
+             ir.Conv("c", ("x",), shape, weight=w.astype(np.int16), weight_exp=0,
+                     pads=(1, 1, 1, 1)),
+             ir.Neuron("s", ("c",), shape, threshold=rng.integers(1, 9000, (c, 1, 1)),
+                       bias=rng.integers(-100, 100, (c, 1, 1)), lo=0, hi=15),
+             ir.Add("a", ("c", "s"), shape,
+                    gains=np.stack([rng.integers(-big, big + 1, (c, 1, 1)),
+                                    rng.integers(-127, 128, (c, 1, 1))]),
+                    exps=(int(rng.integers(-7, 0)), int(rng.integers(-2, 4)))),
+             ir.Neuron("n", ("a",), shape, threshold=rng.integers(1, 3000, (c, 1, 1)),
+                       bias=rng.integers(-500, 500, (c, 1, 1)), lo=0, hi=15),
+             ir.Readout("y", ("n",), shape, scale=np.ones(shape, np.float32),
+                        bias=np.zeros(shape, np.int64))]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    x = rng.uniform(0, 10, (23,) + shape).astype(np.float32)
+    assert_same(sim.cpu.run(art, x, record=("a",)), sim.reference.run(art, x, record=("a",)))
+    assert_same(sim.cpu.run(art, x, count=False), sim.reference.run(art, x, count=False))
+    assert_same(sim.cpu.run(art, x, timesteps=2), sim.reference.run(art, x, timesteps=2))

@@ -454,11 +454,32 @@ def _add(p: Program, node):
         if static[2] is not None:
             p.biased.add(name)
 
+    # a sum whose unshifted products need float64 (a right-shift gain on a large current)
+    # but stay below 2³¹ runs in int32, its result in the float dtype of its own bound
+    int32 = [(np.asarray(g, np.int64) << max(int(e), 0)).astype(np.int32)[None]
+             for g, e in zip(gains, node.exps)] \
+        if all(np.abs(g).max(initial=0) * 2.0 ** max(int(e), 0) < 2 ** 31
+               for g, e in zip(gains, node.exps)) else None
+    shifts = [max(-int(e), 0) for e in node.exps]
+
     def op(r):
         dtype, bound, offset = static or forms(
             sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)),
             max(u * r.bound(i) for u, i in zip(unshifted, srcs)))
         ins = r.rows(srcs)
+        if use_torch and dtype is not np.float32 and int32 is not None and \
+                bound < kernels.F32_EXACT and \
+                max(u * r.bound(i) for u, i in zip(unshifted, srcs)) < 2 ** 31 and \
+                sum(u * r.bound(i) for u, i in zip(unshifted, srcs)) < 2 ** 31:
+            total = torch_ops.add_terms_int32(list(zip(ins, int32, shifts)), np.float32)
+            if total is not None:
+                r.values[name] = total
+                r.bounds[name] = bound
+                if r.count:
+                    r.stats[name].synops += sum(int(r.nonzero(i).sum()) *
+                                                (r.reps if i in r.steady else 1)
+                                                for i in srcs)
+                return
         if dtype is None:
             r.values[name] = node.evaluate([as_int(_np(i)) for i in ins], r)
             return

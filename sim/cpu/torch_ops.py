@@ -411,6 +411,24 @@ def add_terms(terms, dtype, offset=None):
     return total
 
 
+def add_terms_int32(terms, out_dtype):
+    """Σ_i shift(g_i · x_i, e_i) in int32 for terms (x_i, g_i · 2^max(e_i, 0) as an int32 array
+    broadcasting against x_i, max(−e_i, 0)), a right shift being the contract's floor — for
+    sums whose unshifted products the caller bounded below 2³¹ (a float32 product would round
+    them) — then as `out_dtype` (exact: the caller's bound of the sum). A tensor, or None
+    without torch."""
+    torch = _torch()
+    if not torch:
+        return None
+    total = None
+    for x, g, k in terms:
+        term = torch.mul(tensor(x, np.int32), const(g))
+        if k:
+            term.bitwise_right_shift_(k)
+        total = term if total is None else total.add_(term)
+    return tensor(total, out_dtype)
+
+
 # --- int8 products (oneDNN) -----------------------------------------------------------------
 # A convolution or dense whose input is a non-negative integer ≤ 255 and whose weights are int8
 # runs as oneDNN's u8·s8 → s32 product (torch.ops.onednn.qconv2d_pointwise / qlinear_pointwise,
