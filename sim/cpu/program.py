@@ -1,13 +1,19 @@
 """An artifact compiled for sim.cpu's batched runner: one operation per node, in graph order.
 
 What does not depend on the data is decided once, when the program is built: which values are
-non-negative, a bound on every value the graph proves one for (inputs and one-pass neurons by
-their levels, products and sums from those), hence the float dtype each product is exact in, the
-weights cast to it, which dense/conv adds its neuron's offset as a bias (`fusions`), which
-convolutions may run in int8, and the fire constants. A bound the graph cannot prove (a stateful
-neuron's output, a product whose static bound is too loose for float32) is measured on the data
-when a reader needs it. Inside a step values are exact integers held in float32/float64
-wherever a bound proves that exact (sim.kernels); the driver converts what it keeps to int64.
+non-negative, a bound on every value the graph proves one for (inputs and neurons by their
+levels, products and sums from those), hence the dtype each product is exact in, the weights
+cast to it, which dense/conv/add adds its neuron's offset (`fusions`), which products run in
+int8 (torch_ops: the CPU's exact class) and whether their neuron fires inside the kernel, which
+values are emitted as uint8 for an int8 reader, and the fire constants. A bound the graph
+cannot prove (a product whose static bound is too loose for float32) is measured on the data
+when a reader needs it. Inside a step values are exact integers held as torch tensors (numpy
+arrays on the int64 and numpy paths) in uint8, float32 or float64 wherever a bound proves that
+exact (sim.kernels); the driver converts what it keeps to int64. A value is dropped after its
+last reader.
+
+A feed-forward run of T > 1 steps (or of binary spikes) runs layer by layer (`Program.steps`):
+every node over all T steps at once, the stateful neurons in float (kernels.StatePlan).
 
 Each kind with a fast form has a builder here, registered by kind (`@builds`); any other kind
 runs its own int64 `evaluate` (sim.ops), so a new kind runs in sim.cpu before it has a fast

@@ -1,6 +1,7 @@
 """Optional torch kernels for sim.cpu's batched runner: exact integer convolutions and matrix
-products on float copies of the integers, run by torch's oneDNN / MKL (AVX-512) instead of numpy's
-BLAS.
+products — on float copies of the integers through torch's oneDNN / MKL, or as oneDNN's u8·s8
+int8 kernels where the operands lie in the CPU's exact class (below) — and the sums, pools and
+fires between them, on tensors that stay tensors from node to node.
 
 Exactness is the caller's bound (kernels.exact_float_dtype): float32 only when every partial sum
 is below 2²⁴, float64 below 2⁵³, so any summation order, blocking or FMA gives the exact integer.
