@@ -20,7 +20,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,8 @@ import onnx.version_converter
 import onnxruntime
 import torch
 from torch import nn
+
+from sim.files import atomic_write
 
 from .layers import ClipFloor, set_quantize
 
@@ -150,23 +151,10 @@ def _check(model: nn.Module, proto: onnx.ModelProto, example_input: torch.Tensor
 
 
 def _write_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    """Write to a temp file in the target folder, then rename, so readers never see half a file."""
+    """Write whole or not at all (sim.files: a temp file in the target folder, then a rename),
+    creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, proto.SerializeToString())
 
 
 def export_onnx(

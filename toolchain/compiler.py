@@ -81,9 +81,15 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     names = fg.tensors()
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
     outputs = {imported.output_name: []}
-    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
-                          outputs=outputs,
-                          sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
+    try:
+        stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
+                              outputs=outputs,
+                              sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
+    except ModelError as exc:   # onnxruntime's refusals and non-finite activations
+        raise ModelError(f"{path}: {exc}") from None
+    for n in names:   # tokens × features tensors: their first axis is not a channel axis
+        if fg[n]["params"].get("per_tensor"):
+            stats[n] = cal.per_tensor(stats[n])
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)

@@ -53,17 +53,19 @@ def sum_pool_exact(x: np.ndarray, kernel, stride, pads, out_hw, dtype=np.int64,
     return sum_pool(x, kernel, stride, pads, out_hw, dtype)
 
 
-def encode_input_exact(x: np.ndarray, inv_scale, lo: int, hi: int) -> np.ndarray:
-    """semantics.encode_input left in float32 (its values are float32 integers already, and the
-    int64 cast is skipped) when lo and hi are float32-exact, else int64."""
+def encode_input_exact(x: np.ndarray, inv_scale, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """semantics.encode_input_counted, the values left in float32 (they are float32 integers
+    already, and the int64 cast is skipped) when lo and hi are float32-exact, else int64."""
     if max(abs(lo), abs(hi)) >= F32_EXACT:
-        return semantics.encode_input(x, inv_scale, lo, hi)
-    z = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
+        return semantics.encode_input_counted(x, inv_scale, lo, hi)
+    with np.errstate(over="ignore"):   # beyond float32: +-inf, clipped to hi or lo
+        z = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
     z += np.float32(0.5)
     np.floor(z, out=z)
+    clipped = int(np.count_nonzero(z < np.float32(lo))) + int(np.count_nonzero(z > np.float32(hi)))
     np.maximum(z, np.float32(lo), out=z)
     np.minimum(z, np.float32(hi), out=z)
-    return z
+    return z, clipped
 
 
 class Fire:
@@ -176,14 +178,18 @@ def _dtype(v) -> np.dtype:
     return v.dtype if isinstance(v, np.ndarray) else torch_ops.numpy_dtype(v)
 
 
-def encode_input_u8(x: np.ndarray, inv_scale, lo: int, hi: int) -> np.ndarray:
-    """semantics.encode_input as uint8 for levels within [0, 255] (the form an int8 product
-    reads): z = x·inv_scale + 1/2 in float32 as defined, clipped to [lo, hi] and truncated —
-    the floor of a non-negative value, and clip(floor(z)) = floor(clip(z)) for integer ends."""
-    z = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
+def encode_input_u8(x: np.ndarray, inv_scale, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """semantics.encode_input_counted as uint8 for levels within [0, 255] (the form an int8
+    product reads): z = x·inv_scale + 1/2 in float32 as defined, clipped to [lo, hi] and
+    truncated — the floor of a non-negative value, and clip(floor(z)) = floor(clip(z)) for
+    integer ends; floor(z) < lo exactly when z < lo, floor(z) > hi when z ≥ hi + 1."""
+    with np.errstate(over="ignore"):   # beyond float32: +-inf, clipped to hi or lo
+        z = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
     z += np.float32(0.5)
+    clipped = int(np.count_nonzero(z < np.float32(lo))) + \
+        int(np.count_nonzero(z >= np.float32(hi + 1)))
     np.clip(z, np.float32(lo), np.float32(hi), out=z)
-    return z.astype(np.uint8)
+    return z.astype(np.uint8), clipped
 
 
 class StatePlan:

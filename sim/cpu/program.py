@@ -187,9 +187,11 @@ def _input(p: Program, node):
 
     def op(r):
         if u8 and name in p.u8:       # an int8 product reads it
-            r.values[name] = encode_input_u8(r.x, inv, lo, hi)
+            r.values[name], clipped = encode_input_u8(r.x, inv, lo, hi)
         else:
-            r.values[name] = encode_input_exact(r.x, inv, lo, hi)
+            r.values[name], clipped = encode_input_exact(r.x, inv, lo, hi)
+        # a layer-major run encodes once for all its steps: the reference clips every step
+        r.stats[name].clipped += clipped * (r.reps if name in r.steady else 1)
     return op
 
 
@@ -546,6 +548,18 @@ def _index(p: Program, node):
         else:
             r.values[name] = x.permute(perm) if perm else \
                 x.reshape((x.shape[0],) + tuple(node.shape))
+    return op
+
+
+@builds("select")
+def _select(p: Program, node):
+    """A constant gather on the float array as it is (its dtype kept, no int64 round trip); it
+    copies values or writes 0, so its input's bound holds."""
+    name, src = node.name, node.inputs[0]
+    p.derived(node, lambda b: b[0])
+
+    def op(r):
+        r.values[name] = node.apply([_np(r.values[src])], False)[0]
     return op
 
 

@@ -36,8 +36,10 @@ def build(plan: Plan, x: np.ndarray) -> Network:
     from sim.lava.procs.process import ReadoutSink, SFNNeuronLayer, SpikeSource
 
     inp = plan.input
-    source = SpikeSource(samples=lane_major(plan, x), inv_scale=inp.inv_scale, lo=inp.lo,
-                         hi=inp.hi, timesteps=plan.timesteps, name=inp.name)
+    groups = plan.groups(len(x))
+    valid = np.minimum(plan.lanes, len(x) - plan.lanes * np.arange(groups))
+    source = SpikeSource(samples=lane_major(plan, x), valid=valid, inv_scale=inp.inv_scale,
+                         lo=inp.lo, hi=inp.hi, timesteps=plan.timesteps, name=inp.name)
     senders = {inp.name: source}
     layers, readout = {}, None
     for stage in plan.stages:

@@ -91,7 +91,8 @@ def _run_ends(plan: graph.Plan, samples: int, chunked: bool) -> list[int]:
 
 
 def _collect_stats(plan: graph.Plan, net, stats: dict[str, LayerStats]) -> None:
-    """Per-node statistics from the stage processes' Vars (each read once)."""
+    """Per-node statistics from the processes' Vars (each read once)."""
+    stats[plan.input.name].clipped = int(net.source.clipped.get()[0])
     for stage in plan.stages:
         proc = net.layers.get(stage.node.name, net.readout)
         synops = proc.synops.get()

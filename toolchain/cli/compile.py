@@ -4,26 +4,10 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
 
-from toolchain.cli.common import console, layer_table, load_npy
-
-
-def scale_table(found: dict) -> Table:
-    """The λ scale search curve (toolchain.scale_search), the chosen row marked."""
-    t = Table(title=f"scale search on {found['samples']} calibration samples: {found['rule']} "
-                    f"(tolerance {found['tolerance']:g}, error factor {found['error_factor']:g})",
-              title_justify="left")
-    for col in ("λ", "SynOps / inference", "top-1 agreement", "rel. RMS error", "chosen"):
-        t.add_column(col, justify="left" if col == "chosen" else "right")
-    for p in found["curve"]:
-        if "error" in p:
-            t.add_row(f"{p['lambda']:g}", "", "", "", f"not quantizable: {p['error'][:60]}")
-            continue
-        top1 = f"{100 * p['top1_agreement']:.2f}%" if "top1_agreement" in p else "—"
-        t.add_row(f"{p['lambda']:g}", f"{p['synops']:,.0f}", top1, f"{p['rel_rms_error']:.4f}",
-                  "◀" if p["chosen"] else "")
-    return t
+from sim.files import write_files
+from toolchain.cli.common import (check_outputs, console, layer_table, load_input_npy,
+                                  scale_table)
 
 
 @click.command()
@@ -62,15 +46,18 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
             debug):
     """Compile MODEL.onnx into an SFN artifact."""
     from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
-    x = load_npy(calib, "calibration") if calib else None
+    check_outputs({"-o": out, "--emit-reference": emit_reference},
+                  {"model": model, "calibration data": calib})
+    x, cast_note = load_input_npy(calib, "calibration", min_rows=1) if calib else (None, None)
     result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
                           per_channel=None if per_layer is None else not per_layer,
                           timesteps=timesteps, target=target_name,
                           fire=fire, scale=scale, scale_search=scale_search,
                           scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor)
-    if emit_reference:
-        result.write_reference(emit_reference)
-    result.save(out)
+    if cast_note:
+        result.notes.append(cast_note)
+    write_files([(out, result.artifact_bytes())] +
+                ([(emit_reference, result.reference_bytes())] if emit_reference else []))
     if as_json:
         placement = result.artifact.meta["placement"]
         click.echo(json.dumps({"artifact": out, "reference": emit_reference,

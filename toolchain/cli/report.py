@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
-import numpy as np
 
 import sim.lava
-from sim.artifact import atomic_write, load
-from toolchain.cli.common import console, load_npy
-from toolchain.energy import build_report, report_table, tap_payloads, write_figures
-from toolchain.errors import InputFileError
+from sim.artifact import load
+from sim.files import check_folder, make_folder, remove_folders, write_files
+from toolchain.cli.common import check_outputs, console, load_input_npy
+from toolchain.energy import build_report, render_figures, report_table, tap_payloads
 from toolchain.mapping import map_artifact, placement_table
 from toolchain.target import load_target
+
+FILES = ("report.json", "activity.png", "energy.png", "cores.png")
 
 
 @click.command()
@@ -30,10 +32,14 @@ from toolchain.target import load_target
 @click.option("--debug", is_flag=True, hidden=True)
 def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, debug):
     """Map ARTIFACT to cores, run it on --input and report activity, SynOps and energy."""
+    out = Path(out_dir)
+    check_folder(out)
+    if out.is_dir():
+        present = [name for name in FILES if os.path.lexists(out / name)]
+        check_outputs({f"--out {name}": out / name for name in present},
+                      {"artifact": artifact, "input": inp})
     art = load(artifact)
-    x = load_npy(inp, "input")
-    if x.dtype != np.float32:
-        raise InputFileError(f"{inp}: dtype {x.dtype}; inputs must be float32")
+    x, cast_note = load_input_npy(inp, "input")
     target = load_target(target_name or art.meta.get("target") or "loihi2")
     placement = map_artifact(art, target)
     T = timesteps or int(art.meta.get("timesteps", 1))
@@ -51,12 +57,20 @@ def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, deb
     if payloads is None:
         rep.notes.append(f"payload histograms need T = 1 (a T = {T} run sums the readout over "
                          "its steps)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(rep, placement, out)
+    if cast_note:
+        rep.notes.append(cast_note)
+    pngs = render_figures(rep, placement)
+    figures = [out / name for name in pngs]
     document = {"artifact": str(artifact), "input": str(inp), "report": rep.to_json(),
                 "placement": placement.to_json(), "figures": [str(f) for f in figures]}
-    atomic_write(out / "report.json", json.dumps(document, indent=1).encode())
+    files = [(out / "report.json", json.dumps(document, indent=1).encode())] + \
+        [(out / name, data) for name, data in pngs.items()]
+    created = make_folder(out)
+    try:
+        write_files(files)
+    except BaseException:
+        remove_folders(created)
+        raise
     if as_json:
         click.echo(json.dumps(document, indent=1))
         return

@@ -65,16 +65,24 @@ def _in_ports(dtype):
 class _SourceModel(PyLoihiProcessModel):
     payload_type = INT
     samples = LavaPyType(np.ndarray, np.float32)
+    valid = LavaPyType(np.ndarray, INT)
     inv_scale = LavaPyType(np.ndarray, np.float32)
     lo = LavaPyType(np.ndarray, INT)
     hi = LavaPyType(np.ndarray, INT)
     timesteps = LavaPyType(np.ndarray, INT)
+    clipped = LavaPyType(np.ndarray, INT)
 
     def run_spk(self):
-        row = ((self.time_step - 1) // int(self.timesteps[0])) % len(self.samples)
-        spikes = semantics.encode_input(self.samples[row], self.inv_scale[0], int(self.lo[0]),
-                                        int(self.hi[0]))
-        self.s_out.send(spikes.astype(self.payload_type, copy=False))
+        step = (self.time_step - 1) // int(self.timesteps[0])
+        row = step % len(self.samples)
+        rows = int(self.valid[row])
+        encoded, clipped = semantics.encode_input_counted(
+            self.samples[row][:rows], self.inv_scale[0], int(self.lo[0]), int(self.hi[0]))
+        if step < len(self.samples):  # the pipeline's drain repeats rows: counted once
+            self.clipped[0] += clipped
+        spikes = np.zeros(self.samples.shape[1:], self.payload_type)
+        spikes[:rows] = encoded
+        self.s_out.send(spikes)
 
 
 @implements(proc=SpikeSource, protocol=LoihiProtocol)

@@ -47,16 +47,20 @@ class SpikeSource(AbstractProcess):
     """Input encoder: at Lava step t sends n = clip(floor(x · inv_scale + 1/2), lo, hi) of row
     ((t − 1) // T) mod G of `samples` (G, *shape) (sim.semantics.encode_input). Feed-forward:
     G groups of B lanes, shape (B, *in); recurrent: step-major trial batches. Set once at
-    construction, never per sample."""
+    construction, never per sample. `valid` (G,): the lanes of each row that hold samples (the
+    rest is padding, sent as zeros); `clipped` counts the elements the encoder clipped over the
+    first G·T steps (each row's T steps once, valid lanes only), as sim.cpu does."""
 
-    def __init__(self, *, samples: np.ndarray, inv_scale: float, lo: int, hi: int,
-                 timesteps: int, name: str):
+    def __init__(self, *, samples: np.ndarray, valid: np.ndarray, inv_scale: float, lo: int,
+                 hi: int, timesteps: int, name: str):
         super().__init__(name=name)
         self.samples = Var(shape=samples.shape, init=samples)
+        self.valid = Var(shape=(len(samples),), init=np.asarray(valid, np.int64))
         self.inv_scale = _scalar(np.float32(inv_scale))
         self.lo = _scalar(lo)
         self.hi = _scalar(hi)
         self.timesteps = _scalar(timesteps)
+        self.clipped = _scalar(0)
         self.s_out = OutPort(shape=samples.shape[1:])
 
 

@@ -1,7 +1,7 @@
 """Elementwise functions of ONE tensor → adaptive (table) SFN neurons.
 
-Sigmoid, HardSigmoid, HardSwish, Tanh, Erf, Gelu, LeakyRelu, Elu, Softplus, Mish and Pow (by a
-constant) become float-graph `table` nodes: `table(fn)` of their input. The quantizer turns one
+Sigmoid, HardSigmoid, HardSwish, Tanh, Erf, Gelu, LeakyRelu, Elu, Softplus, Mish, Exp, Sqrt,
+Reciprocal, a constant divided by a tensor and Pow (by a constant) become float-graph `table` nodes: `table(fn)` of their input. The quantizer turns one
 into an adaptive neuron whose integer thresholds are the inputs at which the rounded output
 changes and whose payload table is the rounded output (`Quantizer.op_table`) — exact on the
 integer grid, for monotone and non-monotone functions alike.
@@ -12,7 +12,8 @@ Add/Sub/Mul/Div whose operands are both functions of the same tensor through tab
 constant affines and ReLU/Clip (SiLU = x·sigmoid(x), GELU's x·½(1 + erf(x/√2)), its tanh form
 with x³, x·relu6(x + 3)/6, Mish's x·tanh(softplus(x))). The nodes a composition bypasses stay in
 the float graph (calibration reads them) and are dropped by the quantizer when nothing uses them.
-A product of two different activations stays refused (arith.mul).
+A product of two different activations is a `mul2` node (arith.mul), computed by product
+neurons.
 """
 from __future__ import annotations
 
@@ -68,9 +69,10 @@ def chain(ctx, name: str, through_relu: bool = False) -> list[tuple[str, object,
         out.append((cur, g, nonlinear))
 
 
-def unary(node, ctx, f, expr: str, bounds=None) -> str:
-    """A table of f(x), composed with x's own table/uniform-affine chain when it has one."""
-    x = ctx.tensor(node, node.input[0])
+def unary(node, ctx, f, expr: str, bounds=None, x_name: str | None = None) -> str:
+    """A table of f(x), composed with x's own table/uniform-affine chain when it has one; x is
+    the node's first input unless `x_name` is given."""
+    x = ctx.tensor(node, x_name or node.input[0])
     root, g, _ = chain(ctx, x)[-1]
     return add_table(node, ctx, root, (lambda f, g: lambda z: f(g(z)))(f, g), expr, bounds)
 
@@ -213,6 +215,28 @@ def power(node, ctx):
         ctx.fail(node, f"exponent {p} is not an integer (negative inputs have no real power)")
     unary(node, ctx, lambda z: np.power(z, int(p)) if p >= 0 else np.power(z, float(p)),
           f"x^{int(p)}")
+
+
+@converter("Exp")
+def exp(node, ctx):
+    unary(node, ctx, lambda z: np.exp(np.minimum(z, 700.0)), "exp", (0.0, np.inf))
+
+
+@converter("Sqrt")
+def sqrt(node, ctx):
+    unary(node, ctx, lambda z: np.sqrt(np.maximum(z, 0.0)), "sqrt", (0.0, np.inf))
+
+
+@converter("Reciprocal")
+def reciprocal(node, ctx):
+    divide_constant(node, ctx, 1.0)
+
+
+def divide_constant(node, ctx, c: float, x_name: str | None = None) -> None:
+    """c / x for a tensor x (the node's first input unless `x_name`): a table. At x = 0 the
+    value is c / (smallest positive float), which the table's output range clips."""
+    unary(node, ctx, lambda z: c / np.where(z == 0, np.finfo(np.float64).tiny, z),
+          f"{c:g}/x", x_name=x_name)
 
 
 @converter("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal")
