@@ -250,3 +250,16 @@ def test_right_shift_adds_in_int32_equal_reference(seed):
     assert_same(sim.cpu.run(art, x, record=("a",)), sim.reference.run(art, x, record=("a",)))
     assert_same(sim.cpu.run(art, x, count=False), sim.reference.run(art, x, count=False))
     assert_same(sim.cpu.run(art, x, timesteps=2), sim.reference.run(art, x, timesteps=2))
+
+
+def test_uint8_encoder_equals_semantics():
+    """The encoder's uint8 form (what an int8 first layer reads) gives semantics'
+    values and clip count, at the rounding edges, the ends and beyond float32's range."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((40, 50)) * 300).astype(np.float32)
+    x[0, :8] = [0.5, -0.5, 254.5, 255.49, 255.5, 3e38, -3e38, 0.0]
+    for lo, hi in ((0, 255), (0, 15), (3, 200)):
+        got, clipped = kernels.encode_input_u8(x, np.float32(0.77), lo, hi)
+        want, want_clipped = semantics.encode_input_counted(x, np.float32(0.77), lo, hi)
+        assert got.dtype == np.uint8 and clipped == want_clipped
+        np.testing.assert_array_equal(got, want)
