@@ -6,7 +6,7 @@
 
 Three tables, printed as markdown:
 
-1. **Integer networks** (benchmarks/nets.py: the digits CNN, an MLP 784-1024-1024-10, ResNet-18
+1. **Integer networks** (benchmarks/speed_nets.py: the digits CNN, an MLP 784-1024-1024-10, ResNet-18
    ×1 and ×¼ on 3×32×32): for every network, batch and thread count, sim.cpu (outputs only,
    `count=False`) against onnxruntime on the float model, on its int8 model in the QOperator
    format and in the QDQ format (`quantize_static`, per-channel weights). ResNet-18 ×1 runs the
@@ -45,7 +45,7 @@ import sim  # noqa: E402,F401  (before numpy and torch: BLAS kernels, OpenMP wai
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-import nets  # noqa: E402
+import speed_nets as nets  # noqa: E402
 import sim.cpu  # noqa: E402
 from sim.cpu import torch_ops  # noqa: E402
 
