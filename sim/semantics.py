@@ -109,8 +109,8 @@ def fire_adaptive(v: np.ndarray, thresholds: np.ndarray, payload: np.ndarray) ->
     """n = payload[#{k : v ≥ t_k}]; thresholds (..., K) ascending per neuron (the artifact check
     refuses any other), payload (K+1,), v broadcastable against thresholds[..., 0].
 
-    Up to 8 thresholds the count is the plain sum of comparisons; beyond, a bisection on the
-    sorted thresholds (⌈log₂(K+1)⌉ gathers instead of K comparisons) gives the same count."""
+    Up to 8 thresholds the count is the plain sum of comparisons; beyond, one numpy
+    searchsorted over all rows laid out in disjoint bands gives the same count."""
     t = np.asarray(thresholds)
     pay = np.asarray(payload, dtype=np.int64)
     k = t.shape[-1]
@@ -120,19 +120,18 @@ def fire_adaptive(v: np.ndarray, thresholds: np.ndarray, payload: np.ndarray) ->
     shape = np.broadcast_shapes(v.shape, t.shape[:-1])
     v = np.broadcast_to(v, shape)
     # one row of K thresholds per neuron; row[i] is the row each element of v reads
-    rows = t.reshape(-1, k)
-    row = np.broadcast_to(np.arange(rows.shape[0]).reshape(t.shape[:-1]), shape)
-    flat, base = rows.ravel(), row * k - 1
-    # count = #{t ≤ v} found by steps of 2^m, 2^(m-1), …, 1: take a step when the threshold it
-    # lands on is ≤ v (branch-free binary search; exact since each row is ascending)
-    count = np.zeros(shape, dtype=np.int64)
-    step = 1 << (int(k).bit_length() - 1)
-    while step:
-        cand = count + step
-        ok = cand <= k
-        ok &= v >= flat[base + np.minimum(cand, k)]
-        count += step * ok
-        step >>= 1
+    rows = t.reshape(-1, k).astype(np.int64)
+    if rows.shape[0] == 1:       # one table for the whole tensor: count = #{t ≤ v} directly
+        return pay[np.searchsorted(rows[0], v, side="right")]
+    # every row in one sorted array: row r's thresholds shifted into their own band
+    # [r·span + 1, r·span + span − 1], v clipped to [t_min − 1, t_max] (the same count in every
+    # row) and shifted into its row's band; #{keys ≤ key(v)} − r·K is then v's count in row r
+    low, high = int(rows.min()), int(rows.max())
+    span = high - low + 2
+    row = np.arange(rows.shape[0], dtype=np.int64).reshape(t.shape[:-1])
+    keys = (rows - (low - 1) + span * np.arange(rows.shape[0], dtype=np.int64)[:, None]).ravel()
+    vk = np.clip(v, low - 1, high) - (low - 1) + span * row
+    count = np.searchsorted(keys, vk, side="right") - k * row
     return pay[count]
 
 

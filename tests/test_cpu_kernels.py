@@ -326,7 +326,7 @@ def test_fire_adaptive_search_equals_the_count_definition(k):
         v = rng.integers(-70, 70, size=(13,) + shape)
         v[0] = t[..., 0]                                    # ties at the lowest threshold
         v[1] = t[..., -1]                                   # and at the highest
-        for th in (t[None], shared):
+        for th in (t[None], shared, shared.reshape((1,) * len(shape) + (k,))):
             want = payload[np.sum(v[..., None] >= th, axis=-1)]
             np.testing.assert_array_equal(semantics.fire_adaptive(v, th, payload), want)
 
