@@ -336,3 +336,80 @@ def test_cli_compile_dale_state_and_refusal(trained, tmp_path):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "multiplies two computed" \
         in lines[0]
+
+
+def test_cli_rnn_eval_on_your_own_trials(trained, deployed, tmp_path):
+    """`toolchain rnn eval --trials --targets --mask --onnx` scores a task the toolchain does not
+    know: masked R² and decision accuracy from the masked window, deployed and float, on the
+    trials that were not calibration trials (named)."""
+    from toolchain.rnn.evaluate import evaluate_arrays
+    from toolchain.tasks import masked_r2
+    _, paths = trained
+    art = deployed["legacy"].artifact
+    art.save(tmp_path / "m.sfn")
+    # trials 0–3 are calibration trials (pdm_trials(64, 1) begins with them), then 60 held out
+    calib_x, calib_y, calib_m, _ = pdm_trials(64, 1)
+    x, y, m, choice = pdm_trials(60, 99)
+    x, y, m = (np.concatenate([a[:4], b]) for a, b in ((calib_x, x), (calib_y, y), (calib_m, m)))
+    for name, a in (("x", x), ("y", y), ("m", m)):
+        np.save(tmp_path / f"{name}.npy", a)
+    args = ["rnn", "eval", str(tmp_path / "m.sfn"), "--trials", str(tmp_path / "x.npy"),
+            "--targets", str(tmp_path / "y.npy"), "--mask", str(tmp_path / "m.npy"),
+            "--onnx", str(paths["legacy"])]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert lines[0] == (f"scored on 60 of 64 trials of {tmp_path / 'x.npy'}: trials 4–63; "
+                        "trials 0–3 were calibration trials, left out; decisions from the "
+                        "window")
+    deployed_out = sim.cpu.run(art, x[4:]).output
+    model = onnx.load(paths["legacy"])
+    float_out = cell_graph_trials(model, x[4:], read_cell_graph(model, "m"))[0]
+    expect = (f"60 trials on cpu: deployed R² {masked_r2(deployed_out, y[4:], m[4:]):.3f}, "
+              f"accuracy {accuracy(deployed_out, choice):.3f} | float R² "
+              f"{masked_r2(float_out, y[4:], m[4:]):.3f}, accuracy "
+              f"{accuracy(float_out, choice):.3f}")
+    assert lines[1] == expect
+    row = evaluate_arrays(art, x, y, m, str(paths["legacy"]))
+    assert row["used"] == list(range(4, 64)) and row["calibration_trials"] == [0, 1, 2, 3]
+    assert row["deployed_accuracy"] == accuracy(deployed_out, choice)
+    assert row["float_accuracy"] == accuracy(float_out, choice)
+    # without a mask: R² over every step, decisions from the last step
+    row = evaluate_arrays(art, x, y, include_calibration=True)
+    assert row["trials"] == 64 and row["decision"] == "last step"
+    out = sim.cpu.run(art, x).output
+    assert row["deployed_accuracy"] == float(np.mean(out[:, -1].argmax(-1) ==
+                                                     y[:, -1].argmax(-1)))
+    assert row["deployed_r2"] == masked_r2(out, y, np.ones(x.shape[:2], bool))
+    # one-line refusals, exit code 2
+    np.save(tmp_path / "bad.npy", y[:, :, :1])
+    for extra, needle in ((["--targets", str(tmp_path / "bad.npy")],
+                           "targets have 1 outputs; the network has 2"),
+                          (["--task", "cddm"], "--task and --trials are alternatives")):
+        r = CliRunner().invoke(main, args[:5] + args[7:] + extra if extra[0] == "--targets"
+                               else args + extra)
+        assert r.exit_code == 2 and needle in r.output, r.output
+    np.save(tmp_path / "c.npy", calib_x[:4])
+    np.save(tmp_path / "cy.npy", calib_y[:4])
+    r = CliRunner().invoke(main, ["rnn", "eval", str(tmp_path / "m.sfn"), "--trials",
+                                  str(tmp_path / "c.npy"), "--targets", str(tmp_path / "cy.npy")])
+    assert r.exit_code == 2 and "error: all 4 trials were calibration trials" in r.output
+
+
+def test_constant_bomb_in_a_cell_graph_refused_before_evaluation(tmp_path):
+    """Constant subgraphs of a cell graph are folded with the importer's bounds."""
+    from onnx import TensorProto, helper, numpy_helper
+    from toolchain.errors import ShapeError
+    nodes = [helper.make_node("Abs", ["s"], ["a"], name="abs"),
+             helper.make_node("ConstantOfShape", ["a"], ["c"], name="fill"),
+             helper.make_node("Add", ["h", "c"], ["h_next"], name="add")]
+    graph = helper.make_graph(
+        nodes, "bomb", [helper.make_tensor_value_info("u", TensorProto.FLOAT, ["b", 3]),
+                        helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("h_next", TensorProto.FLOAT, ["b", 4])],
+        [numpy_helper.from_array(np.array([-100000, -100000], np.int64), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "bomb.onnx")
+    with pytest.raises(ShapeError, match=r"node 'fill' \(ConstantOfShape.*constant 'c' would "
+                       r"have shape \[100000, 100000\].*refused before evaluating it"):
+        compile_onnx(tmp_path / "bomb.onnx", calib=np.zeros((2, 3, 3), np.float32))

@@ -25,10 +25,12 @@ import onnxruntime as ort
 
 from toolchain.errors import ModelError
 from toolchain.rnn.cell import Cell, is_rnn_cell
+from toolchain.onnx_import.loader import opset_of
 from toolchain.rnn.onnx_rnn import _constants, _label, is_onnx_rnn
 
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 _PASS = ("Identity", "Cast", "Dropout")
+MAX_UNITS = 2048   # each traced tensor holds (width × (n_in + 2·n)) coefficients
 _SUPPORTED = ("MatMul, Gemm (constant weights), Add, Sub, Neg, Mul/Div by a constant, "
               "Slice/Gather/Concat on the last axis, Identity, and one Relu/Sigmoid/Tanh")
 
@@ -80,22 +82,18 @@ def is_cell_graph(model: onnx.ModelProto) -> bool:
     return len(_graph_inputs(model)) == 2 and bool(_state_candidates(model))
 
 
-def _fold(graph: onnx.GraphProto, consts: dict, where: str) -> dict:
-    """Evaluate every node whose inputs are all constants (onnx's reference evaluator)."""
-    from onnx.reference import ReferenceEvaluator
-    consts = dict(consts)
-    for node in graph.node:
-        if node.output[0] in consts or node.op_type == "Constant":
-            continue
-        ins = [i for i in node.input if i]
-        if ins and all(i in consts for i in ins):
-            try:
-                outs = ReferenceEvaluator(node).run(None, {i: consts[i] for i in ins})
-            except Exception as exc:
-                raise ModelError(f"{where}: {_label(node)} on constants cannot be evaluated "
-                                 f"({str(exc)[:120]})") from None
-            consts.update({o: np.asarray(v) for o, v in zip(node.output, outs) if o})
-    return consts
+def _fold(model: onnx.ModelProto, where: str) -> dict:
+    """Every constant subgraph evaluated (onnx_import's folding: each result's size bounded
+    before it is computed)."""
+    from toolchain.onnx_import import FOLD_FACTOR, FOLD_MIN_BYTES, _fold_constant
+    from toolchain.onnx_import.context import ImportContext
+    consts = _constants(model.graph)
+    carried = sum(a.nbytes for a in consts.values())
+    ctx = ImportContext(model, where, opset_of(model, where), consts=consts,
+                        fold_budget=max(FOLD_MIN_BYTES, FOLD_FACTOR * carried))
+    for node in model.graph.node:
+        _fold_constant(node, ctx)
+    return ctx.consts
 
 
 def _vector(a: np.ndarray, k: int, node, where: str) -> np.ndarray:
@@ -116,7 +114,7 @@ def _last_axis(axis: int, node, where: str) -> None:
 class _Tracer:
     def __init__(self, model: onnx.ModelProto, u: str, h: str, n_in: int, n: int, where: str):
         self.g, self.where = model.graph, where
-        self.consts = _fold(self.g, _constants(self.g), where)
+        self.consts = _fold(model, where)
         z = lambda k, m: np.zeros((k, m))
         self.vals = {u: Lin(np.eye(n_in), z(n_in, n), z(n_in, n), np.zeros(n_in)),
                      h: Lin(z(n, n_in), np.eye(n), z(n, n), np.zeros(n))}
@@ -126,10 +124,16 @@ class _Tracer:
         self.act_node = None
 
     def run(self) -> dict[str, Lin]:
-        for node in self.g.node:
+        """Trace every node; a tensor's form is dropped after its last reader."""
+        last = {name: i for i, node in enumerate(self.g.node) for name in node.input}
+        keep = {o.name for o in self.g.output}
+        for i, node in enumerate(self.g.node):
             if node.op_type == "Constant" or node.output[0] in self.consts:
                 continue
             self.vals[node.output[0]] = self.step(node)
+            for name in set(node.input) - keep:
+                if last.get(name) == i:
+                    self.vals.pop(name, None)
         return self.vals
 
     def get(self, name: str, node) -> Lin:
@@ -289,6 +293,9 @@ def _width(model, name: str, where: str) -> int:
 
 def _read(model: onnx.ModelProto, u: str, h: str, where: str) -> Cell:
     n_in, n = _width(model, u, where), _width(model, h, where)
+    if n > MAX_UNITS or n_in > MAX_UNITS:
+        raise ModelError(f"{where}: input {u!r} has {n_in} and state {h!r} {n} values; a cell "
+                         f"graph is read with up to {MAX_UNITS} of each")
     tracer = _Tracer(model, u, h, n_in, n, where)
     vals = tracer.run()
     outputs = [o.name for o in model.graph.output]

@@ -17,7 +17,7 @@ from toolchain.rnn.cell import (DEFAULT_RNN_LEVELS, check_dale, check_dale_signs
                                 is_rnn_cell, read_cell, unit_signs)
 from toolchain.rnn.cell_graph import read_cell_graph
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, read_onnx_rnn
-from toolchain.tasks import make_task
+from toolchain.tasks import make_task, trial_ids
 
 
 def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float,
@@ -91,7 +91,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
                 "rnn": {"activation": cell.activation, "alpha": cell.alpha, "dale": cell.dale,
                         "n_exc": n_exc, "n_units": int(cell.W_rec.shape[0]),
                         "task": cell.task, "decay": int(round(cell.alpha * 4096)),
-                        "per_channel": pc},
+                        "per_channel": pc, "calibration_trials": trial_ids(calib)},
                 "layers": layer_rows_json(qz.layers)}
         art = Artifact(nodes, inp, out, meta, qz.record)
         art.validate()
