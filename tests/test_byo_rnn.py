@@ -413,3 +413,17 @@ def test_constant_bomb_in_a_cell_graph_refused_before_evaluation(tmp_path):
     with pytest.raises(ShapeError, match=r"node 'fill' \(ConstantOfShape.*constant 'c' would "
                        r"have shape \[100000, 100000\].*refused before evaluating it"):
         compile_onnx(tmp_path / "bomb.onnx", calib=np.zeros((2, 3, 3), np.float32))
+
+
+def test_two_input_graph_without_activation_refused(tmp_path):
+    """A two-input graph whose output has the state's shape is read as a cell, and says so."""
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["s"], name="sum")], "sum",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["n", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "sum.onnx")
+    with pytest.raises(ModelError, match=r"sum.onnx: read as a one-step cell \(state input 'b'\), "
+                       r"it has no Relu, Sigmoid or Tanh on the path to \['s'\]"):
+        compile_onnx(tmp_path / "sum.onnx", calib=np.zeros((2, 3, 4), np.float32))

@@ -304,8 +304,9 @@ def _read(model: onnx.ModelProto, u: str, h: str, where: str) -> Cell:
     producer = {o: node for node in model.graph.node for o in node.output}
     label = lambda o: f"output {o!r}" + (f" of {_label(producer[o])}" if o in producer else "")
     if tracer.act_node is None:
-        raise ModelError(f"{where}: no Relu, Sigmoid or Tanh on the path to {outputs}; a cell "
-                         "computes h' = (1 − α)·h + α·f(z)")
+        raise ModelError(f"{where}: read as a one-step cell (state input {h!r}), it has no "
+                         f"Relu, Sigmoid or Tanh on the path to {outputs}; a cell computes "
+                         "h' = (1 − α)·h + α·f(z)")
     z = tracer.z
     leaky = {}
     for o in outputs:
