@@ -59,7 +59,7 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
                           timesteps=timesteps, target=target_name,
                           fire=fire, scale=scale, scale_search=scale_search,
                           scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor,
-                          dale=dale, state=state)
+                          dale=True if dale else None, state=state)
     if cast_note:
         result.notes.append(cast_note)
     write_files([(out, result.artifact_bytes())] +
