@@ -39,11 +39,16 @@ from toolchain.cli.common import (check_outputs, console, layer_table, load_inpu
               help="Scale search: top-1 agreement kept within this of the best λ.")
 @click.option("--scale-error-factor", type=click.FloatRange(1), default=2.0, show_default=True,
               help="Scale search: relative RMS error kept within this factor of the smallest.")
+@click.option("--dale", is_flag=True, default=None, help="Recurrent models: verify Dale's law "
+              "on the integer recurrent weights (each unit's outgoing weights keep one sign); "
+              "default: as the model's sfn.dale metadata says.")
+@click.option("--state", help="One-step cell graphs: the name of the state input (default: the "
+              "input that an output of the same shape feeds back).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--debug", is_flag=True, hidden=True)
 def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_reference,
-            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, as_json,
-            debug):
+            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, dale,
+            state, as_json, debug):
     """Compile MODEL.onnx into an SFN artifact."""
     from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
     check_outputs({"-o": out, "--emit-reference": emit_reference},
@@ -53,7 +58,8 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_re
                           per_channel=None if per_layer is None else not per_layer,
                           timesteps=timesteps, target=target_name,
                           fire=fire, scale=scale, scale_search=scale_search,
-                          scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor)
+                          scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor,
+                          dale=True if dale else None, state=state)
     if cast_note:
         result.notes.append(cast_note)
     write_files([(out, result.artifact_bytes())] +
