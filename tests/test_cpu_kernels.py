@@ -313,10 +313,15 @@ def test_count_false_keeps_saturations_only():
         assert st.neurons == full.stats[name].neurons
 
 
+@pytest.mark.parametrize("lut", [True, False])
 @pytest.mark.parametrize("k", [1, 8, 9, 15, 16, 17, 255, 256])
-def test_fire_adaptive_search_equals_the_count_definition(k):
-    """n = payload[#{k : v ≥ t_k}]: the bisection used above 8 thresholds gives the plain count,
-    for per-neuron and shared rows, ties, repeated thresholds and values beyond both ends."""
+def test_fire_adaptive_search_equals_the_count_definition(k, lut, monkeypatch):
+    """n = payload[#{k : v ≥ t_k}]: the lookup table and the banded search used above 8
+    thresholds give the plain count, for per-neuron and shared rows, ties, repeated thresholds
+    and values beyond both ends."""
+    if not lut:
+        monkeypatch.setattr(semantics, "LUT_ENTRIES", 0)
+        monkeypatch.setattr(semantics, "_COUNTERS", {})
     rng = np.random.default_rng(k)
     for shape in [(7,), (3, 4, 5)]:
         t = np.sort(rng.integers(-50, 50, size=shape + (k,)), axis=-1)
