@@ -105,7 +105,7 @@ def fire_state(v: np.ndarray, threshold: np.ndarray, lo: int, hi: int) -> np.nda
     return np.clip(q, lo, hi).astype(np.int64)
 
 
-LUT_ENTRIES = 1 << 23      # a table neuron's count lookup: at most this many entries
+LUT_ENTRIES = 1 << 24      # a table neuron's count lookup: at most this many entries
 COUNTER_BYTES = 1 << 26    # what the kept counters may hold before they are dropped
 _COUNTERS: dict[tuple, tuple] = {}   # thresholds array → (the array, its counter): _counter
 
