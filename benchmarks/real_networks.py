@@ -85,7 +85,8 @@ def measure(name: str, calib_kind: str, samples: int, folder: Path) -> dict:
     row["bit_exact"] = bool(np.array_equal(out, res.output) and
                             np.array_equal(acc, res.accumulator.astype(np.float32)))
     logits_name = compiled.imported.graph.output      # the float tensor before any softmax
-    fl = next(cal.run_float(compiled.imported.source, x, [logits_name]))[logits_name]
+    fl = np.concatenate([batch[logits_name] for batch in
+                         cal.run_float(compiled.imported.source, x, [logits_name])])
     a, b = res.output.reshape(len(x), -1), fl.reshape(len(x), -1).astype(np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     rows = [r for r in compiled.layers if r.weight_bits is not None]

@@ -263,3 +263,15 @@ def test_uint8_encoder_equals_semantics():
         want, want_clipped = semantics.encode_input_counted(x, np.float32(0.77), lo, hi)
         assert got.dtype == np.uint8 and clipped == want_clipped
         np.testing.assert_array_equal(got, want)
+
+
+def test_uint8_max_pool_over_many_channels_equals_reference():
+    """A 3×3/2 max pool over 64 channels of uint8 payloads in channels-last layout (torch's
+    channels-last uint8 kernel refuses it) gives the reference's maxima."""
+    torch = pytest.importorskip("torch")
+    from sim.cpu import torch_ops
+    x = np.random.default_rng(0).integers(0, 256, (2, 64, 27, 27)).astype(np.uint8)
+    xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+    out = torch_ops.max_pool(xt, (3, 3), (2, 2), (0, 0, 0, 0), (1, 1), (13, 13), True)
+    want = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
+    np.testing.assert_array_equal(out.numpy(), want.max(axis=(-2, -1)))

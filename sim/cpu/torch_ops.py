@@ -380,6 +380,10 @@ def max_pool(x, kernel, stride, pads, dilation, out_hw, nonnegative: bool):
         if low != 0 and xt.dtype == torch.uint8:
             return None
         xt = torch.nn.functional.pad(xt, (left, right, top, bottom), value=low)
+    if xt.dtype == torch.uint8:
+        # torch 2.13's channels-last uint8 max pool refuses some shapes (a 3×3/2 window over
+        # 64 channels and more: "input_depth * input_height * input_width"); NCHW does not
+        xt = xt.contiguous()
     out = torch.nn.functional.max_pool2d(xt, [int(k) for k in kernel],
                                          [int(s) for s in stride], 0,
                                          [int(d) for d in dilation])
