@@ -404,3 +404,15 @@ def test_placement_table_shows_cores_and_bound():
     assert f"{placement.cores_used} cores" in text
     assert f"lower bound {placement.lower_bound['cores']}" in text
     assert "layer4.1/relu2" in text and "shared" in text
+
+
+def test_fan_in_split_with_a_negative_weight_exponent():
+    """A split layer whose connection right-shifts its sum (VGG-19's fc6 after the quantizer
+    picks exponent −1): the partial sums' worst-case bound is ⌈Σ|w|·max s / 2^k⌉, an integer."""
+    f_in, f_out = 48_000, 8
+    w = (np.random.default_rng(3).integers(1, 120, (f_out, f_in)) * 2).astype(np.int16)
+    art = _dense_net(f_in, f_out, weight=w)
+    art = _art([n if n.name != "fc" else ir.Dense("fc", ("input",), (f_out,), weight=w,
+                                                   weight_exp=-3) for n in art.nodes])
+    placement = map_artifact(art, LOIHI2)
+    assert len(placement.layers["relu"]["partial_sums"]) >= 2

@@ -436,6 +436,26 @@ def test_onnx_lrn_op_converts(tmp_path, size, channels):
         assert _rms_error(res.output, ref) < bound
 
 
+def test_onnx_lrn_with_default_attributes_is_nearly_the_identity(tmp_path):
+    """With ONNX's defaults (α = 10⁻⁴, k = 1) the power of the window sum is constant at the
+    calibrated range: a table with one unreachable threshold, the LRN a product by one."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("LRN", ["r"], ["n"], size=3),
+             helper.make_node("Flatten", ["n"], ["y"])]
+    graph = helper.make_graph(nodes, "lrn", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 2, 6, 6])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 72])])
+    path = tmp_path / "lrn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    art = compile_onnx(path, calib=_act_data(128, 0)).artifact
+    power = [n for n in art.nodes if n.name.endswith("/inverse")]
+    assert len(power) == 1 and power[0].thresholds.shape[-1] == 1
+    assert len(set(power[0].payload.tolist())) == 1
+    x = _act_data(32, 1)
+    res = assert_bit_exact(art, x)
+    assert _rms_error(res.output, _float(path, x)) < 0.1   # the ReLU's 15 levels: 0.065
+
+
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_refused_with_a_clear_message(name, dynamo, tmp_path):

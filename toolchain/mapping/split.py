@@ -183,7 +183,8 @@ def _payload_notes(g: Graph, relays: list[Population], target: Target) -> list[s
         for c in r.connections:
             lo, hi = ranges[c.node.inputs[0]]
             w = np.abs(np.asarray(c.node.weight, np.int64)[:, c.columns])
-            bound += int(w.sum(axis=1).max()) * max(abs(lo), abs(hi)) * 2 ** c.node.weight_exp
+            m, e = int(w.sum(axis=1).max()) * max(abs(lo), abs(hi)), int(c.node.weight_exp)
+            bound += m << e if e >= 0 else -((-m) >> -e)   # a negative exponent: ⌈m / 2^−e⌉
         bits = bound.bit_length() + 1
         if bits > target["payload_bits"]:
             notes.append(f"partial sum {r.name!r} can reach ±{bound} in the worst case ({bits} "

@@ -98,7 +98,13 @@ class ActivationRules:
         z_k are the float inputs at which the rounded activation steps (up or down); each payload
         step stands for `out_unit` (default 1/L)."""
         shape = x.unit.shape
-        thresholds = np.ceil(edges[None, :] / x.unit.reshape(-1, 1)).reshape(
+        if len(edges) == 0:
+            # constant over the reachable inputs (an LRN's power of a window sum that barely
+            # moves): one threshold past the state's range keeps the table form
+            edges, payload = np.array([np.inf]), np.repeat(np.asarray(payload)[:1], 2)
+        with np.errstate(invalid="ignore"):
+            thresholds = np.ceil(edges[None, :] / x.unit.reshape(-1, 1))
+        thresholds = thresholds.reshape(
             shape + (len(edges),))
         thresholds = np.clip(thresholds, -semantics.V_MAX - 1,
                              semantics.V_MAX + 1).astype(np.int64)
