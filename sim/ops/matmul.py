@@ -71,8 +71,9 @@ class MatMul(Node):
     def macs(self) -> int:
         return int(np.prod(self.shape)) * int(self.inner)
 
-    def synapse_mask(self, k: int, in_shapes) -> np.ndarray:
-        """Output element (…, m, n) reads row m of A (…, m, :) and column n of B (…, :, n)."""
+    def synapse_reads(self, k: int, in_shapes) -> np.ndarray:
+        """(outputs, K): output element (…, m, n) reads row m of A (…, m, :) and column n of B
+        (…, :, n)."""
         out = tuple(self.shape)
         ia = np.arange(int(np.prod(in_shapes[0]))).reshape(in_shapes[0])
         ib = np.arange(int(np.prod(in_shapes[1]))).reshape(in_shapes[1])
@@ -85,10 +86,7 @@ class MatMul(Node):
         else:          # element (…, m, n) ← B[…, 0..K, n]
             reads = np.broadcast_to(np.swapaxes(ib, -1, -2)[..., None, :, :],
                                     lead + (m, n, kk))
-        reads = reads.reshape(-1, kk)
-        mask = np.zeros((len(reads), int(np.prod(in_shapes[k]))), bool)
-        mask[np.arange(len(reads))[:, None], reads] = True
-        return mask
+        return reads.reshape(-1, kk).astype(np.int64)
 
     def emit(self, b, ins):
         a = b.op("Cast", [ins[0]], to=b.DOUBLE)

@@ -66,12 +66,9 @@ class Product(Node):
     def macs(self) -> int:
         return int(np.prod(self.shape))
 
-    def synapse_mask(self, k: int, in_shapes) -> np.ndarray:
-        """Which element of input k each product neuron reads (one each, by broadcasting)."""
-        table = _broadcast_tables(in_shapes, tuple(self.shape))[k]
-        mask = np.zeros((len(table), int(np.prod(in_shapes[k]))), bool)
-        mask[np.arange(len(table)), table] = True
-        return mask
+    def synapse_reads(self, k: int, in_shapes) -> np.ndarray:
+        """(outputs, 1): the element of input k each product neuron reads (by broadcasting)."""
+        return _broadcast_tables(in_shapes, tuple(self.shape))[k][:, None].astype(np.int64)
 
     def emit(self, b, ins):
         a = b.op("Cast", [ins[0]], to=b.DOUBLE)

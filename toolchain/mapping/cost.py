@@ -73,7 +73,7 @@ class Connection:
     columns: np.ndarray | None = None
     _nonzero: np.ndarray | None = None
     input: int = 0                 # which of the node's inputs (a product reads two)
-    input_shapes: tuple = ()       # the node's inputs' shapes (for its synapse mask)
+    input_shapes: tuple = ()       # the node's inputs' shapes (for its synapse reads)
 
     @property
     def name(self) -> str:
@@ -82,17 +82,34 @@ class Connection:
         return self.node.name if not self.input else f"{self.node.name}#{self.input}"
 
     def _nz(self) -> np.ndarray:
-        """Which input elements each output element reads: a dense layer's nonzero weights, a
-        product's operands (Node.synapse_mask)."""
+        """Which input elements each output element reads: a dense layer's nonzero weights
+        (a boolean matrix), or a product's operands (Node.synapse_reads: (outputs, r) input
+        indices, r per output, kept as indices: a dense mask of a large product would take
+        outputs × inputs bytes)."""
         if self._nonzero is None:
-            mask = getattr(self.node, "synapse_mask", None)
-            if mask is not None:
-                self._nonzero = mask(self.input, self.input_shapes)
+            reads = getattr(self.node, "synapse_reads", None)
+            if reads is not None:
+                self._nonzero = reads(self.input, self.input_shapes)
             else:
                 weight = np.asarray(self.node.weight)
                 self._nonzero = (weight if self.columns is None
                                  else weight[:, self.columns]) != 0
         return self._nonzero
+
+    def row_fan_in(self) -> np.ndarray:
+        """Synapses into each output element."""
+        nz = self._nz()
+        if nz.dtype == bool:
+            return np.count_nonzero(nz, axis=1)
+        return np.full(len(nz), nz.shape[1], np.int64)
+
+    def _per_axon(self, rows: np.ndarray) -> np.ndarray:
+        """Synapses each input element sends to output elements `rows`."""
+        nz = self._nz()
+        if nz.dtype == bool:
+            return nz[rows].sum(axis=0)
+        return np.bincount(nz[rows].ravel(), minlength=int(np.prod(
+            self.input_shapes[self.input])))
 
     def cost(self, elements: np.ndarray, target: Target, in_shape, axons: bool) -> Cost:
         """Synaptic memory, input axons and stored synapses for population elements `elements`
@@ -117,7 +134,7 @@ class Connection:
 
     def _dense_cost(self, mask, target, wb, ib) -> Cost:
         rows = np.flatnonzero(mask)
-        per_axon = self._nz()[rows].sum(axis=0)
+        per_axon = self._per_axon(rows)
         used = per_axon[per_axon > 0]
         word = target["word_bits"]
         if self.format == "dense":

@@ -81,7 +81,7 @@ def _widest(pop: Population) -> int:
     fan = np.zeros(pop.size, np.int64)
     for c in pop.connections:
         if c.node is not None and c.node.connectivity == "full":
-            rows = np.count_nonzero(c._nz(), axis=1)
+            rows = c.row_fan_in()
             fan += rows if c.index is None else np.where(c.index >= 0,
                                                          rows[np.maximum(c.index, 0)], 0)
     return int(fan.argmax())
