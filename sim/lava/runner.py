@@ -1,9 +1,11 @@
 """sim.lava.run: execute an artifact as a Lava process graph (Loihi2SimCfg), under a guard.
 
-Every sample is in the source from the start and samples are pipelined: every timestep carries
-B = `lanes` samples side by side (sim.lava.graph; B = 1 is one sample per timestep at T = 1), so
-Lava's per-step cost (~0.1 ms per process) is shared by B samples; the readout's accumulator is
-read once after the run. The result does not depend on B. Recurrent artifacts run as one cell
+The graph is SpikeSource → `Network` (sim.lava.procs.network) → AccumulatorSink: every sample is
+in the source from the start (encoded, so the Network takes integers) and samples are pipelined:
+every timestep carries B = `lanes` samples side by side (sim.lava.graph; B = 1 is one sample per
+timestep at T = 1), so Lava's per-step cost (~0.1 ms per process) is shared by B samples; the
+sink keeps each sample's accumulator from the Network's `out` stream and sends them all once
+after the run. The result does not depend on B. Recurrent artifacts run as one cell
 process over batches of trials (sim.lava.recurrent), under the same guard (sim.lava.guard).
 The result is the `SimResult` every backend returns (same output, accumulator and per-node
 statistics as sim.cpu), so the backends compare directly.
@@ -15,7 +17,7 @@ import numpy as np
 from sim import semantics
 from sim.artifact import Artifact
 from sim.lava import graph, recurrent
-from sim.lava.builder import build
+from sim.lava.builder import lane_major
 from sim.lava.compat import load_lava
 from sim.lava.guard import GuardedRun, check_tag, default_timeout
 from sim.results import LayerStats, SimResult, prepare_run
@@ -54,13 +56,24 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     load_lava()
     from lava.magma.core.run_configs import Loihi2SimCfg
 
+    from sim.lava.procs.network import Network
+    from sim.lava.procs.process import AccumulatorSink, SpikeSource
 
-    net = build(plan, x)
+    inp = plan.input
+    net = Network(art, timesteps=timesteps, binary=binary, lanes=plan.lanes, encoded=True,
+                  samples=len(x))
+    source = SpikeSource(samples=lane_major(plan, x), inv_scale=inp.inv_scale, lo=inp.lo,
+                         hi=inp.hi, timesteps=timesteps, name=f"{inp.name} (source)")
+    sink = AccumulatorSink(shape=readout.shape, lanes=plan.lanes, samples=len(x),
+                           timesteps=timesteps, latency=net.latency)
+    source.s_out.connect(net.inp)
+    net.out.connect(sink.a_in)
     total = plan.num_steps(len(x))
-    limit = default_timeout(total, len(net.processes),
+    processes = 3 + len(plan.stages)     # source, encoder, stages, sink
+    limit = default_timeout(total, processes,
                             plan.macs_per_sample() * len(x) * timesteps) \
         if timeout is None else float(timeout)
-    guarded = GuardedRun(net.readout, Loihi2SimCfg(select_tag=tag), limit)
+    guarded = GuardedRun(sink, Loihi2SimCfg(select_tag=tag), limit)
     with guarded.watching():
         done = 0
         for end in _run_ends(plan, len(x), progress is not None):
@@ -68,7 +81,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
             if progress is not None:
                 progress(_completed(plan, end, len(x)) - _completed(plan, done, len(x)))
             done = end
-        accumulator = np.rint(guarded.receive(net.readout.result)).astype(np.int64)
+        accumulator = np.rint(guarded.receive(sink.result)).astype(np.int64)
         _collect_stats(plan, net, stats)
         guarded.stop()
     output = semantics.readout(accumulator, readout.bias[None], readout.scale[None], timesteps)
@@ -91,9 +104,11 @@ def _run_ends(plan: graph.Plan, samples: int, chunked: bool) -> list[int]:
 
 
 def _collect_stats(plan: graph.Plan, net, stats: dict[str, LayerStats]) -> None:
-    """Per-node statistics from the stage processes' Vars (each read once)."""
-    for stage in plan.stages:
-        proc = net.layers.get(stage.node.name, net.readout)
+    """Per-node statistics from the Network's stage processes' Vars (each read once)."""
+    from sim.lava.procs.network import stage_name
+
+    for i, stage in enumerate(plan.stages):
+        proc = getattr(net.procs, stage_name(i))
         synops = proc.synops.get()
         for node, count in zip(stage.chain.nodes, synops):
             stats[node.name].synops += int(count)

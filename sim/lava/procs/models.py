@@ -23,8 +23,8 @@ from sim import semantics
 from sim.lava.compat import load_lava
 from sim.lava.graph import MAX_INPUTS
 from sim.lava.cell import STATS, Cell
-from sim.lava.procs.process import (ReadoutSink, RecurrentCell, SFNNeuronLayer, SpikeSource,
-                                     TrialSink)
+from sim.lava.procs.process import (AccumulatorSink, InputEncoder, ReadoutStage, RecurrentCell,
+                                     SFNNeuronLayer, SpikeSource, TrialSink)
 
 load_lava()
 
@@ -95,7 +95,8 @@ class PySpikeSourceFloat(_SourceModel):
 class _StageModel(PyLoihiProcessModel):
     """Receiving side shared by neuron layers and the readout: in-port k's data is held
     `delays[k]` steps so every input of a step belongs to the same encoder step u. Messages are
-    (B, *shape) batches of B lanes; group g = u // T holds samples g·B … g·B + rows − 1."""
+    (B, *shape) batches of B lanes; in a run of N samples group g = u // T holds samples
+    g·B … g·B + rows − 1; in an open stream (samples None) every lane is a sample."""
     payload_type = INT
 
     def __init__(self, proc_params):
@@ -103,8 +104,9 @@ class _StageModel(PyLoihiProcessModel):
         _limit_blas_threads()
         self.chain = proc_params["chain"]
         self.lanes = int(proc_params["lanes"])
-        self.samples = int(proc_params["samples"])
-        self.groups = -(-self.samples // self.lanes)
+        samples = proc_params["samples"]
+        self.samples = None if samples is None else int(samples)
+        self.groups = None if samples is None else -(-self.samples // self.lanes)
         self.fifos = [deque(np.zeros((self.lanes,) + shape, self.payload_type)
                             for _ in range(delay))
                       for shape, delay in zip(proc_params["input_shapes"], proc_params["delays"])]
@@ -126,15 +128,18 @@ class _StageModel(PyLoihiProcessModel):
         return (u // int(self.timesteps[0])) % self.groups
 
     def rows(self, u: int) -> int:
-        """Valid lanes of encoder step u: B, fewer in the last group, 0 while the pipeline
-        fills (u < 0)."""
+        """Valid lanes of encoder step u: B, fewer in the last group of a run, 0 while the
+        pipeline fills (u < 0)."""
         if u < 0:
             return 0
+        if self.samples is None:
+            return self.lanes
         return min(self.lanes, self.samples - self.group(u) * self.lanes)
 
     def counts(self, u: int) -> bool:
-        """Statistics cover the ⌈N/B⌉·T steps of the samples, not the pipeline's drain."""
-        return u < self.groups * int(self.timesteps[0])
+        """Statistics cover the ⌈N/B⌉·T steps of a run's samples, not the pipeline's drain
+        (every step of an open stream)."""
+        return self.groups is None or u < self.groups * int(self.timesteps[0])
 
     def current(self, inputs: list[np.ndarray], rows: int, counted: bool) -> np.ndarray:
         """The chain's output on the valid rows; its synops added to the statistics."""
@@ -155,7 +160,6 @@ class _NeuronLayerModel(_StageModel):
     binary = LavaPyType(np.ndarray, INT)
     timesteps = LavaPyType(np.ndarray, INT)
     offset = LavaPyType(np.ndarray, INT)
-    num_samples = LavaPyType(np.ndarray, INT)
     spikes = LavaPyType(np.ndarray, INT)
     payload_total = LavaPyType(np.ndarray, INT)
     saturations = LavaPyType(np.ndarray, INT)
@@ -239,44 +243,125 @@ class PySFNNeuronLayerFloat(_NeuronLayerModel):
 
 
 class _ReadoutModel(_StageModel):
+    """The running accumulator A of the current step's lanes, sent every step (ReadoutStage)."""
     timesteps = LavaPyType(np.ndarray, INT)
     offset = LavaPyType(np.ndarray, INT)
-    num_samples = LavaPyType(np.ndarray, INT)
     synops = LavaPyType(np.ndarray, INT)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.out_shape = tuple(proc_params["out_shape"])
+        self.accumulator = np.zeros((self.lanes,) + tuple(proc_params["shape"]),
+                                    self.payload_type)
 
     def run_spk(self):
         inputs = self.receive()
         u = self.encoder_step()
         rows = self.rows(u)
         if rows == 0:
+            self.s_out.send(np.zeros(self.out_shape, self.payload_type))
             return
         current = self.current(inputs, rows, self.counts(u))
-        timesteps = int(self.timesteps[0])
-        first = self.group(u) * self.lanes
-        if u % timesteps == 0:
-            self.accumulator[first:first + rows] = current
-        else:
-            self.accumulator[first:first + rows] += current
-        if u == self.groups * timesteps - 1:
-            self.result.send(self.accumulator)
+        if u % int(self.timesteps[0]) == 0:
+            self.accumulator[:] = 0
+        self.accumulator[:rows] += current
+        self.s_out.send(self.accumulator.reshape(self.out_shape))
 
 
-@implements(proc=ReadoutSink, protocol=LoihiProtocol)
+@implements(proc=ReadoutStage, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 @_in_ports(INT)
-class PyReadoutSinkFixed(_ReadoutModel):
-    accumulator = LavaPyType(np.ndarray, INT)
-    result = LavaPyType(PyOutPort.VEC_DENSE, INT)
+class PyReadoutStageFixed(_ReadoutModel):
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
 
 
-@implements(proc=ReadoutSink, protocol=LoihiProtocol)
+@implements(proc=ReadoutStage, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
 @_in_ports(FLOAT)
-class PyReadoutSinkFloat(_ReadoutModel):
+class PyReadoutStageFloat(_ReadoutModel):
     payload_type = FLOAT
-    accumulator = LavaPyType(np.ndarray, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+
+class _EncoderModel(PyLoihiProcessModel):
+    """n = encode(x) (or clip of given integers) of this step, sent the same step."""
+    payload_type = INT
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.shape = (int(proc_params["lanes"]),) + tuple(proc_params["sample_shape"])
+        self.inv_scale = np.float32(proc_params["inv_scale"])
+        self.lo, self.hi = int(proc_params["lo"]), int(proc_params["hi"])
+        self.encoded = bool(proc_params["encoded"])
+
+    def run_spk(self):
+        x = np.asarray(self.a_in.recv()).reshape(self.shape)
+        if self.encoded:
+            n = np.clip(np.rint(x), self.lo, self.hi).astype(INT)
+        else:
+            n = semantics.encode_input(x, self.inv_scale, self.lo, self.hi)
+        self.s_out.send(n.astype(self.payload_type, copy=False))
+
+
+@implements(proc=InputEncoder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyInputEncoderFixed(_EncoderModel):
+    a_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+
+@implements(proc=InputEncoder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyInputEncoderFloat(_EncoderModel):
+    payload_type = FLOAT
+    a_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+
+class _AccumulatorSinkModel(PyLoihiProcessModel):
+    """Keeps each group's accumulator at its last timestep; sends all N once (AccumulatorSink)."""
+    payload_type = INT
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.lanes = int(proc_params["lanes"])
+        self.samples = int(proc_params["samples"])
+        self.timesteps = int(proc_params["timesteps"])
+        self.latency = int(proc_params["latency"])
+        self.groups = -(-self.samples // self.lanes)
+        self.accumulator = np.zeros((self.samples,) + tuple(proc_params["shape"]),
+                                    self.payload_type)
+
+    def run_spk(self):
+        data = self.a_in.recv()
+        u = self.time_step - 1 - self.latency
+        if u < 0 or u >= self.groups * self.timesteps or u % self.timesteps != self.timesteps - 1:
+            return
+        first = (u // self.timesteps) * self.lanes
+        rows = min(self.lanes, self.samples - first)
+        self.accumulator[first:first + rows] = data[:rows]
+        if u == self.groups * self.timesteps - 1:
+            self.result.send(self.accumulator)
+
+
+@implements(proc=AccumulatorSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyAccumulatorSinkFixed(_AccumulatorSinkModel):
+    a_in = LavaPyType(PyInPort.VEC_DENSE, INT)
+    result = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+
+@implements(proc=AccumulatorSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyAccumulatorSinkFloat(_AccumulatorSinkModel):
+    payload_type = FLOAT
+    a_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
     result = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
 
 
