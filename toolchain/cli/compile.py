@@ -38,8 +38,12 @@ def scale_table(found: dict) -> Table:
               "scale per layer, or one per channel (default: per channel for feed-forward "
               "networks; for recurrent cells whichever reproduces the float read-out better on "
               "the calibration trials).")
-@click.option("--timesteps", type=click.IntRange(1, 4096), default=1, show_default=True,
-              help="Default timesteps stored in the artifact.")
+@click.option("--timesteps", type=click.IntRange(1, 4096), default=None,
+              help="Default timesteps stored in the artifact (ONNX: 1; NIR: the graph's "
+                   "sfn_timesteps, else 16).")
+@click.option("--dt", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="NIR only: the time step that discretizes LIF time constants (a = dt/τ; "
+                   "snnTorch writes 1e-4).")
 @click.option("--emit-reference", type=click.Path(), help="Also write the integer reference ONNX.")
 @click.option("--target", "target_name", default="loihi2", show_default=True,
               help="Target name or .json file (see `toolchain targets`).")
@@ -57,17 +61,26 @@ def scale_table(found: dict) -> Table:
               help="Scale search: relative RMS error kept within this factor of the smallest.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--debug", is_flag=True, hidden=True)
-def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_reference,
+def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emit_reference,
             target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, as_json,
             debug):
-    """Compile MODEL.onnx into an SFN artifact."""
+    """Compile MODEL.onnx (a trained network) or MODEL.nir (a spiking network written by
+    snnTorch, Norse, sinabs; docs/nir.md) into an SFN artifact."""
     from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
+    from toolchain.nir_io.importer import compile_nir, is_nir
     x = load_npy(calib, "calibration") if calib else None
-    result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
-                          per_channel=None if per_layer is None else not per_layer,
-                          timesteps=timesteps, target=target_name,
-                          fire=fire, scale=scale, scale_search=scale_search,
-                          scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor)
+    if is_nir(model):
+        if emit_reference:
+            raise click.UsageError("--emit-reference: a NIR network runs T > 1 steps; the "
+                                   "reference ONNX is the T = 1 network's")
+        result = compile_nir(model, calib=x, timesteps=timesteps, dt=dt, target=target_name)
+    else:
+        result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
+                              per_channel=None if per_layer is None else not per_layer,
+                              timesteps=timesteps or 1, target=target_name,
+                              fire=fire, scale=scale, scale_search=scale_search,
+                              scale_tolerance=scale_tolerance,
+                              scale_error_factor=scale_error_factor)
     if emit_reference:
         result.write_reference(emit_reference)
     result.save(out)

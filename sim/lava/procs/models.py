@@ -157,6 +157,7 @@ class _NeuronLayerModel(_StageModel):
     thresholds = LavaPyType(np.ndarray, INT)
     payload = LavaPyType(np.ndarray, INT)
     decay = LavaPyType(np.ndarray, INT)
+    start_zero = LavaPyType(np.ndarray, INT)
     binary = LavaPyType(np.ndarray, INT)
     timesteps = LavaPyType(np.ndarray, INT)
     offset = LavaPyType(np.ndarray, INT)
@@ -196,7 +197,8 @@ class _NeuronLayerModel(_StageModel):
         return dict(bias=self.bias[None], threshold=self.threshold[None], lo=int(self.lo[0]),
                     hi=int(self.hi[0]), fire="adaptive" if self.adaptive[0] else "uniform",
                     thresholds=self.thresholds[None], payload=self.payload,
-                    decay=int(self.decay[0]))
+                    decay=int(self.decay[0]),
+                    start="zero" if self.start_zero[0] else "half")
 
 
 @implements(proc=SFNNeuronLayer, protocol=LoihiProtocol)

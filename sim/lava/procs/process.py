@@ -78,7 +78,7 @@ class SFNNeuronLayer(AbstractProcess):
 
     Vars: v (state, (B, *shape)), bias, threshold (per neuron, broadcast shape), lo, hi (levels),
     adaptive (0 uniform, 1 adaptive), thresholds (..., K) and payload (K+1,) of the adaptive fire
-    function, decay (leak d, 4096 = none), binary (0 graded spikes, 1 binary), timesteps (reset
+    function, decay (leak d, 4096 = none), start_zero (1: a sample starts at v = 0), binary (0 graded spikes, 1 binary), timesteps (reset
     period T), offset, and the statistics spikes, payload_total, saturations, synops (one entry
     per chain node).
     """
@@ -100,6 +100,7 @@ class SFNNeuronLayer(AbstractProcess):
         self.thresholds = Var(shape=thresholds.shape, init=thresholds)
         self.payload = Var(shape=payload.shape, init=payload)
         self.decay = _scalar(neuron.decay)
+        self.start_zero = _scalar(int(neuron.start == "zero"))
         self.binary = _scalar(int(binary))
         self.timesteps = _scalar(timesteps)
         self.offset = _scalar(offset)
