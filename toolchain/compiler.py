@@ -115,6 +115,6 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                                 cal.run_float(imported.source, data, [imported.output_name])])
     snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)
     result = Compiled(art, imported, qz.layers, notes)
-    result.agreement = agreement(float_out, snn.probabilities(imported.softmax))
+    result.agreement = agreement(float_out, snn.output)
     art.meta["agreement"] = result.agreement
     return result

@@ -92,7 +92,7 @@ def search(fg, stats, opts: QuantOptions, softmax: str, source, output_name: str
             continue
         art = Artifact(nodes, inp, out, {}, qz.record)
         res = sim.cpu.run(art, data, timesteps=timesteps)
-        a = agreement(float_out, res.probabilities(softmax))
+        a = agreement(float_out, res.output)
         point = {"lambda": lam,
                  "synops": sum(s.synops for s in res.stats.values()) / res.samples,
                  "saturations": sum(s.saturations for s in res.stats.values()),

@@ -52,7 +52,8 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     readout = art.node(art.output)
     if len(x) == 0:
         empty = np.zeros((0,) + tuple(readout.shape))
-        return SimResult(empty.astype(np.float32), empty.astype(np.int64), stats, 0, timesteps)
+        return SimResult(empty.astype(np.float32), empty.astype(np.int64), stats, 0, timesteps,
+                         softmax=readout.softmax)
     load_lava()
     from lava.magma.core.run_configs import Loihi2SimCfg
 
@@ -85,7 +86,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         _collect_stats(plan, net, stats)
         guarded.stop()
     output = semantics.readout(accumulator, readout.bias[None], readout.scale[None], timesteps)
-    return SimResult(output, accumulator, stats, len(x), timesteps)
+    return SimResult(output, accumulator, stats, len(x), timesteps, softmax=readout.softmax)
 
 
 def _completed(plan: graph.Plan, steps: int, samples: int) -> int:

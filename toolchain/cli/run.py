@@ -17,7 +17,11 @@ from toolchain.errors import InputFileError, SimulationError
 @click.argument("artifact", type=click.Path())
 @click.option("--input", "inp", required=True, type=click.Path(),
               help="X.npy, (N, *input_shape) float32.")
-@click.option("--output", "out", required=True, type=click.Path(), help="Y.npy to write.")
+@click.option("--output", "out", required=True, type=click.Path(),
+              help="Y.npy to write: what the ONNX model outputs (softmax included when it "
+                   "ended in one).")
+@click.option("--logits", type=click.Path(),
+              help="Also write the readout before the model's final softmax (its logits).")
 @click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
 @click.option("--timesteps", type=click.IntRange(1, 4096), help="Default: the artifact's.")
 @click.option("--binary", is_flag=True, help="Binary spikes per step (rate coding) when T > 1.")
@@ -37,7 +41,7 @@ from toolchain.errors import InputFileError, SimulationError
               help="Y.npy of N integer class labels: print the top-1 accuracy of the run.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, hidden=True)
-def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout,
+def run(artifact, inp, out, logits, backend, timesteps, binary, lava_tag, lanes, timeout,
         fail_on_saturation, threads, labels, as_json, debug):
     """Run ARTIFACT on --input and write the readout to --output."""
     from tqdm import tqdm
@@ -61,10 +65,13 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout
             f"layer {name!r} {count} times" for name, count in saturated.items()) +
             f" over {res.samples} samples; recompile with fewer --levels or a smaller range")
     softmax = art.node(art.output).softmax
-    y = res.probabilities(softmax)
+    y = res.output                 # what the ONNX model outputs (sim.results.SimResult)
+    if logits:
+        save_npy(logits, res.logits)
     save_npy(out, y)
     summary = {"samples": res.samples, "timesteps": T, "backend": backend,
-               "output": out, "output_shape": [res.samples, *art.output_shape],
+               "output": out, "logits": logits,
+               "output_shape": [res.samples, *art.output_shape],
                "softmax": softmax or None,
                "synops_per_sample": sum(s.synops for s in res.stats.values()) / max(res.samples, 1),
                "saturations": sum(s.saturations for s in res.stats.values())}

@@ -15,8 +15,9 @@ n = clip(floor(x·inv_scale + 1/2), lo, hi); with `encoded=True` it takes those 
 A sample is held on `inp` for T consecutive steps (`feed` repeats it). `out` sends every step the
 readout's **integer accumulator** A of the sample whose step it is, summed over its timesteps so
 far: at the sample's last timestep A = Σ_t, the accumulator of sim.cpu's `SimResult.accumulator`.
-The host turns it into sim.cpu's float output with `net.readout(A)`:
-y = float32(A + T·b) · float32(scale / T) (then softmax where the model ends in one).
+The host turns it into sim.cpu's float output with `net.readout(A)`: the logits
+y = float32(A + T·b) · float32(scale / T) (`net.logits(A)`), through the model's final softmax
+where it ended in one — sim.cpu's `SimResult.output` (the readout rule of sim.results).
 
 Latency. A value entering `inp` at Lava step t reaches `out` at step t + `latency`
 (`latency` = the number of neuron layers on the longest path: each adds one step, as Lava's
@@ -38,6 +39,7 @@ from sim import semantics
 from sim.artifact import Artifact
 from sim.errors import SimulationError, UnsupportedOpError
 from sim.lava.graph import plan as plan_stages
+from sim.results import apply_softmax
 from sim.lava.builder import build_stages
 from sim.lava.compat import load_lava
 
@@ -135,11 +137,16 @@ class Network(AbstractProcess):
         acc = np.rint(data[columns]).astype(np.int64)
         return acc.reshape((groups * self.plan.lanes,) + acc.shape[2:])[:samples]
 
-    def readout(self, accumulator: np.ndarray) -> np.ndarray:
-        """sim.cpu's float output from integer accumulators (N, *output_shape):
-        y = float32(A + T·b) · float32(scale / T), before any softmax."""
+    def logits(self, accumulator: np.ndarray) -> np.ndarray:
+        """sim.cpu's `logits` from integer accumulators (N, *output_shape):
+        y = float32(A + T·b) · float32(scale / T)."""
         node = self.plan.readout.node
         return semantics.readout(accumulator, node.bias[None], node.scale[None], self.timesteps)
+
+    def readout(self, accumulator: np.ndarray) -> np.ndarray:
+        """sim.cpu's `output` from integer accumulators: the logits through the model's final
+        softmax when it ended in one."""
+        return apply_softmax(self.logits(accumulator), self.plan.readout.node.softmax)
 
 
 @implements(proc=Network, protocol=LoihiProtocol)
