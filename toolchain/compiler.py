@@ -29,12 +29,15 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  target: str = "loihi2", fire: str = "uniform", scale: float = 1.0,
                  scale_search: bool = False, scale_grid=None,
                  scale_tolerance: float | None = None,
-                 scale_error_factor: float | None = None) -> Compiled:
+                 scale_error_factor: float | None = None, progress=None) -> Compiled:
     """`fire`: ReLU/Clip fire function, "uniform", "adaptive" or "quantile" (quantize.fit_levels);
     `scale`: λ, the factor on every ReLU/Clip range; `scale_search`: choose λ on the calibration
     data from `scale_grid` by the rule in toolchain.scale_search (overrides `scale`);
     `per_channel`: one activation scale per channel (None: True for feed-forward networks; for
-    recurrent cells the better of both on the calibration trials, see compile_rnn)."""
+    recurrent cells the better of both on the calibration trials, see compile_rnn);
+    `progress(stage)` is called as each stage starts: "import", "calibrate", "quantize"
+    ("scale search λ = … (i of n)" per grid point), "map", "agreement"."""
+    say = progress or (lambda stage: None)
     if fire not in FIRE_MODES:
         raise QuantizationError(f"fire function {fire!r}: choose one of {', '.join(FIRE_MODES)}")
     if not (np.isfinite(scale) and scale > 0):
@@ -48,6 +51,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
         scale_error_factor = search.DEFAULT_ERROR_FACTOR
     grid = search.check_grid(scale_grid or search.DEFAULT_GRID, scale_tolerance,
                              scale_error_factor)
+    say("import")
     read = read_model(path)  # parsed and checked once, for both paths
     if is_rnn_cell(read[0]) or is_onnx_rnn(read[0]):
         if fire != "uniform" or scale != 1.0 or scale_search:
@@ -80,6 +84,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                       f"{'per-channel' if per_channel else 'per-layer'}"
     names = fg.tensors()
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
+    say("calibrate")
     stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus)
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
@@ -94,11 +99,12 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     if scale_search:
         found = search.search(fg, stats, opts, imported.softmax, imported.source,
                               imported.output_name, data, str(path), timesteps, grid,
-                              scale_tolerance, scale_error_factor)
+                              scale_tolerance, scale_error_factor, progress=say)
         opts.scale = found["lambda"]
         notes.append(f"scale search: λ = {found['lambda']:g} of {len(grid)} grid points on "
                      f"{found['samples']} calibration samples (tolerance "
                      f"{found['tolerance']:g} top-1, error factor {found['error_factor']:g})")
+    say("quantize")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
@@ -110,7 +116,9 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
         meta["adaptive"] = qz.adaptive
     art = Artifact(nodes, inp, out, meta, qz.record)
     art.validate()
+    say("map")
     place(art, target)
+    say("agreement")
     float_out = np.concatenate([o[imported.output_name] for o in
                                 cal.run_float(imported.source, data, [imported.output_name])])
     snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)

@@ -34,6 +34,7 @@ import sim.cpu
 from sim.artifact import Artifact, atomic_write
 from sim.results import LayerStats, SimResult
 from toolchain.mapping import Placement
+from toolchain.tables import columns, fitted, short
 from toolchain.target import Target
 
 
@@ -185,10 +186,10 @@ def report_table(report: EnergyReport) -> Table:
                     f"{report.samples} samples × {report.steps} step(s))", title_justify="left")
     cols = ("layer", "kind", "neurons", "cores", "spikes", "rate", "mean payload", "synops",
             "MACs (ANN)", "sat.", "energy (nJ)")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    columns(t, [(col, "name" if col == "layer" else "text" if col == "kind" else "number")
+                for col in cols])
     for r in report.layers:
-        t.add_row(r.name[-36:], r.kind, _num(r.compartments or None), _num(r.cores or None),
+        t.add_row(short(r.name), r.kind, _num(r.compartments or None), _num(r.cores or None),
                   _num(r.spikes, 1), "–" if r.spike_rate is None else f"{r.spike_rate:.3f}",
                   _num(r.mean_payload, 2), _num(r.synops, 1), _num(r.macs or None),
                   str(r.saturations), f"{r.total_pj / 1000:,.3f}")
@@ -208,7 +209,7 @@ def report_table(report: EnergyReport) -> Table:
         f"{report.placement['cores_used']} (lower bound {report.placement['lower_bound']}), "
         f"chips {report.placement['chips']}.")
     t.caption_justify = "left"
-    return t
+    return fitted(t)
 
 
 def constants_table(target: Target, sections=("limits", "synapse_encoding", "energy",

@@ -64,6 +64,14 @@ class Neuron(Node):
                 return "adaptive thresholds are not ascending along their last axis"
         return None
 
+    def params(self) -> dict:
+        """The scalar parameters; `start` only when it is not the default "half", so artifacts
+        written before the field existed keep their canonical form."""
+        out = super().params()
+        if out.get("start") == "half":
+            del out["start"]
+        return out
+
     def _fields(self) -> dict:
         return dict(bias=batched(self.bias), threshold=batched(self.threshold), lo=self.lo,
                     hi=self.hi, fire=self.fire, decay=self.decay, reset=self.reset,

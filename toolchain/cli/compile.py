@@ -4,26 +4,8 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
-
-from toolchain.cli.common import console, layer_table, load_npy
-
-
-def scale_table(found: dict) -> Table:
-    """The λ scale search curve (toolchain.scale_search), the chosen row marked."""
-    t = Table(title=f"scale search on {found['samples']} calibration samples: {found['rule']} "
-                    f"(tolerance {found['tolerance']:g}, error factor {found['error_factor']:g})",
-              title_justify="left")
-    for col in ("λ", "SynOps / inference", "top-1 agreement", "rel. RMS error", "chosen"):
-        t.add_column(col, justify="left" if col == "chosen" else "right")
-    for p in found["curve"]:
-        if "error" in p:
-            t.add_row(f"{p['lambda']:g}", "", "", "", f"not quantizable: {p['error'][:60]}")
-            continue
-        top1 = f"{100 * p['top1_agreement']:.2f}%" if "top1_agreement" in p else "—"
-        t.add_row(f"{p['lambda']:g}", f"{p['synops']:,.0f}", top1, f"{p['rel_rms_error']:.4f}",
-                  "◀" if p["chosen"] else "")
-    return t
+from toolchain.cli.common import (Progress, console, layer_table, load_npy, progress_option,
+                                  scale_table)
 
 
 @click.command()
@@ -59,13 +41,17 @@ def scale_table(found: dict) -> Table:
               help="Scale search: top-1 agreement kept within this of the best λ.")
 @click.option("--scale-error-factor", type=click.FloatRange(1), default=2.0, show_default=True,
               help="Scale search: relative RMS error kept within this factor of the smallest.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-layer table, placement, "
+              "agreement and notes as JSON (numbers as numbers) instead of tables.")
+@progress_option
 @click.option("--debug", is_flag=True, hidden=True)
 def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emit_reference,
             target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, as_json,
-            debug):
+            show_progress, debug):
     """Compile MODEL.onnx (a trained network) or MODEL.nir (a spiking network written by
     snnTorch, Norse, sinabs; docs/nir.md) into an SFN artifact."""
+    say = Progress("compile", show_progress)
+    say(f"load {model}")
     from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
     from toolchain.nir_io.importer import compile_nir, is_nir
     x = load_npy(calib, "calibration") if calib else None
@@ -73,14 +59,16 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
         if emit_reference:
             raise click.UsageError("--emit-reference: a NIR network runs T > 1 steps; the "
                                    "reference ONNX is the T = 1 network's")
-        result = compile_nir(model, calib=x, timesteps=timesteps, dt=dt, target=target_name)
+        result = compile_nir(model, calib=x, timesteps=timesteps, dt=dt, target=target_name,
+                             progress=say)
     else:
         result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
                               per_channel=None if per_layer is None else not per_layer,
                               timesteps=timesteps or 1, target=target_name,
                               fire=fire, scale=scale, scale_search=scale_search,
                               scale_tolerance=scale_tolerance,
-                              scale_error_factor=scale_error_factor)
+                              scale_error_factor=scale_error_factor, progress=say)
+    say("write")
     if emit_reference:
         result.write_reference(emit_reference)
     result.save(out)

@@ -24,7 +24,7 @@ def rnn():
               help="The float ONNX (cell or RNN-operator model), to report the float network "
               "beside the deployed one.")
 @click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--debug", is_flag=True, hidden=True)
 def eval_(artifact, task, onnx_path, backend, as_json, debug):
     """Masked R² and decision accuracy of a deployed RNN next to the float network."""

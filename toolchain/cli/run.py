@@ -39,7 +39,8 @@ from toolchain.errors import InputFileError, SimulationError
               help="CPU backend: torch threads for the run (default: every core).")
 @click.option("--labels", type=click.Path(),
               help="Y.npy of N integer class labels: print the top-1 accuracy of the run.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's summary (samples, "
+              "SynOps, saturations, accuracy) as JSON, numbers as numbers.")
 @click.option("--debug", is_flag=True, hidden=True)
 def run(artifact, inp, out, logits, backend, timesteps, binary, lava_tag, lanes, timeout,
         fail_on_saturation, threads, labels, as_json, debug):
