@@ -173,3 +173,25 @@ def test_json_outputs_hold_numbers_as_numbers(files, tmp_path):
     layers = json.loads(outputs[0].stdout)["layers"]
     assert isinstance(layers[1]["weight_bits"], int) and isinstance(layers[0]["levels"][1], int)
     assert load(art).meta["layers"] == layers
+
+
+def test_figures_say_what_their_energies_rest_on(files, tmp_path):
+    """report's figures: energy in µJ with the stand-in note from the target's own certainty,
+    one tick per core, the capacity lines in the legends."""
+    from toolchain.energy import build_report, energy_note, tap_payloads, write_figures
+    from toolchain.mapping import map_artifact
+    from toolchain.target import load_target
+    folder, paths = files
+    art = toolchain.compile(paths["model"], calib=np.load(folder / "calib200.npy"))
+    target = load_target("loihi2")
+    placement = map_artifact(art, target)
+    sources = [art.input] + [n for n, layer in placement.layers.items()
+                             if layer["role"] != "readout"]
+    result, payloads = tap_payloads(art, np.load(folder / "x40.npy"), sources)
+    rep = build_report(art, result, placement, target, payloads, "cpu")
+    note = energy_note(rep)
+    assert note.startswith("neuron_update_pj, spike_message_pj, synaptic_op_pj: Loihi 1 "
+                           "per-operation constants stand in for loihi2's")
+    figures = write_figures(rep, placement, tmp_path)
+    assert [f.name for f in figures] == ["activity.png", "energy.png", "cores.png"]
+    assert all(f.stat().st_size > 20_000 for f in figures)
