@@ -6,6 +6,8 @@ int64; floats appear only in the input encoder and the readout.
 
 Equations (θ integer > 0, `//` is floor division):
 - encoder:   n = clip(floor(x · inv_scale + 1/2), lo, hi)          (float32 arithmetic)
+- shift:     a · 2^e for e ≥ 0, floor(a / 2^−e) for e < 0 (an arithmetic right shift: Lava's
+             Dense shifts its accumulator this way; units that get coarser)
 - state:     v ← sat(v + I + b),   sat(z) = clip(z, −(2²³−1), 2²³−1), every clip counted
 - uniform:   q = clip(floor(v / (K·θ)), lo_q, hi_q),   payload = q·K,   v ← v − q·K·θ
              with v = (K·θ)//2 at the start of a sample (start "half"; start "zero": v = 0,
@@ -32,6 +34,15 @@ def encode_input(x: np.ndarray, inv_scale: np.float32, lo: int, hi: int) -> np.n
     x = np.asarray(x, dtype=np.float32)
     z = np.floor(x * np.float32(inv_scale) + np.float32(0.5))
     return np.clip(z, lo, hi).astype(np.int64)
+
+
+MIN_EXP, MAX_EXP = -31, 31     # the exponents an artifact may hold (a target narrows them)
+
+
+def shift(a: np.ndarray, exp: int) -> np.ndarray:
+    """a · 2^exp for exp ≥ 0, floor(a / 2^−exp) for exp < 0, on int64 (exact)."""
+    exp = int(exp)
+    return a << exp if exp >= 0 else a >> -exp
 
 
 def saturate(v: np.ndarray) -> tuple[np.ndarray, int]:

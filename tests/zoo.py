@@ -102,14 +102,17 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     # (expansion t, channels c, repeats n, first stride s), as in the paper, narrowed
     SETTINGS = ((1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 3, 1), (6, 24, 2, 2))
+    # the paper's (and torchvision's) full network: stem 32, these, last 1280
+    STANDARD = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1))
 
     def __init__(self, width: float = 1.0, in_ch: int = 1, classes: int = 10, size: int = 16,
-                 last: int = 64):
+                 last: int = 64, settings=None, stem: int = 8):
         super().__init__()
         self.input_shape = (in_ch, size, size)
-        c_in = max(4, int(8 * width))
+        c_in = max(4, int(stem * width))
         layers = [conv_bn_relu6(in_ch, c_in, 3, 2)]
-        for t, c, n, s in self.SETTINGS:
+        for t, c, n, s in settings or self.SETTINGS:
             c_out = max(4, int(c * width))
             for i in range(n):
                 layers.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
@@ -121,6 +124,62 @@ class MobileNetV2(nn.Module):
     def forward(self, x):
         x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
         return self.classifier(torch.flatten(x, 1))
+
+
+# --- ResNet-50 ------------------------------------------------------------------------------------
+
+
+class Bottleneck(nn.Module):
+    """conv1×1-BN-ReLU, conv3×3 (stride)-BN-ReLU, conv1×1 (×4 channels)-BN, + identity or a 1×1
+    projection, ReLU (torchvision's ResNet-50 block)."""
+
+    def __init__(self, c_in: int, planes: int, stride: int):
+        super().__init__()
+        c_out = 4 * planes
+        self.conv1, self.bn1 = nn.Conv2d(c_in, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                            nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class ResNet50(nn.Module):
+    """The ResNet-50 shape: stem conv7×7/2 + MaxPool(3, 2, 1) (`stem="imagenet"`) or conv3×3
+    (`"small"`), bottleneck stages (3, 4, 6, 3) of width·(1, 2, 4, 8) planes (×4 out), global
+    average pool, linear. width 64 is the full network."""
+
+    def __init__(self, width: int = 64, in_ch: int = 3, classes: int = 1000, size: int = 224,
+                 stem: str = "imagenet"):
+        super().__init__()
+        self.input_shape = (in_ch, size, size)
+        if stem == "imagenet":
+            layers = [nn.Conv2d(in_ch, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                      nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+        else:
+            layers = [nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                      nn.ReLU(inplace=True)]
+        c_in = width
+        for stage, n in enumerate((3, 4, 6, 3)):
+            planes = width * 2 ** stage
+            for b in range(n):
+                layers.append(Bottleneck(c_in, planes, 2 if stage > 0 and b == 0 else 1))
+                c_in = 4 * planes
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, classes)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.fc(torch.flatten(x, 1))
 
 
 # --- DenseNet -------------------------------------------------------------------------------------
@@ -183,6 +242,15 @@ ZOO = {
     "resnet18": lambda: ResNet18(width=8, size=16),
     "mobilenetv2": lambda: MobileNetV2(width=1.0, size=16),
     "densenet": lambda: DenseNet(growth=6, size=8),
+}
+
+# real shapes at a small input (tests/test_real_networks.py) and full size (the benchmark)
+REAL = {
+    "mobilenetv2_full": lambda size=32: MobileNetV2(in_ch=3, classes=1000, size=size,
+                                                    last=1280, settings=MobileNetV2.STANDARD,
+                                                    stem=32),
+    "resnet50_narrow": lambda size=32: ResNet50(width=16, size=size, stem="small"),
+    "resnet50": lambda size=224: ResNet50(width=64, size=size),
 }
 
 

@@ -85,7 +85,9 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     names = fg.tensors()
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
     say("calibrate")
-    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus)
+    outputs = {imported.output_name: []}
+    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
+                          outputs=outputs)
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)
@@ -94,7 +96,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      "lossless for such inputs")
     opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
                         input_bits=input_bits, trust_clip=trained, input_step=step, fire=fire,
-                        scale=float(scale))
+                        scale=float(scale), timesteps=timesteps)
     found = None
     if scale_search:
         found = search.search(fg, stats, opts, imported.softmax, imported.source,
@@ -119,8 +121,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     say("map")
     place(art, target)
     say("agreement")
-    float_out = np.concatenate([o[imported.output_name] for o in
-                                cal.run_float(imported.source, data, [imported.output_name])])
+    float_out = np.concatenate(outputs[imported.output_name])
     snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)
     result = Compiled(art, imported, qz.layers, notes)
     result.agreement = agreement(float_out, snn.output)

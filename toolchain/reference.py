@@ -43,8 +43,14 @@ class Builder:
         return name
 
     def shift(self, x: str, exp: int) -> str:
-        """x · 2^exp."""
-        return self.op("Mul", [x, self.const(2.0 ** exp)]) if exp else x
+        """sim.semantics.shift: x · 2^exp, floored when exp < 0 (exact in float32: x is an
+        integer below 2²⁴ and a power of two scales it without rounding)."""
+        return self.floor_below_one(self.op("Mul", [x, self.const(2.0 ** exp)]), exp) \
+            if exp else x
+
+    def floor_below_one(self, x: str, exp: int) -> str:
+        """x floored when it was scaled by 2^exp with exp < 0 (an integer otherwise)."""
+        return self.op("Floor", [x]) if exp < 0 else x
 
 
 def emit_reference(art: Artifact) -> onnx.ModelProto:

@@ -167,7 +167,7 @@ def _product(p: Program, node):
     fire = p.fire(neuron) if neuron is not None else None
     bx = p.static.get(src)
     fixed = None
-    if bx is not None and w.absum * bx < kernels.F32_EXACT:
+    if bx is not None and w.absum_int * bx < kernels.F32_EXACT:
         fixed = w.exact(bx, None, fire)
         p.static[name] = fixed[1]
         if fixed[2] is not None:
@@ -181,7 +181,7 @@ def _product(p: Program, node):
     # not when counting, which needs the current): the neuron then has nothing left to do
     joined = None
     if int8 and fixed is not None and fixed[2] is not None and fixed[0].dtype == np.float32 \
-            and bx <= 255 and w.int8() is not None:
+            and bx <= 255 and not w.floor and w.int8() is not None:
         plan = FirePlan(fire, fixed[1], biased=True)
         if plan.dtype is np.float32 and not plan.saturate:
             torch = torch_ops._torch()
@@ -214,6 +214,8 @@ def _product(p: Program, node):
             if out is None:
                 out = conv2d_exact(x, wf, node.stride, node.pads, node.dilation, node.groups,
                                    out_hw, use_torch, bias)
+        if w.floor:     # a negative exponent: the contract's right shift of the accumulator
+            np.floor(out, out=out)
         r.values[name] = out
         r.bounds[name] = bound
         if bias is not None:
@@ -260,24 +262,30 @@ def _maxpool(p: Program, node):
 def _add(p: Program, node):
     name, srcs = node.name, node.inputs
     gains = [np.asarray(g, dtype=np.int64) for g in node.gains]
-    peaks = [float(np.abs(g).max(initial=0)) * float(2 ** int(e))
-             for g, e in zip(gains, node.exps)]
+    peaks = [float(np.abs(g).max(initial=0)) * 2.0 ** int(e) for g, e in zip(gains, node.exps)]
+    floors = [int(e) < 0 for e in node.exps]    # right-shift gains: each term floored
+    # the terms' products before the shift must be exact: Σ|g|·bound_i, unshifted
+    unshifted = [float(np.abs(g).max(initial=0)) * max(1.0, 2.0 ** int(e))
+                 for g, e in zip(gains, node.exps)]
     scaled: dict = {}         # dtype → the gains · 2^exp in it
     p.derived(node, lambda b: sum(pk * bi for pk, bi in zip(peaks, b)))
 
     def op(r):
         bound = sum(pk * r.bound(i) for pk, i in zip(peaks, srcs))
-        dtype = kernels.exact_dtype(bound)
+        dtype = kernels.exact_dtype(max(bound, max(u * r.bound(i)
+                                                   for u, i in zip(unshifted, srcs))))
         ins = [r.values[i] for i in srcs]
         if dtype is None:
             r.values[name] = node.evaluate([as_int(i) for i in ins], r)
             return
         if dtype not in scaled:
-            scaled[dtype] = [(g * 2 ** int(e)).astype(dtype)[None]
+            scaled[dtype] = [(g * 2.0 ** int(e)).astype(dtype)[None]
                              for g, e in zip(gains, node.exps)]
         total = None
-        for g, xi in zip(scaled[dtype], ins):
+        for g, xi, fl in zip(scaled[dtype], ins, floors):
             term = np.multiply(g, xi, dtype=dtype)
+            if fl:
+                np.floor(term, out=term)
             total = term if total is None else np.add(total, term, out=total)
         r.values[name] = total
         r.bounds[name] = bound

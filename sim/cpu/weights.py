@@ -9,15 +9,21 @@ from sim.cpu.kernels import Fire
 
 
 class Weights:
-    """A dense/conv node's weights · 2^exp as float arrays (one per dtype) and Σ|W|·2^exp, the
-    largest over output channels."""
+    """A dense/conv node's weights · 2^exp as float arrays (one per dtype) and Σ|W|, the largest
+    over output channels.
+
+    With a negative exponent the product W·x·2^exp is the exact accumulator scaled by a power of
+    two (no rounding while Σ|W|·|x| is exact in the dtype), and `floor` then gives the contract's
+    right shift; such a product takes no fused bias (the neuron fires on the floored value)."""
 
     def __init__(self, node):
         axes = tuple(range(1, node.weight.ndim))
         self.node = node
-        self.scale = float(2 ** int(node.weight_exp))
-        self.absum = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes).max(initial=0)) \
-            * self.scale
+        self.scale = 2.0 ** int(node.weight_exp)
+        self.floor = node.weight_exp < 0
+        self.absum_int = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes)
+                               .max(initial=0))
+        self.absum = self.absum_int * self.scale       # bounds the (shifted) output
         self.weight, self._cast = node.weight, {}
         self._int8: tuple | None = None          # (packed or None,) once made
 
@@ -26,7 +32,8 @@ class Weights:
         on first use; None where that path does not apply."""
         if self._int8 is None:
             n = self.node
-            self._int8 = (torch_ops.pack_int8_conv(self.weight, n.weight_exp, n.stride, n.pads,
+            self._int8 = (None if self.floor else
+                          torch_ops.pack_int8_conv(self.weight, n.weight_exp, n.stride, n.pads,
                                                    n.dilation, n.groups),)
         return self._int8[0]
 
@@ -47,11 +54,11 @@ class Weights:
         With `fire` (the constants of the one-pass neuron that alone reads this node) the
         product also adds the neuron's offset b + θ//2 per output channel, in the dtype the
         fire needs (bias None when the offset is not channel-wise or no float dtype is exact)."""
-        if x is not None and self.absum * bx >= kernels.F32_EXACT:
+        if x is not None and self.absum_int * bx >= kernels.F32_EXACT:
             bx = min(bx, kernels.max_abs(x))
         bound, bias = self.absum * bx, None
-        dtype = kernels.exact_dtype(bound)
-        if fire is not None:
+        dtype = kernels.exact_dtype(self.absum_int * bx)    # the unshifted partial sums
+        if fire is not None and not self.floor:
             offset = fire.offset[0]                 # (C, 1, 1) or (C,): channel-wise?
             if offset.ndim and offset.shape[0] == self.weight.shape[0] \
                     and all(d == 1 for d in offset.shape[1:]):

@@ -6,13 +6,15 @@ from typing import ClassVar
 
 import numpy as np
 
+from sim import semantics
 from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Node, batched, broadcasts, is_int, register
 
 
 @register
 @dataclass
 class Add(Node):
-    """I = Σ_i gains[i] · x_i · 2^exps[i]  (integer gains broadcast per channel).
+    """I = Σ_i shift(gains[i] · x_i, exps[i])  (integer gains broadcast per channel; shift as in
+    Dense: a negative exponent floors each term / 2^−e, a right-shift gain).
 
     SynOps: every nonzero input (one synapse each). On a core it costs nothing by itself: the
     connections of its inputs sum into the same compartments (dendritic accumulation)."""
@@ -30,7 +32,8 @@ class Add(Node):
         if any(i != shape for i in inputs):
             return f"inputs {inputs} must all have the output shape {shape}"
         if np.shape(self.gains)[0:1] != (len(inputs),) or len(self.exps) != len(inputs) or \
-                not all(is_int(e) and 0 <= e < 32 for e in self.exps) or \
+                not all(is_int(e) and semantics.MIN_EXP <= e <= semantics.MAX_EXP
+                        for e in self.exps) or \
                 not all(broadcasts(g, shape) for g in self.gains):
             return "gains/exps do not match the inputs"
         return None
@@ -38,23 +41,24 @@ class Add(Node):
     def apply(self, ins, count):
         total, synops = 0, 0
         for gain, x, exp in zip(self.gains, ins, self.exps):
-            total = total + ((batched(gain) * x) << exp)
+            total = total + semantics.shift(batched(gain) * x, exp)
             synops += int(np.count_nonzero(x)) if count else 0
         return total, synops
 
     def value_range(self, ranges):
         lo = hi = 0
         for k, (a, b) in enumerate(ranges):
-            gain = np.asarray(self.gains[k], dtype=np.int64) * 2 ** self.exps[k]
-            lo += int(np.minimum(gain * a, gain * b).min())
-            hi += int(np.maximum(gain * a, gain * b).max())
+            gain = np.asarray(self.gains[k], dtype=np.int64)
+            lo += int(semantics.shift(np.minimum(gain * a, gain * b).min(), self.exps[k]))
+            hi += int(semantics.shift(np.maximum(gain * a, gain * b).max(), self.exps[k]))
         return lo, hi
 
     def mantissas(self):
         return self.gains
 
     def emit(self, b, ins):
-        terms = [b.op("Mul", [x, b.const(batched(self.gains[i] * 2.0 ** self.exps[i]))])
+        terms = [b.floor_below_one(b.op("Mul", [x, b.const(batched(
+                     self.gains[i] * 2.0 ** self.exps[i]))]), self.exps[i])
                  for i, x in enumerate(ins)]
         out = terms[0]
         for t in terms[1:]:

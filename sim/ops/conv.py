@@ -6,15 +6,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim import kernels
-from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Windowed, is_int, register
-from sim.ops.dense import _weighted_range
+from sim import kernels, semantics
+from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Windowed, register
+from sim.ops.dense import _check_exp, _weighted_range
 
 
 @register
 @dataclass
 class Conv(Windowed):
-    """I = conv2d(n, W; stride, pads (top, left, bottom, right), dilation, groups) · 2^weight_exp.
+    """I = shift(conv2d(n, W; stride, pads (top, left, bottom, right), dilation, groups),
+    weight_exp), shift as in Dense (a negative exponent floors the accumulator / 2^−e).
 
     Zero padding; W has shape (C_out, C_in / groups, kh, kw); integer arithmetic. SynOps: every
     nonzero input times the output positions it reaches times C_out / groups."""
@@ -38,8 +39,9 @@ class Conv(Windowed):
         (x,) = inputs
         if np.ndim(self.weight) != 4:
             return f"weight rank {np.ndim(self.weight)}, expected 4"
-        if not is_int(self.weight_exp) or not 0 <= self.weight_exp < 32:
-            return f"weight_exp {self.weight_exp!r} is not an integer in [0, 32)"
+        problem = _check_exp(self.weight_exp)
+        if problem:
+            return problem
         co, cg = self.weight.shape[:2]
         g = self.groups
         if len(x) != 3:
@@ -52,8 +54,9 @@ class Conv(Windowed):
         (x,) = ins
         absum = np.abs(self.weight.astype(np.int64)).sum(axis=(1, 2, 3)).max(initial=0)
         dtype = kernels.exact_float_dtype(float(absum) * float(np.abs(x).max(initial=0)))
-        out = kernels.conv2d(x, self.weight, self.stride, self.pads, self.dilation, self.groups,
-                             self.shape[-2:], dtype) << self.weight_exp
+        out = semantics.shift(kernels.conv2d(x, self.weight, self.stride, self.pads,
+                                             self.dilation, self.groups, self.shape[-2:], dtype),
+                              self.weight_exp)
         return out, (self.window_synops(x) if count else 0)
 
     def value_range(self, ranges):

@@ -6,14 +6,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim import kernels
+from sim import kernels, semantics
 from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Node, is_int, register
 
 
 @register
 @dataclass
 class Dense(Node):
-    """I[o] = (Σ_i W[o, i] · n[i]) · 2^weight_exp;  W int (8-bit mantissa), weight_exp ≥ 0.
+    """I[o] = shift(Σ_i W[o, i] · n[i], weight_exp);  W int (8-bit mantissa), shift(a, e) = a·2^e,
+    or floor(a / 2^−e) for a negative exponent (sim.semantics.shift: the accumulator is
+    right-shifted, as Lava's Dense does).
 
     SynOps: every nonzero input times the F_out synapses it reaches."""
     weight: np.ndarray = None
@@ -29,15 +31,14 @@ class Dense(Node):
         (x,), w, shape = inputs, self.weight, tuple(self.shape)
         if np.ndim(w) != 2 or len(x) != 1 or w.shape != (shape[0], x[0]) or len(shape) != 1:
             return f"weight {np.shape(w)} does not map input {x} to {shape}"
-        if not is_int(self.weight_exp) or not 0 <= self.weight_exp < 32:
-            return f"weight_exp {self.weight_exp!r} is not an integer in [0, 32)"
+        return _check_exp(self.weight_exp)
         return None
 
     def apply(self, ins, count):
         (x,) = ins
         absum = np.abs(self.weight.astype(np.int64)).sum(axis=1).max(initial=0)
         dtype = kernels.exact_float_dtype(float(absum) * float(np.abs(x).max(initial=0)))
-        out = kernels.dense(x, self.weight, dtype) << self.weight_exp
+        out = semantics.shift(kernels.dense(x, self.weight, dtype), self.weight_exp)
         return out, (int(np.count_nonzero(x)) * self.weight.shape[0] if count else 0)
 
     def value_range(self, ranges):
@@ -56,8 +57,17 @@ class Dense(Node):
 
 
 def _weighted_range(w: np.ndarray, exp: int, rng: tuple[int, int]) -> tuple[int, int]:
-    """[lo, hi] of Σ_i w[o, i]·x_i·2^exp over x_i ∈ [a, b] ∪ {0} (zero padding), over every o."""
+    """[lo, hi] of shift(Σ_i w[o, i]·x_i, exp) over x_i ∈ [a, b] ∪ {0} (zero padding), over
+    every o (shift is monotone, so it maps the accumulator's range)."""
     a, b = min(rng[0], 0), max(rng[1], 0)
-    w = w.astype(np.int64) * 2 ** exp
+    w = w.astype(np.int64)
     w_pos, w_neg = np.clip(w, 0, None).sum(1), np.clip(w, None, 0).sum(1)
-    return int((w_pos * a + w_neg * b).min()), int((w_pos * b + w_neg * a).max())
+    lo, hi = int((w_pos * a + w_neg * b).min()), int((w_pos * b + w_neg * a).max())
+    return int(semantics.shift(np.int64(lo), exp)), int(semantics.shift(np.int64(hi), exp))
+
+
+def _check_exp(exp) -> str | None:
+    if not is_int(exp) or not semantics.MIN_EXP <= exp <= semantics.MAX_EXP:
+        return (f"weight_exp {exp!r} is not an integer in [{semantics.MIN_EXP}, "
+                f"{semantics.MAX_EXP}]")
+    return None

@@ -58,6 +58,7 @@ def check_fixed_limits(g: Graph, target: Target) -> list[str]:
                 f"{bits - payload_bits} bits); no split across cores changes a payload. Fix: "
                 f"fewer levels (--levels) or a coarser scale for this layer so its values fit "
                 f"[-2^{payload_bits - 1}, 2^{payload_bits - 1}).")
+    notes += _check_exponents(g, target)
     limit = 2 ** target["weight_bits"]
     for node in g.art.nodes:
         values = node.mantissas()
@@ -73,3 +74,23 @@ def check_fixed_limits(g: Graph, target: Target) -> list[str]:
                 f"re-quantize to {target['weight_bits']}-bit mantissas with a per-connection "
                 f"exponent (the compiler's quantizer does this).")
     return notes
+
+
+def _check_exponents(g: Graph, target: Target) -> list[str]:
+    """Weight exponents of the connections within the target's range (when the target states
+    one). An Add's gains are not connections of their own: on a core each folds into the
+    weights and exponent of the connection that delivers its input (docs/hardware.md)."""
+    try:
+        lo, hi = target["weight_exp_min"], target["weight_exp_max"]
+    except KeyError:
+        return ["the target states no weight exponent range; exponents are not checked"]
+    for node in g.art.nodes:
+        exps = [node.weight_exp] if hasattr(node, "weight_exp") else []
+        bad = [int(e) for e in exps if (lo is not None and e < lo) or (hi is not None and e > hi)]
+        if bad:
+            raise MappingError(
+                f"layer {node.name!r}: exponent {bad[0]} is outside {target.name}'s range "
+                f"[{lo}, {hi}] (a power-of-two shift per connection); no split across cores "
+                "changes it. Fix: recompile for this target (the quantizer keeps exponents in "
+                "that range), or give a target file whose weight_exp_min/max allow it.")
+    return []

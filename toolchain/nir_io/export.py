@@ -9,7 +9,8 @@ keeps the artifact's name):
   `sfn_hi`);
 - conv / dense → `Conv2d` / `Affine`, weights W·2^weight_exp·K (integers: the mantissas, their
   exponent and the spike unit K of the layer that feeds them, since a binary spike of the
-  SFN neuron carries K), biases the integer bias of the neuron they feed (or the readout's);
+  SFN neuron carries K; a negative exponent only where W·K is a multiple of 2^−e, so that the
+  accumulator's floor is exact), biases the integer bias of the neuron they feed (or the readout's);
 - neuron (uniform fire, no leak, reset by subtraction, levels [0, K]) → `IF` with r = 1 and
   v_threshold = K·θ (integers, per neuron);
 - sumpool → `SumPool2d`; a reshape to one axis → `Flatten`;
@@ -24,8 +25,8 @@ NIR's equations alone (docs/nir.md gives the measured difference):
 = 24 (the state saturates at ±(2²³ − 1)). A consumer that starts the membrane at
 v_initial + 1/2 and resets by subtraction reproduces sim.cpu exactly, as long as no state
 saturates. Every node NIR cannot express (multi-level or signed neurons, payload tables, leaky
-or non-resetting neurons, max-pool, add, concat, transpose, other reshapes, asymmetric padding,
-a bias with no conv/dense to carry it) is named in one error; nothing is dropped.
+or non-resetting neurons, a negative weight exponent that floors, max-pool, add, concat, transpose, other
+reshapes, asymmetric padding, a bias with no conv/dense to carry it) is named in one error; nothing is dropped.
 """
 from __future__ import annotations
 
@@ -96,6 +97,10 @@ def to_nir(art: Artifact, timesteps: int | None = None):
         where = f"node {n.name!r} ({n.kind})"
         meta = {"sfn_name": n.name}
         src_unit = unit.get(n.inputs[0], 1) if n.inputs else 1
+        if n.kind in ("conv", "dense"):
+            w = _integer_weights(n, src_unit, where, problems)
+            if w is None:
+                continue
         if n.kind == "input":
             unit[n.name] = 1
             nodes[names[n.name]] = nir.Input(
@@ -104,7 +109,6 @@ def to_nir(art: Artifact, timesteps: int | None = None):
                           "sfn_lo": int(n.lo), "sfn_hi": int(n.hi)})
         elif n.kind == "conv":
             unit[n.name] = 1
-            w = n.weight.astype(np.int64) * (2 ** n.weight_exp) * src_unit
             ph, pw = _symmetric(n.pads, where, problems)
             bias = bias_of.get(n.name)
             bias = np.zeros(n.shape[0]) if bias is None else _per_channel(bias, where, problems)
@@ -116,7 +120,6 @@ def to_nir(art: Artifact, timesteps: int | None = None):
                           "sfn_input_unit": int(src_unit)})
         elif n.kind == "dense":
             unit[n.name] = 1
-            w = n.weight.astype(np.int64) * (2 ** n.weight_exp) * src_unit
             bias = bias_of.get(n.name, np.zeros(n.shape, np.int64))
             nodes[names[n.name]] = nir.Affine(
                 weight=w.astype(np.float32), bias=np.asarray(bias, np.float32),
@@ -170,6 +173,22 @@ def to_nir(art: Artifact, timesteps: int | None = None):
     return nir.NIRGraph(nodes=nodes, edges=edges, type_check=False,
                         metadata={"sfn_form": f"binary integrate-and-fire, T = {T}",
                                   "sfn_timesteps": T})
+
+
+def _integer_weights(n, src_unit: int, where: str, problems: list) -> np.ndarray | None:
+    """W·K·2^weight_exp as integers. A negative exponent right-shifts the accumulator with a
+    floor, which NIR's weights express exactly only when every W·K is a multiple of 2^−e (even
+    mantissas of a mixed-sign layer and e = −1, for one); otherwise it is a problem."""
+    w = n.weight.astype(np.int64) * src_unit
+    if n.weight_exp >= 0:
+        return w * 2 ** n.weight_exp
+    div = 2 ** -n.weight_exp
+    if np.any(w % div):
+        problems.append(f"{where}: weight exponent {n.weight_exp} floors the accumulator, and "
+                        f"the weights are not all multiples of {div} (NIR's weights multiply "
+                        "exactly)")
+        return None
+    return w // div
 
 
 def _per_channel(bias: np.ndarray, where: str, problems: list) -> np.ndarray:

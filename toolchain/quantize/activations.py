@@ -33,7 +33,7 @@ class ActivationRules:
         step = self.act_scale(name, hi, False)          # R_c / L, R_c the calibrated range
         if hi is not None and self.opts.trust_clip:
             # trained with uniform clip-floor levels: uniform reproduces it, λ would break it
-            return self.neuron(name, name, x, step, 0, L)
+            return self.neuron(name, name, x, step, 0, L, exact_levels=True)
         scaled = step
         if self.opts.scale != 1.0:
             scaled = self.opts.scale * step

@@ -12,8 +12,8 @@ from sim import ir, semantics
 from toolchain.calibrate import ChannelStats
 from toolchain.errors import QuantizationError, UnsupportedOpError
 from toolchain.fgraph import FloatGraph
-from toolchain.quantize.tensor import (LayerRow, QTensor, QuantOptions, channel_view, payloads,
-                                       round_even)
+from toolchain.quantize.tensor import (MIN_WEIGHT_EXP, LayerRow, QTensor, QuantOptions,
+                                       channel_view, payloads, round_even)
 
 
 class QuantizerBase:
@@ -58,24 +58,66 @@ class QuantizerBase:
             rng = np.minimum(rng, hi)
         return rng / L
 
-    def check_state(self, name: str, x: QTensor, theta: np.ndarray):
-        need = x.bound + np.abs(x.bias) + theta // 2
+    def check_state(self, name: str, x: QTensor, theta: np.ndarray, bias=None):
+        """log2 of the 24-bit headroom left by |current| + |bias| + θ//2; over the limit, a
+        QuantizationError naming the channel, the term that overflows and a remedy."""
+        bias = x.bias if bias is None else bias
+        terms = {"accumulator bound": np.broadcast_to(x.bound, x.unit.shape),
+                 "bias": np.broadcast_to(np.abs(bias), x.unit.shape),
+                 "threshold/2": np.broadcast_to(theta // 2, x.unit.shape)}
+        need = sum(terms.values())
         worst = float(need.max())
         if worst > semantics.V_MAX:
-            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
-                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×; use "
-                            "fewer --levels or a smaller input range")
+            at = np.unravel_index(int(np.argmax(need)), need.shape)
+            parts = {k: float(v[at]) for k, v in terms.items()}
+            big = max(parts, key=parts.get)
+            remedy = {
+                "accumulator bound": "the weights' exponent is already at the target's lowest "
+                                     f"(2^{MIN_WEIGHT_EXP}); split this layer's fan-in (fewer "
+                                     "input channels or a smaller kernel)",
+                "bias": "the bias (a folded BatchNorm shift or constant) is far larger than any "
+                        "current the channel receives: calibrate with real inputs (--calib), or "
+                        "compile for one timestep (--timesteps 1), where such biases are clamped",
+                "threshold/2": "the channel's level step is far beyond its reachable current: "
+                               "calibrate with real inputs (--calib) or use fewer --levels"}[big]
+            self.fail(name, f"the neuron state can reach {worst:.0f} in channel {at[0]} ("
+                            + ", ".join(f"{k} {v:.0f}" for k, v in parts.items())
+                            + f"), over the signed 24-bit limit {semantics.V_MAX} by "
+                            f"{worst / semantics.V_MAX:.2f}×; the {big} dominates: {remedy}")
         return float(np.log2(semantics.V_MAX / max(worst, 1)))
 
     # --- neurons -------------------------------------------------------------------------------
     def neuron(self, name: str, fname: str, x: QTensor, s_out: np.ndarray, lo: int,
-               hi: int) -> QTensor:
+               hi: int, exact_levels: bool = False) -> QTensor:
+        """A uniform neuron with output step s_out per channel: θ = round_even(s_out / unit_in).
+
+        Unless `exact_levels` (a model trained with these very levels), a channel's step is
+        capped at what its current can reach, (bound + |bias|)/L input units: a channel that
+        calibration never saw active would otherwise take the layer's largest range and a θ its
+        current can never reach. At T = 1 a bias beyond what can change the output is clamped
+        to the nearest value that gives the same output for every reachable current."""
         shape = x.unit.shape
         s_full = np.broadcast_to(s_out.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
         theta = round_even(s_full / x.unit)
-        margin = self.check_state(name, x, theta)
-        node = self.emit(ir.Neuron(name, (x.node,), shape, threshold=channel_view(theta),
-                                   bias=channel_view(x.bias.astype(np.int64)), lo=lo, hi=hi))
+        def per_c(a):   # the largest over a channel's positions: θ and the bias stay channel-wise
+            top = np.broadcast_to(a, shape).reshape(shape[0], -1).max(axis=1)
+            return np.broadcast_to(top.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+
+        bound_c = per_c(np.broadcast_to(np.ceil(x.bound), shape)).astype(np.int64)
+        if not exact_levels:
+            theta = np.minimum(theta, round_even(per_c(x.bound + np.abs(x.bias)) /
+                                                 max(hi, -lo, 1)))
+        theta = channel_view(np.broadcast_to(theta, shape))
+        bias = x.bias.astype(np.int64)
+        if self.opts.timesteps == 1:
+            # v = I + b + θ//2 with |I| ≤ bound: b ≥ hi·θ − θ//2 + bound always fires hi,
+            # b ≤ lo·θ − θ//2 − bound always lo (floor(v/θ) clipped to [lo, hi])
+            full_t = np.broadcast_to(theta, shape)
+            bias = np.clip(bias, lo * full_t - full_t // 2 - bound_c,
+                           hi * full_t - full_t // 2 + bound_c)
+        margin = self.check_state(name, x, np.broadcast_to(theta, shape), bias)
+        node = self.emit(ir.Neuron(name, (x.node,), shape, threshold=theta,
+                                   bias=channel_view(bias), lo=lo, hi=hi))
         unit = theta * x.unit
         self.record[f"{name}/act_scale"] = channel_view(unit).reshape(-1)
         self.layers.append(LayerRow(name, node.kind, shape, neurons=int(np.prod(shape)),

@@ -5,10 +5,13 @@ and the Add of several currents (integer gains; inputs that only feed it re-quan
 - Input: 8-bit encoder, unit = 1 / inv_scale.
 - Conv/Dense: W_eff = W · unit_in (per input channel), quantized per output channel to 8-bit
   mantissas (mixed sign: even values in [−256, 254], since Lava drops the lowest bit; one sign:
-  [0, 255] or [−255, 0]); one `weight_exp` per connection, the largest that keeps the static bound
-  Σ|W|·bound_in·2^e under the headroom (2²¹, or 2¹³ feeding an Add so the Add can scale up).
-- Add: output unit = finest input unit / 2^k; integer gains (8-bit mantissa per channel, one
-  exponent per input).
+  [0, 255] or [−255, 0]); one `weight_exp` per connection in [−8, 7], the largest that keeps
+  twice the static bound Σ|W|·bound_in·2^e under 2²¹ (2¹³ feeding an Add, so the Add can scale
+  up; not below exponent 0 for that) and bound plus bias under ¾ of the state. A negative exponent right-shifts the
+  accumulator: the layer's unit gets coarser and its weights keep their 8 bits.
+- Add: output unit = finest input unit / 2^k (k from −8 to 8: coarser when the inputs' bounds do
+  not fit the headroom); integer gains (8-bit mantissa per channel, one exponent per input, a
+  negative one a right shift).
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ import numpy as np
 
 from sim import ir
 from toolchain.quantize.tensor import (BIAS_HEADROOM, HEADROOM, HEADROOM_BEFORE_ADD,
-                                       MAX_ADD_SHIFT, MAX_WEIGHT_EXP, WEIGHT_BOUND, LayerRow,
-                                       QTensor, current, gain_exponent, payloads, per_channel)
+                                       STATE_HEADROOM,
+                                       MAX_ADD_SHIFT, MAX_WEIGHT_EXP, MIN_WEIGHT_EXP, LayerRow,
+                                       QTensor, current, gain_exponent, largest_exponent,
+                                       payloads, per_channel)
 
 
 class SynapseRules:
@@ -38,38 +43,37 @@ class SynapseRules:
         return payloads(name, name, unit, np.zeros(shape, np.int64), np.full(shape, float(hi)))
 
     def _weights(self, name, w_eff, bound_of, b=None):
-        """Quantize W_eff (out, ...) per output channel; choose bits and weight_exp (lowered
-        while the bound plus the float bias `b` in accumulator units exceeds BIAS_HEADROOM)."""
+        """Quantize W_eff (out, ...) per output channel to 8-bit mantissas; choose weight_exp,
+        the largest in [MIN_WEIGHT_EXP, MAX_WEIGHT_EXP] with twice the accumulator bound under
+        the headroom (HEADROOM_BEFORE_ADD where an Add reads it) and the bound plus the float bias `b` (in accumulator units) under
+        BIAS_HEADROOM. Returns (W, unit_w, exp, bound after the shift, bits)."""
         self.synapses[name] = dict(w_eff=w_eff, bound_of=bound_of)
         pos, neg = bool(np.any(w_eff > 0)), bool(np.any(w_eff < 0))
-        head = HEADROOM_BEFORE_ADD if any(self.fg[c]["op"] == "add"
-                                          for c in self.fg.consumers(name)) else HEADROOM
         m = np.abs(w_eff).reshape(len(w_eff), -1).max(axis=1)
         m = np.where(m > 0, m, 1.0)
         mshape = (-1,) + (1,) * (w_eff.ndim - 1)
-        for bits in range(8, 1, -1):
-            if pos and neg:   # mixed sign: Lava drops the lowest bit → even values 2k
-                kmax = 2 ** (bits - 1) - 1
-                w_int = 2 * np.rint(w_eff / (m / kmax).reshape(mshape))
-                unit_w = m / kmax / 2
-            else:
-                kmax = 2 ** bits - 1
-                w_int = np.rint(w_eff / (m / kmax).reshape(mshape))
-                unit_w = m / kmax
-            bound = bound_of(np.abs(w_int))
-            if bound.max() <= WEIGHT_BOUND:
-                break
+        bits = 8
+        if pos and neg:   # mixed sign: Lava drops the lowest bit → even values 2k
+            kmax = 2 ** (bits - 1) - 1
+            w_int = 2 * np.rint(w_eff / (m / kmax).reshape(mshape))
+            unit_w = m / kmax / 2
         else:
-            self.fail(name, f"accumulator bound {bound.max():.0f} exceeds the 24-bit state even "
-                            "with 2-bit weights")
-        exp = 0
-        while exp < MAX_WEIGHT_EXP and bound.max() * 2 ** (exp + 1) <= head:
-            exp += 1
+            kmax = 2 ** bits - 1
+            w_int = np.rint(w_eff / (m / kmax).reshape(mshape))
+            unit_w = m / kmax
+        bound = bound_of(np.abs(w_int))
+        exp = largest_exponent(2 * float(bound.max()), HEADROOM)
+        if any(self.fg[c]["op"] == "add" for c in self.fg.consumers(name)):
+            exp = max(largest_exponent(2 * float(bound.max()), HEADROOM_BEFORE_ADD),
+                      min(exp, 0))
         if b is not None:
-            need = bound + np.abs(np.asarray(b, np.float64)).reshape(-1) / unit_w
-            while exp > 0 and need.max() * 2 ** exp > BIAS_HEADROOM:
-                exp -= 1
-        return w_int.astype(np.int64), unit_w, exp, bound * 2 ** exp, bits
+            # a bias larger than the current (a channel almost never active, driven by its
+            # folded BatchNorm shift) lowers the exponent; below 0 (a coarser unit for the whole
+            # layer) only as far as the state itself needs
+            need = float((bound + np.abs(np.asarray(b, np.float64)).reshape(-1) / unit_w).max())
+            exp = min(exp, max(largest_exponent(need, BIAS_HEADROOM),
+                               min(0, largest_exponent(need, STATE_HEADROOM))))
+        return w_int.astype(np.int64), unit_w, exp, bound * 2.0 ** exp, bits
 
     def _synapse_out(self, name, fname, node, unit_w, exp, bound, b, shape, synapses, bits):
         self.emit(node)
@@ -145,46 +149,45 @@ class SynapseRules:
         typical = [float(np.median(r[r > 0])) if np.any(r > 0) else 0.0 for r in rows]
         top_mag = max(typical) or 1.0
         pre = [int(np.rint(np.log2(top_mag / t))) if t > 0 else 0 for t in typical]
-        pre = [min(p - min(pre), MAX_WEIGHT_EXP) for p in pre]
+        pre = [min(p - min(pre), MAX_WEIGHT_EXP - MIN_WEIGHT_EXP) for p in pre]
         mixed = any(np.any(i["w_eff"] > 0) and np.any(i["w_eff"] < 0) for i in info)
-        for bits in range(8, 1, -1):
-            kmax = 2 ** (bits - 1) - 1 if mixed else 2 ** bits - 1
-            u = np.max([r * 2.0 ** p for r, p in zip(rows, pre)], axis=0) / kmax
-            u = np.where(u > 0, u, 1.0)
-            w_ints, bounds = [], []
-            for i, p in zip(info, pre):
-                scale = (u / 2.0 ** p).reshape((-1,) + (1,) * (i["w_eff"].ndim - 1))
-                # mixed sign: Lava drops the lowest bit, so the 8-bit mantissa k (|k| ≤ kmax)
-                # is stored as 2k and one weight unit is half a step (as in _weights)
-                w = np.rint(i["w_eff"] / scale)
-                w_ints.append(2 * w if mixed else w)
-                bounds.append(i["bound_of"](np.abs(w_ints[-1])))
-            if max(b.max() for b in bounds) * 2 ** max(pre) <= WEIGHT_BOUND:
-                break
-        else:
-            self.fail(name, "inputs cannot be quantized jointly within the 24-bit state")
-        top = max(pre)
-        extra = 0
-        while top + extra < MAX_WEIGHT_EXP and sum(b.max() * 2 ** (top + extra + 1 - p)
-                                                   for b, p in zip(bounds, pre)) <= HEADROOM:
-            extra += 1
+        bits = 8
+        kmax = 2 ** (bits - 1) - 1 if mixed else 2 ** bits - 1
+        u = np.max([r * 2.0 ** p for r, p in zip(rows, pre)], axis=0) / kmax
+        u = np.where(u > 0, u, 1.0)
+        w_ints, bounds = [], []
+        for i, p in zip(info, pre):
+            scale = (u / 2.0 ** p).reshape((-1,) + (1,) * (i["w_eff"].ndim - 1))
+            # mixed sign: Lava drops the lowest bit, so the 8-bit mantissa k (|k| ≤ kmax)
+            # is stored as 2k and one weight unit is half a step (as in _weights)
+            w = np.rint(i["w_eff"] / scale)
+            w_ints.append(2 * w if mixed else w)
+            bounds.append(i["bound_of"](np.abs(w_ints[-1])))
+        # connection i's exponent is (top + extra) − p_i: the largest shared `top + extra` that
+        # keeps every exponent within range and twice the summed shifted bounds in the headroom
+        total = sum(float(b.max()) * 2.0 ** -p for b, p in zip(bounds, pre))
+        top, extra = max(pre), 0
+        shared = largest_exponent(2 * total, HEADROOM)
+        shared = min(max(shared, MIN_WEIGHT_EXP + top), MAX_WEIGHT_EXP + min(pre))
+        extra = shared - top
         out = list(ins)
         for k, i, w, b, p in zip(joint, info, w_ints, bounds, pre):
             exp = top + extra - p
             node = i["node"]
-            node.weight, node.weight_exp = w.astype(np.int16), exp
+            node.weight, node.weight_exp = w.astype(np.int16), int(exp)
             unit_w = u / 2.0 ** p / (2 if mixed else 1)
             self.record[f"{node.name}/weight_scale"] = unit_w
             row = self.layers[i["row"]]
-            row.weight_bits, row.weight_exp, row.detail = bits, exp, "joint"
+            row.weight_bits, row.weight_exp, row.detail = bits, int(exp), "joint"
             bshape = (-1,) + (1,) * (len(i["shape"]) - 1)
-            unit_acc = unit_w / 2 ** exp
+            unit_acc = unit_w / 2.0 ** exp
             out[k] = current(
                 node.name, node.name,
                 np.broadcast_to(unit_acc.reshape(bshape), i["shape"]).astype(np.float64),
                 np.broadcast_to(np.rint(i["b"] / unit_acc).reshape(bshape),
                                 i["shape"]).astype(np.int64),
-                np.broadcast_to((b * 2 ** exp).reshape(bshape), i["shape"]).astype(np.float64))
+                np.broadcast_to((b * 2.0 ** exp).reshape(bshape),
+                                i["shape"]).astype(np.float64))
         return out
 
     def op_add(self, name, d, ins):
@@ -192,21 +195,21 @@ class SynapseRules:
         ins = self._joint(name, ins)
         base = np.minimum.reduce([x.unit for x in ins])
         ratio = [x.unit / base for x in ins]
-        k = 0
-        while k < MAX_ADD_SHIFT and sum((r * 2 ** (k + 1) * x.bound).max()
-                                        for r, x in zip(ratio, ins)) <= HEADROOM:
-            k += 1
-        unit = base / 2 ** k
+        # output unit base / 2^k: the finest k whose summed bounds (twice) fit the headroom, down
+        # to a unit 2^8 coarser than the finest input (right-shift gains) when nothing finer fits
+        total = sum(float((r * x.bound).max()) for r, x in zip(ratio, ins))
+        k = min(largest_exponent(2 * total, HEADROOM), MAX_ADD_SHIFT) if total > 0 else 0
+        unit = base / 2.0 ** k
         gains, exps = [], []
         for r, x in zip(ratio, ins):
-            g = per_channel(r) * 2 ** k
+            g = per_channel(r) * 2.0 ** k
             e = gain_exponent(self.fail, name, g)
-            gains.append(np.rint(g / 2 ** e).astype(np.int64))
+            gains.append(np.rint(g / 2.0 ** e).astype(np.int64))
             exps.append(e)
         bshape = (len(ins), shape[0]) + (1,) * (len(shape) - 1)
         gains = np.stack(gains).reshape(bshape)
-        real = [gains[i] * 2 ** exps[i] for i in range(len(ins))]
-        bias = sum(r * x.bias for r, x in zip(real, ins))
+        real = [gains[i] * 2.0 ** exps[i] for i in range(len(ins))]
+        bias = np.rint(sum(r * x.bias for r, x in zip(real, ins)))
         bound = sum(r * x.bound for r, x in zip(real, ins))
         node = self.emit(ir.Add(name, tuple(x.node for x in ins), shape, gains=gains,
                                 exps=tuple(exps)))

@@ -6,17 +6,24 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# accumulator headroom a weight exponent is chosen for: 2²¹ (a quarter of the 24-bit state),
-# 2¹³ when an Add reads the accumulator (its gains may scale it up by 2⁸)
+# accumulator headroom a weight exponent is chosen for: 2²¹, a quarter of the 24-bit state; 2¹³
+# when an Add reads the accumulator, so the Add's output unit can be up to 2⁸ finer than its
+# inputs' and its gains keep their bits — but never by a negative exponent (a coarser unit for
+# the layer) where 2²¹ fits at exponent 0
 HEADROOM = 2 ** 21
 HEADROOM_BEFORE_ADD = 2 ** 13
-WEIGHT_BOUND = 2 ** 22  # fewer weight bits only when 8-bit weights could exceed this
-MAX_WEIGHT_EXP = 7
+# weight and gain exponents the quantizer uses: the loihi2 target's range (toolchain/targets);
+# a negative exponent right-shifts the accumulator, so a layer whose 8-bit weights would
+# overflow the state gets a coarser unit instead of fewer weight bits
+MIN_WEIGHT_EXP, MAX_WEIGHT_EXP = -8, 7
 # a bias much larger than the reachable current (a channel whose input is almost never nonzero,
 # its output driven by the folded BatchNorm shift) lowers the weight exponent until
 # current bound + |bias| fits in three quarters of the signed 24-bit state (θ/2 takes the rest)
 BIAS_HEADROOM = 3 * 2 ** 21
-MAX_ADD_SHIFT = 8
+# when even exponent 0 leaves bound + |bias| over BIAS_HEADROOM, the exponent goes below 0 only
+# as far as needed to keep it under this (θ//2, capped at the reachable current / L, fits above)
+STATE_HEADROOM = 7 * 2 ** 20
+MAX_ADD_SHIFT = 8           # an Add's output unit: at most 2^8 finer than its finest input
 LEAK_SHIFT = 8  # a leaky unit's state carries 8 more bits than its output payload
 FIRE_MODES = ("uniform", "adaptive", "quantile")
 
@@ -67,6 +74,9 @@ class QuantOptions:
     fire: str = "uniform"
     # λ: every ReLU/Clip layer's range (hence its thresholds and levels) is λ × the calibrated one
     scale: float = 1.0
+    # the timesteps the artifact runs at by default: at T = 1 a bias beyond what can change a
+    # neuron's output is clamped (exact there, not with a state carried over timesteps)
+    timesteps: int = 1
 
 
 @dataclass
@@ -116,12 +126,27 @@ def per_channel(a: np.ndarray) -> np.ndarray:
 
 
 def gain_exponent(fail, name: str, g: np.ndarray) -> int:
-    """Exponent e so that the gains g / 2^e fit 8-bit mantissas."""
+    """Exponent e in [MIN_WEIGHT_EXP, 24] so that the largest gain / 2^e is an 8-bit mantissa:
+    a negative e (a right shift, each term floored to the output unit) keeps 8 bits of gain
+    where the gains are small, instead of rounding a gain of 1.4 to 1."""
     top = float(np.max(g))
     if not np.isfinite(top) or top > 255 * 2 ** 24:
         fail(name, f"input gains reach {top:.3g} output units; the inputs' scales are too far "
                    "apart for 8-bit gains")
-    return max(0, int(np.ceil(np.log2(top / 255.0))))
+    if top <= 0:
+        return 0
+    return max(MIN_WEIGHT_EXP, int(np.ceil(np.log2(top / 255.0))))
+
+
+def largest_exponent(bound: float, limit: float) -> int:
+    """The largest exponent e in [MIN_WEIGHT_EXP, MAX_WEIGHT_EXP] with bound · 2^e ≤ limit
+    (MAX_WEIGHT_EXP for a zero bound; MIN_WEIGHT_EXP when even that exceeds the limit)."""
+    if not bound > 0:
+        return MAX_WEIGHT_EXP
+    e = int(np.floor(np.log2(limit / bound)))
+    while bound * 2.0 ** e > limit:          # log2's rounding at exact powers of two
+        e -= 1
+    return int(min(max(e, MIN_WEIGHT_EXP), MAX_WEIGHT_EXP))
 
 
 def round_even(x):
