@@ -10,16 +10,29 @@ from toolchain.fgraph import FloatGraph
 
 
 class ImportContext:
-    def __init__(self, model: onnx.ModelProto, where: str, opset: int):
+    """`model`: the model whose shapes (value_info, inputs, outputs) the converters see;
+    `consts`: the constant values by name (default: `model`'s initializers, converted).
+    `fold_budget`: bytes that constant folding may add to the constants in all
+    (`folded_bytes` counts them)."""
+
+    def __init__(self, model: onnx.ModelProto, where: str, opset: int,
+                 consts: dict[str, np.ndarray] | None = None, fold_budget: int | None = None):
         self.where = where
         self.opset = opset
         self.fg = FloatGraph()
         self.consts: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+            t.name: numpy_helper.to_array(t) for t in model.graph.initializer} \
+            if consts is None else consts
         self.alias: dict[str, str] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.graph_output = model.graph.output[0].name
         self.softmax = ""
+        self.fold_budget = fold_budget
+        self.folded_bytes = 0
+        self.read_shapes(model)
+
+    def read_shapes(self, model: onnx.ModelProto) -> None:
+        """Record every fully static shape `model` declares or has inferred."""
         for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
             tt = vi.type.tensor_type
             if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):

@@ -11,9 +11,12 @@ def gemm(node, ctx):
     x = ctx.tensor(node, node.input[0])
     if ctx.attr(node, "transA", 0):
         ctx.fail(node, "transA=1 is not supported (the batch axis must stay first)")
-    b = ctx.need_const(node, 1, "B (the weight)").astype(np.float64)
-    w = b if ctx.attr(node, "transB", 0) else b.T
-    w = w * ctx.attr(node, "alpha", 1.0)
+    b = ctx.need_const(node, 1, "B (the weight)")
+    # one float64 copy of the weight (a large model's weights are its memory)
+    w = np.ascontiguousarray(b if ctx.attr(node, "transB", 0) else b.T, dtype=np.float64)
+    alpha = ctx.attr(node, "alpha", 1.0)
+    if alpha != 1.0:
+        w *= alpha
     bias = np.zeros(w.shape[0])
     if len(node.input) > 2 and node.input[2]:
         c = ctx.need_const(node, 2, "C (the bias)").astype(np.float64)
@@ -28,10 +31,11 @@ def gemm(node, ctx):
 @converter("MatMul")
 def matmul(node, ctx):
     x = ctx.tensor(node, node.input[0])
-    w = ctx.need_const(node, 1, "the second operand (weight)").astype(np.float64)
+    w = ctx.need_const(node, 1, "the second operand (weight)")
     if w.ndim != 2 or len(ctx.sample_shape(node, node.input[0])) != 1:
         ctx.fail(node, "only (batch, features) × constant (features, out) is supported")
-    ctx.add(node, "dense", [x], W=w.T.copy(), b=np.zeros(w.shape[1]))
+    ctx.add(node, "dense", [x], W=np.ascontiguousarray(w.T, dtype=np.float64),
+            b=np.zeros(w.shape[1]))
 
 
 def same_pads(in_hw, out_hw, kernel, stride, dilation, mode):
