@@ -77,3 +77,18 @@ def test_example_input_is_required_for_a_module_and_only_for_one():
         toolchain.compile(_softmax_mlp(), calib=_data())
     with pytest.raises(InputFileError, match="example_input= is for a torch.nn.Module"):
         toolchain.compile(toolchain.examples.DIGITS_CNN, example_input=torch.zeros(1, 1, 8, 8))
+
+
+def test_integer_reference_outputs_follow_the_same_rule(compiled):
+    """The emitted reference ONNX names its outputs as SimResult does: `output` (softmax
+    included), `logits`, `accumulator`; all three equal sim.cpu's bit for bit."""
+    import onnxruntime as ort
+    from toolchain.reference import emit_reference
+    _, x, art = compiled
+    sess = ort.InferenceSession(emit_reference(art).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    out, logits, acc = sess.run(["output", "logits", "accumulator"], {"input": x})
+    res = sim.cpu.run(art, x)
+    np.testing.assert_array_equal(out, res.output)
+    np.testing.assert_array_equal(logits, res.logits)
+    np.testing.assert_array_equal(acc, res.accumulator.astype(np.float32))

@@ -56,9 +56,13 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
     from toolchain.nir_io.importer import compile_nir, is_nir
     x = load_npy(calib, "calibration") if calib else None
     if is_nir(model):
-        if emit_reference:
-            raise click.UsageError("--emit-reference: a NIR network runs T > 1 steps; the "
-                                   "reference ONNX is the T = 1 network's")
+        onnx_only = [flag for flag, given in (
+            ("--emit-reference", emit_reference), ("--levels", levels is not None),
+            ("--per-layer/--per-channel", per_layer is not None), ("--fire", fire != "uniform"),
+            ("--scale", scale != 1.0), ("--scale-search", scale_search)) if given]
+        if onnx_only:
+            raise click.UsageError(f"{', '.join(onnx_only)}: ONNX options; a NIR network keeps "
+                                   "its own spiking neurons (docs/nir.md)")
         result = compile_nir(model, calib=x, timesteps=timesteps, dt=dt, target=target_name,
                              progress=say)
     else:

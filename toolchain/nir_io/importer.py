@@ -163,7 +163,7 @@ def compile_nir(path: str | os.PathLike, calib: np.ndarray | None = None,
     notes.append(f"time step dt = {dt:g} (LIF: a = dt/τ); T = {T}; NIR's reset to v_reset = 0 "
                  "compiles as reset by subtraction (docs/nir.md)")
     meta = {"source": {"file": Path(path).name, "format": "nir"},
-            "levels": 1, "timesteps": int(T), "binary": False,
+            "levels": 1, "timesteps": int(T),
             "calibration": f"{len(data)} samples (input range)", "notes": notes,
             "layers": [r.to_json() for r in rows], "fire": "uniform",
             "scale": {"lambda": 1.0, "search": None}}
