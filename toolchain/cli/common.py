@@ -31,7 +31,7 @@ class Progress:
     def __call__(self, stage: str) -> None:
         if self.enabled:
             err_console.print(f"{self.command}: {stage} ({time.monotonic() - self.start:.1f} s)",
-                              highlight=False, markup=False, style="dim")
+                              highlight=False, markup=False, style="dim", soft_wrap=True)
 
 
 def progress_option(fn):
