@@ -363,6 +363,19 @@ def test_zero_sized_initializer_is_named(tmp_path):
         compile_onnx(_save(tmp_path, m))
 
 
+def test_scalar_float_initializer_in_a_typed_field_imports(tmp_path):
+    """A 0-d float initializer stored in float_data (not raw_data), as older exporters write a
+    Mul's scalar operand: its values are checked like any other's."""
+    s = TensorProto(name="S", data_type=TensorProto.FLOAT, dims=[], float_data=[0.5])
+    m = _model([helper.make_node("Mul", ["x", "S"], ["y"], name="mul")], [s])
+    art = compile_onnx(_save(tmp_path, m)).artifact
+    assert art.meta["agreement"]["rel_rms_error"] < 0.05
+    bad = TensorProto(name="S", data_type=TensorProto.FLOAT, dims=[], float_data=[np.nan])
+    m = _model([helper.make_node("Mul", ["x", "S"], ["y"], name="mul")], [bad])
+    with pytest.raises(ModelError, match="'S' has 1 NaN/Inf values"):
+        compile_onnx(_save(tmp_path, m, "nan.onnx"))
+
+
 @pytest.mark.parametrize("where", ["input", "initializer"])
 def test_rank_over_32_is_refused(tmp_path, where):
     if where == "input":

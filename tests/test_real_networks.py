@@ -180,3 +180,15 @@ def test_weight_exponents_reach_below_zero_only_where_needed():
     art = Artifact(nodes, "x", "y")
     x = np.full((1, 3), 255.0, np.float32)
     assert sim.reference.run(art, x).accumulator.tolist() == [[(3 * 255 * 255) >> 3] * 2]
+
+
+def test_low_weight_bits_and_the_lowest_exponent_are_warned_about():
+    from toolchain.compiled import weight_warnings
+    from toolchain.quantize import LayerRow
+    rows = [LayerRow("a", "dense", (4,), weight_bits=5, weight_exp=0),
+            LayerRow("b", "conv", (4, 2, 2), weight_bits=8, weight_exp=-8),
+            LayerRow("c", "conv", (4, 2, 2), weight_bits=8, weight_exp=-2)]
+    assert weight_warnings(rows) == [
+        "warning: layer 'a' has 5-bit weights (under 6): expect a visible accuracy loss there",
+        "warning: layer 'b' needs the lowest weight exponent (2^-8): its accumulator unit is as "
+        "coarse as the target allows"]

@@ -9,6 +9,7 @@ import numpy as np
 
 from sim.artifact import Artifact, atomic_write, save
 from toolchain.mapping import map_artifact
+from toolchain.quantize.tensor import MIN_WEIGHT_EXP
 from toolchain.reference import emit_reference
 from toolchain.target import load_target
 
@@ -46,6 +47,21 @@ def place(art: Artifact, target: str) -> None:
     tgt = load_target(target)
     art.meta["target"] = tgt.name
     art.meta["placement"] = map_artifact(art, tgt).to_json()
+
+
+LOW_WEIGHT_BITS = 6      # a layer with fewer weight bits than this is named in a warning
+
+
+def weight_warnings(rows) -> list[str]:
+    """Warnings for layers whose weights kept fewer than LOW_WEIGHT_BITS bits, or whose exponent
+    is at the quantizer's lowest (a unit as coarse as the target allows)."""
+    out = [f"warning: layer {r.name!r} has {r.weight_bits}-bit weights (under "
+           f"{LOW_WEIGHT_BITS}): expect a visible accuracy loss there"
+           for r in rows if r.weight_bits is not None and r.weight_bits < LOW_WEIGHT_BITS]
+    out += [f"warning: layer {r.name!r} needs the lowest weight exponent (2^{MIN_WEIGHT_EXP}): "
+            "its accumulator unit is as coarse as the target allows"
+            for r in rows if r.weight_exp is not None and r.weight_exp <= MIN_WEIGHT_EXP]
+    return out
 
 
 def layer_rows_json(rows) -> list[dict]:

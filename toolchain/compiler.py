@@ -11,7 +11,7 @@ import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
 from toolchain import scale_search as search
-from toolchain.compiled import Compiled, agreement, layer_rows_json, place
+from toolchain.compiled import Compiled, agreement, layer_rows_json, place, weight_warnings
 from toolchain.errors import ModelError, QuantizationError
 from toolchain.onnx_import import import_onnx
 from toolchain.onnx_import.loader import read_model
@@ -87,7 +87,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     say("calibrate")
     outputs = {imported.output_name: []}
     stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
-                          outputs=outputs)
+                          outputs=outputs,
+                          sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)
@@ -109,6 +110,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     say("quantize")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
+    notes += weight_warnings(qz.layers)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
             "levels": levels, "timesteps": timesteps,

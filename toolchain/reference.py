@@ -49,6 +49,13 @@ class Builder:
         return self.floor_below_one(self.op("Mul", [x, self.const(2.0 ** exp)]), exp) \
             if exp else x
 
+    def shift_round(self, x: str, shift: int) -> str:
+        """floor((x + 2^(shift−1)) / 2^shift) of an integer x (float64: exact below 2⁵³)."""
+        if not shift:
+            return x
+        y = self.op("Add", [x, self.const(2.0 ** (shift - 1), np.float64)])
+        return self.op("Floor", [self.op("Mul", [y, self.const(2.0 ** -shift, np.float64)])])
+
     def floor_below_one(self, x: str, exp: int) -> str:
         """x floored when it was scaled by 2^exp with exp < 0 (an integer otherwise)."""
         return self.op("Floor", [x]) if exp < 0 else x

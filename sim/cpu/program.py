@@ -78,12 +78,26 @@ class Program:
         self.fires: dict[str, Fire] = {}
         self.biased: set[str] = set()     # products that add their neuron's offset, statically
         self.ops = [BUILDERS.get(node.kind, _generic)(self, node) for node in art.nodes]
+        # a value is dropped after its last reader's operation (a large network's activations
+        # are not all held at once), except what the driver reads after the step: the readout's
+        # input, recorded nodes, and the sources of recurrent edges (next step's `previous`)
+        last: dict[str, int] = {}
+        for i, node in enumerate(art.nodes):
+            for name in node.inputs:
+                last[name] = i
+        kept = set(keep) | {art.output} | {getattr(n, "source", None) for n in art.nodes}
+        self.frees: list[list[str]] = [[] for _ in art.nodes]
+        for name, i in last.items():
+            if name not in kept:
+                self.frees[i].append(name)
 
     def step(self, s: driver.Step) -> dict[str, np.ndarray]:
         r = Run(s.x, s.previous, s.state, s.binary, s.count, s.stats)
         r.values, r.bounds, r.biased, r.counts, r.done = {}, dict(self.static), set(), {}, set()
-        for op in self.ops:
+        for op, free in zip(self.ops, self.frees):
             op(r)
+            for name in free:
+                r.values.pop(name, None)
         return r.values
 
     def fire(self, node) -> Fire:

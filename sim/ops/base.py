@@ -62,6 +62,8 @@ class Node:
     compartment: ClassVar[str | None] = None
     # sign: its output is ≥ 0 whenever every input is ≥ 0
     keeps_sign: ClassVar[bool] = False
+    # its output does not depend on the data (a constant): on a core a bias, no synapses
+    fixed: ClassVar[bool] = False
     # how it reaches Loihi 2 by default (`hardware_case` refines it)
     hardware: ClassVar[str] = UNMAPPED
     # the dtype each array field is stored with in an artifact

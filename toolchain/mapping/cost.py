@@ -70,14 +70,22 @@ class Connection:
     shape: tuple[int, ...]
     format: str = ""
     _nonzero: np.ndarray | None = None
+    input: int = 0                 # which of the node's inputs (a product reads two)
+    input_shapes: tuple = ()       # the node's inputs' shapes (for its synapse mask)
 
     @property
     def name(self) -> str:
-        return self.node.name if self.node is not None else self.sources[0]
+        if self.node is None:
+            return self.sources[0]
+        return self.node.name if not self.input else f"{self.node.name}#{self.input}"
 
     def _nz(self) -> np.ndarray:
+        """Which input elements each output element reads: a dense layer's nonzero weights, a
+        product's operands (Node.synapse_mask)."""
         if self._nonzero is None:
-            self._nonzero = np.asarray(self.node.weight) != 0
+            mask = getattr(self.node, "synapse_mask", None)
+            self._nonzero = mask(self.input, self.input_shapes) if mask is not None \
+                else np.asarray(self.node.weight) != 0
         return self._nonzero
 
     def cost(self, elements: np.ndarray, target: Target, in_shape, axons: bool) -> Cost:

@@ -73,7 +73,7 @@ class Graph:
         relays = set()
         for n in self.art.nodes:
             if n.connectivity is not None or n.role == EDGE:
-                for leaf in self.leaves(_upstream(n)[0]):
+                for leaf in (f for up in _upstream(n) for f in self.leaves(up)):
                     if self.nodes[leaf].new_current or self.nodes[leaf].sums_inputs:
                         relays.add(leaf)
         return relays
@@ -94,9 +94,15 @@ class Graph:
             return
         if not top and self.is_source(name):
             pop.connections.append(Connection(None, (name,), index, size, tuple(node.shape)))
+        elif node.fixed:      # a constant: a bias on the core, no synapses
+            return
         elif node.connectivity is not None:
-            pop.connections.append(Connection(node, tuple(self.leaves(node.inputs[0])), index,
-                                              size, tuple(node.shape)))
+            shapes = tuple(tuple(self.nodes[i].shape) for i in node.inputs)
+            for k, i in enumerate(node.inputs if node.connectivity == "full" else
+                                  node.inputs[:1]):
+                pop.connections.append(Connection(node, tuple(self.leaves(i)), index, size,
+                                                  tuple(node.shape), input=k,
+                                                  input_shapes=shapes))
         elif node.sums_inputs:
             for i in node.inputs:
                 self._expand(i, index, pop)
@@ -128,7 +134,7 @@ class Graph:
         return min(costs, key=costs.get)
 
     def input_shape(self, c: Connection):
-        return self.nodes[c.node.inputs[0]].shape if c.node is not None else None
+        return self.nodes[c.node.inputs[c.input]].shape if c.node is not None else None
 
 
 def _compose(table: np.ndarray, index) -> np.ndarray:

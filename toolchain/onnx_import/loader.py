@@ -341,7 +341,7 @@ def _check_data(t: TensorProto, where: str) -> None:
                              f"need {count}")
     if t.data_type in FLOAT_TYPES and count:
         values = np.frombuffer(t.raw_data, helper.tensor_dtype_to_np_dtype(t.data_type)) \
-            if t.HasField("raw_data") else numpy_helper.to_array(t)
+            if t.HasField("raw_data") else numpy_helper.to_array(t).reshape(-1)
         bad = 0
         for k in range(0, values.size, 1 << 22):  # a bounded temporary, not one bool per value
             chunk = values[k:k + (1 << 22)]

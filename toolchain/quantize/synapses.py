@@ -47,7 +47,11 @@ class SynapseRules:
         the largest in [MIN_WEIGHT_EXP, MAX_WEIGHT_EXP] with twice the accumulator bound under
         the headroom (HEADROOM_BEFORE_ADD where an Add reads it) and the bound plus the float bias `b` (in accumulator units) under
         BIAS_HEADROOM. Returns (W, unit_w, exp, bound after the shift, bits)."""
-        self.synapses[name] = dict(w_eff=w_eff, bound_of=bound_of)
+        # the float weights stay only where an Add may re-quantize them jointly (_joint): a
+        # large network's float weights are much of the compiler's memory
+        consumers = self.fg.consumers(name)
+        joint = len(consumers) == 1 and self.fg[consumers[0]]["op"] == "add"
+        self.synapses[name] = dict(w_eff=w_eff if joint else None, bound_of=bound_of)
         pos, neg = bool(np.any(w_eff > 0)), bool(np.any(w_eff < 0))
         m = np.abs(w_eff).reshape(len(w_eff), -1).max(axis=1)
         m = np.where(m > 0, m, 1.0)
@@ -139,7 +143,8 @@ class SynapseRules:
         per-channel scale u[c] shared by all of them, each connection keeping its own power-of-two
         prescale 2^p_i and weight_exp; their accumulators then share a unit and add with gain 1."""
         joint = [k for k, x in enumerate(ins) if x.node in self.synapses and x.fname == x.node
-                 and self.fg.consumers(x.node) == [name]]
+                 and self.fg.consumers(x.node) == [name]
+                 and self.synapses[x.node]["w_eff"] is not None]
         if len(joint) < 2:
             return ins
         info = [self.synapses[ins[k].node] for k in joint]
