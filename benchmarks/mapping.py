@@ -1,8 +1,9 @@
 """Mapping time and quality: cores used against the lower bound, on the digits CNN and on a
 full-width ResNet-18-shaped network (synthetic SFN artifact: random 8-bit weights, CIFAR-style
-3×3 stem at 32×32, stages of 64-128-256-512 channels, 1000-way head, 11.7 M weights).
+3×3 stem at 32×32, stages of 64-128-256-512 channels, 1000-way head, 11.7 M weights), and with
+--fc6 VGG-19's fc6 shape (a fan-in over a core, split into partial sums).
 
-    .venv/bin/python benchmarks/mapping.py [--target loihi2]
+    .venv/bin/python benchmarks/mapping.py [--target loihi2] [--fc6]
 """
 from __future__ import annotations
 
@@ -83,6 +84,22 @@ def digits_artifact() -> Artifact:
                         calib=x_train).artifact
 
 
+def fc6_artifact(f_in: int = 25_088, f_out: int = 4_096, seed: int = 0) -> Artifact:
+    """VGG-19's fc6 shape: one dense layer of 25,088 inputs (7×7×512) and 4,096 neurons, random
+    nonzero 8-bit weights, then a 10-way readout: one neuron's synapses exceed a core."""
+    w = np.random.default_rng(seed).integers(1, 128, (f_out, f_in), dtype=np.int16) * 2
+    nodes = [ir.Input("input", (), (f_in,), inv_scale=1.0, lo=0, hi=15),
+             ir.Dense("fc6", ("input",), (f_out,), weight=w),
+             ir.Neuron("relu6", ("fc6",), (f_out,), threshold=np.full(f_out, 64),
+                       bias=np.zeros(f_out, np.int64), lo=0, hi=15),
+             ir.Dense("fc7", ("relu6",), (10,), weight=np.ones((10, f_out), np.int16)),
+             ir.Readout("y", ("fc7",), (10,), scale=np.ones(10, np.float32),
+                        bias=np.zeros(10, np.int64))]
+    art = Artifact(nodes, "input", "y")
+    art.validate()
+    return art
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -92,14 +109,16 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="loihi2")
+    parser.add_argument("--fc6", action="store_true", help="also VGG-19's fc6 shape (fan-in "
+                        "split into partial sums; about 2 GB and a minute)")
     args = parser.parse_args()
     target = load_target(args.target)
     table = Table(title=f"mapping on {target.name}", title_justify="left")
     for col in ("network", "weights", "neurons", "lower bound (neurons / memory)", "cores used",
                 "ratio", "chips", "mapping time"):
         table.add_column(col, justify="left" if col == "network" else "right")
-    for name, build in (("digits CNN (relu)", digits_artifact),
-                        ("ResNet-18 shape", resnet18_artifact)):
+    nets = [("digits CNN (relu)", digits_artifact), ("ResNet-18 shape", resnet18_artifact)]
+    for name, build in nets + ([("VGG-19 fc6 shape", fc6_artifact)] if args.fc6 else []):
         art = build()
         start = time.perf_counter()
         placement = map_artifact(art, target)

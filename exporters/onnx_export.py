@@ -18,15 +18,14 @@ Both torch exporters are supported (checked with torch 2.13, opsets 17 and 18):
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
+from sim.files import atomic_write
 from toolchain.torch_export import (DYNAMO_MIN_OPSET, INPUT_NAME, OUTPUT_NAME,  # noqa: F401
                                     ExportCheckError, check_export, export_proto,
                                     inline_initializer_identities)
@@ -37,23 +36,10 @@ LEVELS_KEY = "sfn.levels"
 
 
 def _write_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    """Write to a temp file in the target folder, then rename, so readers never see half a file."""
+    """Write whole or not at all (sim.files: a temp file in the target folder, then a rename),
+    creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, proto.SerializeToString())
 
 
 def export_onnx(

@@ -1,10 +1,11 @@
 """The `.sfn` artifact: one zip of `manifest.json` and `.npy` arrays.
 
-Written atomically (temp file in the target folder, then rename) with deterministic bytes (fixed
-zip timestamps, sorted members, canonical JSON, members stored uncompressed so the bytes do not
-depend on the zlib version). The manifest carries a SHA-256 of its own canonical form plus every
-member, checked on load; the file must also equal its canonical re-serialization, so a flipped
-byte anywhere — headers and fields the zip format itself never checks included — is corruption. Arrays load with `allow_pickle=False` and are
+Written whole or not at all (sim.files: a temp file in the target folder, then a rename) with
+deterministic bytes (fixed zip timestamps, sorted members, canonical JSON, members stored
+uncompressed so the bytes do not depend on the zlib version). The manifest carries a SHA-256 of
+its own canonical form plus every member, checked on load; the file must also equal its
+canonical re-serialization, so a flipped byte anywhere — headers and fields the zip format
+itself never checks included — is corruption. Arrays load with `allow_pickle=False` and are
 checked against the dtype and shape the manifest declares. Unknown members, paths that leave the
 archive, oversized archives and newer format versions are refused.
 """
@@ -15,7 +16,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import re
 import tokenize
 import zipfile
 from dataclasses import dataclass, field
@@ -24,12 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from sim.ops import Node, node_from_record
-from sim.errors import ArtifactError, InputFileError
+from sim.ops.base import EDGE, SINK, SOURCE, VALUE_LIMIT
+from sim.errors import ArtifactError
+from sim.files import atomic_write, read_user_file  # noqa: F401  (re-exported)
 
 FORMAT = "sfn"
 FORMAT_VERSION = 1
 MAX_UNCOMPRESSED = 2 * 1024 ** 3  # bytes; a larger archive is refused before extraction
 MAX_MEMBERS = 100_000
+MAX_NODES = 100_000
+MAX_ELEMENTS = 2 ** 26   # per-sample elements of all nodes together (64 Loihi 2 chips of neurons)
+MAX_TIMESTEPS = 4096
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -62,11 +69,23 @@ class Artifact:
         return self.node(self.output).shape
 
     def validate(self) -> None:
-        """Structural checks: unique names, inputs defined before use, one input and output."""
-        seen, shapes = set(), {}
+        """Everything a simulator relies on, so that a valid artifact is one both backends run
+        identically in bounded time and memory, and anything else an ArtifactError naming the
+        node and field: unique names, inputs defined before use, one input node and one readout
+        (the manifest's), each node's own check against its inputs' shapes (`Node.check`:
+        types, ranges, shapes, per-node size limits), the total size (MAX_ELEMENTS), a bound on
+        every value a node can reach (VALUE_LIMIT, delays followed to a fixed point), the meta
+        fields the runtimes and the CLI read (`check_meta`) and the record's arrays."""
+        if not isinstance(self.nodes, list) or not 0 < len(self.nodes) <= MAX_NODES:
+            raise ArtifactError(f"the node list must hold 1 to {MAX_NODES:,} nodes")
+        seen, shapes, total = set(), {}, 0
         for n in self.nodes:
+            if not isinstance(n, Node) or not isinstance(n.name, str) or not n.name:
+                raise ArtifactError(f"node {getattr(n, 'name', n)!r} is not a named node")
             if n.name in seen:
                 raise ArtifactError(f"duplicate node name {n.name!r}")
+            if not isinstance(n.inputs, tuple) or not all(isinstance(i, str) for i in n.inputs):
+                raise ArtifactError(f"node {n.name!r}: inputs {n.inputs!r} are not node names")
             missing = [i for i in n.inputs if i not in seen]
             if missing:
                 raise ArtifactError(f"node {n.name!r} reads {missing} before they are defined")
@@ -74,16 +93,51 @@ class Artifact:
             if problem:
                 raise ArtifactError(f"node {n.name!r} ({n.kind}): {problem}")
             shapes[n.name] = tuple(n.shape)
+            total += math.prod(n.shape)
             seen.add(n.name)
+        if total > MAX_ELEMENTS:
+            raise ArtifactError(f"the nodes hold {total:,} elements per sample, over the "
+                                f"{MAX_ELEMENTS:,} an artifact may hold")
         if self.input not in seen or self.output not in seen:
             raise ArtifactError("manifest input/output names do not match any node")
+        for role, name, what in ((SOURCE, self.input, "input"), (SINK, self.output, "readout")):
+            found = [n.name for n in self.nodes if n.role == role]
+            if found != [name]:
+                raise ArtifactError(f"the artifact needs exactly one {what} node, the manifest's "
+                                    f"{name!r}; it has {found[:5]}")
         for n in self.nodes:
-            if n.role == "edge":
+            if n.role == EDGE:
                 if n.source not in seen:
                     raise ArtifactError(f"delay {n.name!r} reads unknown node {n.source!r}")
                 if tuple(self.node(n.source).shape) != tuple(n.shape):
                     raise ArtifactError(f"delay {n.name!r} has shape {n.shape}, its source "
                                         f"{n.source!r} {self.node(n.source).shape}")
+        self._check_magnitudes()
+        check_meta(self.meta)
+        check_record(self.record)
+
+    def _check_magnitudes(self) -> None:
+        """Every node's values stay within ±VALUE_LIMIT in every step (Node.magnitude: bounds
+        from the inputs' bounds; a delay carries its source's bound, iterated to a fixed point,
+        which a loop through synapses alone, without a neuron, never reaches)."""
+        delays = {n.name: 0.0 for n in self.nodes if n.role == EDGE}
+        by_name = {n.name: n for n in self.nodes}
+        for _ in range(len(delays) + 2):
+            bounds: dict[str, float] = {}
+            for n in self.nodes:
+                m = delays[n.name] if n.name in delays else \
+                    n.magnitude([bounds[i] for i in n.inputs])
+                if not m <= VALUE_LIMIT:
+                    raise ArtifactError(f"node {n.name!r} ({n.kind}): its values can reach "
+                                        f"{m:.3g}, over the 2^40 every node is held to (the "
+                                        "simulators compute exactly below it)")
+                bounds[n.name] = m
+            reached = {d: bounds[by_name[d].source] for d in delays}
+            if reached == delays:
+                return
+            delays = reached
+        raise ArtifactError("values grow without bound around a recurrent loop of delays "
+                            f"{sorted(delays)[:5]} that passes through no neuron")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write this artifact to `path` (atomically; same artifact, same bytes)."""
@@ -98,6 +152,43 @@ class Artifact:
     def recurrent(self) -> bool:
         """A recurrent network runs on sequences (N, T, *input_shape), one readout per step."""
         return any(n.role == "edge" for n in self.nodes)
+
+
+def check_meta(meta) -> None:
+    """The meta fields the runtimes and the CLI read, by type and range: `timesteps` an integer
+    in [1, MAX_TIMESTEPS]; `target` a target name (never a path: `report` would read that
+    file); `source`, `placement`, `rnn`, `scale` objects; `rnn`'s `task` a name; `notes` a list
+    of strings. Other fields are JSON the CLI only prints."""
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"meta is a {type(meta).__name__}, not an object")
+    steps = meta.get("timesteps", 1)
+    if not (isinstance(steps, int) and not isinstance(steps, bool)
+            and 1 <= steps <= MAX_TIMESTEPS):
+        raise ArtifactError(f"meta timesteps {steps!r} is not an integer in [1, {MAX_TIMESTEPS}]")
+    target = meta.get("target")
+    if target is not None and (not isinstance(target, str) or not _TARGET_NAME.fullmatch(target)
+                               or target.endswith(".json")):
+        raise ArtifactError(f"meta target {target!r} is not a target name")
+    for key in ("source", "placement", "rnn", "scale"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ArtifactError(f"meta {key} is a {type(meta[key]).__name__}, not an object")
+    task = (meta.get("rnn") or {}).get("task")
+    if task is not None and not isinstance(task, str):
+        raise ArtifactError(f"meta rnn task {task!r} is not a task name")
+    notes = meta.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ArtifactError("meta notes is not a list of strings")
+
+
+def check_record(record) -> None:
+    """The quantization record: names → arrays of real numbers (what `inspect` summarizes)."""
+    if not isinstance(record, dict):
+        raise ArtifactError(f"record is a {type(record).__name__}, not an object")
+    for key, value in record.items():
+        if not isinstance(key, str) or not isinstance(value, np.ndarray) or \
+                value.dtype.kind not in "iuf":
+            kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise ArtifactError(f"record {key!r} holds {kind}, not an array of numbers")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -146,40 +237,6 @@ def to_bytes(art: Artifact) -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, members[name])
     return buf.getvalue()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and a rename: a reader never
-    sees a partial file, and a failure leaves no file behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever shares the file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_user_file(path: Path, limit: int, what: str = "file",
-                   too_big: type[Exception] = InputFileError) -> bytes:
-    """The bytes of a file a user named: missing, unreadable or over `limit` bytes is an error."""
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such {what}")
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise too_big(f"{path}: {size} bytes, over the {limit}-byte limit")
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def save(art: Artifact, path: str | os.PathLike) -> None:
@@ -280,8 +337,10 @@ def load(path: str | os.PathLike, max_uncompressed: int = MAX_UNCOMPRESSED) -> A
                            record)
             art.validate()
             canonical = to_bytes(art)
-        except ArtifactError:
-            raise
+        except ArtifactError as exc:
+            if str(exc).startswith(f"{path}: "):
+                raise
+            raise ArtifactError(f"{path}: {exc}") from None
         except (KeyError, TypeError, AttributeError, ValueError, IndexError, RecursionError,
                 zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
             raise ArtifactError(f"{path}: corrupt or malformed artifact ({type(exc).__name__}: "

@@ -20,6 +20,7 @@ class LayerStats:
     synops: int = 0          # synaptic operations: nonzero input × fan-out (synapses)
     saturations: int = 0     # 24-bit state clips (neurons)
     neurons: int = 0         # neurons per sample
+    clipped: int = 0         # input elements the encoder clipped to its levels (the input)
 
     def add_spikes(self, out: np.ndarray, saturations: int, count: bool) -> None:
         """Count a neuron's integer payloads: saturations always (never silent), spikes and
@@ -62,9 +63,31 @@ def apply_softmax(logits: np.ndarray, softmax: str) -> np.ndarray:
     return logits
 
 
+def as_float32(x: np.ndarray, what: str = "input") -> tuple[np.ndarray, str | None]:
+    """x as float32, the precision the input encoder computes in, and a note when it was cast:
+    float32 stays as it is; another float dtype (float16, float64) is cast — a value beyond
+    float32's range (±3.4·10³⁸) is a ShapeError, not an infinity —; any other dtype is a
+    ShapeError. The CLI prints the note; the Python API casts without one."""
+    x = np.asarray(x)
+    if x.dtype == np.float32:
+        return x, None
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ShapeError(f"{what}: dtype {x.dtype}; inputs must be float32 (other float dtypes "
+                         "are cast to it)")
+    with np.errstate(over="ignore"):
+        y = x.astype(np.float32)
+    over = int(np.count_nonzero(np.isfinite(x) & ~np.isfinite(y)))
+    if over:
+        raise ShapeError(f"{what}: {over} {x.dtype} values lie beyond float32's range "
+                         "(±3.4e38); the input encoder computes in float32")
+    return y, f"{what} is {x.dtype}: cast to float32, the precision the input encoder " \
+              "computes in"
+
+
 def check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
     """x must be finite floats of shape (N, *input_shape), or (N, T, *input_shape) for a
-    recurrent artifact; anything else is a ShapeError naming both shapes."""
+    recurrent artifact; anything else is a ShapeError naming both shapes. Float dtypes other
+    than float32 are cast to it (`as_float32`)."""
     x = np.asarray(x)
     expect = tuple(art.input_shape)
     lead = 2 if art.recurrent else 1
@@ -76,7 +99,7 @@ def check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
         raise ShapeError(f"input dtype is {x.dtype}, expected a float array")
     if not np.all(np.isfinite(x)):
         raise ShapeError(f"input contains {int(np.count_nonzero(~np.isfinite(x)))} NaN/Inf values")
-    return x
+    return as_float32(x)[0]
 
 
 def prepare_run(art: Artifact, x: np.ndarray, timesteps: int) -> tuple[np.ndarray,

@@ -5,7 +5,8 @@ ONNX emitted by the compiler spells out the same equations with ONNX ops. All in
 int64; floats appear only in the input encoder and the readout.
 
 Equations (θ integer > 0, `//` is floor division):
-- encoder:   n = clip(floor(x · inv_scale + 1/2), lo, hi)          (float32 arithmetic)
+- encoder:   n = clip(floor(x · inv_scale + 1/2), lo, hi)          (float32 arithmetic; every
+             clip counted: an input outside the calibrated range)
 - shift:     a · 2^e for e ≥ 0, floor(a / 2^−e) for e < 0 (an arithmetic right shift: Lava's
              Dense shifts its accumulator this way; units that get coarser)
 - state:     v ← sat(v + I + b),   sat(z) = clip(z, −(2²³−1), 2²³−1), every clip counted
@@ -31,9 +32,37 @@ LEAK_ONE = 4096
 
 def encode_input(x: np.ndarray, inv_scale: np.float32, lo: int, hi: int) -> np.ndarray:
     """n = clip(floor(x·inv_scale + 1/2), lo, hi), computed in float32 like the reference."""
+    return encode_input_counted(x, inv_scale, lo, hi)[0]
+
+
+def encode_input_counted(x: np.ndarray, inv_scale: np.float32, lo: int,
+                         hi: int) -> tuple[np.ndarray, int]:
+    """`encode_input` and how many elements the clip changed: inputs outside the range the
+    encoder was calibrated for (its saturation, counted like the state's). A product beyond
+    float32's range is +-inf, which the clip maps to hi or lo: handled, so not warned about."""
     x = np.asarray(x, dtype=np.float32)
-    z = np.floor(x * np.float32(inv_scale) + np.float32(0.5))
-    return np.clip(z, lo, hi).astype(np.int64)
+    with np.errstate(over="ignore"):
+        z = np.floor(x * np.float32(inv_scale) + np.float32(0.5))
+    clipped = int(np.count_nonzero(z < lo)) + int(np.count_nonzero(z > hi))
+    return np.clip(z, lo, hi).astype(np.int64), clipped
+
+
+def encode_input_bounded(x: np.ndarray, inv_scale: np.float32, lo: int, hi: int) -> np.ndarray:
+    """floor(x·inv_scale + 1/2) (float32, as `encode_input`) clipped to [lo − 1, hi + 1] instead
+    of [lo, hi], as int64: integers that still show which elements the encoder's clip changes,
+    for an encoder that clips and counts them later (sim.lava's InputEncoder with `encoded`)."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        z = np.floor(x * np.float32(inv_scale) + np.float32(0.5))
+    return np.clip(z.astype(np.float64), lo - 1, hi + 1).astype(np.int64)
+
+
+def clip_encoded(n: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """Integers n clipped to the encoder's levels [lo, hi], and how many the clip changed: the
+    second half of `encode_input_counted` for `encode_input_bounded`'s integers."""
+    n = np.asarray(n)
+    clipped = int(np.count_nonzero(n < lo)) + int(np.count_nonzero(n > hi))
+    return np.clip(n, lo, hi).astype(np.int64), clipped
 
 
 MIN_EXP, MAX_EXP = -31, 31     # the exponents an artifact may hold (a target narrows them)

@@ -170,9 +170,10 @@ def test_encoder_in_float32_equals_semantics():
     x = (rng.standard_normal((50, 64)) * 300).astype(np.float32)
     x[0, :4] = [0.5, -0.5, 1.5, 254.5]
     for lo, hi in ((0, 255), (-128, 127)):
-        got = kernels.encode_input_exact(x, np.float32(0.77), lo, hi)
+        got, clipped = kernels.encode_input_exact(x, np.float32(0.77), lo, hi)
         assert got.dtype == np.float32
-        assert np.array_equal(got, semantics.encode_input(x, np.float32(0.77), lo, hi))
+        n, expected = semantics.encode_input_counted(x, np.float32(0.77), lo, hi)
+        assert np.array_equal(got, n) and clipped == expected > 0
 
 
 @pytest.mark.parametrize("name", sorted(nets.NETS))

@@ -82,8 +82,10 @@ def _serve() -> None:
 
 
 class Worker:
-    """One worker process; `compile` returns its reply or raises AssertionError for a hang or a
-    crash (and starts a fresh worker for the next example)."""
+    """One worker process; `ask` (and `compile`, its request for this file's worker) returns its
+    reply or raises AssertionError for a hang or a crash (and starts a fresh worker for the next
+    example). `command` runs the worker: one JSON request per line on stdin, one JSON reply per
+    line on stdout, after a first line {"ready": true}."""
 
     def __init__(self, log: Path, command: tuple[str, ...] = (sys.executable, __file__, "worker")):
         self.log = log
@@ -110,12 +112,16 @@ class Worker:
             raise AssertionError(f"crash: the worker died with exit code {code}\n{tail}")
         return line
 
-    def compile(self, path: Path, calib: str | None) -> dict:
+    def ask(self, request: dict, wait: float | None = None) -> dict:
+        """The reply to `request` within `wait` seconds (default: WALL_S, read at call time)."""
         if self.proc is None:
             self._start()
-        self.proc.stdin.write(json.dumps({"path": str(path), "calib": calib}) + "\n")
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        return json.loads(self._reply(WALL_S))
+        return json.loads(self._reply(WALL_S if wait is None else wait))
+
+    def compile(self, path: Path, calib: str | None) -> dict:
+        return self.ask({"path": str(path), "calib": calib})
 
     def stop(self):
         if self.proc is not None:

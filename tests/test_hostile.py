@@ -477,8 +477,8 @@ def _run(model, x_path, out):
     ("int32", ["x.npy: dtype int32; inputs must be float32"]),
     ("zero_d", ["x.npy", "0-d"]),
     ("npz", ["x.npy", ".npz"]),
-    ("raw_pickle", ["x.npy: not a readable .npy array", "pickled data"]),
-    ("empty_file", ["x.npy: not a readable .npy array"]),
+    ("raw_pickle", ["x.npy: not a .npy file", "Python pickle, which is never loaded"]),
+    ("empty_file", ["x.npy: not a .npy file (it is empty)"]),
 ])
 def test_run_refuses_bad_input_arrays(tmp_path, model_sfn, case, needles):
     model, test = model_sfn

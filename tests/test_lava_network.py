@@ -20,9 +20,9 @@ pytestmark = pytest.mark.lava
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _user_graph(net, x, tag):
+def _user_graph(net, x, tag, clipped=None):
     """RingBuffer → net → RingBuffer, built and run the way a Lava user would; returns the
-    sink's recorded data (*out.shape, steps)."""
+    sink's recorded data (*out.shape, steps); `clipped` (a list) gets the encoder's count."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
@@ -35,6 +35,8 @@ def _user_graph(net, x, tag):
     net.out.connect(sink.a_in)
     sink.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag=tag))
     try:
+        if clipped is not None:
+            clipped.append(int(net.procs.encoder.clipped.get()[0]))
         return sink.data.get()
     finally:
         sink.stop()
@@ -71,6 +73,25 @@ def test_latency_is_where_the_first_result_appears():
     assert net.latency == 2 and len(data) == len(x) + 2
     np.testing.assert_array_equal(data[:net.latency], 0)
     np.testing.assert_array_equal(data[net.latency:], reference)
+
+
+@pytest.mark.parametrize("tag,encoded,timesteps,lanes", [
+    ("fixed_pt", True, 1, 4),          # integers one past the levels: the encoder clips them
+    ("floating_pt", False, 2, None),
+])
+def test_the_encoder_counts_what_it_clips_as_sim_cpu_does(tag, encoded, timesteps, lanes):
+    compiled, _, test_x = nets.compiled("mlp")
+    art, x = compiled.artifact, test_x[:7].copy()
+    x[:2] *= 50.0
+    x[2] = -1e30
+    reference = sim.cpu.run(art, x, timesteps=timesteps)
+    assert reference.stats[art.input].clipped > 0
+    net = sim.lava.Network(art, timesteps=timesteps, lanes=lanes, encoded=encoded,
+                           samples=len(x))
+    clipped = []
+    data = _user_graph(net, x, tag, clipped)
+    np.testing.assert_array_equal(net.collect(data, len(x)), reference.accumulator)
+    assert clipped == [reference.stats[art.input].clipped]
 
 
 def test_recurrent_artifact_is_not_a_network():

@@ -180,12 +180,12 @@ def test_bad_target_files_are_named(tmp_path):
 
 # ------------------------------------------------------------ limits no split can fix
 
-def test_payload_wider_than_the_target_is_named_and_quantified():
-    art = _dense_net(8, 4, hi=2 ** 24)                 # levels [0, 2^24]: 25 bits
+def test_payload_wider_than_the_target_is_named_and_quantified(tmp_path):
+    art = _dense_net(8, 4, hi=2 ** 16)                 # levels [0, 2^16]: 17 bits
     with pytest.raises(MappingError) as err:
-        map_artifact(art, LOIHI2)
+        map_artifact(art, load_target(_target_file(tmp_path, payload_bits=16)))
     msg = str(err.value)
-    assert "'relu'" in msg and "25 bits" in msg and "carries 24" in msg and "over by 1 bits" in msg
+    assert "'relu'" in msg and "17 bits" in msg and "carries 16" in msg and "over by 1 bits" in msg
     assert "--levels" in msg
 
 
@@ -197,16 +197,78 @@ def test_weight_wider_than_the_mantissa_is_named_and_quantified():
         map_artifact(_dense_net(8, 4, weight=w), LOIHI2)
 
 
-def test_one_neurons_fan_in_over_the_core_memory_is_named_and_quantified():
-    # 20,000 input axons with a nonzero weight, one 64-bit word each, for a single neuron
+def test_one_neurons_fan_in_over_the_core_memory_is_named_and_quantified(tmp_path):
+    # 20,000 input axons with a nonzero weight, one 64-bit word each, for a single neuron; a
+    # target that does not allow partial sums
+    target = load_target(_target_file(tmp_path, partial_sum_relays=False))
     art = _dense_net(20_000, 2, weight=np.full((2, 20_000), 2, np.int16))
     with pytest.raises(MappingError) as err:
-        map_artifact(art, LOIHI2)
+        map_artifact(art, target)
     need, have = 20_000 * 64, 1_048_576
     msg = str(err.value)
     assert "layer 'relu'" in msg and f"{need:,} bits" in msg and f"{have:,}" in msg
     assert f"over by {need - have:,} bits" in msg and "fan-in" in msg
+    assert "test-target does not allow splitting a neuron's fan-in into partial sums" in msg
     assert isinstance(err.value, ToolchainError)
+
+
+def test_fan_in_of_three_cores_is_split_into_partial_sums():
+    """One neuron of a dense layer needs ~3 cores of synapses (48,000 inputs, a 64-bit word
+    each): its fan-in is cut into chunks of consecutive inputs, one kept by the neuron, the
+    others summed by relay populations that feed it one-to-one; every part fits, each part's
+    memory re-counted here from the documented rules."""
+    f_in, f_out = 48_000, 8
+    rng = np.random.default_rng(3)
+    w = (rng.integers(1, 120, (f_out, f_in)) * 2).astype(np.int16)
+    art = _dense_net(f_in, f_out, weight=w)
+    placement = map_artifact(art, LOIHI2)
+    m_core = LOIHI2["synaptic_memory_bits_per_core"]
+    assert 2.5 * m_core < f_in * 64 < 3.5 * m_core        # one neuron: ~3 cores of synapses
+    neuron = placement.layers["relu"]
+    relays = neuron["partial_sums"]
+    k = len(relays) + 1
+    assert k >= 3                                           # every part fits a core
+    parts = [neuron] + [placement.layers[r] for r in relays]
+    spans = sorted(tuple(p["columns"]) for p in parts)
+    assert spans[0][0] == 0 and spans[-1][1] == f_in
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))    # a partition of the inputs
+    for r in relays:
+        layer = placement.layers[r]
+        assert layer["role"] == "relay" and layer["partial_of"] == "relu"
+        assert layer["neurons"] == f_out and layer["sources"] == ["input"]
+        assert r in neuron["sources"]
+    assert any(f"split into {k} partial sums" in n for n in placement.notes)
+    for core in placement.cores:
+        assert core["memory_bits"] <= m_core
+        for name, start, stop in core["blocks"]:
+            layer = placement.layers[name]
+            if "columns" not in layer:
+                continue
+            rows = np.arange(start, stop)
+            a, b = layer["columns"]
+            cols = (w[rows][:, a:b] != 0).sum(axis=0)
+            fmt = layer["connections"]["fc"]
+            bits = (int((cols > 0).sum()) * _words(len(rows), 8) * 64 if fmt == "dense"
+                    else sum(_words(int(c), 21) for c in cols if c) * 64)
+            if name == "relu":      # one one-to-one synapse per relay and neuron
+                bits += len(relays) * len(rows) * _words(1, 21) * 64
+            assert core["layers"][name]["memory_bits"] == bits, name
+    # the compartments of the relays are counted: neurons, the lower bound, the cores
+    assert placement.lower_bound["neurons"] == f_out * k + 3
+    assert sum(c["neurons"] for c in placement.cores) == f_out * k + 3
+
+
+def test_window_fan_in_is_not_split_and_the_error_says_why(tmp_path):
+    target = load_target(_target_file(tmp_path, synaptic_memory_bits_per_core=4096))
+    w = np.full((2, 64, 3, 3), 2, np.int16)
+    art = _art([_input((64, 4, 4)), ir.Conv("conv", ("input",), (2, 4, 4), weight=w,
+                                            pads=(1, 1, 1, 1)),
+                _neuron("relu", "conv", (2, 4, 4)), ir.Reshape("flat", ("relu",), (32,)),
+                ir.Dense("out", ("flat",), (3,), weight=np.ones((3, 32), np.int16)),
+                _readout("out", 3)])
+    with pytest.raises(MappingError, match=r"layer 'relu' .*the fan-in is not split: only a "
+                                           r"dense fan-in is split into partial sums"):
+        map_artifact(art, target)
 
 
 def test_one_neurons_fan_in_over_the_axon_limit_is_named_and_quantified(tmp_path):

@@ -15,7 +15,7 @@ from sim.artifact import save
 from toolchain.cli.report import report
 from toolchain.cli.targets import targets
 from toolchain.energy import tap_payloads
-from toolchain.errors import InputFileError
+from toolchain.errors import ShapeError
 from toolchain.mapping import map_artifact
 from toolchain.target import TargetError, load_target
 
@@ -184,11 +184,11 @@ def test_more_timesteps_report_no_histograms(digits):
 
 def test_report_errors_say_what_and_where(digits, tmp_path):
     _, x, folder, _ = digits
-    np.save(tmp_path / "x64.npy", x.astype(np.float64))
+    np.save(tmp_path / "x32.npy", x.astype(np.int32))
     result = CliRunner().invoke(report, [str(folder / "digits.sfn"), "--input",
-                                         str(tmp_path / "x64.npy"), "--out", str(tmp_path)])
-    assert isinstance(result.exception, InputFileError)
-    assert "x64.npy: dtype float64; inputs must be float32" in str(result.exception)
+                                         str(tmp_path / "x32.npy"), "--out", str(tmp_path)])
+    assert isinstance(result.exception, ShapeError)
+    assert "x32.npy: dtype int32; inputs must be float32" in str(result.exception)
     result = CliRunner().invoke(report, [str(folder / "digits.sfn"), "--input",
                                          str(folder / "x.npy"), "--target", "loihi9"])
     assert isinstance(result.exception, TargetError)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import (Fail, InvalidArgument, InvalidGraph,
                                                          NotImplemented, RuntimeException)
 
+from sim.results import as_float32
 from toolchain.errors import ModelError, ShapeError
 
 # onnxruntime's exceptions derive from Exception directly
@@ -136,7 +137,9 @@ def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: in
               sess: ort.InferenceSession | None = None):
     """Yield dicts name → float activations of each batch of x (the source model, onnxruntime;
     `sess`: a session already made for these names). A model with a fixed batch size runs in
-    batches of that size (`batch_size`)."""
+    batches of that size (`batch_size`). A tensor that is not finite on the data (the float
+    model overflows float32 or divides by zero there) is a ModelError naming it: every scale
+    the quantizer derives from it would be NaN."""
     sess = sess or session(model, names)
     step = batch_size(sess, batch)
     fixed = step != batch or isinstance(sess.get_inputs()[0].shape[0], int)
@@ -151,7 +154,14 @@ def run_float(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch: in
         except ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime cannot run the model: "
                              f"{str(exc).splitlines()[0][:300]}") from None
-        yield {n: o[:len(x[start:start + step])] for n, o in zip(names, outs)}
+        acts = {n: o[:len(x[start:start + step])] for n, o in zip(names, outs)}
+        for n, a in acts.items():
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if bad:
+                raise ModelError(f"tensor {n!r}: the float model computes {bad} NaN or ±Inf "
+                                 "values on the calibration data (its weights or inputs overflow "
+                                 "float32)")
+        yield acts
 
 
 def batch_size(sess: ort.InferenceSession, batch: int) -> int:
@@ -224,6 +234,15 @@ def calibrate(model: onnx.ModelProto, x: np.ndarray, names: list[str], percentil
     return stats
 
 
+def per_tensor(st: ChannelStats) -> ChannelStats:
+    """The same statistics with every channel given the whole tensor's: for tensors whose axis
+    1 is not a channel axis (the tokens of a (N, tokens, features) tensor), so that their
+    neurons get one scale along it."""
+    c = len(st.max_abs)
+    return ChannelStats(np.full(c, float(st.max_abs.max())), np.full(c, st.layer_pct_abs),
+                        st.layer_pct_abs, st.min, st.max, st.sample)
+
+
 def stats_from_arrays(acts: dict[str, np.ndarray], percentile: float) -> dict[str, ChannelStats]:
     """ChannelStats of activations given directly as (samples, channels) arrays."""
     out = {}
@@ -246,7 +265,7 @@ def check_data(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
                          f"{', '.join(map(str, shape))})")
     if not np.issubdtype(x.dtype, np.floating) or not np.all(np.isfinite(x)):
         raise ShapeError(f"{what} must be finite floats (dtype {x.dtype})")
-    return x.astype(np.float32)
+    return as_float32(x, what)[0]
 
 
 def grid_step(x: np.ndarray, max_levels: int) -> float | None:

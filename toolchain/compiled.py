@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.artifact import Artifact, atomic_write, save
+from sim.artifact import Artifact, atomic_write, save, to_bytes
 from toolchain.mapping import map_artifact
 from toolchain.quantize.tensor import MIN_WEIGHT_EXP
 from toolchain.reference import emit_reference
@@ -26,11 +26,21 @@ class Compiled:
         save(self.artifact, path)
 
     def write_reference(self, path: str | os.PathLike) -> None:
-        atomic_write(path, emit_reference(self.artifact).SerializeToString())
+        atomic_write(path, self.reference_bytes())
+
+    def artifact_bytes(self) -> bytes:
+        """The artifact's .sfn bytes (what `save` writes)."""
+        return to_bytes(self.artifact)
+
+    def reference_bytes(self) -> bytes:
+        """The integer reference ONNX, serialized (what `write_reference` writes)."""
+        return emit_reference(self.artifact).SerializeToString()
 
 
 def agreement(float_out: np.ndarray, snn_out: np.ndarray) -> dict:
     """Top-1 agreement (for class scores) and error of the SNN readout against the float model."""
+    if float_out.shape != snn_out.shape and float_out.size == snn_out.size:
+        float_out = float_out.reshape(snn_out.shape)   # a final softmax's trailing reshapes
     f = float_out.reshape(-1, float_out.shape[-1])
     s = snn_out.reshape(-1, snn_out.shape[-1])
     err = s - f

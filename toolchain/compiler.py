@@ -20,6 +20,7 @@ from toolchain.rnn import is_onnx_rnn, is_rnn_cell
 from toolchain.rnn.compile import compile_rnn
 
 DEFAULT_LEVELS = 15
+DEFAULT_INTERNAL_LEVELS = QuantOptions.internal_levels
 DEFAULT_PERCENTILE = 99.99
 
 
@@ -29,17 +30,23 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  target: str = "loihi2", fire: str = "uniform", scale: float = 1.0,
                  scale_search: bool = False, scale_grid=None,
                  scale_tolerance: float | None = None,
-                 scale_error_factor: float | None = None, progress=None) -> Compiled:
+                 scale_error_factor: float | None = None,
+                 internal_levels: int = DEFAULT_INTERNAL_LEVELS, progress=None) -> Compiled:
     """`fire`: ReLU/Clip fire function, "uniform", "adaptive" or "quantile" (quantize.fit_levels);
     `scale`: λ, the factor on every ReLU/Clip range; `scale_search`: choose λ on the calibration
     data from `scale_grid` by the rule in toolchain.scale_search (overrides `scale`);
     `per_channel`: one activation scale per channel (None: True for feed-forward networks; for
     recurrent cells the better of both on the calibration trials, see compile_rnn);
+    `internal_levels`: the levels of neurons that are no activation of the model (requantized
+    currents, the operands of products, exp/reciprocal/square-root tables);
     `progress(stage)` is called as each stage starts: "import", "calibrate", "quantize"
     ("scale search λ = … (i of n)" per grid point), "map", "agreement"."""
     say = progress or (lambda stage: None)
     if fire not in FIRE_MODES:
         raise QuantizationError(f"fire function {fire!r}: choose one of {', '.join(FIRE_MODES)}")
+    if not (isinstance(internal_levels, int) and 1 <= internal_levels <= 2 ** 15):
+        raise QuantizationError(f"internal levels {internal_levels!r}: must be an integer from "
+                                "1 to 32768")
     if not (np.isfinite(scale) and scale > 0):
         raise QuantizationError(f"scale λ = {scale}: must be a finite number > 0")
     if fire != "uniform" and timesteps != 1:
@@ -86,9 +93,15 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
     say("calibrate")
     outputs = {imported.output_name: []}
-    stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
-                          outputs=outputs,
-                          sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
+    try:
+        stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
+                              outputs=outputs,
+                              sample_elements=sum(int(np.prod(fg[n]["shape"])) for n in names))
+    except ModelError as exc:   # onnxruntime's refusals and non-finite activations
+        raise ModelError(f"{path}: {exc}") from None
+    for n in names:   # tokens × features tensors: their first axis is not a channel axis
+        if fg[n]["params"].get("per_tensor"):
+            stats[n] = cal.per_tensor(stats[n])
     trained = "sfn.levels" in imported.metadata
     step = None if calib is None else cal.grid_step(data, 2 ** (input_bits - 1) - 1
                                                     if data.min() < 0 else 2 ** input_bits - 1)
@@ -97,7 +110,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                      "lossless for such inputs")
     opts = QuantOptions(levels=levels, percentile=percentile, per_channel=per_channel,
                         input_bits=input_bits, trust_clip=trained, input_step=step, fire=fire,
-                        scale=float(scale), timesteps=timesteps)
+                        scale=float(scale), timesteps=timesteps,
+                        internal_levels=internal_levels)
     found = None
     if scale_search:
         found = search.search(fg, stats, opts, imported.softmax, imported.source,
@@ -113,7 +127,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     notes += weight_warnings(qz.layers)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},
-            "levels": levels, "timesteps": timesteps,
+            "levels": levels, "internal_levels": internal_levels, "timesteps": timesteps,
             "calibration": calibration, "notes": notes, "layers": layer_rows_json(qz.layers),
             "fire": fire, "scale": {"lambda": opts.scale, "search": found}}
     if qz.adaptive:

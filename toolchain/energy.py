@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from rich.table import Table
 
 import sim.cpu
-from sim.artifact import Artifact, atomic_write
+from sim.artifact import Artifact
 from sim.results import LayerStats, SimResult
 from toolchain.mapping import Placement
 from toolchain.tables import columns, fitted, short
@@ -57,6 +56,7 @@ class LayerActivity:
                                     # of a recurrent network, times its steps)
     saturations: int                # total over the run
     energy_pj: dict[str, float] = field(default_factory=dict)   # synops, neurons, spikes
+    clipped: int = 0                # the input: values the encoder clipped to its levels
 
     @property
     def total_pj(self) -> float:
@@ -112,6 +112,9 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
         role = "input" if is_input else layer["role"] if layer else "synapse"
         elements = int(np.prod(node.shape))
         compartments = layer["neurons"] if layer else 0
+        # a fan-in split into partial sums: the relays' compartments update every step too
+        compartments += sum(placement.layers[r]["neurons"]
+                            for r in (layer or {}).get("partial_sums", []))
         hist = payloads.get(node.name)
         if hist is not None:
             nonzero = {int(v): int(c) for v, c in hist.items() if int(v) != 0}
@@ -134,7 +137,7 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
             elements, spikes, None if spikes is None else spikes / (elements * steps),
             mean if emits else None,
             None if hist is None else {str(int(v)): int(c) for v, c in sorted(hist.items())},
-            destinations, synops, node.macs() * ann_passes, st.saturations, energy))
+            destinations, synops, node.macs() * ann_passes, st.saturations, energy, st.clipped))
     if unmeasured:
         notes.append(f"spikes of {', '.join(unmeasured)} not measured (no payload histogram): "
                      "their spike-message energy is left out")
@@ -144,10 +147,15 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
     totals = {"synops": total_synops, "macs": total_macs,
               "spikes": sum(r.spikes or 0.0 for r in rows),
               "saturations": sum(r.saturations for r in rows),
+              "input_clipped": sum(r.clipped for r in rows),
               "energy_pj": {**energy_total, "total": sum(energy_total.values())},
               "ann_fp32_pj": total_macs * e["ann_mac_fp32_pj"],
               "ann_int8_pj": total_macs * e["ann_mac_int8_pj"],
               "snn_ac_fp32_pj": total_synops * e["ann_ac_fp32_pj"]}
+    if totals["input_clipped"]:
+        inp = art.node(art.input)
+        notes.append(f"the input encoder clipped {totals['input_clipped']} values to its levels "
+                     f"[{inp.lo}, {inp.hi}]: inputs outside the calibrated range")
     lb = placement.lower_bound
     summary = {"cores_used": placement.cores_used, "chips": placement.chips,
                "lower_bound": lb["cores"], "ratio": placement.ratio}
@@ -185,19 +193,20 @@ def report_table(report: EnergyReport) -> Table:
     t = Table(title=f"activity and energy per inference on {report.target} ({report.backend}, "
                     f"{report.samples} samples × {report.steps} step(s))", title_justify="left")
     cols = ("layer", "kind", "neurons", "cores", "spikes", "rate", "mean payload", "synops",
-            "MACs (ANN)", "sat.", "energy (nJ)")
+            "MACs (ANN)", "sat./clip.", "energy (nJ)")
     columns(t, [(col, "name" if col == "layer" else "text" if col == "kind" else "number")
                 for col in cols])
     for r in report.layers:
         t.add_row(short(r.name), r.kind, _num(r.compartments or None), _num(r.cores or None),
                   _num(r.spikes, 1), "–" if r.spike_rate is None else f"{r.spike_rate:.3f}",
                   _num(r.mean_payload, 2), _num(r.synops, 1), _num(r.macs or None),
-                  str(r.saturations), f"{r.total_pj / 1000:,.3f}")
+                  str(r.saturations + r.clipped), f"{r.total_pj / 1000:,.3f}")
     tot = report.totals
     t.add_section()
     t.add_row("total", "", _num(sum(r.compartments for r in report.layers)),
               _num(report.placement["cores_used"]), _num(tot["spikes"], 1), "", "",
-              _num(tot["synops"], 1), _num(tot["macs"]), str(tot["saturations"]),
+              _num(tot["synops"], 1), _num(tot["macs"]),
+              str(tot["saturations"] + tot["input_clipped"]),
               f"{tot['energy_pj']['total'] / 1000:,.3f}")
     en = tot["energy_pj"]
     t.caption = (
@@ -230,33 +239,34 @@ def constants_table(target: Target, sections=("limits", "synapse_encoding", "ene
 
 # ---------------------------------------------------------------- figures
 
-def _save(fig, path: Path) -> Path:
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
-def write_figures(report: EnergyReport, placement: Placement, out_dir: str | Path) -> list[Path]:
-    """activity.png (spike rate and payload histograms per layer), energy.png (breakdown per layer
-    and the ANN comparison), cores.png (neurons and synaptic memory per core, by layer)."""
+def render_figures(report: EnergyReport, placement: Placement) -> dict[str, bytes]:
+    """{file name: PNG bytes}: activity.png (spike rate and payload histograms per layer),
+    energy.png (breakdown per layer and the ANN comparison), cores.png (neurons and synaptic
+    memory per core, by layer). The caller writes them (sim.files.write_files)."""
     from matplotlib.figure import Figure   # no pyplot: no global backend state
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return [_activity_figure(report, out / "activity.png", Figure),
-            _energy_figure(report, out / "energy.png", Figure),
-            _cores_figure(placement, out / "cores.png", Figure)]
+    return {"activity.png": _activity_figure(report, Figure),
+            "energy.png": _energy_figure(report, Figure),
+            "cores.png": _cores_figure(placement, Figure)}
 
 
 def _short(name: str, n: int = 28) -> str:
-    return name if len(name) <= n else "…" + name[-(n - 1):]
+    """A layer name as a figure label: shortened, and with `$` escaped (matplotlib reads text
+    between two `$` as mathtext, and fails drawing a malformed one)."""
+    name = name if len(name) <= n else "…" + name[-(n - 1):]
+    return name.replace("$", r"\$")
 
 
 HIST_FLOOR = -6     # log10 fraction shown as the darkest colour; never-seen values are grey
 NEVER = "#d9d9d9"   # the colour of a payload value that never occurred
 
 
-def _activity_figure(report, path, Figure) -> Path:
+def _activity_figure(report, Figure) -> bytes:
     """Spike rate per layer, and each layer's payload histogram on its own value axis (the
     integers from its smallest to its largest payload), coloured by log10 of the fraction of
     elements × steps; a value that never occurred is grey, distinct from a rare one."""
@@ -281,7 +291,7 @@ def _activity_figure(report, path, Figure) -> Path:
         ax.axis("off")
         ax.text(0.5, 0.5, "payload histograms not recorded (they need T = 1)", ha="center",
                 va="center")
-        return _save(fig, path)
+        return _png(fig)
     bottom.suptitle("payload histogram per layer, each on its own payload axis", fontsize=10)
     grid = bottom.add_gridspec(n, 2, width_ratios=[40, 1])
     norm = Normalize(vmin=HIST_FLOOR, vmax=0)
@@ -310,7 +320,7 @@ def _activity_figure(report, path, Figure) -> Path:
     bottom.legend(handles=[Patch(color=NEVER, label="never occurred"),
                            Patch(color=cmap(0.0), label=f"≤ 1e{HIST_FLOOR} (rare)")],
                   loc="outside lower right", fontsize=8, ncol=2, frameon=False)
-    return _save(fig, path)
+    return _png(fig)
 
 
 def fig_cmap(name: str):
@@ -318,7 +328,7 @@ def fig_cmap(name: str):
     return colormaps[name]
 
 
-def _energy_figure(report, path, Figure) -> Path:
+def _energy_figure(report, Figure) -> bytes:
     """Energy per inference by layer and against the ANN, in µJ with the values on the bars;
     the figure says which constants it uses."""
     rows = [r for r in report.layers if r.total_pj > 0]
@@ -353,7 +363,7 @@ def _energy_figure(report, path, Figure) -> Path:
     ax2.set_title("per inference, against the ANN (45 nm)")
     fig.tight_layout()
     fig.text(0.01, 0.0, energy_note(report), fontsize=8, ha="left", va="top")
-    return _save(fig, path)
+    return _png(fig)
 
 
 def energy_note(report) -> str:
@@ -367,7 +377,7 @@ def energy_note(report) -> str:
             "`toolchain targets`.")
 
 
-def _cores_figure(placement, path, Figure) -> Path:
+def _cores_figure(placement, Figure) -> bytes:
     from matplotlib import colormaps
     cores = placement.cores
     names = list(placement.layers)
@@ -408,4 +418,4 @@ def _cores_figure(placement, path, Figure) -> Path:
     ax1.legend(handles, labels, fontsize=7, ncol=1 + len(labels) // 20, loc="upper left",
                bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return _png(fig)

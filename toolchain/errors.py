@@ -1,11 +1,13 @@
 """The toolchain's error hierarchy. The classes live in `sim.errors` (the runtimes raise them
 too, and `sim` imports nothing from `toolchain`); they are re-exported here for the compiler's
 modules and for users who catch them."""
-from sim.errors import (ArtifactError, InputFileError, ModelError, QuantizationError,  # noqa: F401
-                        ShapeError, SimulationError, ToolchainError, UnsupportedOpError)
+from sim.errors import (ArtifactError, InputFileError, ModelError,  # noqa: F401
+                        OutputFileError, QuantizationError, ShapeError, SimulationError,
+                        ToolchainError, UnsupportedOpError)
 
-__all__ = ["ToolchainError", "InputFileError", "ModelError", "UnsupportedOpError", "ShapeError",
-           "QuantizationError", "ArtifactError", "SimulationError"]
+__all__ = ["ToolchainError", "InputFileError", "OutputFileError", "ModelError",
+           "UnsupportedOpError", "ShapeError", "QuantizationError", "ArtifactError",
+           "SimulationError"]
 
 
 class MappingError(ToolchainError):

@@ -9,12 +9,11 @@
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from sim.artifact import atomic_write
+from sim.files import check_folder, make_folder, remove_folders, write_files
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS_CNN = DATA / "digits_cnn_relu.onnx"
@@ -37,23 +36,28 @@ def load_digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return x_train, y_train, x_test, y_test
 
 
-def _npy(path: Path, array: np.ndarray) -> None:
+def _npy(array: np.ndarray) -> bytes:
     import io
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def write_digits(folder: str | Path) -> dict[str, Path]:
     """Write calib.npy (the 1,437 training images), x_test.npy (360 test images), y_test.npy
-    (their labels) and digits_cnn.onnx into `folder` (created if missing); return the paths."""
+    (their labels) and digits_cnn.onnx into `folder` (created if missing); return the paths.
+    The four files are written together (sim.files.write_files): all of them or none."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_folder(folder)
     x_train, _, x_test, y_test = load_digits_split()
     paths = {"calib": folder / "calib.npy", "x_test": folder / "x_test.npy",
              "y_test": folder / "y_test.npy", "model": folder / "digits_cnn.onnx"}
-    _npy(paths["calib"], x_train)
-    _npy(paths["x_test"], x_test)
-    _npy(paths["y_test"], y_test)
-    shutil.copyfile(DIGITS_CNN, paths["model"])
+    data = {"calib": _npy(x_train), "x_test": _npy(x_test), "y_test": _npy(y_test),
+            "model": Path(DIGITS_CNN).read_bytes()}
+    created = make_folder(folder)
+    try:
+        write_files([(paths[k], data[k]) for k in paths])
+    except BaseException:
+        remove_folders(created)
+        raise
     return paths

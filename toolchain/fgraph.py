@@ -73,16 +73,37 @@ class FloatGraph:
         return "\n".join(lines)
 
 
+def prune_synthetic(fg: FloatGraph) -> None:
+    """Drop the compiler's own nodes (synthetic) that nothing reads: the reshape back to (C, L)
+    after a 1-D layer whose reader took its (C, 1, L) form instead."""
+    while True:
+        dead = [n for n in fg.g if n != fg.output and not fg.consumers(n)
+                and fg[n]["params"].get("synthetic")]
+        if not dead:
+            return
+        fg.g.remove_nodes_from(dead)
+
+
 def fold_affine(fg: FloatGraph) -> int:
     """y = scale·(W x + b) + shift  →  W' = scale·W, b' = scale·b + shift, when the conv/dense's
-    only consumer is the affine. Returns how many were folded."""
+    only consumer is the affine; an affine of an affine (BatchNormalization, then Mul and Add by
+    per-channel constants) is one affine. Returns how many were folded."""
+    prune_synthetic(fg)
     folded = 0
     for name in fg.order():
         d = fg[name]
-        if d["op"] != "affine":
+        if d["op"] != "affine" or d["params"].get("full"):
             continue
         (src,) = d["inputs"]
         s = fg[src]
+        if s["op"] == "affine" and fg.consumers(src) == [name] and src != fg.output:
+            p, q = s["params"], d["params"]
+            q["shift"] = q["scale"] * p["shift"] + q["shift"]
+            q["scale"] = q["scale"] * p["scale"]
+            fg.remove_passthrough(src)
+            folded += 1
+            (src,) = d["inputs"]
+            s = fg[src]
         if s["op"] not in ("conv", "dense") or fg.consumers(src) != [name]:
             continue
         scale, shift = d["params"]["scale"], d["params"]["shift"]
@@ -93,3 +114,29 @@ def fold_affine(fg: FloatGraph) -> int:
         fg.rename(src, name)
         folded += 1
     return folded
+
+
+# ops whose output has its own channels (per output channel weights), whatever the input
+_CHANNEL_OPS = ("conv", "dense", "input", "fixed_conv")
+# ops whose output mixes positions of its inputs so that its axis 0 is no channel axis
+_TOKEN_OPS = ("mul2", "matmul2", "constant")
+
+
+def mark_per_tensor(fg: FloatGraph) -> int:
+    """Mark `per_tensor` on every node whose axis 0 is not a channel axis, so calibration gives
+    it one scale for the whole tensor: the products of activations, a transpose that moves axis
+    0 away (a (C, L) signal turned into (tokens, features)), and every node computed from a
+    marked one except by a conv/dense (their outputs have channels of their own). Returns how
+    many nodes are marked."""
+    marked = 0
+    for name in fg.order():
+        d = fg[name]
+        p = d["params"]
+        op = d["op"]
+        moved = op == "transpose" and tuple(p.get("perm", (0,)))[0] != 0
+        inherit = op not in _CHANNEL_OPS and any(fg[i]["params"].get("per_tensor")
+                                                 for i in d["inputs"])
+        if p.get("per_tensor") or moved or inherit or op in _TOKEN_OPS:
+            p["per_tensor"] = True
+            marked += 1
+    return marked

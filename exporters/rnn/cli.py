@@ -27,9 +27,11 @@ def train(task, activation, dale, units, steps, seed, out, as_json, debug):
 
     import torch
 
+    from sim.files import check_output
     from exporters.rnn.export import export_rnn_onnx
     from exporters.rnn.model import EIRNN
     from exporters.rnn.train import train as fit
+    check_output(out)   # before the training, not after it
     torch.set_num_threads(2)
     t = make_task(TASKS[task], seed=seed)
     model = EIRNN(t.n_inputs, t.n_outputs, n_units=units, activation=activation, dale=dale,

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sim.files import atomic_write
+
 from .model import EIRNN, euler_step
 from toolchain.rnn import run_onnx_trials
 from toolchain.tasks import Task
@@ -52,10 +54,8 @@ def export_rnn_onnx(model: EIRNN, path, opset=17, task: Task | str | None = None
     cell = _Cell(model).eval()
     u = torch.zeros(1, model.n_inputs)
     h = torch.zeros(1, model.n_units)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
+    with tempfile.TemporaryDirectory(prefix="sfn-export-") as folder:
+        tmp = os.path.join(folder, "cell.onnx")   # the exporter's file, checked before writing
         with warnings.catch_warnings():  # the legacy exporter is chosen on purpose
             warnings.simplefilter("ignore", DeprecationWarning)
             # no constant folding: W_* stay initializers under their own names (folding would
@@ -80,10 +80,7 @@ def export_rnn_onnx(model: EIRNN, path, opset=17, task: Task | str | None = None
         onnx.save(proto, tmp)
         if check:
             _check(model, tmp, task if isinstance(task, Task) else None, atol)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_write(path, proto.SerializeToString())
     return path
 
 

@@ -53,17 +53,19 @@ def sum_pool_exact(x: np.ndarray, kernel, stride, pads, out_hw, dtype=np.int64,
     return sum_pool(x, kernel, stride, pads, out_hw, dtype)
 
 
-def encode_input_exact(x: np.ndarray, inv_scale, lo: int, hi: int) -> np.ndarray:
-    """semantics.encode_input left in float32 (its values are float32 integers already, and the
-    int64 cast is skipped) when lo and hi are float32-exact, else int64."""
+def encode_input_exact(x: np.ndarray, inv_scale, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """semantics.encode_input_counted, the values left in float32 (they are float32 integers
+    already, and the int64 cast is skipped) when lo and hi are float32-exact, else int64."""
     if max(abs(lo), abs(hi)) >= F32_EXACT:
-        return semantics.encode_input(x, inv_scale, lo, hi)
-    z = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
+        return semantics.encode_input_counted(x, inv_scale, lo, hi)
+    with np.errstate(over="ignore"):   # beyond float32: +-inf, clipped to hi or lo
+        z = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
     z += np.float32(0.5)
     np.floor(z, out=z)
+    clipped = int(np.count_nonzero(z < np.float32(lo))) + int(np.count_nonzero(z > np.float32(hi)))
     np.maximum(z, np.float32(lo), out=z)
     np.minimum(z, np.float32(hi), out=z)
-    return z
+    return z, clipped
 
 
 class Fire:

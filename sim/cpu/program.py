@@ -127,7 +127,8 @@ def _input(p: Program, node):
     p.static[name] = float(max(abs(lo), abs(hi)))
 
     def op(r):
-        r.values[name] = encode_input_exact(r.x, inv, lo, hi)
+        r.values[name], clipped = encode_input_exact(r.x, inv, lo, hi)
+        r.stats[name].clipped += clipped
     return op
 
 
@@ -326,6 +327,18 @@ def _concat(p: Program, node):
 @builds("reshape", "transpose")
 def _index(p: Program, node):
     """Index maps of one input: the value's bound unchanged, its dtype kept."""
+    name, src = node.name, node.inputs[0]
+    p.derived(node, lambda b: b[0])
+
+    def op(r):
+        r.values[name] = node.apply([r.values[src]], False)[0]
+    return op
+
+
+@builds("select")
+def _select(p: Program, node):
+    """A constant gather on the float array as it is (its dtype kept, no int64 round trip); it
+    copies values or writes 0, so its input's bound holds."""
     name, src = node.name, node.inputs[0]
     p.derived(node, lambda b: b[0])
 

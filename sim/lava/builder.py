@@ -40,7 +40,7 @@ def build_stages(plan: Plan, samples: int | None, in_shape, out_shape, encoded: 
     inp = plan.input
     encoder = InputEncoder(in_shape=in_shape, lanes=plan.lanes, sample_shape=inp.shape,
                            inv_scale=inp.inv_scale, lo=inp.lo, hi=inp.hi, encoded=encoded,
-                           name=inp.name)
+                           timesteps=plan.timesteps, samples=samples, name=inp.name)
     senders = {inp.name: encoder}
     layers, readout = {}, None
     for stage in plan.stages:

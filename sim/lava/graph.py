@@ -36,6 +36,7 @@ COMPUTE_ROLES = (NEURON, SINK)
 CHAIN_ROLES = (SYNAPSE, INDEX)
 MAPPED_ROLES = (SOURCE,) + COMPUTE_ROLES + CHAIN_ROLES
 DEFAULT_LANES = 64         # samples side by side when lanes is not given
+MAX_PROCESSES = 512        # Lava processes of one run (one OS process each): the source and stages
 MESSAGE_BYTES = 1 << 20    # largest (B, *shape) message; Lava allocates 64 per channel
 
 
@@ -133,6 +134,11 @@ def plan(art: Artifact, timesteps: int = 1, binary: bool = False, lanes: int = 1
     """Partition `art` into stages and time them for B = `lanes` samples side by side; refuse
     what cannot be mapped."""
     refuse_unmapped(art)
+    processes = 1 + sum(n.role in COMPUTE_ROLES for n in art.nodes)
+    if processes > MAX_PROCESSES:
+        raise SimulationError(f"the network needs {processes} Lava processes (one per neuron "
+                              f"layer), more than the {MAX_PROCESSES} sim.lava starts; run it on "
+                              "sim.cpu")
     if timesteps < 1:
         raise SimulationError(f"timesteps must be ≥ 1, got {timesteps}")
     if timesteps > 1 and any(getattr(n, "fire", "") == "adaptive" for n in art.nodes):

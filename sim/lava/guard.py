@@ -6,10 +6,17 @@ child process, shuts the shared-memory manager (which unlinks the segments) and 
 SimulationError carrying the model's own exception text. `stop()` is called only after a run
 that finished normally. Shared by the feed-forward (sim.lava.runner) and the recurrent
 (sim.lava.recurrent) runs.
+
+SIGTERM and SIGHUP during a run raise `sim.errors.Terminated` (where no handler of the caller's
+is installed), which ends the run like Ctrl-C's KeyboardInterrupt; what must hold even when the
+process is killed outright (children that die with it, named segments, the sweep of a dead run's
+segments) is sim.lava.lifetime's. Lava prints a start-up failure's traceback on stdout; the
+guard keeps it off stdout (the error carries it: `lava_traceback`, shown by the CLI's --debug).
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import multiprocessing
 import queue
 import threading
@@ -17,11 +24,13 @@ import time
 
 import numpy as np
 
-from sim.errors import SimulationError
+from sim.errors import SimulationError, raise_on_termination
+from sim.lava import lifetime
 
 TAGS = ("fixed_pt", "floating_pt")
 POLL_S = 0.05            # how often a waiting run checks the Lava processes and the clock
 ERROR_TEXT_WAIT_S = 2.0  # how long to wait for a failed model's exception to arrive
+START_WAIT_S = 30.0      # how long an abort waits for a start-up still forking children
 MAC_SECONDS = 5e-8       # timeout allowance per multiply-accumulate (numpy: ~1 ns)
 
 
@@ -60,18 +69,27 @@ class GuardedRun:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.runtime = None
+        self.run = None
+        self.starting = None
 
     @contextlib.contextmanager
     def watching(self):
         """Turn a Failure inside the block into its SimulationError, and any other exception
-        (KeyboardInterrupt included) into an abort, ending every Lava process either way."""
+        (KeyboardInterrupt, Terminated by SIGTERM or SIGHUP included) into an abort, ending
+        every Lava process either way. Segments a dead run left behind are removed first."""
+        lifetime.sweep_stale()
+        self.run = lifetime.Run()
         try:
-            yield
-        except Failure as failure:
-            raise self.abort(failure) from None
-        except BaseException as exc:
-            self.abort(Failure(f"interrupted by {type(exc).__name__}: {exc}"))
-            raise
+            with raise_on_termination():
+                try:
+                    yield
+                except Failure as failure:
+                    raise self.abort(failure) from None
+                except BaseException as exc:
+                    self.abort(Failure(f"interrupted by {type(exc).__name__}: {exc}"))
+                    raise
+        finally:
+            self.run.close()
 
     def _left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -90,19 +108,26 @@ class GuardedRun:
     def _start(self, condition) -> None:
         # Compiling and forking the processes happen in a helper thread so that a start-up
         # that never returns (a process dying before it reports) is bounded by the limit too.
+        # Its end is an Event, not Thread.join: a KeyboardInterrupt that interrupts a join
+        # leaves a running thread reported as ended on Python 3.11 (bpo-45274), and an abort
+        # must wait for the start-up to finish forking before it ends the processes.
         outcome = {}
+        lifetime.install()
+        done = self.starting = threading.Event()
 
         def start():
             try:
-                self.root.run(condition, run_cfg=self.run_cfg)
+                with lifetime.forking(self.run), contextlib.redirect_stdout(io.StringIO()):
+                    self.root.run(condition, run_cfg=self.run_cfg)
             except BaseException as exc:  # reported to the guarding thread
                 outcome["error"] = exc
+            finally:
+                done.set()
 
-        thread = threading.Thread(target=start, name="sim.lava start", daemon=True)
-        thread.start()
-        thread.join(self._left())
+        threading.Thread(target=start, name=lifetime.START_THREAD, daemon=True).start()
+        done.wait(self._left())
         self.runtime = self.root.runtime
-        if thread.is_alive():
+        if not done.is_set():
             raise Failure(f"the Lava processes did not start within {self.timeout:g} s")
         if "error" in outcome:
             exc = outcome["error"]
@@ -180,7 +205,9 @@ class GuardedRun:
         return error
 
     def _end_processes(self) -> None:
-        runtime = self.runtime
+        if self.starting is not None:
+            self.starting.wait(START_WAIT_S)   # let a start-up finish forking before ending all
+        runtime = self.runtime = self.root.runtime if self.runtime is None else self.runtime
         if runtime is None:
             return
         actors = self._actors()

@@ -147,6 +147,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
             if progress is not None:
                 progress(p.rows(g))
         accumulator = np.rint(guarded.receive(net.sink.result)).astype(np.int64)
+        stats[p.input.name].clipped = int(net.source.clipped.get()[0])
         for k, name in enumerate(STATS):
             totals = getattr(net.cell, name).get()
             for node, total in zip(p.nodes, totals):
@@ -173,8 +174,9 @@ def build(p: TrialPlan, x: np.ndarray) -> TrialNetwork:
     from sim.lava.procs.process import RecurrentCell, SpikeSource, TrialSink
 
     inp, readout = p.input, p.readout
-    source = SpikeSource(samples=step_major(p, x), inv_scale=inp.inv_scale, lo=inp.lo,
-                         hi=inp.hi, timesteps=1, name=inp.name)
+    valid = np.repeat([p.rows(g) for g in range(p.groups)], p.trial_steps)
+    source = SpikeSource(samples=step_major(p, x), valid=valid, inv_scale=inp.inv_scale,
+                         lo=inp.lo, hi=inp.hi, timesteps=1, name=inp.name)
     common = dict(trials=p.trials, batch=p.batch, trial_steps=p.trial_steps)
     cell = RecurrentCell(nodes=p.nodes, input_name=inp.name, input_shape=inp.shape, feed=p.feed,
                          readout_name=readout.name, output_shape=readout.shape, **common)

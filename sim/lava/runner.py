@@ -1,11 +1,12 @@
 """sim.lava.run: execute an artifact as a Lava process graph (Loihi2SimCfg), under a guard.
 
 The graph is SpikeSource → `Network` (sim.lava.procs.network) → AccumulatorSink: every sample is
-in the source from the start (encoded, so the Network takes integers) and samples are pipelined:
-every timestep carries B = `lanes` samples side by side (sim.lava.graph; B = 1 is one sample per
-timestep at T = 1), so Lava's per-step cost (~0.1 ms per process) is shared by B samples; the
-sink keeps each sample's accumulator from the Network's `out` stream and sends them all once
-after the run. The result does not depend on B. Recurrent artifacts run as one cell
+in the source from the start, rounded to integers bounded one past the input levels
+(sim.semantics.encode_input_bounded), so the Network takes integers and its encoder clips and
+counts what sim.cpu's encoder clips. Samples are pipelined: every timestep carries B = `lanes`
+samples side by side (sim.lava.graph; B = 1 is one sample per timestep at T = 1), so Lava's
+per-step cost (~0.1 ms per process) is shared by B samples; the sink keeps each sample's
+accumulator from the Network's `out` stream and sends them all once after the run. The result does not depend on B. Recurrent artifacts run as one cell
 process over batches of trials (sim.lava.recurrent), under the same guard (sim.lava.guard).
 The result is the `SimResult` every backend returns (same output, accumulator and per-node
 statistics as sim.cpu), so the backends compare directly.
@@ -63,8 +64,10 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     inp = plan.input
     net = Network(art, timesteps=timesteps, binary=binary, lanes=plan.lanes, encoded=True,
                   samples=len(x))
-    source = SpikeSource(samples=lane_major(plan, x), inv_scale=inp.inv_scale, lo=inp.lo,
-                         hi=inp.hi, timesteps=timesteps, name=f"{inp.name} (source)")
+    valid = np.minimum(plan.lanes, len(x) - plan.lanes * np.arange(plan.groups(len(x))))
+    source = SpikeSource(samples=lane_major(plan, x), valid=valid, inv_scale=inp.inv_scale,
+                         lo=inp.lo, hi=inp.hi, timesteps=timesteps, clip=False,
+                         name=f"{inp.name} (source)")
     sink = AccumulatorSink(shape=readout.shape, lanes=plan.lanes, samples=len(x),
                            timesteps=timesteps, latency=net.latency)
     source.s_out.connect(net.inp)
@@ -105,9 +108,11 @@ def _run_ends(plan: graph.Plan, samples: int, chunked: bool) -> list[int]:
 
 
 def _collect_stats(plan: graph.Plan, net, stats: dict[str, LayerStats]) -> None:
-    """Per-node statistics from the Network's stage processes' Vars (each read once)."""
+    """Per-node statistics from the Network's encoder and stage processes' Vars (each read
+    once)."""
     from sim.lava.procs.network import stage_name
 
+    stats[plan.input.name].clipped = int(net.procs.encoder.clipped.get()[0])
     for i, stage in enumerate(plan.stages):
         proc = getattr(net.procs, stage_name(i))
         synops = proc.synops.get()

@@ -37,9 +37,23 @@ def node_from_record(record: dict, arrays: dict[str, np.ndarray]) -> Node:
         raise ArtifactError(f"{where}: unknown node kind {kind!r} (known: {sorted(KINDS)})")
     names = {f.name for f in fields(cls)}
     params = record.get("params", {})
+    if not isinstance(params, dict):
+        raise ArtifactError(f"{where}: params is a {type(params).__name__}, not an object")
     unknown = (set(params) | set(arrays)) - names
     if unknown:
         raise ArtifactError(f"{where}: unknown fields {sorted(unknown)} for a {kind} node")
+    for name, value in params.items():
+        if name in cls.array_dtypes and value is not None:
+            raise ArtifactError(f"{where}: field {name!r} of a {kind} node is an array member, "
+                                "not a parameter")
+    for name, value in arrays.items():
+        declared = cls.array_dtypes.get(name)
+        if declared is None:
+            raise ArtifactError(f"{where}: field {name!r} of a {kind} node is a parameter, not "
+                                "an array")
+        if value.dtype != np.dtype(declared):
+            raise ArtifactError(f"{where}: field {name!r} is stored as {value.dtype}; a {kind} "
+                                f"node stores it as {np.dtype(declared)}")
     kwargs = {}
     for f in fields(cls):
         if f.name in params:

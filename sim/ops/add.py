@@ -7,7 +7,8 @@ from typing import ClassVar
 import numpy as np
 
 from sim import semantics
-from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Node, batched, broadcasts, is_int, register
+from sim.ops.base import (CHIP_SYNAPSE, GAIN_LIMIT, SYNAPSE, Node, batched, broadcasts,
+                          check_ints, is_int, register, shifted_magnitude)
 
 
 @register
@@ -31,6 +32,11 @@ class Add(Node):
         shape = tuple(self.shape)
         if any(i != shape for i in inputs):
             return f"inputs {inputs} must all have the output shape {shape}"
+        problem = check_ints("gains", self.gains, -GAIN_LIMIT, GAIN_LIMIT)
+        if problem:
+            return problem
+        if not isinstance(self.exps, tuple):
+            return f"exps {self.exps!r} is not a list of exponents"
         if np.shape(self.gains)[0:1] != (len(inputs),) or len(self.exps) != len(inputs) or \
                 not all(is_int(e) and semantics.MIN_EXP <= e <= semantics.MAX_EXP
                         for e in self.exps) or \
@@ -52,6 +58,10 @@ class Add(Node):
             lo += int(semantics.shift(np.minimum(gain * a, gain * b).min(), self.exps[k]))
             hi += int(semantics.shift(np.maximum(gain * a, gain * b).max(), self.exps[k]))
         return lo, hi
+
+    def magnitude(self, inputs):
+        return sum(shifted_magnitude(float(np.abs(g.astype(np.float64)).max(initial=0.0)) * m, e)
+                   for g, e, m in zip(self.gains, self.exps, inputs))
 
     def mantissas(self):
         return self.gains

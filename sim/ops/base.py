@@ -11,13 +11,28 @@ list of kind names.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
 
-from sim import kernels
+from sim import kernels, semantics
 from sim.errors import SimulationError, UnsupportedOpError
+
+# What a node may hold, checked when an artifact is loaded or saved (Node.check, one module per
+# kind; sim.artifact for the whole graph), so that a loaded artifact is one both backends run
+# the same way, in bounded time and memory:
+PAYLOAD_MIN, PAYLOAD_MAX = -2 ** 23, 2 ** 23 - 1       # levels and payloads: signed 24 bits
+STATE_EDGE = semantics.V_MAX + 1                        # biases, table thresholds: the state ±1
+THRESHOLD_MAX = 2 ** 23 - 1                             # uniform thresholds θ in [1, 2²³)
+WEIGHT_MIN, WEIGHT_MAX = -2 ** 15, 2 ** 15 - 1          # stored weight mantissas (int16)
+GAIN_LIMIT = 2 ** 23                                    # |integer gains| of an Add
+MAX_RANK = 16                                           # axes of a per-sample shape
+MAX_NODE_ELEMENTS = 2 ** 22    # per-sample elements of one node (the importer's activation cap)
+MAX_WINDOW_OPS = 2 ** 34       # multiply-accumulates (or window taps) of one window node
+VALUE_LIMIT = 2 ** 40          # |value| any node can reach in one step (magnitude bound): the
+#                                sums of T ≤ 4096 steps stay exact in int64 and float64
 
 # roles: what a node is to the runtimes
 SOURCE, SYNAPSE, INDEX, NEURON, SINK, EDGE = "source", "synapse", "index", "neuron", "sink", "edge"
@@ -101,6 +116,12 @@ class Node:
         if (not shape and self.role != SINK) or \
                 any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape):
             return f"shape {shape} is not a tuple of positive sizes"
+        if len(shape) > MAX_RANK or math.prod(shape) > MAX_NODE_ELEMENTS:
+            return f"shape {shape} is over the limits of {MAX_RANK} axes and " \
+                   f"{MAX_NODE_ELEMENTS:,} elements per sample"
+        if not isinstance(self.inputs, tuple) or \
+                not all(isinstance(i, str) for i in self.inputs):
+            return f"inputs {self.inputs!r} are not node names"
         if self.arity is not None and len(inputs) != self.arity:
             return f"{len(inputs)} inputs, a {self.kind} node reads {self.arity}"
         if self.arity is None and not inputs:
@@ -123,6 +144,12 @@ class Node:
         out, synops = self.apply(ins, step.count)
         step.stats[self.name].synops += synops
         return out
+
+    def magnitude(self, inputs: list[float]) -> float:
+        """An upper bound on |value| in one step given upper bounds on its inputs' (float64;
+        what `sim.artifact` checks against VALUE_LIMIT). Default: the largest input's (index
+        maps, maxima, the readout)."""
+        return max(inputs, default=0.0)
 
     def value_range(self, ranges: list[tuple[int, int]]) -> tuple[int, int]:
         """A bound [lo, hi] on the integers this node emits, given its inputs' ranges (interval
@@ -174,8 +201,8 @@ def broadcasts(a: np.ndarray | None, shape: tuple[int, ...]) -> bool:
 
 def int_pairs(*pairs) -> bool:
     """Each (value, n): a tuple of n ints."""
-    return all(isinstance(t, tuple) and len(t) == n and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in t) for t, n in pairs)
+    return all(isinstance(t, (tuple, list)) and len(t) == n and all(is_int(i) for i in t)
+               for t, n in pairs)
 
 
 def batched(param: np.ndarray) -> np.ndarray:
@@ -197,18 +224,26 @@ class Windowed(Node):
         kh, kw = self.kernel
         return c, 1, kh, kw, self.stride, self.pads, getattr(self, "dilation", (1, 1))
 
-    def _check_window(self, x: tuple[int, ...], kernel, channels: int) -> str | None:
+    def _check_window(self, x: tuple[int, ...], kernel, channels: int,
+                      taps_per_channel: int = 1) -> str | None:
         shape = tuple(self.shape)
         if len(x) != 3 or len(shape) != 3:
             return f"input {x} and output {shape} must be (C, H, W)"
         dil = getattr(self, "dilation", (1, 1))
-        if not int_pairs((tuple(kernel), 2), (self.stride, 2), (tuple(dil), 2), (self.pads, 4)) \
+        if not int_pairs((kernel, 2), (self.stride, 2), (dil, 2), (self.pads, 4)) \
                 or min(*kernel, *self.stride, *dil) < 1 or min(self.pads) < 0:
             return "kernel/stride/dilation must be positive pairs and pads four sizes ≥ 0"
+        padded = x[0] * (x[1] + self.pads[0] + self.pads[2]) * (x[2] + self.pads[1] + self.pads[3])
+        if padded > 4 * MAX_NODE_ELEMENTS:
+            return f"pads {self.pads} make a padded input of {padded:,} elements, over " \
+                   f"{4 * MAX_NODE_ELEMENTS:,}"
         hw = tuple(window_out(x[1 + a], kernel[a], self.stride[a], self.pads[a],
                               self.pads[a + 2], dil[a]) for a in range(2))
         if shape != (channels,) + hw:
             return f"output shape {shape}, its parameters give {(channels,) + hw}"
+        ops = math.prod(shape) * kernel[0] * kernel[1] * taps_per_channel
+        if ops > MAX_WINDOW_OPS:
+            return f"{ops:,} window operations per sample, over {MAX_WINDOW_OPS:,}"
         return None
 
     def fanout(self, in_hw) -> np.ndarray:
@@ -232,3 +267,61 @@ class Windowed(Node):
 def is_int(v) -> bool:
     """An integer (Python or numpy), not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def int_in(v, lo: int, hi: int) -> bool:
+    """An integer (not a bool) in [lo, hi]."""
+    return is_int(v) and lo <= v <= hi
+
+
+def check_ints(field: str, a, lo: int, hi: int) -> str | None:
+    """None if `a` is an array of integers in [lo, hi], else what is wrong with field `field`.
+    Integer dtypes qualify, bools do not; a float array qualifies when every value is a finite
+    integer (what a compiler may hand in before the artifact stores the field as an integer
+    dtype, which the loader checks)."""
+    if not isinstance(a, np.ndarray):
+        return f"{field} is a {type(a).__name__}, not an array"
+    if a.dtype.kind not in "iuf":
+        return f"{field} has dtype {a.dtype}, not integers"
+    if a.size == 0:
+        return None
+    if a.dtype.kind == "f":
+        finite = np.isfinite(a)
+        if not finite.all() or np.any(a != np.floor(a)):
+            return f"{field} holds values that are not finite integers"
+    top, bottom = a.max(), a.min()
+    if bottom < lo or top > hi:
+        return f"{field} ranges over [{bottom}, {top}], outside [{lo}, {hi}]"
+    return None
+
+
+def check_floats(field: str, a) -> str | None:
+    """None if `a` is a float array whose values are finite as float32 (what the readout
+    computes in), else what is wrong with field `field`."""
+    if not isinstance(a, np.ndarray):
+        return f"{field} is a {type(a).__name__}, not an array"
+    if a.dtype.kind not in "fiu":
+        return f"{field} has dtype {a.dtype}, not floats"
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(a.astype(np.float32))
+    if not finite.all():
+        return f"{field} has {int(np.count_nonzero(~finite))} NaN or infinite entries " \
+               "(as float32)"
+    return None
+
+
+def shifted_magnitude(bound: float, exp: int) -> float:
+    """A bound on |semantics.shift(a, exp)| for |a| ≤ bound: bound·2^exp, rounded up for a right
+    shift (its floor moves a negative value away from zero)."""
+    return bound * 2.0 ** float(exp) if exp >= 0 else float(math.ceil(bound * 2.0 ** float(exp)))
+
+
+def rounded_magnitude(bound: float, shift: int) -> float:
+    """A bound on |round_half_up(a / 2^shift)| for |a| ≤ bound (the product kinds)."""
+    return bound if shift == 0 else float(math.ceil(bound / 2.0 ** float(shift))) + 1.0
+
+
+def weighted_magnitude(weight: np.ndarray, exp: int, axes: tuple[int, ...], inp: float) -> float:
+    """A bound on |shift(Σ w·x, exp)| over outputs for |x| ≤ inp (float64, no integer overflow)."""
+    rows = np.abs(weight.astype(np.float64)).sum(axis=axes) if weight.size else np.zeros(1)
+    return shifted_magnitude(float(rows.max(initial=0.0)) * inp, exp)

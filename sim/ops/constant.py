@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim.ops.base import HOST, SYNAPSE, Node, broadcasts, register
+from sim.ops.base import HOST, SYNAPSE, VALUE_LIMIT, Node, broadcasts, check_ints, register
 
 
 @register
@@ -23,11 +23,15 @@ class Constant(Node):
     array_dtypes: ClassVar[dict] = {"value": np.int64}
 
     def _check(self, inputs):
+        problem = check_ints("value", self.value, -VALUE_LIMIT, VALUE_LIMIT)
+        if problem:
+            return problem
         if not broadcasts(self.value, tuple(self.shape)):
             return f"value of shape {np.shape(self.value)} does not broadcast to {self.shape}"
-        if not np.issubdtype(np.asarray(self.value).dtype, np.integer):
-            return "value is not an integer array"
         return None
+
+    def magnitude(self, inputs):
+        return float(np.abs(self.value).max(initial=0))
 
     def apply(self, ins, count):
         rows = len(ins[0])

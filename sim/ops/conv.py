@@ -7,7 +7,8 @@ from typing import ClassVar
 import numpy as np
 
 from sim import kernels, semantics
-from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Windowed, register
+from sim.ops.base import (CHIP_SYNAPSE, SYNAPSE, WEIGHT_MAX, WEIGHT_MIN, Windowed, check_ints,
+                          is_int, register, weighted_magnitude)
 from sim.ops.dense import _check_exp, _weighted_range
 
 
@@ -37,6 +38,9 @@ class Conv(Windowed):
 
     def _check(self, inputs):
         (x,) = inputs
+        problem = check_ints("weight", self.weight, WEIGHT_MIN, WEIGHT_MAX)
+        if problem:
+            return problem
         if np.ndim(self.weight) != 4:
             return f"weight rank {np.ndim(self.weight)}, expected 4"
         problem = _check_exp(self.weight_exp)
@@ -46,9 +50,9 @@ class Conv(Windowed):
         g = self.groups
         if len(x) != 3:
             return f"input {x} and output {tuple(self.shape)} must be (C, H, W)"
-        if not isinstance(g, int) or g < 1 or x[0] % g or co % g or cg * g != x[0]:
-            return f"weight {self.weight.shape} with groups {g} does not fit {x[0]} channels"
-        return self._check_window(x, self.weight.shape[2:], co)
+        if not is_int(g) or g < 1 or x[0] % g or co % g or cg * g != x[0]:
+            return f"weight {self.weight.shape} with groups {g!r} does not fit {x[0]} channels"
+        return self._check_window(x, self.weight.shape[2:], co, cg)
 
     def apply(self, ins, count):
         (x,) = ins
@@ -62,6 +66,9 @@ class Conv(Windowed):
     def value_range(self, ranges):
         return _weighted_range(self.weight.reshape(self.weight.shape[0], -1), self.weight_exp,
                                ranges[0])
+
+    def magnitude(self, inputs):
+        return weighted_magnitude(self.weight, self.weight_exp, (1, 2, 3), inputs[0])
 
     def macs(self) -> int:
         c_out, c_in_g, kh, kw = self.weight.shape

@@ -7,7 +7,8 @@ from typing import ClassVar
 import numpy as np
 
 from sim import kernels, semantics
-from sim.ops.base import CHIP_SYNAPSE, SYNAPSE, Node, is_int, register
+from sim.ops.base import (CHIP_SYNAPSE, SYNAPSE, WEIGHT_MAX, WEIGHT_MIN, Node, check_ints,
+                          is_int, register, weighted_magnitude)
 
 
 @register
@@ -29,6 +30,9 @@ class Dense(Node):
 
     def _check(self, inputs):
         (x,), w, shape = inputs, self.weight, tuple(self.shape)
+        problem = check_ints("weight", w, WEIGHT_MIN, WEIGHT_MAX)
+        if problem:
+            return problem
         if np.ndim(w) != 2 or len(x) != 1 or w.shape != (shape[0], x[0]) or len(shape) != 1:
             return f"weight {np.shape(w)} does not map input {x} to {shape}"
         return _check_exp(self.weight_exp)
@@ -44,6 +48,9 @@ class Dense(Node):
     def value_range(self, ranges):
         return _weighted_range(self.weight.reshape(self.weight.shape[0], -1), self.weight_exp,
                                ranges[0])
+
+    def magnitude(self, inputs):
+        return weighted_magnitude(self.weight, self.weight_exp, (1,), inputs[0])
 
     def macs(self) -> int:
         return int(self.weight.size)

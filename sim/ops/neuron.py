@@ -8,8 +8,8 @@ import numpy as np
 
 from sim import semantics
 from sim.errors import UnsupportedOpError
-from sim.ops.base import (CHIP_NEURON, MICROCODE, NEURON, Node, batched, broadcasts, is_int,
-                          register)
+from sim.ops.base import (CHIP_NEURON, MICROCODE, NEURON, PAYLOAD_MAX, PAYLOAD_MIN, STATE_EDGE,
+                          THRESHOLD_MAX, Node, batched, broadcasts, check_ints, int_in, register)
 
 
 @register
@@ -44,23 +44,33 @@ class Neuron(Node):
         (x,), shape = inputs, tuple(self.shape)
         if x != shape:
             return f"input {x} differs from its shape {shape}"
-        if not (is_int(self.lo) and is_int(self.hi) and self.lo <= self.hi):
-            return f"levels [{self.lo}, {self.hi}]"
-        if self.start not in ("half", "zero"):
-            return f"start {self.start!r} (expected 'half' or 'zero')"
-        if self.fire not in ("uniform", "adaptive") or self.reset not in ("subtract", "none") or \
-                not is_int(self.decay) or not 0 <= self.decay <= semantics.LEAK_ONE:
-            return f"fire {self.fire!r}, reset {self.reset!r}, decay {self.decay} out of range"
-        if not (broadcasts(self.threshold, shape) and broadcasts(self.bias, shape)) or \
-                np.any(np.asarray(self.threshold) < 1):
-            return "threshold/bias do not broadcast to the shape, or a threshold is < 1"
-        if self.fire == "adaptive":
-            t = self.thresholds
-            if np.ndim(self.payload) != 1 or np.ndim(t) < 1 or \
-                    np.shape(t)[-1] + 1 != len(self.payload) or \
-                    not broadcasts(t, shape + (len(self.payload) - 1,)):
+        if not (int_in(self.lo, PAYLOAD_MIN, PAYLOAD_MAX) and
+                int_in(self.hi, PAYLOAD_MIN, PAYLOAD_MAX) and self.lo <= self.hi):
+            return f"levels [{self.lo!r}, {self.hi!r}] are not integers lo ≤ hi within 24 bits"
+        if self.fire not in ("uniform", "adaptive") or self.reset not in ("subtract", "none"):
+            return f"fire {self.fire!r} or reset {self.reset!r} is not one of uniform/adaptive, " \
+                   "subtract/none"
+        if not isinstance(self.start, str) or self.start not in ("half", "zero"):
+            return f"start {self.start!r} is not one of half/zero"
+        if not int_in(self.decay, 0, semantics.LEAK_ONE):
+            return f"decay {self.decay!r} is not an integer in [0, {semantics.LEAK_ONE}]"
+        problem = check_ints("threshold", self.threshold, 1, THRESHOLD_MAX) or \
+            check_ints("bias", self.bias, -STATE_EDGE, STATE_EDGE)
+        if problem:
+            return problem
+        if not (broadcasts(self.threshold, shape) and broadcasts(self.bias, shape)):
+            return f"threshold {self.threshold.shape} or bias {self.bias.shape} does not " \
+                   f"broadcast to the shape {shape}"
+        if self.fire == "adaptive" or self.thresholds is not None or self.payload is not None:
+            t, pay = self.thresholds, self.payload
+            problem = check_ints("thresholds", t, -STATE_EDGE, STATE_EDGE) or \
+                check_ints("payload", pay, PAYLOAD_MIN, PAYLOAD_MAX)
+            if problem:
+                return problem
+            if pay.ndim != 1 or t.ndim < 1 or t.shape[-1] + 1 != len(pay) or \
+                    not broadcasts(t, shape + (len(pay) - 1,)):
                 return "adaptive thresholds and payload table do not match"
-            if np.any(np.diff(np.asarray(t), axis=-1) < 0):
+            if np.any(np.diff(t, axis=-1) < 0):
                 return "adaptive thresholds are not ascending along their last axis"
         return None
 
@@ -102,6 +112,9 @@ class Neuron(Node):
         if self.fire == "adaptive" and self.payload is not None:
             return int(np.min(self.payload)), int(np.max(self.payload))
         return self.lo, self.hi
+
+    def magnitude(self, inputs):
+        return float(max(abs(v) for v in self.value_range([])))
 
     def emit(self, b, ins):
         if self.decay < semantics.LEAK_ONE:

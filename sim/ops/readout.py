@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim.ops.base import HOST, SINK, Node, batched, broadcasts, register
+from sim.ops.base import (HOST, SINK, VALUE_LIMIT, Node, batched, broadcasts, check_floats,
+                          check_ints, register)
 
 
 @register
@@ -27,13 +28,21 @@ class Readout(Node):
 
     def _check(self, inputs):
         (x,) = inputs
-        if x != tuple(self.shape) or not broadcasts(self.scale, self.shape) or \
-                not broadcasts(self.bias, self.shape) or \
-                self.softmax not in ("", "softmax", "logsoftmax"):
-            return "scale/bias/softmax do not fit the input"
-        if not np.all(np.isfinite(np.asarray(self.scale, np.float64))):
-            return "scale has NaN or infinite entries"
+        if x != tuple(self.shape):
+            return f"input {x} differs from its shape {tuple(self.shape)}"
+        problem = check_floats("scale", self.scale) or \
+            check_ints("bias", self.bias, -VALUE_LIMIT, VALUE_LIMIT)
+        if problem:
+            return problem
+        if not broadcasts(self.scale, self.shape) or not broadcasts(self.bias, self.shape):
+            return f"scale {self.scale.shape} or bias {self.bias.shape} does not broadcast to " \
+                   f"the shape {tuple(self.shape)}"
+        if self.softmax not in ("", "softmax", "logsoftmax"):
+            return f"softmax {self.softmax!r} is not one of '', 'softmax', 'logsoftmax'"
         return None
+
+    def magnitude(self, inputs):
+        return inputs[0] + float(np.abs(self.bias).max(initial=0))
 
     def evaluate(self, ins, step) -> np.ndarray:
         return ins[0]

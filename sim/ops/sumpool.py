@@ -35,6 +35,9 @@ class SumPool(Windowed):
         out = kernels.sum_pool(x, self.kernel, self.stride, self.pads, self.shape[-2:])
         return out, (self.window_synops(x) if count else 0)
 
+    def magnitude(self, inputs):
+        return float(self.kernel[0] * self.kernel[1]) * inputs[0]
+
     def value_range(self, ranges):
         return _weighted_range(np.ones((1, self.kernel[0] * self.kernel[1]), np.int64), 0,
                                ranges[0])

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim.ops.base import CHIP_SYNAPSE, INDEX, Node, register
+from sim.ops.base import CHIP_SYNAPSE, INDEX, Node, is_int, register
 
 
 @register
@@ -21,7 +21,8 @@ class Transpose(Node):
 
     def _check(self, inputs):
         (x,) = inputs
-        if sorted(self.perm) != list(range(len(x))) or \
+        if not isinstance(self.perm, tuple) or not all(is_int(p) for p in self.perm) or \
+                sorted(self.perm) != list(range(len(x))) or \
                 tuple(x[p] for p in self.perm) != tuple(self.shape):
             return f"perm {self.perm} does not map {x} to {tuple(self.shape)}"
         return None

@@ -1,22 +1,33 @@
-"""What the commands share: the consoles, reading and writing user .npy files, the tables."""
+"""What the commands share: the consoles, reading and writing user .npy files, the outputs'
+checks, the tables.
+
+The consoles read no markup and no emoji codes: every string printed through them — paths,
+layer and tensor names, notes, error messages, table cells and titles — is shown as it is
+(rich would otherwise read `[red]` or `[/]` in a user's file name as a style tag, drop it or
+fail on it). Styles are given as `rich.text.Text` spans, never inside a string.
+"""
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
-from pathlib import Path
 
 import click
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from sim.artifact import atomic_write
-from toolchain.errors import InputFileError
+from sim.files import check_output, describe_missing, same_file
+from sim.results import as_float32
+from toolchain.errors import InputFileError, OutputFileError
+from toolchain.npyio import load_user_npy
 from toolchain.tables import columns, fitted, short
 
-console = Console(width=None if sys.stdout.isatty() else 150)   # tables.width() agrees
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 150,   # tables.width() agrees
+                  markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 class Progress:
@@ -31,7 +42,7 @@ class Progress:
     def __call__(self, stage: str) -> None:
         if self.enabled:
             err_console.print(f"{self.command}: {stage} ({time.monotonic() - self.start:.1f} s)",
-                              highlight=False, markup=False, style="dim", soft_wrap=True)
+                              style="dim")
 
 
 def progress_option(fn):
@@ -39,26 +50,45 @@ def progress_option(fn):
                         help="Stage lines on stderr (default: when stderr is a terminal).")(fn)
 
 
-def load_npy(path: str, what: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise InputFileError(f"{path}: no such {what} file")
-    try:
-        array = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputFileError(f"{path}: not a readable .npy array ({str(exc)[:200]})") from None
-    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive as an NpzFile
-        array.close()
-        raise InputFileError(f"{path}: an .npz archive; give one .npy array")
-    if array.ndim == 0:
-        raise InputFileError(f"{path}: a 0-d array; give (N, *input_shape)")
-    return array
+def print_error(label: str, message: str) -> None:
+    """`label message` as one line on stderr, the label in bold red (the message's own line
+    breaks become spaces)."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err_console.print(Text.assemble((label, "bold red"), " ", line))
 
 
-def save_npy(path: str, array: np.ndarray) -> None:
+def check_outputs(outputs: dict, inputs: dict) -> None:
+    """Before a command's work: each output ({option: path or None}) can be written and is
+    neither one of the `inputs` ({what: path or None}) nor another output."""
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for k, (option, path) in enumerate(given):
+        check_output(path, inputs)
+        for other_option, other in given[:k]:
+            if same_file(path, other):
+                raise OutputFileError(f"{option} and {other_option} both name {path}; give "
+                                      "each output its own file")
+
+
+def load_npy(path: str, what: str, min_rows: int = 0) -> np.ndarray:
+    """A user's `.npy` file (toolchain.npyio.load_user_npy: header first, never unpickled); a
+    path that is not a regular file says what it is (missing, a folder, a FIFO, a device) and is
+    never opened."""
+    if not os.path.isfile(path):
+        raise InputFileError(describe_missing(path, f"{what} file"))
+    return load_user_npy(path, what, min_rows=min_rows)
+
+
+def load_input_npy(path: str, what: str, min_rows: int = 0) -> tuple[np.ndarray, str | None]:
+    """A user's input samples as float32 (sim.results.as_float32) and the note to print when
+    they were cast from another float dtype."""
+    return as_float32(load_npy(path, what, min_rows), path)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The .npy file of `array` (written with sim.files.write_files once the command is done)."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _fmt_range(r):

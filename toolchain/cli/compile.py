@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 import click
-from toolchain.cli.common import (Progress, console, layer_table, load_npy, progress_option,
-                                  scale_table)
+
+from sim.files import write_files
+from toolchain.cli.common import (Progress, check_outputs, console, layer_table, load_input_npy,
+                                  progress_option, scale_table)
 
 
 @click.command()
@@ -54,7 +56,9 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
     say(f"load {model}")
     from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
     from toolchain.nir_io.importer import compile_nir, is_nir
-    x = load_npy(calib, "calibration") if calib else None
+    check_outputs({"-o": out, "--emit-reference": emit_reference},
+                  {"model": model, "calibration data": calib})
+    x, cast_note = load_input_npy(calib, "calibration", min_rows=1) if calib else (None, None)
     if is_nir(model):
         onnx_only = [flag for flag, given in (
             ("--emit-reference", emit_reference), ("--levels", levels is not None),
@@ -72,10 +76,11 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
                               fire=fire, scale=scale, scale_search=scale_search,
                               scale_tolerance=scale_tolerance,
                               scale_error_factor=scale_error_factor, progress=say)
+    if cast_note:
+        result.notes.append(cast_note)
     say("write")
-    if emit_reference:
-        result.write_reference(emit_reference)
-    result.save(out)
+    write_files([(out, result.artifact_bytes())] +
+                ([(emit_reference, result.reference_bytes())] if emit_reference else []))
     if as_json:
         placement = result.artifact.meta["placement"]
         click.echo(json.dumps({"artifact": out, "reference": emit_reference,

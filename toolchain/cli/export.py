@@ -6,7 +6,8 @@ import json
 import click
 
 from sim.artifact import load
-from toolchain.cli.common import console
+from sim.files import write_files
+from toolchain.cli.common import check_outputs, console
 
 
 @click.command()
@@ -21,12 +22,13 @@ from toolchain.cli.common import console
 @click.option("--debug", is_flag=True, hidden=True)
 def export(artifact, fmt, out, timesteps, as_json, debug):
     """Write ARTIFACT in another format: its T-step integrate-and-fire form as NIR."""
-    from toolchain.nir_io.export import export_nir, to_nir   # nir and h5py load on use
+    from toolchain.nir_io.export import nir_file_bytes, to_nir   # nir and h5py load on use
 
+    check_outputs({"-o": out}, {"artifact": artifact})
     art = load(artifact)
     T = timesteps or int(art.meta.get("timesteps", 1))
-    export_nir(art, out, T)
     graph = to_nir(art, T)
+    write_files([(out, nir_file_bytes(graph))])
     kinds: dict[str, int] = {}
     for node in graph.nodes.values():
         kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1

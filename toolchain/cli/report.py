@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
-import numpy as np
 
 import sim.lava
-from sim.artifact import atomic_write, load
-from toolchain.cli.common import Progress, console, load_npy, progress_option
-from toolchain.energy import build_report, report_table, tap_payloads, write_figures
-from toolchain.errors import InputFileError
+from sim.artifact import load
+from sim.files import check_folder, make_folder, remove_folders, write_files
+from toolchain.cli.common import Progress, check_outputs, console, load_input_npy, progress_option
+from toolchain.energy import build_report, render_figures, report_table, tap_payloads
 from toolchain.mapping import map_artifact, placement_table
 from toolchain.target import load_target
+
+FILES = ("report.json", "activity.png", "energy.png", "cores.png")
 
 
 @click.command()
@@ -34,11 +36,15 @@ def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, sho
            debug):
     """Map ARTIFACT to cores, run it on --input and report activity, SynOps and energy."""
     say = Progress("report", show_progress)
+    out = Path(out_dir)
+    check_folder(out)
+    if out.is_dir():
+        present = [name for name in FILES if os.path.lexists(out / name)]
+        check_outputs({f"--out {name}": out / name for name in present},
+                      {"artifact": artifact, "input": inp})
     say(f"load {artifact}")
     art = load(artifact)
-    x = load_npy(inp, "input")
-    if x.dtype != np.float32:
-        raise InputFileError(f"{inp}: dtype {x.dtype}; inputs must be float32")
+    x, cast_note = load_input_npy(inp, "input")
     target = load_target(target_name or art.meta.get("target") or "loihi2")
     say("map onto cores")
     placement = map_artifact(art, target)
@@ -65,12 +71,20 @@ def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, sho
     if payloads is None:
         rep.notes.append(f"payload histograms need T = 1 (a T = {T} run sums the readout over "
                          "its steps)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(rep, placement, out)
+    if cast_note:
+        rep.notes.append(cast_note)
+    pngs = render_figures(rep, placement)
+    figures = [out / name for name in pngs]
     document = {"artifact": str(artifact), "input": str(inp), "report": rep.to_json(),
                 "placement": placement.to_json(), "figures": [str(f) for f in figures]}
-    atomic_write(out / "report.json", json.dumps(document, indent=1).encode())
+    files = [(out / "report.json", json.dumps(document, indent=1).encode())] + \
+        [(out / name, data) for name, data in pngs.items()]
+    created = make_folder(out)
+    try:
+        write_files(files)
+    except BaseException:
+        remove_folders(created)
+        raise
     if as_json:
         click.echo(json.dumps(document, indent=1))
         return

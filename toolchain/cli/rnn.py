@@ -35,6 +35,9 @@ def eval_(artifact, task, onnx_path, backend, as_json, debug):
     name = TASKS[task] if task else info.get("task")
     if not name:
         raise click.UsageError("the artifact names no task; pass --task")
+    if name not in TASKS.values():
+        raise ArtifactError(f"{artifact}: its task {name!r} is none this toolchain knows "
+                            f"({', '.join(sorted(TASKS.values()))}); pass --task")
     from toolchain.rnn.evaluate import evaluate   # onnxruntime and the RNN readers
     row = evaluate(art, name, onnx_path, backend)
     if as_json:

@@ -9,7 +9,8 @@ import numpy as np
 import sim.cpu
 import sim.lava
 from sim.artifact import load
-from toolchain.cli.common import console, load_npy, save_npy
+from sim.files import write_files
+from toolchain.cli.common import check_outputs, console, load_input_npy, load_npy, npy_bytes
 from toolchain.errors import InputFileError, SimulationError
 
 
@@ -34,7 +35,8 @@ from toolchain.errors import InputFileError, SimulationError
 @click.option("--timeout", type=click.FloatRange(1), default=600, show_default=True,
               help="Wall-clock guard for a Lava run, seconds.")
 @click.option("--fail-on-saturation", is_flag=True,
-              help="Treat any 24-bit state saturation as an error (no output is written).")
+              help="Treat any 24-bit state saturation, or any input the encoder clips to its "
+                   "levels, as an error (no output is written).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU backend: torch threads for the run (default: every core).")
 @click.option("--labels", type=click.Path(),
@@ -47,10 +49,10 @@ def run(artifact, inp, out, logits, backend, timesteps, binary, lava_tag, lanes,
     """Run ARTIFACT on --input and write the readout to --output."""
     from tqdm import tqdm
 
+    check_outputs({"--output": out, "--logits": logits},
+                  {"artifact": artifact, "input": inp, "labels": labels})
     art = load(artifact)
-    x = load_npy(inp, "input")
-    if x.dtype != np.float32:
-        raise InputFileError(f"{inp}: dtype {x.dtype}; inputs must be float32")
+    x, cast_note = load_input_npy(inp, "input")
     T = timesteps or int(art.meta.get("timesteps", 1))
     truth = _labels(labels, len(x)) if labels else None
     with tqdm(total=len(x), unit="sample", disable=None, leave=False) as bar:
@@ -60,38 +62,54 @@ def run(artifact, inp, out, logits, backend, timesteps, binary, lava_tag, lanes,
         else:
             res = sim.lava.run(art, x, timesteps=T, binary=binary, tag=lava_tag,
                                timeout=timeout, progress=bar.update, lanes=lanes)
-    saturated = {name: st.saturations for name, st in res.stats.items() if st.saturations}
-    if fail_on_saturation and saturated:
-        raise SimulationError("24-bit state saturated: " + ", ".join(
-            f"layer {name!r} {count} times" for name, count in saturated.items()) +
-            f" over {res.samples} samples; recompile with fewer --levels or a smaller range")
+    if fail_on_saturation:
+        check_saturation(res, art)
     softmax = art.node(art.output).softmax
     y = res.output                 # what the ONNX model outputs (sim.results.SimResult)
-    if logits:
-        save_npy(logits, res.logits)
-    save_npy(out, y)
+    clipped = res.stats[art.input].clipped
     summary = {"samples": res.samples, "timesteps": T, "backend": backend,
                "output": out, "logits": logits,
                "output_shape": [res.samples, *art.output_shape],
                "softmax": softmax or None,
                "synops_per_sample": sum(s.synops for s in res.stats.values()) / max(res.samples, 1),
-               "saturations": sum(s.saturations for s in res.stats.values())}
+               "saturations": sum(s.saturations for s in res.stats.values()),
+               "input_clipped": clipped, "notes": [cast_note] if cast_note else []}
     if truth is not None:
         if y.ndim != 2:
             raise InputFileError(f"--labels: the output has shape {y.shape}; top-1 accuracy "
                                  "needs one score vector per sample")
         summary["accuracy"] = float((y.argmax(1) == truth).mean())
+    write_files([(out, npy_bytes(y))] + ([(logits, npy_bytes(res.logits))] if logits else []))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
+        for note in summary["notes"]:
+            console.print(f"note: {note}", highlight=False)
         console.print(f"{res.samples} samples × T={T} on {backend} → {out} "
                       f"{tuple(summary['output_shape'])}; "
                       f"{summary['synops_per_sample']:,.0f} synaptic ops/sample, "
-                      f"{summary['saturations']} saturations", highlight=False)
+                      f"{summary['saturations']} saturations, {clipped} input values clipped",
+                      highlight=False)
         if truth is not None:
             right = int((y.argmax(1) == truth).sum())
             console.print(f"accuracy {summary['accuracy']:.4f} ({right} of {len(truth)})",
                           highlight=False)
+
+
+def check_saturation(res, art) -> None:
+    """--fail-on-saturation: a SimulationError naming every layer whose 24-bit state saturated
+    and the input if the encoder clipped any value, each with its count."""
+    parts = [f"layer {name!r} saturated its 24-bit state {st.saturations} times"
+             for name, st in res.stats.items() if st.saturations]
+    clipped = res.stats[art.input].clipped
+    if clipped:
+        inp = art.node(art.input)
+        parts.append(f"input {art.input!r} clipped {clipped} values to its levels "
+                     f"[{inp.lo}, {inp.hi}] (inputs outside the calibrated range)")
+    if parts:
+        raise SimulationError("; ".join(parts) + f" over {res.samples} samples; recompile with "
+                              "fewer --levels or a wider range (calibration data covering these "
+                              "inputs)")
 
 
 def _labels(path: str, n: int) -> np.ndarray:

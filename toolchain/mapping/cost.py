@@ -61,7 +61,8 @@ class Connection:
     `node` is the dense/conv/sum-pool/max-pool node whose synapses these are, or None for a
     one-to-one connection from `sources[0]`; `index[p]` is the element of the node's output (of
     the source, for one-to-one) that population element p receives, −1 where this connection
-    does not reach p; None means the identity.
+    does not reach p; None means the identity. `columns`: the inputs of a dense connection this
+    part carries (a fan-in split into partial sums, toolchain.mapping.split); None: all.
     """
     node: object
     sources: tuple[str, ...]
@@ -69,6 +70,7 @@ class Connection:
     size: int                      # elements of the node's output (or of the source)
     shape: tuple[int, ...]
     format: str = ""
+    columns: np.ndarray | None = None
     _nonzero: np.ndarray | None = None
     input: int = 0                 # which of the node's inputs (a product reads two)
     input_shapes: tuple = ()       # the node's inputs' shapes (for its synapse mask)
@@ -84,8 +86,12 @@ class Connection:
         product's operands (Node.synapse_mask)."""
         if self._nonzero is None:
             mask = getattr(self.node, "synapse_mask", None)
-            self._nonzero = mask(self.input, self.input_shapes) if mask is not None \
-                else np.asarray(self.node.weight) != 0
+            if mask is not None:
+                self._nonzero = mask(self.input, self.input_shapes)
+            else:
+                weight = np.asarray(self.node.weight)
+                self._nonzero = (weight if self.columns is None
+                                 else weight[:, self.columns]) != 0
         return self._nonzero
 
     def cost(self, elements: np.ndarray, target: Target, in_shape, axons: bool) -> Cost:

@@ -20,6 +20,7 @@ class Population:
     role: str                      # the node kind's compartment role (sim.ops), or "relay"
     shape: tuple[int, ...]
     connections: list[Connection] = field(default_factory=list)
+    partial_of: str = ""           # a partial-sum relay: the population it feeds (split.py)
 
     @property
     def size(self) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 from toolchain.errors import MappingError
 from toolchain.mapping.cost import Cost
 from toolchain.mapping.graph import Graph, Population
+from toolchain.mapping.split import single_neuron_error
 from toolchain.target import Target
 
 UNITS_PER_CORE = 8                            # packing granularity: a unit is ≤ 1/8 of a core
@@ -90,7 +91,7 @@ def _fit(ranges, cost, pop: Population, target: Target) -> list:
         return [(ranges, c)]
     start, stop = ranges[0]
     if len(ranges) == 1 and stop - start == 1:
-        raise _single_neuron_error(pop, start, c, target)
+        raise single_neuron_error(pop, start, c, target, "no split applies to it")
     row = pop.shape[-1] if len(pop.shape) == 3 else 1
     rows = (stop - start) // row
     axon_limit = target["input_axons_per_core"]
@@ -103,28 +104,6 @@ def _fit(ranges, cost, pop: Population, target: Target) -> list:
     else:
         parts = [[(start, start + (stop - start) // 2)], [(start + (stop - start) // 2, stop)]]
     return [piece for part in parts for piece in _fit(part, cost, pop, target)]
-
-
-def _single_neuron_error(pop: Population, element: int, single: Cost,
-                         target: Target) -> MappingError:
-    """A neuron and all its synapses share one core: the error when one neuron alone is over."""
-    m_core = target["synaptic_memory_bits_per_core"]
-    axon_limit = target["input_axons_per_core"]
-    where = f"layer {pop.name!r} (element {element} of {'×'.join(map(str, pop.shape))})"
-    via = ", ".join(c.name for c in pop.connections) or "no connection"
-    fix = ("Fix: reduce this layer's fan-in — fewer input channels or a smaller kernel, a grouped "
-           "convolution, or a narrower layer in between.")
-    if single.memory_bits > m_core:
-        return MappingError(
-            f"{where}: one neuron's incoming synapses (through {via}) need "
-            f"{single.memory_bits:,} bits of synaptic memory, a {target.name} core has "
-            f"{m_core:,} (over by {single.memory_bits - m_core:,} bits, "
-            f"{single.memory_bits / m_core:.2f}×); a neuron's synapses must sit on its own core, "
-            f"so no split helps. {fix}")
-    return MappingError(
-        f"{where}: one neuron reads {single.axons:,} input axons (fan-in through {via}), a "
-        f"{target.name} core accepts {axon_limit:,} (over by {single.axons - axon_limit:,}); a "
-        f"neuron's inputs must all reach its own core, so no split helps. {fix}")
 
 
 class _Core:

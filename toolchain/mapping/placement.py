@@ -16,6 +16,7 @@ from toolchain.mapping.cost import Cost
 from toolchain.mapping.graph import Graph
 from toolchain.mapping.limits import check_fixed_limits
 from toolchain.mapping.packing import pack, pop_cost, units_of
+from toolchain.mapping.split import split_fan_in
 from toolchain.tables import columns, fitted, short
 from toolchain.target import Target
 
@@ -65,6 +66,7 @@ class Placement:
         if version != PLACEMENT_VERSION:
             raise MappingError(f"placement record of version {version!r}; this toolchain reads "
                                f"version {PLACEMENT_VERSION}: re-run the mapping")
+        _check_record(data)
         return cls(data["target"], data["limits"], data["cores"], data["layers"],
                    data["lower_bound"], list(data.get("notes", [])), data.get("input", ""))
 
@@ -87,10 +89,53 @@ class Placement:
                        for core in self.graph.nodes[layer]["cores"]})
 
 
+def _check_record(data: dict) -> None:
+    """Every field the placement table and graph read, by type: an artifact's placement record
+    may be forged (the content hash proves consistency, not sanity)."""
+    def num(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def strings(v) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    def dicts(v) -> bool:
+        return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, dict)
+                                           for k, x in v.items())
+
+    lim, lb, cores, layers = (data.get(k) for k in ("limits", "lower_bound", "cores", "layers"))
+    checks = {
+        "target": isinstance(data.get("target"), str) and isinstance(data.get("input", ""), str),
+        "limits": isinstance(lim, dict) and all(
+            num(lim.get(k)) and lim[k] > 0
+            for k in ("neurons_per_core", "synaptic_memory_bits_per_core")),
+        "lower_bound": isinstance(lb, dict) and count(lb.get("cores")) and
+        num(lb.get("by_neurons")) and num(lb.get("by_memory")),
+        "notes": strings(data.get("notes", [])),
+        "cores": isinstance(cores, list) and all(
+            isinstance(c, dict) and count(c.get("chip")) and num(c.get("neurons")) and
+            num(c.get("memory_bits")) and dicts(c.get("layers")) for c in cores),
+        "layers": dicts(layers) and all(
+            isinstance(x.get("role"), str) and count(x.get("neurons")) and
+            num(x.get("memory_bits")) and strings(x.get("sources")) and
+            isinstance(x.get("cores"), list) and all(count(c) for c in x["cores"]) and
+            isinstance(x.get("connections"), dict) and
+            all(isinstance(f, str) for f in x["connections"].values())
+            for x in layers.values()),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise MappingError(f"placement record: {', '.join(bad)} malformed; re-run the mapping "
+                           "(toolchain compile)")
+
+
 def map_artifact(art: Artifact, target: Target) -> Placement:
     """Place `art` on `target`'s cores; raise MappingError for a limit no split can fix."""
     g = Graph(art, target)
     width_notes = check_fixed_limits(g, target)
+    width_notes += split_fan_in(g, target)
     n_core, m_core = target["neurons_per_core"], target["synaptic_memory_bits_per_core"]
     axons_on = target["input_axons_per_core"] is not None
     whole = [pop_cost(g, p, np.ones(p.size, bool), target, False) for p in g.populations]
@@ -133,6 +178,14 @@ def map_artifact(art: Artifact, target: Target) -> Placement:
                                           for core in cores if p.name in core["layers"]),
                           "connections": {x.name: x.format for x in p.connections},
                           "sources": sorted(g.graph.predecessors(p.name))}
+        columns = [x.columns for x in p.connections if x.columns is not None]
+        if columns:   # a fan-in split into partial sums (toolchain.mapping.split)
+            layers[p.name]["columns"] = [int(columns[0][0]), int(columns[0][-1]) + 1]
+            if p.partial_of:
+                layers[p.name]["partial_of"] = p.partial_of
+            else:
+                layers[p.name]["partial_sums"] = [r.name for r in g.populations
+                                                  if r.partial_of == p.name]
     bound_n, bound_m = total_n / n_core, total_m / m_core
     lower = {"cores": max(1, math.ceil(max(bound_n, bound_m) - 1e-9)), "by_neurons": bound_n,
              "by_memory": bound_m, "neurons": total_n, "memory_bits": total_m}

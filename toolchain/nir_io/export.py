@@ -25,8 +25,9 @@ NIR's equations alone (docs/nir.md gives the measured difference):
 = 24 (the state saturates at ±(2²³ − 1)). A consumer that starts the membrane at
 v_initial + 1/2 and resets by subtraction reproduces sim.cpu exactly, as long as no state
 saturates. Every node NIR cannot express (multi-level or signed neurons, payload tables, leaky
-or non-resetting neurons, a negative weight exponent that floors, max-pool, add, concat, transpose, other
-reshapes, asymmetric padding, a bias with no conv/dense to carry it) is named in one error; nothing is dropped.
+or non-resetting neurons, a negative weight exponent that floors, max-pool, add, concatenation,
+transpose, other reshapes, asymmetric padding, a bias with no conv/dense to carry it) is named in
+one error; nothing is dropped.
 """
 from __future__ import annotations
 
@@ -213,9 +214,13 @@ def _neuron_problem(n) -> str | None:
     return None
 
 
-def export_nir(art: Artifact, path: str | os.PathLike, timesteps: int | None = None) -> None:
-    """Write `art` as a NIR file (HDF5), atomically."""
-    graph = to_nir(art, timesteps)
+def nir_file_bytes(graph) -> bytes:
+    """The NIR file (HDF5) of a NIR graph, as bytes."""
     buf = io.BytesIO()
     _nir().write(buf, graph)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def export_nir(art: Artifact, path: str | os.PathLike, timesteps: int | None = None) -> None:
+    """Write `art` as a NIR file (HDF5), whole or not at all (sim.files.atomic_write)."""
+    atomic_write(path, nir_file_bytes(to_nir(art, timesteps)))

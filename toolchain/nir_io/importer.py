@@ -37,6 +37,7 @@ import numpy as np
 import sim.cpu
 from sim import semantics
 from sim.artifact import Artifact
+from sim.files import describe_missing
 from sim.ops import Conv, Dense, Input, Neuron, Readout, Reshape, SumPool
 from toolchain import calibrate as cal
 from toolchain.compiled import Compiled, agreement, place
@@ -58,6 +59,8 @@ def is_nir(path: str | os.PathLike) -> bool:
     p = Path(path)
     if p.suffix.lower() == ".nir":
         return True
+    if not p.is_file():   # a FIFO's open would block: the ONNX reader names what it is
+        return False
     try:
         with open(p, "rb") as f:
             return f.read(8) == HDF5_MAGIC
@@ -71,7 +74,7 @@ def read_graph(path: str | os.PathLike):
     except ImportError:
         raise ModelError("compiling NIR needs the `nir` package: pip install nir") from None
     if not Path(path).is_file():
-        raise InputFileError(f"{path}: no such NIR file")
+        raise InputFileError(describe_missing(path, "NIR file"))
     try:
         return nir.read(str(path))
     except Exception as exc:   # h5py/nir raise many kinds for a file that is not NIR

@@ -16,9 +16,10 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from toolchain.errors import ModelError, ShapeError, UnsupportedOpError
-from toolchain.fgraph import FloatGraph, fold_affine
+from toolchain.fgraph import FloatGraph, fold_affine, mark_per_tensor
 from toolchain.onnx_import import converters, loader  # noqa: F401  (registers every converter)
 from toolchain.onnx_import.context import ImportContext
+from toolchain.onnx_import.expand import expand_composites
 from toolchain.onnx_import.loader import opset_of, prepare, read_model
 from toolchain.onnx_import.registry import CONVERTERS, supported_ops
 
@@ -150,7 +151,7 @@ def _fold_all(model: onnx.ModelProto, shapes: onnx.ModelProto, where: str, opset
             return shapes, ctx, rest
         pending = rest
         shapes = loader.infer(loader.shape_model(shapes, rest, ctx.consts), where,
-                              " after constant folding")
+                              " after constant folding", constants=set(ctx.consts))
         ctx.read_shapes(shapes)
     return shapes, ctx, pending
 
@@ -176,10 +177,17 @@ def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
     The model is not changed: it is returned as `source`."""
     raw, sha = read or read_model(path)  # every tensor's type, size and data checked
     where = str(path)
+    raw, upgraded = loader.upgrade_opset(raw, where)
     opset = opset_of(raw, where)
     shapes, input_name = prepare(raw, where)
+    raw, expanded = expand_composites(raw, shapes, where, opset)
+    if expanded:
+        shapes, input_name = prepare(raw, where)
     shapes, ctx, rest = _fold_all(raw, shapes, where, opset)
     ctx.fg.add(input_name, "input", [], ctx.shapes[input_name][1:])
+    for node in rest:
+        for i in filter(None, node.input):
+            ctx.readers.setdefault(i, []).append(node)
     for node in rest:
         conv = CONVERTERS.get(node.op_type)
         if conv is None:
@@ -191,10 +199,11 @@ def import_onnx(path: str | os.PathLike, read=None) -> ImportedModel:
     if out not in ctx.fg.g:
         raise ModelError(f"{where}: graph output {ctx.graph_output!r} is not computed from the input")
     ctx.fg.output = out
-    notes = []
+    notes = ([upgraded] if upgraded else []) + expanded
     if ctx.softmax:
         notes.append(f"final {ctx.softmax} dropped from the spiking graph; applied by the readout")
     folded = fold_affine(ctx.fg)
+    mark_per_tensor(ctx.fg)
     if folded:
         notes.append(f"{folded} BatchNormalization/bias/scale nodes folded into conv/dense weights")
     meta = {p.key: p.value for p in raw.metadata_props}

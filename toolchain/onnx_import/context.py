@@ -24,6 +24,9 @@ class ImportContext:
             t.name: numpy_helper.to_array(t) for t in model.graph.initializer} \
             if consts is None else consts
         self.alias: dict[str, str] = {}
+        self.readers: dict[str, list] = {}   # the ONNX nodes reading each tensor (import_onnx)
+        self.final: set[str] = set()         # tensors after a final Softmax (its reshapes)
+        self.moved: dict[str, tuple] = {}    # index maps with the batch axis moved (index.py)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.graph_output = model.graph.output[0].name
         self.softmax = ""
@@ -91,17 +94,30 @@ class ImportContext:
             raise ModelError(f"{self.node_label(node)}: output {out!r} is produced twice")
         return self.fg.add(out, op, inputs, self.sample_shape(node, out), **params)
 
+    def full_constant(self, node, value: np.ndarray, name: str) -> np.ndarray:
+        """A constant operand broadcast to the per-sample shape of tensor `name`."""
+        shape = self.sample_shape(node, name)
+        try:
+            return np.broadcast_to(np.asarray(value, dtype=np.float64),
+                                   (1,) + shape).reshape(shape).copy()
+        except ValueError:
+            self.fail(node, f"constant of shape {np.shape(value)} does not broadcast to {shape}")
+
+    def per_channel_or_full(self, node, value: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+        """(vector, False) for a constant that is the same within each channel of tensor `name`
+        (scalar, (C,), (1,C,1,1), (C,1,1)); (the full per-sample array, True) otherwise (a
+        positional embedding, a LayerNorm scale along the features of a token tensor)."""
+        full = self.full_constant(node, value, name)
+        per_channel = full.reshape(full.shape[0], -1)
+        if np.all(per_channel == per_channel[:, :1]):
+            return per_channel[:, 0].copy(), False
+        return full, True
+
     def channel_vector(self, node, value: np.ndarray, name: str) -> np.ndarray:
         """A constant operand as a per-channel vector for tensor `name` (scalar, (C,), (1,C,1,1),
         (C,1,1) all allowed); anything that varies along other axes is refused."""
-        shape = self.sample_shape(node, name)
-        try:
-            full = np.broadcast_to(np.asarray(value, dtype=np.float64),
-                                   (1,) + shape).reshape(shape)
-        except ValueError:
-            self.fail(node, f"constant of shape {np.shape(value)} does not broadcast to {shape}")
-        per_channel = full.reshape(shape[0], -1)
-        if not np.all(per_channel == per_channel[:, :1]):
+        vector, full = self.per_channel_or_full(node, value, name)
+        if full:
             self.fail(node, f"constant of shape {np.shape(value)} varies within a channel; only "
                             "per-channel constants are supported")
-        return per_channel[:, 0].copy()
+        return vector

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
-from onnx import TensorProto, external_data_helper, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper, version_converter
 
-from sim.artifact import read_user_file
+from sim.files import file_kind, read_user_file
 from toolchain.errors import InputFileError, ModelError, ShapeError, UnsupportedOpError
 from toolchain.onnx_import.registry import MAX_OPSET, MIN_OPSET
 
@@ -38,6 +38,7 @@ PARSE_MEMORY_SLACK = 64 * 1024 ** 2  # … + 64 MiB
 MAX_NESTING = 64                    # messages inside messages (protobuf itself stops at 100)
 SHAPE_DATA_ELEMENTS = 1024          # constants up to this size feed shape inference their values
 DEFAULT_DOMAINS = ("", "ai.onnx")
+UPGRADE_OPSET = 13   # a model below MIN_OPSET is converted to this opset
 
 # Data types a tensor may carry, with bytes per element: the ones the converters can read as
 # numbers. Strings, complex and sub-byte/float8 types have no use in an SFN network.
@@ -394,7 +395,9 @@ def _external_entry(t: TensorProto, need: int, base: Path, what: str) -> tuple[P
         raise InputFileError(f"{what} points outside the model's folder ({location!r} resolves "
                              f"to {str(target)!r}); refused")
     if not target.is_file():
-        raise InputFileError(f"{what}: external data file {location!r} is missing")
+        found = "is missing" if not os.path.lexists(target) else \
+            f"is a {file_kind(os.stat(target).st_mode)}, not a file"
+        raise InputFileError(f"{what}: external data file {location!r} {found}")
     offset = info.offset or 0
     if info.length is not None and info.length != need:
         raise ModelError(f"{what}: external data length {info.length}; its dims {list(t.dims)} "
@@ -465,6 +468,36 @@ def prune(graph: onnx.GraphProto) -> tuple[int, int]:
         graph.input.sort(key=lambda v: v.name in dead)
         del graph.input[sum(v.name not in dead for v in graph.input):]
     return dead_nodes, len(dead)
+
+
+def upgrade_opset(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str | None]:
+    """A model whose default-domain opset is below MIN_OPSET, converted to UPGRADE_OPSET with
+    onnx's version converter, and a note saying so; any other model as it is, and None."""
+    version = next((imp.version for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS),
+                   None)
+    if version is None or version >= MIN_OPSET:
+        return model, None
+    try:
+        upgraded = version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError / ValueError / its own errors
+        raise UnsupportedOpError(f"{where}: opset {version}; supported opsets are {MIN_OPSET} to "
+                                 f"{MAX_OPSET}, and onnx's version converter could not convert "
+                                 f"it to {UPGRADE_OPSET} ({_first_line(exc)}); re-export with "
+                                 f"opset_version={UPGRADE_OPSET}") from None
+    return upgraded, f"opset {version} converted to {UPGRADE_OPSET} by onnx.version_converter"
+
+
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Tensors computed from initializers and Constant nodes alone (weights built by
+    ConstantOfShape, a Reshape of a weight …): constants the importer folds, bounded by
+    MAX_TENSOR_ELEMENTS, not activations."""
+    known = {t.name for t in graph.initializer}
+    inputs = {i.name for i in graph.input} - known
+    for node in graph.node:
+        if all(i in known for i in node.input if i) and not any(i in inputs for i in node.input) \
+                and not any(a.HasField("g") or a.graphs for a in node.attribute):
+            known.update(o for o in node.output if o)
+    return known
 
 
 def opset_of(model: onnx.ModelProto, where: str) -> int:
@@ -570,10 +603,11 @@ def _check_order(graph: onnx.GraphProto, producer: dict, where: str) -> None:
                      "topological order")
 
 
-def check_shapes(values, where: str, what: str) -> None:
+def check_shapes(values, where: str, what: str, constants=frozenset()) -> None:
     """Refuse a declared or inferred tensor whose element type is unknown, or whose shape has
     more than MAX_RANK dimensions, a negative dimension or more than MAX_ACTIVATION_ELEMENTS
-    elements (dynamic dimensions count as 1)."""
+    elements (dynamic dimensions count as 1). Tensors named in `constants` are not activations
+    (weights built by ConstantOfShape): the size limit skips them."""
     for v in values:
         if v.type.WhichOneof("value") != "tensor_type":
             continue
@@ -590,7 +624,7 @@ def check_shapes(values, where: str, what: str) -> None:
         if any(d < 0 for d in dims):
             raise ShapeError(f"{where}: {what} {v.name!r} has a negative dimension {shape}")
         count = math.prod(dims)
-        if count > MAX_ACTIVATION_ELEMENTS:
+        if count > MAX_ACTIVATION_ELEMENTS and v.name not in constants:
             raise ShapeError(f"{where}: {what} {v.name!r} has shape {shape} ({count} elements), "
                              f"over the {MAX_ACTIVATION_ELEMENTS}-element limit")
 
@@ -647,11 +681,20 @@ def shape_model(model: onnx.ModelProto, nodes, consts: dict | None = None) -> on
         out.input.append(replaced.pop(v.name, v))
     out.input.extend(replaced.values())
     out.output.extend(g.output)
-    out.value_info.extend(g.value_info)
+    # a shape with a symbolic or missing dimension is left for inference to derive: kept, it
+    # would stay symbolic after constant folding has made it static (a class token's Expand)
+    out.value_info.extend(v for v in g.value_info if _static(v))
     return sk
 
 
-def infer(model: onnx.ModelProto, where: str, after: str = "") -> onnx.ModelProto:
+def _static(v: onnx.ValueInfoProto) -> bool:
+    tt = v.type.tensor_type
+    return v.type.WhichOneof("value") == "tensor_type" and tt.HasField("shape") and \
+        all(d.HasField("dim_value") for d in tt.shape.dim)
+
+
+def infer(model: onnx.ModelProto, where: str, after: str = "",
+          constants=frozenset()) -> onnx.ModelProto:
     """ONNX shape inference on a model from shape_model, then check_shapes on what it derived.
     Data propagation is off: it materializes a shape entry per element of every 1-D tensor an
     op such as Size or Add reads (gigabytes for one Range over constants); the importer's
@@ -662,7 +705,7 @@ def infer(model: onnx.ModelProto, where: str, after: str = "") -> onnx.ModelProt
     except Exception as exc:
         raise ShapeError(f"{where}: ONNX shape inference failed{after}: {_first_line(exc)}") \
             from None
-    check_shapes(inferred.graph.value_info, where, "inferred tensor")
+    check_shapes(inferred.graph.value_info, where, "inferred tensor", constants)
     check_shapes(inferred.graph.output, where, "graph output")
     return inferred
 
@@ -675,7 +718,7 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
     check_graph(g, where)
     check_shapes(g.input, where, "graph input")
     check_shapes(g.output, where, "graph output")
-    check_shapes(g.value_info, where, "value_info")
+    check_shapes(g.value_info, where, "value_info", constant_tensors(g))
     shapes = shape_model(model, g.node)
     try:
         onnx.checker.check_model(shapes)
@@ -702,11 +745,14 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
     if dims[0].HasField("dim_value") and dims[0].dim_value == 0:
         raise ShapeError(f"{where}: input {inp.name!r} has batch dimension 0")
     for k, d in enumerate(dims[1:], start=1):
-        if not d.HasField("dim_value") or d.dim_value <= 0:
+        if d.HasField("dim_value") and d.dim_value <= 0:
+            raise ShapeError(f"{where}: input {inp.name!r} dimension {k} has size "
+                             f"{d.dim_value}; every dimension but the batch needs a size ≥ 1")
+        if not d.HasField("dim_value"):
             raise ShapeError(f"{where}: input {inp.name!r} dimension {k} is dynamic "
                              f"({d.dim_param or '?'}); only the batch dimension may be dynamic")
     for v in [v for v in shapes.graph.input if v.name == inp.name] + list(shapes.graph.output):
         if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim:
             v.type.tensor_type.shape.dim[0].Clear()
             v.type.tensor_type.shape.dim[0].dim_value = 1
-    return infer(shapes, where), inp.name
+    return infer(shapes, where, constants=constant_tensors(g)), inp.name

@@ -19,6 +19,8 @@ class Converter:
 
 
 CONVERTERS: dict[str, Converter] = {}
+# written out as primitive ops before conversion (toolchain.onnx_import.expand)
+COMPOSITES = ("LayerNormalization",)
 
 
 def converter(*op_types: str, note: str = ""):
@@ -32,5 +34,5 @@ def converter(*op_types: str, note: str = ""):
 
 def supported_ops() -> list[str]:
     """Every op type with a converter (complete once `toolchain.onnx_import` is imported, which
-    imports every converter module)."""
-    return sorted(CONVERTERS)
+    imports every converter module) and every composite the importer writes out."""
+    return sorted(set(CONVERTERS) | set(COMPOSITES))

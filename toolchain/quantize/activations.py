@@ -137,14 +137,16 @@ class ActivationRules:
     def op_table(self, name, d, ins):
         """Any elementwise function f of one tensor (ONNX Sigmoid, HardSwish, x·sigmoid(x), GELU
         …): n = clip(floor(f(z)/s + 1/2), −L, L) with one output step s per layer (calibration
-        percentile of |f| over all channels, capped by f's known bounds), realized as an adaptive
-        neuron whose thresholds are the inputs z where n changes (found on the reachable input
-        range by sampling and bisection) — the payload need not be monotone."""
+        percentile of |f| over all channels, capped by f's known bounds; L is the internal level
+        count for arithmetic tables — exp, 1/x, √x, x² — and --levels for activations),
+        realized as an adaptive neuron whose thresholds are the inputs z where n changes (found
+        on the reachable input range by sampling and bisection) — the payload need not be
+        monotone."""
         x = ins[0]
         if d["params"].get("synthetic"):
             self.fail(name, f"{d['params'].get('expr')} is a comparison; it is supported only as "
                             "the condition of a Where")
-        L = self.opts.levels
+        L = self.opts.internal_levels if d["params"].get("internal") else self.opts.levels
         st = self.stats[name]
         rng = st.layer_pct_abs if st.layer_pct_abs > 0 else float(st.max_abs.max())
         b = d["params"].get("bounds")

@@ -31,6 +31,7 @@ class QuantizerBase:
         self.synapses: dict[str, dict] = {}  # how each dense/conv was quantized (joint rescaling)
         self.adaptive: dict[str, dict] = {}  # fitted level shapes of adaptive ReLU layers
         self.nonneg: set[str] = set()        # emitted nodes whose values are never negative
+        self.requantized: dict[tuple, QTensor] = {}   # currents turned into spikes, by source
 
     # --- helpers -------------------------------------------------------------------------------
     def emit(self, node: ir.Node) -> ir.Node:
@@ -44,19 +45,36 @@ class QuantizerBase:
     def fail(self, name: str, message: str):
         raise QuantizationError(f"{self.where}: layer {name!r}: {message}")
 
-    def act_scale(self, fname: str, hi: float | None, signed: bool) -> np.ndarray:
-        """Per-channel float value of one level step, s_out = range / L."""
-        L = self.opts.levels
+    def act_scale(self, fname: str, hi: float | None, signed: bool,
+                  levels: int | None = None) -> np.ndarray:
+        """Per-channel float value of one level step, s_out = range / L (L: `levels`, default
+        --levels)."""
+        L = self.opts.levels if levels is None else levels
         c = self.fg[fname]["shape"][0]
         if hi is not None and self.opts.trust_clip:
             return np.full(c, hi / L)
-        st = self.stats[fname]
-        rng = st.pct_abs if self.opts.per_channel else np.full(c, st.layer_pct_abs)
+        src = self.calibrated(fname)
+        st = self.stats[src]
+        # a tensor of the compiler's own (an index map of a calibrated one) takes the calibrated
+        # tensor's range as a whole: its axis 0 need not be that tensor's channels
+        rng = st.pct_abs if self.opts.per_channel and src == fname else \
+            np.full(c, st.layer_pct_abs)
         fallback = max(st.layer_pct_abs, float(st.max_abs.max()), 1e-12)
         rng = np.where(rng > 0, rng, fallback)
         if hi is not None:
             rng = np.minimum(rng, hi)
         return rng / L
+
+    def calibrated(self, fname: str) -> str:
+        """The float node whose calibration statistics stand for `fname`: itself, or for a node
+        of the compiler's own (no ONNX tensor) the calibrated node it rearranges."""
+        name = fname
+        while name not in self.stats:
+            inputs = self.fg[name]["inputs"]
+            if len(inputs) != 1:
+                self.fail(fname, "no calibration statistics for this tensor")
+            name = inputs[0]
+        return name
 
     def check_state(self, name: str, x: QTensor, theta: np.ndarray, bias=None):
         """log2 of the 24-bit headroom left by |current| + |bias| + θ//2; over the limit, a
@@ -95,16 +113,28 @@ class QuantizerBase:
         capped at what its current can reach, (bound + |bias|)/L input units: a channel that
         calibration never saw active would otherwise take the layer's largest range and a θ its
         current can never reach. At T = 1 a bias beyond what can change the output is clamped
-        to the nearest value that gives the same output for every reachable current."""
+        to the nearest value that gives the same output for every reachable current.
+
+        A tensor calibrated as a whole (`per_tensor`: its axis 0 is no channel axis) gets one
+        level step for all its elements, capped at the whole tensor's reach, so that its
+        realized unit θ·unit_in is the same everywhere to within the rounding of θ."""
         shape = x.unit.shape
         s_full = np.broadcast_to(s_out.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
-        theta = round_even(s_full / x.unit)
+        whole = bool(self.fg[self.calibrated(fname)]["params"].get("per_tensor")) \
+            if fname in self.fg.g else False
         def per_c(a):   # the largest over a channel's positions: θ and the bias stay channel-wise
+            if whole:
+                return np.broadcast_to(np.max(a), shape)
             top = np.broadcast_to(a, shape).reshape(shape[0], -1).max(axis=1)
             return np.broadcast_to(top.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
 
         bound_c = per_c(np.broadcast_to(np.ceil(x.bound), shape)).astype(np.int64)
-        if not exact_levels:
+        if whole and not exact_levels:
+            # the step in float units, capped at the tensor's reach, then θ per element
+            reach = float(np.max((x.bound + np.abs(x.bias)) * x.unit)) / max(hi, -lo, 1)
+            s_full = np.minimum(s_full, max(reach, 1e-300))
+        theta = round_even(s_full / x.unit)
+        if not exact_levels and not whole:
             theta = np.minimum(theta, round_even(per_c(x.bound + np.abs(x.bias)) /
                                                  max(hi, -lo, 1)))
         theta = channel_view(np.broadcast_to(theta, shape))
@@ -128,10 +158,15 @@ class QuantizerBase:
                         np.full(shape, float(max(hi, -lo))))
 
     def requantize(self, x: QTensor) -> QTensor:
-        """A signed neuron [−L, L] turning a current into spikes a synapse can read."""
-        L = self.opts.levels
-        return self.neuron(f"{x.fname}/requant", x.fname, x, self.act_scale(x.fname, None, True),
-                           -L, L)
+        """A signed neuron [−L, L] turning a current into spikes a synapse or a product can
+        read, L the internal level count: the current is no activation of the model, its levels
+        only carry it to the next synapse."""
+        L = self.opts.internal_levels
+        key = (x.node, x.fname)
+        if key not in self.requantized:   # one neuron for all the synapses that read it
+            self.requantized[key] = self.neuron(f"{x.fname}/requant", x.fname, x,
+                                                self.act_scale(x.fname, None, True, L), -L, L)
+        return self.requantized[key]
 
     def spikes_in(self, x: QTensor) -> QTensor:
         return x if x.synapse_ok else self.requantize(x)
@@ -158,9 +193,18 @@ class QuantizerBase:
             self.q[name] = handler(name, d, [self.q[i] for i in d["inputs"]])
         x = self.q[self.fg.output]
         out = f"{self.fg.output}/readout"
-        self.emit(ir.Readout(out, (x.node,), x.unit.shape,
-                             scale=channel_view(x.unit).astype(np.float32),
+        unit = channel_view(x.unit)
+        with np.errstate(over="ignore"):
+            scale = unit.astype(np.float32)
+        if not np.all(np.isfinite(unit)):
+            self.fail(out, "the readout scale is not finite: the layers before it compute NaN or "
+                           "±Inf from their weights")
+        if not np.all(np.isfinite(scale)):
+            self.fail(out, f"the readout scale reaches {float(np.max(np.abs(unit))):.3g}, beyond "
+                           "float32's range: the weights before the readout are too large")
+        if not np.all(scale > 0):
+            self.fail(out, f"the readout scale falls to {float(np.min(unit)):.3g}, below float32's "
+                           "smallest value: the weights before the readout are too small")
+        self.emit(ir.Readout(out, (x.node,), x.unit.shape, scale=scale,
                              bias=channel_view(x.bias), softmax=softmax))
-        if not np.all(channel_view(x.unit).astype(np.float32) > 0):
-            self.fail(out, "readout scale underflows float32")
         return self.nodes, self.nodes[0].name, out

@@ -22,7 +22,7 @@ from toolchain.quantize.tensor import (BIAS_HEADROOM, HEADROOM, HEADROOM_BEFORE_
                                        STATE_HEADROOM,
                                        MAX_ADD_SHIFT, MAX_WEIGHT_EXP, MIN_WEIGHT_EXP, LayerRow,
                                        QTensor, current, gain_exponent, largest_exponent,
-                                       payloads, per_channel)
+                                       compact, payloads, per_channel)
 
 
 class SynapseRules:
@@ -47,6 +47,13 @@ class SynapseRules:
         the largest in [MIN_WEIGHT_EXP, MAX_WEIGHT_EXP] with twice the accumulator bound under
         the headroom (HEADROOM_BEFORE_ADD where an Add reads it) and the bound plus the float bias `b` (in accumulator units) under
         BIAS_HEADROOM. Returns (W, unit_w, exp, bound after the shift, bits)."""
+        bad = int(np.size(w_eff) - np.count_nonzero(np.isfinite(w_eff)))
+        if b is not None:
+            bad += int(np.size(b) - np.count_nonzero(np.isfinite(b)))
+        if bad:
+            self.fail(name, f"{bad} of its weights and biases are not finite (NaN or ±Inf) once "
+                            "the scales around it are folded in; the model's values overflow or "
+                            "divide by zero")
         # the float weights stay only where an Add may re-quantize them jointly (_joint): a
         # large network's float weights are much of the compiler's memory
         consumers = self.fg.consumers(name)
@@ -122,21 +129,52 @@ class SynapseRules:
                                  synapses, bits)
 
     def op_affine(self, name, d, ins):
+        """scale·x + shift. A positive scale that is the same for every element changes the
+        unit, not the integers; a shift on a current joins its pending bias. Per-channel
+        scales on spikes are a depthwise synapse (conv/dense); per-element ones (`full`: a
+        positional embedding, a LayerNorm scale along a token tensor's features) an Add of
+        one input with gains ±1 whose output unit is |scale|·unit_in per element, exact."""
         x = ins[0]
         p = d["params"]
-        shape = d["shape"]
-        if np.all(p["scale"] == 1.0) and not x.synapse_ok:
-            # a bias on a current: exact in the pending integer bias
-            bshape = (-1,) + (1,) * (len(shape) - 1)
-            extra = np.rint(np.broadcast_to(p["shift"].reshape(bshape), shape) / x.unit)
-            return current(x.node, name, x.unit, x.bias + extra.astype(np.int64), x.bound)
+        shape = tuple(d["shape"])
+        bshape = (-1,) + (1,) * (len(shape) - 1)
+        full = bool(p.get("full"))
+        as_full = lambda v: np.broadcast_to(np.asarray(v, np.float64) if full else
+                                            np.asarray(v, np.float64).reshape(bshape), shape)
+        scale, shift = as_full(p["scale"]), as_full(p["shift"])
+        s0 = float(scale.reshape(-1)[0])
+        if np.all(scale == s0) and s0 > 0 and (not x.spikes or not np.any(shift)):
+            # the integers stay; the unit scales, the shift joins a current's pending bias
+            unit = x.unit * s0
+            bias = x.bias + np.rint(shift / unit).astype(np.int64)
+            return QTensor(x.node, name, unit, bias, x.bound, spikes=x.spikes,
+                           synapse_ok=x.synapse_ok and not np.any(bias))
+        if full or len(shape) not in (1, 3):
+            return self._element_affine(name, x, scale, shift)
         c = shape[0]
+        scale, shift = np.asarray(p["scale"]), np.asarray(p["shift"])
+        if np.all(scale == 1.0) and not x.synapse_ok:
+            # a bias on a current: exact in the pending integer bias
+            extra = np.rint(np.broadcast_to(shift.reshape(bshape), shape) / x.unit)
+            return current(x.node, name, x.unit, x.bias + extra.astype(np.int64), x.bound)
         if len(shape) == 3:
-            d2 = dict(d, params=dict(W=p["scale"].reshape(c, 1, 1, 1), b=p["shift"], groups=c,
+            d2 = dict(d, params=dict(W=scale.reshape(c, 1, 1, 1), b=shift, groups=c,
                                      stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)))
             return self.op_conv(name, d2, ins)
-        d2 = dict(d, params=dict(W=np.diag(p["scale"]), b=p["shift"]))
+        d2 = dict(d, params=dict(W=np.diag(scale), b=shift))
         return self.op_dense(name, d2, ins)
+
+    def _element_affine(self, name, x: QTensor, scale: np.ndarray, shift: np.ndarray):
+        """An Add reading x with gain sign(scale) per element: out = ±I, unit |scale|·unit_in
+        (an element with scale 0 gets gain 0 and keeps unit_in), pending bias ±b + shift/unit."""
+        shape = x.unit.shape
+        sign = np.sign(scale).astype(np.int64)
+        unit = np.where(scale != 0, np.abs(scale) * x.unit, x.unit)
+        bias = sign * x.bias + np.rint(shift / unit).astype(np.int64)
+        node = self.emit(ir.Add(name, (x.node,), shape, gains=compact(sign)[None], exps=(0,)))
+        self.layers.append(LayerRow(name, node.kind, shape, synapses=int(np.prod(shape)),
+                                    gain_max=1, gain_exp=0, detail="±1 per element"))
+        return current(name, name, unit, bias, np.abs(sign) * x.bound)
 
     def _joint(self, name, ins: list[QTensor]) -> list[QTensor]:
         """Re-quantize the dense/conv inputs of Add `name` (each read by nothing else) with one
@@ -196,7 +234,11 @@ class SynapseRules:
         return out
 
     def op_add(self, name, d, ins):
+        """Σ coef_i · x_i (coef ±1: Add, Sub). Output unit: the finest input unit (elementwise)
+        / 2^k; each input's gain g_i = coef_i · unit_i / unit_out as an 8-bit mantissa and one
+        exponent per input, per channel where the units are, per element otherwise."""
         shape = d["shape"]
+        coef = d["params"].get("coef") or (1.0,) * len(ins)
         ins = self._joint(name, ins)
         base = np.minimum.reduce([x.unit for x in ins])
         ratio = [x.unit / base for x in ins]
@@ -206,22 +248,22 @@ class SynapseRules:
         k = min(largest_exponent(2 * total, HEADROOM), MAX_ADD_SHIFT) if total > 0 else 0
         unit = base / 2.0 ** k
         gains, exps = [], []
-        for r, x in zip(ratio, ins):
-            g = per_channel(r) * 2.0 ** k
+        for r, c in zip(ratio, coef):
+            g = np.broadcast_to(r, shape) * 2.0 ** k
             e = gain_exponent(self.fail, name, g)
-            gains.append(np.rint(g / 2.0 ** e).astype(np.int64))
+            gains.append(np.rint(g / 2.0 ** e).astype(np.int64) * int(c))
             exps.append(e)
-        bshape = (len(ins), shape[0]) + (1,) * (len(shape) - 1)
-        gains = np.stack(gains).reshape(bshape)
+        small = [compact(g) for g in gains]
+        gains = np.stack(small) if len({g.shape for g in small}) == 1 else \
+            np.stack([np.broadcast_to(g, shape) for g in gains])
         real = [gains[i] * 2.0 ** exps[i] for i in range(len(ins))]
         bias = np.rint(sum(r * x.bias for r, x in zip(real, ins)))
-        bound = sum(r * x.bound for r, x in zip(real, ins))
+        bound = sum(np.abs(r) * x.bound for r, x in zip(real, ins))
         node = self.emit(ir.Add(name, tuple(x.node for x in ins), shape, gains=gains,
                                 exps=tuple(exps)))
         # the realized unit: Σ gains·x in units of `unit` within the gain rounding
         self.layers.append(LayerRow(name, node.kind, shape,
                                     synapses=int(np.prod(shape)) * len(ins),
-                                    gain_max=int(gains.max()), gain_exp=max(exps)))
+                                    gain_max=int(np.abs(gains).max()), gain_exp=max(exps)))
         return current(name, name, unit, np.broadcast_to(bias, shape).astype(np.int64),
                        np.broadcast_to(bound, shape).astype(np.float64))
-

@@ -23,6 +23,10 @@ BIAS_HEADROOM = 3 * 2 ** 21
 # when even exponent 0 leaves bound + |bias| over BIAS_HEADROOM, the exponent goes below 0 only
 # as far as needed to keep it under this (θ//2, capped at the reachable current / L, fits above)
 STATE_HEADROOM = 7 * 2 ** 20
+# where integers of different elements are added or compared as they are (a pool, the inner
+# axis of a product of matrices), their units may differ by this much: the rounding of the
+# integer thresholds θ that give a tensor one level step (within 2/θ: θ ≥ 128 keeps it there)
+UNIT_SPREAD = 2 ** -6
 MAX_ADD_SHIFT = 8           # an Add's output unit: at most 2^8 finer than its finest input
 LEAK_SHIFT = 8  # a leaky unit's state carries 8 more bits than its output payload
 FIRE_MODES = ("uniform", "adaptive", "quantile")
@@ -60,6 +64,10 @@ def payloads(node: str, fname: str, unit, bias, bound) -> QTensor:
 @dataclass
 class QuantOptions:
     levels: int = 15
+    # levels of the neurons that are no activation of the model: requantized currents (a
+    # residual sum read by a synapse, the operands of products) and arithmetic tables (exp,
+    # 1/x, √x, x²) — the quantized model has only its activations' levels
+    internal_levels: int = 63
     percentile: float = 99.99
     per_channel: bool = True
     input_bits: int = 8
@@ -116,6 +124,28 @@ def channel_view(a: np.ndarray) -> np.ndarray:
     """Compact broadcast form: (C,1,1) if constant over space, else the array itself."""
     if a.ndim == 3 and np.all(a == a[:, :1, :1]):
         return a[:, :1, :1].copy()
+    return a.copy()
+
+
+def uniform(unit: np.ndarray, axis: int | None = None, spread: float | None = None) -> bool:
+    """Whether `unit` is the same within each slice along axes other than `axis` (None: the
+    whole array) to a relative spread of UNIT_SPREAD."""
+    spread = UNIT_SPREAD if spread is None else spread
+    u = np.asarray(unit, np.float64)
+    flat = u.reshape(-1) if axis is None else np.moveaxis(u, axis, 0).reshape(u.shape[axis], -1)
+    lo, hi = flat.min(axis=-1), flat.max(axis=-1)
+    return bool(np.all(hi - lo <= spread * hi))
+
+
+def compact(a: np.ndarray) -> np.ndarray:
+    """A per-sample array in its per-channel broadcast form (C, 1, …, 1) where it is constant
+    within each channel, else as it is."""
+    a = np.asarray(a)
+    if a.ndim < 2:
+        return a.copy()
+    flat = a.reshape(a.shape[0], -1)
+    if np.all(flat == flat[:, :1]):
+        return flat[:, :1].reshape((a.shape[0],) + (1,) * (a.ndim - 1)).copy()
     return a.copy()
 
 

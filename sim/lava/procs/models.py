@@ -65,16 +65,28 @@ def _in_ports(dtype):
 class _SourceModel(PyLoihiProcessModel):
     payload_type = INT
     samples = LavaPyType(np.ndarray, np.float32)
+    valid = LavaPyType(np.ndarray, INT)
     inv_scale = LavaPyType(np.ndarray, np.float32)
     lo = LavaPyType(np.ndarray, INT)
     hi = LavaPyType(np.ndarray, INT)
     timesteps = LavaPyType(np.ndarray, INT)
+    clip = LavaPyType(np.ndarray, INT)
+    clipped = LavaPyType(np.ndarray, INT)
 
     def run_spk(self):
-        row = ((self.time_step - 1) // int(self.timesteps[0])) % len(self.samples)
-        spikes = semantics.encode_input(self.samples[row], self.inv_scale[0], int(self.lo[0]),
-                                        int(self.hi[0]))
-        self.s_out.send(spikes.astype(self.payload_type, copy=False))
+        step = (self.time_step - 1) // int(self.timesteps[0])
+        row = step % len(self.samples)
+        rows = int(self.valid[row])
+        args = (self.samples[row][:rows], self.inv_scale[0], int(self.lo[0]), int(self.hi[0]))
+        if self.clip[0]:
+            encoded, clipped = semantics.encode_input_counted(*args)
+        else:   # the InputEncoder behind clips and counts
+            encoded, clipped = semantics.encode_input_bounded(*args), 0
+        if step < len(self.samples):  # the pipeline's drain repeats rows: counted once
+            self.clipped[0] += clipped
+        spikes = np.zeros(self.samples.shape[1:], self.payload_type)
+        spikes[:rows] = encoded
+        self.s_out.send(spikes)
 
 
 @implements(proc=SpikeSource, protocol=LoihiProtocol)
@@ -288,23 +300,44 @@ class PyReadoutStageFloat(_ReadoutModel):
 
 
 class _EncoderModel(PyLoihiProcessModel):
-    """n = encode(x) (or clip of given integers) of this step, sent the same step."""
+    """n = encode(x) (or clip of given integers) of this step's valid lanes, sent the same step;
+    the elements the clip changes counted in `clipped` (InputEncoder)."""
     payload_type = INT
+    clipped = LavaPyType(np.ndarray, INT)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.shape = (int(proc_params["lanes"]),) + tuple(proc_params["sample_shape"])
+        self.lanes = int(proc_params["lanes"])
+        self.shape = (self.lanes,) + tuple(proc_params["sample_shape"])
         self.inv_scale = np.float32(proc_params["inv_scale"])
         self.lo, self.hi = int(proc_params["lo"]), int(proc_params["hi"])
         self.encoded = bool(proc_params["encoded"])
+        self.timesteps = int(proc_params["timesteps"])
+        samples = proc_params["samples"]
+        self.samples = None if samples is None else int(samples)
+        self.groups = None if samples is None else -(-self.samples // self.lanes)
+
+    def rows(self, u: int) -> tuple[int, bool]:
+        """The valid lanes of encoder step u, and whether the step is one of the samples' (not
+        the pipeline's drain, which repeats groups)."""
+        if self.samples is None:
+            return self.lanes, True
+        g = u // self.timesteps
+        return min(self.lanes, self.samples - (g % self.groups) * self.lanes), g < self.groups
 
     def run_spk(self):
         x = np.asarray(self.a_in.recv()).reshape(self.shape)
+        rows, counted = self.rows(self.time_step - 1)
         if self.encoded:
-            n = np.clip(np.rint(x), self.lo, self.hi).astype(INT)
+            n, clipped = semantics.clip_encoded(np.rint(x[:rows]), self.lo, self.hi)
         else:
-            n = semantics.encode_input(x, self.inv_scale, self.lo, self.hi)
-        self.s_out.send(n.astype(self.payload_type, copy=False))
+            n, clipped = semantics.encode_input_counted(x[:rows], self.inv_scale, self.lo,
+                                                        self.hi)
+        if counted:
+            self.clipped[0] += clipped
+        out = np.zeros(self.shape, self.payload_type)   # padding lanes: zeros
+        out[:rows] = n
+        self.s_out.send(out)
 
 
 @implements(proc=InputEncoder, protocol=LoihiProtocol)

@@ -28,7 +28,9 @@ Dense does). So sample k (0-based, one per T steps) is complete on `out` at step
 The sub-processes are those of sim.lava.run: the input encoder, one process per neuron layer with
 its synapse chain, the readout stage (sim.lava.procs.process), built by the SubProcessModel below
 when Lava compiles the graph; their ProcessModels (fixed_pt, floating_pt) are chosen by the run
-configuration. After the run they are `net.procs.encoder`, `net.procs.stage_000`, ….
+configuration. After the run they are `net.procs.encoder`, `net.procs.stage_000`, …; the
+encoder's `clipped` Var counts the input elements its clip changed (for `Network(…, samples=N)`
+fed by `feed`, sim.cpu's `stats[input].clipped` of those N samples).
 Recurrent artifacts (a Delay node) are not a Network; sim.lava.run runs them.
 """
 from __future__ import annotations
@@ -106,10 +108,17 @@ class Network(AbstractProcess):
     def feed(self, x: np.ndarray, encoded: bool | None = None) -> np.ndarray:
         """A RingBuffer's `data` for samples x (N, *input_shape): each sample (group of B)
         held T steps, then `latency` steps of zeros so the last result reaches `out`; shape
-        (*inp.shape, num_steps(N)). Integers (`encode(x)`) when the Network is `encoded`."""
+        (*inp.shape, num_steps(N)). Integers when the Network is `encoded`: the encoder's
+        rounding bounded one past its levels (sim.semantics.encode_input_bounded), which the
+        encoder clips to `encode(x)` and counts in `procs.encoder.clipped`."""
         encoded = self.proc_params["encoded"] if encoded is None else encoded
         x = np.asarray(x)
-        values = self.encode(x).astype(np.float64) if encoded else x.astype(np.float64)
+        if encoded:
+            inp = self.plan.input
+            values = semantics.encode_input_bounded(x, inp.inv_scale, inp.lo,
+                                                    inp.hi).astype(np.float64)
+        else:
+            values = x.astype(np.float64)
         lanes = self.plan.lanes
         groups = self.plan.groups(len(x))
         padded = np.zeros((groups * lanes,) + tuple(x.shape[1:]), np.float64)

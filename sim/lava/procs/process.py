@@ -55,16 +55,24 @@ class SpikeSource(AbstractProcess):
     """Input encoder: at Lava step t sends n = clip(floor(x · inv_scale + 1/2), lo, hi) of row
     ((t − 1) // T) mod G of `samples` (G, *shape) (sim.semantics.encode_input). Feed-forward:
     G groups of B lanes, shape (B, *in); recurrent: step-major trial batches. Set once at
-    construction, never per sample."""
+    construction, never per sample. `valid` (G,): the lanes of each row that hold samples (the
+    rest is padding, sent as zeros); `clipped` counts the elements the encoder clipped over the
+    first G·T steps (each row's T steps once, valid lanes only), as sim.cpu does. With
+    `clip=False` (sim.lava.run's source before a Network's InputEncoder) it sends
+    sim.semantics.encode_input_bounded's integers instead, one past the levels where the clip
+    applies, and the InputEncoder clips and counts them; `clipped` stays 0."""
 
-    def __init__(self, *, samples: np.ndarray, inv_scale: float, lo: int, hi: int,
-                 timesteps: int, name: str):
+    def __init__(self, *, samples: np.ndarray, valid: np.ndarray, inv_scale: float, lo: int,
+                 hi: int, timesteps: int, name: str, clip: bool = True):
         super().__init__(name=name)
         self.samples = Var(shape=samples.shape, init=samples)
+        self.valid = Var(shape=(len(samples),), init=np.asarray(valid, np.int64))
         self.inv_scale = _scalar(np.float32(inv_scale))
         self.lo = _scalar(lo)
         self.hi = _scalar(hi)
         self.timesteps = _scalar(timesteps)
+        self.clip = _scalar(int(clip))
+        self.clipped = _scalar(0)
         self.s_out = OutPort(shape=samples.shape[1:])
 
 
@@ -139,14 +147,23 @@ class InputEncoder(AbstractProcess):
     """The input encoder of a `Network`: receives one step's samples through `a_in` (port shape
     `in_shape`: (B, *in), or *in for a one-sample Network) and sends the same step
     n = clip(floor(x · inv_scale + 1/2), lo, hi) as (B, *in) through `s_out`
-    (sim.semantics.encode_input). With `encoded`, `a_in` carries those integers already
-    (Lava's fixed_pt RingBuffer sends int32) and they are only clipped to [lo, hi]."""
+    (sim.semantics.encode_input). With `encoded`, `a_in` carries integers already (Lava's
+    fixed_pt RingBuffer sends int32) and they are only clipped to [lo, hi].
+
+    `clipped` counts the elements the clip changes, as sim.cpu's `stats[input].clipped`: on the
+    valid lanes of encoder step u = t − 1 (in a run of `samples` N, group (u // T) mod ⌈N/B⌉
+    holds min(B, N − g·B) samples, padding lanes are sent as zeros, and only the ⌈N/B⌉·T steps
+    of the samples count, not the pipeline's drain; in an open stream every lane of every step).
+    Integers that were clipped before they reach `a_in` (`Network.encode`) are not seen as
+    clipped; sim.semantics.encode_input_bounded's are (`Network.feed`, sim.lava.run)."""
 
     def __init__(self, *, in_shape, lanes: int, sample_shape, inv_scale: float, lo: int,
-                 hi: int, encoded: bool, name: str):
+                 hi: int, encoded: bool, name: str, timesteps: int = 1,
+                 samples: int | None = None):
         super().__init__(name=name, lanes=lanes, sample_shape=tuple(sample_shape),
                          inv_scale=float(inv_scale), lo=int(lo), hi=int(hi),
-                         encoded=bool(encoded))
+                         encoded=bool(encoded), timesteps=int(timesteps), samples=samples)
+        self.clipped = _scalar(0)
         self.a_in = InPort(shape=tuple(in_shape))
         self.s_out = OutPort(shape=(lanes,) + tuple(sample_shape))
 

@@ -4,9 +4,15 @@ import numpy as np
 from toolchain.onnx_import.registry import converter
 
 
+def _tokens(ctx, x: str) -> dict:
+    """`per_tensor` for an activation of a tokens × features tensor (see linear.token_linear)."""
+    return {"per_tensor": True} if ctx.fg[x]["params"].get("per_tensor") else {}
+
+
 @converter("Relu")
 def relu(node, ctx):
-    ctx.add(node, "relu", [ctx.tensor(node, node.input[0])], hi=None)
+    x = ctx.tensor(node, node.input[0])
+    ctx.add(node, "relu", [x], hi=None, **_tokens(ctx, x))
 
 
 @converter("Clip")
@@ -23,4 +29,4 @@ def clip(node, ctx):
     hi = None if hi is None else float(np.asarray(hi))
     if hi is not None and hi <= 0:
         ctx.fail(node, f"Clip max {hi} must be > 0")
-    ctx.add(node, "relu", [x], hi=hi)
+    ctx.add(node, "relu", [x], hi=hi, **_tokens(ctx, x))

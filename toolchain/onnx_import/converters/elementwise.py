@@ -1,7 +1,7 @@
 """Elementwise functions of ONE tensor → adaptive (table) SFN neurons.
 
-Sigmoid, HardSigmoid, HardSwish, Tanh, Erf, Gelu, LeakyRelu, Elu, Softplus, Mish and Pow (by a
-constant) become float-graph `table` nodes: `table(fn)` of their input. The quantizer turns one
+Sigmoid, HardSigmoid, HardSwish, Tanh, Erf, Gelu, LeakyRelu, Elu, Softplus, Mish, Exp, Sqrt,
+Reciprocal, a constant divided by a tensor and Pow (by a constant) become float-graph `table` nodes: `table(fn)` of their input. The quantizer turns one
 into an adaptive neuron whose integer thresholds are the inputs at which the rounded output
 changes and whose payload table is the rounded output (`Quantizer.op_table`) — exact on the
 integer grid, for monotone and non-monotone functions alike.
@@ -12,7 +12,8 @@ Add/Sub/Mul/Div whose operands are both functions of the same tensor through tab
 constant affines and ReLU/Clip (SiLU = x·sigmoid(x), GELU's x·½(1 + erf(x/√2)), its tanh form
 with x³, x·relu6(x + 3)/6, Mish's x·tanh(softplus(x))). The nodes a composition bypasses stay in
 the float graph (calibration reads them) and are dropped by the quantizer when nothing uses them.
-A product of two different activations stays refused (arith.mul).
+A product of two different activations is a `mul2` node (arith.mul), computed by product
+neurons.
 """
 from __future__ import annotations
 
@@ -28,10 +29,26 @@ def _identity(z):
     return z
 
 
-def add_table(node, ctx, root: str, fn, expr: str, bounds=None) -> str:
+def add_table(node, ctx, root: str, fn, expr: str, bounds=None, activation: bool = True) -> str:
     """Add a `table` node computing fn(root) under the node's output name. `bounds` (inf, sup)
-    of fn, when known, caps the output range calibration would give it."""
-    return ctx.add(node, TABLE, [root], fn=fn, expr=expr, bounds=bounds)
+    of fn, when known, caps the output range calibration would give it. `activation`: the
+    table composes an activation function (sigmoid, GELU, a ReLU, …) and its neuron has
+    --levels levels; otherwise it is arithmetic inside a layer (exp, 1/x, √x, x², a softmax's or
+    a normalization's steps) and gets the quantizer's internal level count."""
+    return ctx.add(node, TABLE, [root], fn=fn, expr=expr, bounds=bounds,
+                   **({} if activation else {"internal": True}))
+
+
+def _activation(ctx, links, root: str) -> bool:
+    """Whether an activation (a table that is one, a ReLU/Clip) lies on a chain (from `chain`)
+    before `root`."""
+    for n, _, _ in links:
+        if n == root:
+            return False
+        d = ctx.fg[n]
+        if d["op"] == "relu" or (d["op"] == TABLE and not d["params"].get("internal")):
+            return True
+    return False
 
 
 def _uniform(d) -> tuple[float, float] | None:
@@ -68,11 +85,15 @@ def chain(ctx, name: str, through_relu: bool = False) -> list[tuple[str, object,
         out.append((cur, g, nonlinear))
 
 
-def unary(node, ctx, f, expr: str, bounds=None) -> str:
-    """A table of f(x), composed with x's own table/uniform-affine chain when it has one."""
-    x = ctx.tensor(node, node.input[0])
-    root, g, _ = chain(ctx, x)[-1]
-    return add_table(node, ctx, root, (lambda f, g: lambda z: f(g(z)))(f, g), expr, bounds)
+def unary(node, ctx, f, expr: str, bounds=None, x_name: str | None = None,
+          activation: bool = True) -> str:
+    """A table of f(x), composed with x's own table/uniform-affine chain when it has one; x is
+    the node's first input unless `x_name` is given."""
+    x = ctx.tensor(node, x_name or node.input[0])
+    links = chain(ctx, x)
+    root, g, _ = links[-1]
+    return add_table(node, ctx, root, (lambda f, g: lambda z: f(g(z)))(f, g), expr, bounds,
+                     activation or _activation(ctx, links, root))
 
 
 def compose_affine(node, ctx, x: str, scale: float, shift: float) -> bool:
@@ -86,7 +107,8 @@ def compose_affine(node, ctx, x: str, scale: float, shift: float) -> bool:
     if b is not None:
         b = tuple(sorted((scale * b[0] + shift, scale * b[1] + shift)))
     add_table(node, ctx, root, (lambda f, s, t: lambda z: s * f(z) + t)(f, scale, shift),
-              f"{scale:g}·({d['params']['expr']}) + {shift:g}", b)
+              f"{scale:g}·({d['params']['expr']}) + {shift:g}", b,
+              not d["params"].get("internal"))
     return True
 
 
@@ -115,6 +137,8 @@ def combine_n(node, ctx, inputs: list[str], op, linear_ok: bool = True, syntheti
     for name, c in zip(tensors, chains):
         _, g, nl = next(link for link in c if link[0] == root)
         fns[name], nonlinear = g, nonlinear or nl
+    # SiLU's x·sigmoid(x) is an activation; a polynomial of x (c·c) is arithmetic
+    activation = any(_activation(ctx, c, root) for c in chains)
     if not (linear_ok or nonlinear):
         return False
     for i in inputs:
@@ -129,7 +153,7 @@ def combine_n(node, ctx, inputs: list[str], op, linear_ok: bool = True, syntheti
         ctx.add(node, TABLE, [root], fn=fn, expr=f"{node.op_type} of {root}", bounds=None,
                 synthetic=True)
     else:
-        add_table(node, ctx, root, fn, f"{node.op_type} of {root}")
+        add_table(node, ctx, root, fn, f"{node.op_type} of {root}", activation=activation)
     return True
 
 
@@ -212,7 +236,31 @@ def power(node, ctx):
     if p != int(p):
         ctx.fail(node, f"exponent {p} is not an integer (negative inputs have no real power)")
     unary(node, ctx, lambda z: np.power(z, int(p)) if p >= 0 else np.power(z, float(p)),
-          f"x^{int(p)}")
+          f"x^{int(p)}", activation=False)
+
+
+@converter("Exp")
+def exp(node, ctx):
+    unary(node, ctx, lambda z: np.exp(np.minimum(z, 700.0)), "exp", (0.0, np.inf),
+          activation=False)
+
+
+@converter("Sqrt")
+def sqrt(node, ctx):
+    unary(node, ctx, lambda z: np.sqrt(np.maximum(z, 0.0)), "sqrt", (0.0, np.inf),
+          activation=False)
+
+
+@converter("Reciprocal")
+def reciprocal(node, ctx):
+    divide_constant(node, ctx, 1.0)
+
+
+def divide_constant(node, ctx, c: float, x_name: str | None = None) -> None:
+    """c / x for a tensor x (the node's first input unless `x_name`): a table. At x = 0 the
+    value is c / (smallest positive float), which the table's output range clips."""
+    unary(node, ctx, lambda z: c / np.where(z == 0, np.finfo(np.float64).tiny, z),
+          f"{c:g}/x", x_name=x_name, activation=False)
 
 
 @converter("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal")
