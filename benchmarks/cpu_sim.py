@@ -1,147 +1,290 @@
-"""sim.cpu throughput against onnxruntime running the float model, same batch, same run.
+"""sim.cpu against onnxruntime (float and int8) and against SNN frameworks, same run.
 
-    .venv/bin/python benchmarks/cpu_sim.py [--batch 256] [--repeats 60] [--rounds 12]
-                                           [--threads 2] [--sim-threads 1,2]
+    .venv/bin/python benchmarks/cpu_sim.py [--nets digits,mlp,resnet18,resnet18_q]
+        [--batches 1,16,256] [--threads 1,2] [--rounds 6] [--runs 3] [--spiking-batch 256]
+        [--timesteps 8] [--skip-spiking] [--skip-load] [--cache DIR]
 
-Prints samples/s for: onnxruntime (float ONNX) with --threads intra-op threads and with one,
-sim.cpu (outputs only, one row per --sim-threads value; with spike, SynOps and saturation
-counting; and its numpy-only fallback), and each one's time against both onnxruntime rows.
-The last lines give sim.cpu's time against onnxruntime's at equal thread counts.
+Three tables, printed as markdown:
 
-sim.cpu's convolutions and matrix products run on float32 copies of the integers (exact: every
-partial sum is bounded below 2²⁴) through torch's oneDNN/MKL kernels when torch is there, else
-numpy's BLAS; convolutions whose input is a non-negative payload ≤ 255 run as oneDNN's u8·s8
-int8 convolution where a probe shows it exact. The lines under the table say which ran, with how
-many threads, and the load average. This machine is shared and its speed drifts from second to
-second: the rows are timed in short interleaved rounds and every ratio is the median over rounds
-of two rows timed seconds apart (quartiles given); compare rows of one run, not runs.
+1. **Integer networks** (benchmarks/speed_nets.py: the digits CNN, an MLP 784-1024-1024-10, ResNet-18
+   ×1 and ×¼ on 3×32×32): for every network, batch and thread count, sim.cpu (outputs only,
+   `count=False`) against onnxruntime on the float model, on its int8 model in the QOperator
+   format and in the QDQ format (`quantize_static`, per-channel weights). ResNet-18 ×1 runs the
+   batches of `--resnet-batches` only (default 64, 256).
+2. **Binary spikes, T steps** (`--timesteps`, default 8) on the digits CNN: sim.cpu
+   (`binary=True`) against snnTorch, sinabs and SpikingJelly running the same layer shapes with
+   integrate-and-fire neurons (reset by subtraction), per step. A framework that is not
+   installed is skipped with a line saying so (`pip install .[bench]` adds snnTorch and sinabs;
+   SpikingJelly needs torchvision and a newer torch than this project's pin).
+3. **Under load**: a competing busy process (a one-thread numpy matmul loop) is started, the
+   digits CNN at batch 256 and 16 runs with sim.cpu's default threads and with one thread, and
+   the process is killed.
+
+How it times: the machine is shared and its speed drifts from second to second, so the rows of a
+table are timed in `--rounds` interleaved rounds of `--runs` runs each (after a warm-up call),
+and a ratio is the median over rounds of the two rows' block medians, timed seconds apart
+(quartiles in brackets). Wall time throughout; the one-thread rows also give the ratio of
+process CPU time, which other processes on the machine disturb less. The load average before
+and after is printed.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sim  # noqa: E402,F401  (before numpy: its BLAS kernels, see sim/__init__.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sim  # noqa: E402,F401  (before numpy and torch: BLAS kernels, OpenMP wait policy)
 
-import numpy as np
-import onnxruntime as ort
-from rich.console import Console
-from rich.table import Table
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 
+import speed_nets as nets  # noqa: E402
 import sim.cpu  # noqa: E402
-from sim.cpu import runner, torch_ops  # noqa: E402
-from exporters.digits import load_digits_split  # noqa: E402
-from timing import run_seconds  # noqa: E402
-from toolchain.compiler import compile_onnx  # noqa: E402
-
-MODEL = Path(__file__).resolve().parents[1] / "toolchain" / "data" / "digits_cnn_relu.onnx"
+from sim.cpu import torch_ops  # noqa: E402
 
 
-def _ort(threads: int):
+def _session(path: Path, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(MODEL), opts, providers=["CPUExecutionProvider"])
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _numpy_only(art, x):
-    runner.USE_TORCH = False
+def timed_rounds(cases: dict, rounds: int, runs: int) -> dict:
+    """{name: ([wall block medians], [cpu block medians])}, every case once per round."""
+    out = {k: ([], []) for k in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            fn()
+            wall, cpu = [], []
+            for _ in range(runs):
+                t, c = time.perf_counter(), time.process_time()
+                fn()
+                wall.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            out[name][0].append(statistics.median(wall))
+            out[name][1].append(statistics.median(cpu))
+            time.sleep(0.05)
+    return out
+
+
+def ratio(a: list, b: list) -> tuple[float, float, float]:
+    r = sorted(x / y for x, y in zip(a, b))
+    return statistics.median(r), r[len(r) // 4], r[(3 * len(r)) // 4]
+
+
+def fmt(r) -> str:
+    return f"{r[0]:.2f}× [{r[1]:.2f}–{r[2]:.2f}]"
+
+
+def integer_table(args, folder: Path) -> None:
+    print("\n### sim.cpu against onnxruntime (float, int8 QOperator, int8 QDQ)\n")
+    print("| network | batch | threads | sim.cpu ms | vs ORT float | vs ORT int8 QOperator | "
+          "vs ORT int8 QDQ | CPU time vs ORT int8 QOperator |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.nets.split(","):
+        art = nets.artifact(name, folder)
+        paths = {"float": nets.onnx_path(name, folder),
+                 "qop": nets.ort_int8(name, folder, "QOperator"),
+                 "qdq": nets.ort_int8(name, folder, "QDQ")}
+        batches = args.resnet_batches if name == "resnet18" else args.batches
+        for batch in [int(b) for b in batches.split(",")]:
+            x = nets.inputs(name, batch)
+            for threads in [int(t) for t in args.threads.split(",")]:
+                cases = {k: (lambda s=_session(p, threads): s.run(None, {"input": x}))
+                         for k, p in paths.items()}
+                cases["sim"] = lambda: sim.cpu.run(art, x, count=False, threads=threads)
+                heavy = name == "resnet18" and batch > 64
+                got = timed_rounds(cases, max(3, args.rounds // 2) if heavy else args.rounds,
+                                   2 if heavy else args.runs)
+                sim_ms = 1000 * statistics.median(got["sim"][0])
+                cpu = fmt(ratio(got["sim"][1], got["qop"][1])) if threads == 1 else "—"
+                print(f"| {nets.NETS[name]} | {batch} | {threads} | {sim_ms:.2f} | "
+                      f"{fmt(ratio(got['sim'][0], got['float'][0]))} | "
+                      f"{fmt(ratio(got['sim'][0], got['qop'][0]))} | "
+                      f"{fmt(ratio(got['sim'][0], got['qdq'][0]))} | {cpu} |", flush=True)
+
+
+def _digits_module():
+    """The digits CNN's layer shapes as a torch module: conv 1→16, conv 16→32, avg pool 2,
+    conv 32→32, global average pool, linear 32→10 (random weights: the timing does not depend
+    on them)."""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    return [nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1),
+            nn.Conv2d(32, 32, 3, padding=1), nn.Linear(32, 10)]
+
+
+def _snntorch(x, timesteps):
+    import snntorch as snn
+    import torch
+    c1, c2, c3, fc = _digits_module()
+    n1, n2, n3 = (snn.Leaky(beta=1.0, threshold=0.5, reset_mechanism="subtract")
+                  for _ in range(3))
+    xt = torch.from_numpy(x)
+
+    @torch.no_grad()
+    def run():
+        m1 = m2 = m3 = None
+        m1, m2, m3 = n1.init_leaky(), n2.init_leaky(), n3.init_leaky()
+        total = 0
+        for _ in range(timesteps):
+            s1, m1 = n1(c1(xt), m1)
+            s2, m2 = n2(c2(s1), m2)
+            s3, m3 = n3(c3(torch.nn.functional.avg_pool2d(s2, 2)), m3)
+            total = total + fc(s3.mean((2, 3)))
+        return total
+    return run
+
+
+def _sinabs(x, timesteps):
+    import sinabs.layers as sl
+    import torch
+    from torch import nn
+    c1, c2, c3, fc = _digits_module()
+    b = len(x)
+    net = nn.Sequential(c1, sl.IAFSqueeze(batch_size=b), c2, sl.IAFSqueeze(batch_size=b),
+                        nn.AvgPool2d(2), c3, sl.IAFSqueeze(batch_size=b),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    xt = torch.from_numpy(np.repeat(x[:, None], timesteps, axis=1).reshape(-1, *x.shape[1:]))
+
+    @torch.no_grad()
+    def run():
+        for m in net:
+            if hasattr(m, "reset_states"):
+                m.reset_states()
+        return net(xt)
+    return run
+
+
+def _spikingjelly(x, timesteps):
+    import torch
+    from spikingjelly.activation_based import functional, layer, neuron
+    from torch import nn
+    c1, c2, c3, fc = _digits_module()
+    net = nn.Sequential(layer.SeqToANNContainer(c1), neuron.IFNode(step_mode="m"),
+                        layer.SeqToANNContainer(c2), neuron.IFNode(step_mode="m"),
+                        layer.SeqToANNContainer(nn.AvgPool2d(2), c3),
+                        neuron.IFNode(step_mode="m"),
+                        layer.SeqToANNContainer(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc))
+    xt = torch.from_numpy(np.repeat(x[None], timesteps, axis=0))
+
+    @torch.no_grad()
+    def run():
+        functional.reset_net(net)
+        return net(xt)
+    return run
+
+
+def spiking_table(args) -> None:
+    from exporters.digits import load_digits_split
+    from toolchain.compiler import compile_onnx
+    t = args.timesteps
+    x_train = load_digits_split()[0]
+    art = compile_onnx(nets.DIGITS, calib=x_train, timesteps=t).artifact
+    x = nets.inputs("digits", args.spiking_batch)
+    print(f"\n### Binary spikes, T = {t}, digits CNN, batch {len(x)}: time per step\n")
+    print("| framework | threads | ms per step | sim.cpu vs it |")
+    print("|---|---|---|---|")
+    import torch
+    peers, missing = {}, []
+    for label, make in (("snnTorch", _snntorch), ("sinabs", _sinabs),
+                        ("SpikingJelly", _spikingjelly)):
+        try:
+            peers[label] = make(x, t)
+        except ImportError as exc:
+            missing.append(f"{label} ({exc.name} not installed)")
+    for threads in [int(k) for k in args.threads.split(",")]:
+        cases = {"sim.cpu": lambda: sim.cpu.run(art, x, timesteps=t, binary=True, count=False,
+                                                threads=threads)}
+        for label, fn in peers.items():
+            def run(fn=fn):
+                before = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                try:
+                    return fn()
+                finally:
+                    torch.set_num_threads(before)
+            cases[label] = run
+        got = timed_rounds(cases, args.rounds, args.runs)
+        for label in cases:
+            ms = 1000 * statistics.median(got[label][0]) / t
+            vs = "—" if label == "sim.cpu" else fmt(ratio(got["sim.cpu"][0], got[label][0]))
+            print(f"| {label} | {threads} | {ms:.3f} | {vs} |", flush=True)
+    for m in missing:
+        print(f"\nskipped: {m}")
+
+
+def load_table(args, folder: Path) -> None:
+    art = nets.artifact("digits", folder)
+    print("\n### Under load: one competing busy process (a one-thread numpy matmul loop)\n")
+    print("| batch | sim.cpu default threads ms | threads=1 ms | default vs threads=1 |")
+    print("|---|---|---|---|")
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import numpy as np\na = np.random.rand(400, 400)\n"
+                               "while True:\n    a @ a"],
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     try:
-        return sim.cpu.run(art, x, count=False)
+        time.sleep(1.0)
+        for batch in (256, 16):
+            x = nets.inputs("digits", batch)
+            got = timed_rounds({"default": lambda: sim.cpu.run(art, x, count=False),
+                                "one": lambda: sim.cpu.run(art, x, count=False, threads=1)},
+                               args.rounds, args.runs)
+            print(f"| {batch} | {1000 * statistics.median(got['default'][0]):.2f} | "
+                  f"{1000 * statistics.median(got['one'][0]):.2f} | "
+                  f"{fmt(ratio(got['default'][0], got['one'][0]))} |", flush=True)
     finally:
-        runner.USE_TORCH = True
+        busy.kill()
+        busy.wait()
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=60, help="timed runs per row, over all rounds")
-    ap.add_argument("--rounds", type=int, default=12,
-                    help="interleaved rounds (every row once per round)")
-    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
-    ap.add_argument("--sim-threads", default="1,2",
-                    help="sim.cpu's torch threads, one row each (sim.cpu.run(threads=...); its "
-                         "default is torch's own setting, every core)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nets", default="digits,mlp,resnet18_q,resnet18")
+    ap.add_argument("--batches", default="1,16,256")
+    ap.add_argument("--resnet-batches", default="64,256",
+                    help="batches of ResNet-18 ×1 (its batch of 256 takes seconds a run)")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per row and round")
+    ap.add_argument("--timesteps", type=int, default=8)
+    ap.add_argument("--spiking-batch", type=int, default=256)
+    ap.add_argument("--skip-integer", action="store_true")
+    ap.add_argument("--skip-spiking", action="store_true")
+    ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--cache", help="folder for the exported and compiled networks "
+                                    "(default: a temporary one)")
     args = ap.parse_args()
-    x_train, _, x_test, _ = load_digits_split()
-    x = np.concatenate([x_test] * (args.batch // len(x_test) + 1))[: args.batch]
-    art = compile_onnx(MODEL, calib=x_train).artifact
     load_before = os.getloadavg()
-    ort_runs = [(args.threads, _ort(args.threads))]
-    if args.threads != 1:
-        ort_runs.append((1, _ort(1)))
-    sim_threads = [int(t) for t in str(args.sim_threads).split(",")]
-    cases = [("onnxruntime, float model", threads,
-              lambda sess=sess: sess.run(None, {"input": x}), args.repeats)
-             for threads, sess in ort_runs]
-    for st in sim_threads:
-        cases.append(("sim.cpu, outputs only", st,
-                      lambda st=st: sim.cpu.run(art, x, count=False, threads=st), args.repeats))
-    cases += [("sim.cpu, with spike/SynOps counts", sim_threads[0],
-               lambda: sim.cpu.run(art, x, count=True, threads=sim_threads[0]), args.repeats),
-              ("sim.cpu, numpy only (no torch), outputs only", "BLAS",
-               lambda: _numpy_only(art, x), max(3, args.repeats // 3))]
-    # The machine's speed drifts from second to second (a shared host): every row is timed in
-    # `rounds` short blocks taken in turn, a pause after each block letting worker threads stop
-    # spinning. A row's time is its median over all runs; a ratio is the median over rounds of
-    # the two rows' block medians — both timed seconds apart, under the same conditions.
-    def per_round(repeats):
-        return max(2, -(-repeats // args.rounds))
-
-    blocks: list[list[float]] = [[] for _ in cases]
-    samples: list[list[float]] = [[] for _ in cases]
-    for _ in range(args.rounds):
-        for (_, _, fn, repeats), got, med in zip(cases, samples, blocks):
-            times = run_seconds(fn, per_round(repeats))
-            got += times
-            med.append(statistics.median(times))
-            time.sleep(0.25)
-    rows = [(name, threads, statistics.median(got), med)
-            for (name, threads, _, _), got, med in zip(cases, samples, blocks)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.cache or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not args.skip_integer:
+            integer_table(args, folder)
+        if not args.skip_spiking:
+            spiking_table(args)
+        if not args.skip_load:
+            load_table(args, folder)
+    import torch
+    classes = {0: "off", torch_ops.INT8_PAIRS: "u8·s8 pairs within int16",
+               torch_ops.INT8_FULL: "full u8·s8"}
+    print(f"\nsim.cpu: torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, int8 class "
+          f"{classes[torch_ops.int8_limit()]}, fire in the int8 kernel "
+          f"{'on' if torch_ops.fire_exact() else 'off'}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; onnxruntime {ort.__version__}")
     load_after = os.getloadavg()
-    base = {threads: rows[i][3] for i, (threads, _) in enumerate(ort_runs)}
-
-    def ratio(med, against):
-        r = sorted(a / b for a, b in zip(med, against))
-        return statistics.median(r), r[len(r) // 4], r[(3 * len(r)) // 4]
-
-    t = Table(title=f"digits CNN, batch {args.batch}, {args.rounds} interleaved rounds of "
-                    f"{per_round(args.repeats)} runs per row (numpy only: fewer)")
-    for c in ("runtime", "threads", "ms / batch", "samples/s",
-              *(f"time vs onnxruntime ({k} thr)" for k in base)):
-        t.add_column(c)
-    for name, threads, s, med in rows:
-        t.add_row(name, str(threads), f"{1000 * s:.2f}", f"{args.batch / s:,.0f}",
-                  *(f"{ratio(med, b)[0]:.2f}×" for b in base.values()))
-    Console(width=140).print(t)
-    same = [(st, ratio(med, base[st])) for name, st, _, med in rows
-            if name == "sim.cpu, outputs only" and st in base]
-    if same:
-        print("target ≤ 2.00× at equal threads (sim.cpu outputs only / onnxruntime, median "
-              "over rounds [quartiles]): " +
-              ", ".join(f"{st} thread{'s' if st > 1 else ''} {r:.2f}× [{lo:.2f}–{hi:.2f}]"
-                        for st, (r, lo, hi) in same))
-    if torch_ops.available():
-        import torch
-        print(f"sim.cpu products: torch {torch.__version__} (conv: oneDNN "
-              f"{'on' if torch.backends.mkldnn.is_available() else 'OFF'}, matmul: "
-              f"{'MKL' if torch.backends.mkl.is_available() else 'BLAS'}; int8 convolutions: "
-              f"{'on' if torch_ops._int8_exact(torch) else 'off'}), "
-              f"{'/'.join(map(str, sim_threads))} thread(s) during the runs (torch's own "
-              f"setting: {torch.get_num_threads()})")
-    else:
-        print("sim.cpu products: numpy BLAS (torch not importable)")
-    from threadpoolctl import threadpool_info
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    print("numpy BLAS: " + ", ".join(f"{i.get('internal_api')} {i.get('version')} kernel "
-                                      f"{i.get('architecture')}, {i.get('num_threads')} threads"
-                                      for i in blas if "numpy" in i.get("filepath", "")))
-    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-          f"on {os.cpu_count()} CPUs")
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on "
+          f"{os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

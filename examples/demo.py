@@ -1,4 +1,5 @@
-"""`make demo`: compile the bundled digits CNNs and run them on both backends (no training)."""
+"""`make demo`: compile the bundled digits CNNs, ViT and squeeze-excitation CNN and run them on
+both backends (no training)."""
 import sys
 from pathlib import Path
 
@@ -7,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digits_cnn  # noqa: E402
 
 if __name__ == "__main__":
-    rows = digits_cnn.main(["--pretrained", "--lava", "360"])
+    rows = digits_cnn.main(["--pretrained", "--transformers", "--lava", "360"])
     ok = all(r["cpu_equals_reference"] and r.get("lava_equals_cpu", True) for r in rows)
     print("bit-exact: integer reference == sim.cpu == sim.lava" if ok else
           "MISMATCH between backends (see the table)")

@@ -4,9 +4,12 @@ run on the CPU simulator (and Lava), and compare float / integer reference / SNN
     python examples/digits_cnn.py                 # train both CNNs (~1 min), then deploy
     python examples/digits_cnn.py --pretrained    # deploy the bundled models in toolchain/data/
     python examples/digits_cnn.py --pretrained --lava 360   # also on Lava, first 360 test samples
+    python examples/digits_cnn.py --pretrained --transformers   # and the bundled ViT and SE CNN
 
 Two CNNs: plain ReLU (converted after training, calibrated on the training split) and clip-floor
-(trained with the quantized activation it will be deployed with, 15 levels).
+(trained with the quantized activation it will be deployed with, 15 levels). With --transformers,
+also the digits ViT and the squeeze-excitation CNN (examples/train_transformer_models.py),
+converted after training.
 """
 from __future__ import annotations
 
@@ -83,6 +86,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--levels", type=int, help="override the spike levels of the ReLU model")
     ap.add_argument("--lava", type=int, default=0, metavar="N", help="also run N test samples on Lava")
     ap.add_argument("--out", type=Path, help="where trained models go (default: a temp folder)")
+    ap.add_argument("--transformers", action="store_true",
+                    help="with --pretrained: also the bundled digits ViT and squeeze-excitation CNN")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     x_train, _, x_test, y_test = load_digits_split()
@@ -94,6 +99,9 @@ def main(argv=None) -> list[dict]:
         paths = train_and_export(out, args.epochs, args.seed)
     rows = [deploy(paths[name], x_train, x_test, y_test, args.lava,
                    args.levels if name == "relu" else None) for name in VARIANTS]
+    if args.pretrained and args.transformers:
+        rows += [deploy(MODELS / f"digits_{name}.onnx", x_train, x_test, y_test, args.lava, None)
+                 for name in ("vit", "se")]
     if args.json:
         print(json.dumps(rows, indent=1))
         return rows

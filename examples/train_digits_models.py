@@ -3,7 +3,8 @@
 Writes into toolchain/data/:
   digits_cnn_relu.onnx       plain ReLU CNN, average pooling
   digits_cnn_clipfloor.onnx  clip-floor CNN (ClipFloor, 15 levels), sfn.levels = 15
-  digits_models.json         per model: test accuracy, epochs, seed, levels, lr
+  digits_models.json         per model: test accuracy, epochs, seed, levels, lr (entries of
+                             other models kept)
 
 Both use the legacy exporter at opset 17 (BatchNorm is folded into the Conv weights).
 "test_accuracy" is the torch model as trained: for the clip-floor model that is the
@@ -46,7 +47,8 @@ def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 def main() -> None:
     torch.set_num_threads(2)
     _, _, x_test, y_test = load_digits_split(seed=0)
-    record = {}
+    json_path = MODELS_DIR / "digits_models.json"
+    record = json.loads(json_path.read_text()) if json_path.exists() else {}
     for name, cfg in CONFIGS.items():
         torch.manual_seed(cfg["seed"])
         model = DigitsCNN(act=cfg["act"], levels=cfg["levels"] or 15, pool="avg")
@@ -72,7 +74,6 @@ def main() -> None:
         print(f"{name}: test accuracy {test_accuracy:.4f} "
               f"(exported graph {record[name]['onnx_test_accuracy']:.4f}), "
               f"trained in {seconds:.1f} s, {path.stat().st_size / 1024:.1f} KiB -> {path}")
-    json_path = MODELS_DIR / "digits_models.json"
     atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {json_path}")
 

@@ -105,6 +105,13 @@ class SqueezeExcite(nn.Module):
         return x * nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(s))))
 
 
+class GlobalMean(nn.Module):
+    """The mean over H, W: (N, C, H, W) → (N, C) (one ReduceMean for both exporters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+
 class DigitsSE(nn.Sequential):
     """MobileNetV3-style CNN for digits: conv+BN+ReLU, an inverted residual block (expand 1×1,
     depthwise 3×3, squeeze-excitation, project 1×1) with a skip, pooling and a linear head."""
@@ -127,4 +134,4 @@ class DigitsSE(nn.Sequential):
             nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             InvertedResidual(), nn.ReLU(), nn.AvgPool2d(2),
             nn.Conv2d(width, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+            GlobalMean(), nn.Linear(32, 10))

@@ -1,7 +1,8 @@
 """Simulators of SFN artifacts: `sim.cpu` (batched numpy/torch) and `sim.lava` (Lava processes),
 both held to the integer contract in `sim.semantics`.
 
-Importing this package before numpy also picks numpy's OpenBLAS kernels (see `_blas_core`)."""
+Importing this package before numpy also picks numpy's OpenBLAS kernels (see `_blas_core`), and
+before torch a passive OpenMP wait policy (see `_omp_passive`)."""
 import os as _os
 import sys as _sys
 
@@ -37,3 +38,19 @@ def _core_for(flags: set[str]) -> str | None:
 
 
 _blas_core()
+
+
+def _omp_passive() -> bool:
+    """torch's OpenMP threads spin at every barrier by default: on a busy machine, where a
+    thread of a parallel region is descheduled, its partner spins through the other's time
+    slices and a two-thread sim.cpu run becomes several to 70 times slower than a one-thread
+    one (docs/performance.md, "Threads"). With OMP_WAIT_POLICY=PASSIVE waiting threads sleep
+    instead. The policy is read once, when OpenMP starts with torch: set it here, before torch
+    is imported — never over a value the user set, nor once torch is loaded. Returns whether
+    the policy in force is passive."""
+    if "torch" not in _sys.modules:
+        _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return _os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
+OMP_PASSIVE = _omp_passive()

@@ -33,12 +33,15 @@ class Step:
 
 
 # step(s, keep, trials) → {node: value}; `keep`: nodes the caller reads afterwards (records);
-# `trials`: a step of a recurrent trial
+# `trials`: a step of a recurrent trial. A step function may also carry `layered(s, T, keep)`:
+# all T steps of a feed-forward run at once, returning (Σ_t readout accumulator,
+# {kept node: Σ_t value}), which the loop then uses instead of T calls.
 StepFn = Callable[[Step, tuple, bool], dict]
 
 
 def as_int(x: np.ndarray) -> np.ndarray:
-    return x if np.issubdtype(x.dtype, np.integer) else x.astype(np.int64)
+    """x as int64 (itself when it is already)."""
+    return x if x.dtype == np.int64 else x.astype(np.int64)
 
 
 def execute(art: Artifact, x: np.ndarray, step: StepFn, timesteps: int = 1,
@@ -88,13 +91,18 @@ def _batch(art, x, step: StepFn, timesteps, binary, count, stats: dict[str, Laye
     # one graded pass (T = 1) keeps no neuron state: the one-pass neuron applies. Binary spikes
     # at T = 1 are the integrate-and-fire form, which keeps its state.
     state: dict[str, np.ndarray] | None = {} if timesteps > 1 or binary else None
-    acc_sum = 0
-    rec = {r: 0 for r in record}
-    for _ in range(timesteps):
-        values = step(Step(x, {}, state, binary, count, stats), record, False)
-        acc_sum = acc_sum + as_int(values[art.output])
-        for r in record:
-            rec[r] = rec[r] + as_int(values[r])
+    layered = getattr(step, "layered", None)
+    if state is not None and layered is not None:
+        # the backend runs all steps at once, layer by layer: (Σ_t output, {r: Σ_t value})
+        acc_sum, rec = layered(Step(x, {}, state, binary, count, stats), timesteps, record)
+    else:
+        acc_sum = 0
+        rec = {r: 0 for r in record}
+        for _ in range(timesteps):
+            values = step(Step(x, {}, state, binary, count, stats), record, False)
+            acc_sum = acc_sum + as_int(values[art.output])
+            for r in record:
+                rec[r] = rec[r] + as_int(values[r])
     readout = art.node(art.output)
     out = semantics.readout(acc_sum, batched(readout.bias), batched(readout.scale), timesteps)
     return out, acc_sum, rec

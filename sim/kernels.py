@@ -32,7 +32,7 @@ def max_abs(x: np.ndarray) -> float:
     """max |x| without a temporary array (0 for an empty one)."""
     if x.size == 0:
         return 0.0
-    return float(max(x.max(), -x.min()))
+    return max(float(x.max()), -float(x.min()))
 
 
 def _pad(x: np.ndarray, pads, value=0) -> np.ndarray:

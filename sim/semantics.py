@@ -124,35 +124,65 @@ def fire_state(v: np.ndarray, threshold: np.ndarray, lo: int, hi: int) -> np.nda
     return np.clip(q, lo, hi).astype(np.int64)
 
 
+LUT_ENTRIES = 1 << 24      # a table neuron's count lookup: at most this many entries
+COUNTER_BYTES = 1 << 26    # what the kept counters may hold before they are dropped
+_COUNTERS: dict[tuple, tuple] = {}   # thresholds array → (the array, its counter): _counter
+
+
+def _counter(t: np.ndarray) -> tuple:
+    """How to count #{k : v ≥ t_k} for the rows of `t` (..., K): (row, low, high, span, lut,
+    keys). The distinct rows r = 0…R−1 (`row`: the one each neuron reads) are laid in disjoint
+    bands of width `span` over v ∈ [low − 1, high] (v clipped there keeps its count in every
+    row): `lut[r·span + v − low + 1]` is the count where R·span ≤ LUT_ENTRIES, else `keys` holds
+    the banded thresholds r·span + t − low + 1 for one searchsorted. Kept per thresholds array
+    (the array owning the data, its shape and strides; the array is held, so its id is not
+    reused while the entry lives)."""
+    owner = t
+    while isinstance(owner.base, np.ndarray):   # a view (a batch axis added) counts as its array
+        owner = owner.base
+    key = (id(owner), t.shape, t.strides)
+    hit = _COUNTERS.get(key)
+    if hit is not None and hit[0] is owner:
+        return hit[1]
+    k = t.shape[-1]
+    distinct, row = np.unique(t.reshape(-1, k).astype(np.int64), axis=0, return_inverse=True)
+    row = row.reshape(t.shape[:-1]).astype(np.int64)
+    low, high = int(distinct.min()), int(distinct.max())
+    span = high - low + 2
+    lut = keys = None
+    if len(distinct) * span <= LUT_ENTRIES:
+        grid = np.arange(low - 1, high + 1, dtype=np.int64)
+        lut = np.concatenate([np.searchsorted(r, grid, side="right") for r in distinct])
+        lut = lut.astype(np.uint8 if k < 256 else np.int64)
+    else:
+        keys = (distinct - (low - 1) +
+                span * np.arange(len(distinct), dtype=np.int64)[:, None]).ravel()
+    counter = (row, low, high, span, lut, keys)
+    held = sum(a.nbytes for _, c in _COUNTERS.values() for a in (c[0], c[4], c[5])
+               if a is not None)
+    if len(_COUNTERS) >= 256 or held > COUNTER_BYTES:
+        _COUNTERS.clear()
+    _COUNTERS[key] = (owner, counter)
+    return counter
+
+
 def fire_adaptive(v: np.ndarray, thresholds: np.ndarray, payload: np.ndarray) -> np.ndarray:
     """n = payload[#{k : v ≥ t_k}]; thresholds (..., K) ascending per neuron (the artifact check
     refuses any other), payload (K+1,), v broadcastable against thresholds[..., 0].
 
-    Up to 8 thresholds the count is the plain sum of comparisons; beyond, a bisection on the
-    sorted thresholds (⌈log₂(K+1)⌉ gathers instead of K comparisons) gives the same count."""
+    Up to 8 thresholds the count is the plain sum of comparisons; beyond, a lookup table of the
+    count over the thresholds' range (one gather) or one numpy searchsorted over the distinct
+    rows laid in disjoint bands (_counter) gives the same count."""
     t = np.asarray(thresholds)
     pay = np.asarray(payload, dtype=np.int64)
     k = t.shape[-1]
     if k <= 8:
         return pay[np.sum(v[..., None] >= t, axis=-1)]
-    v = np.asarray(v)
-    shape = np.broadcast_shapes(v.shape, t.shape[:-1])
-    v = np.broadcast_to(v, shape)
-    # one row of K thresholds per neuron; row[i] is the row each element of v reads
-    rows = t.reshape(-1, k)
-    row = np.broadcast_to(np.arange(rows.shape[0]).reshape(t.shape[:-1]), shape)
-    flat, base = rows.ravel(), row * k - 1
-    # count = #{t ≤ v} found by steps of 2^m, 2^(m-1), …, 1: take a step when the threshold it
-    # lands on is ≤ v (branch-free binary search; exact since each row is ascending)
-    count = np.zeros(shape, dtype=np.int64)
-    step = 1 << (int(k).bit_length() - 1)
-    while step:
-        cand = count + step
-        ok = cand <= k
-        ok &= v >= flat[base + np.minimum(cand, k)]
-        count += step * ok
-        step >>= 1
-    return pay[count]
+    row, low, high, span, lut, keys = _counter(t)
+    band = np.clip(v, low - 1, high) - (low - 1) + span * row
+    if lut is not None:
+        return pay[lut[band]]
+    return pay[np.searchsorted(keys, band, side="right") - k * row]
 
 
 def leak(v: np.ndarray, current: np.ndarray, decay: int) -> np.ndarray:

@@ -78,16 +78,16 @@ def test_unsupported_op_names_op_node_opset_and_lists_supported(tmp_path):
                           "'Einsum'", "weird_einsum", "opset 17", "Supported ops:", "Conv", "Gemm")
 
 
-def test_product_of_two_activations_is_refused(tmp_path):
-    # relu(x)·relu(W·x): two different tensors (a function of one tensor would be a table)
+def test_power_of_two_activations_is_refused(tmp_path):
+    # relu(x) ** relu(W·x): an exponent that is an activation has no integer form
     w = helper.make_tensor("W", TensorProto.FLOAT, [4, 4], np.eye(4).ravel().tolist())
     m = _model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("MatMul", ["x", "W"], ["h"]),
                 helper.make_node("Relu", ["h"], ["b"]),
-                helper.make_node("Mul", ["a", "b"], ["y"], name="square")], inits=[w])
+                helper.make_node("Pow", ["a", "b"], ["y"], name="power")], inits=[w])
     onnx.save(m, tmp_path / "m.onnx")
     out = tmp_path / "o.sfn"
-    _assert_clean_failure(invoke("compile", tmp_path / "m.onnx", "-o", out), out, "square",
-                          "product of two activations")
+    _assert_clean_failure(invoke("compile", tmp_path / "m.onnx", "-o", out), out, "power",
+                          "the exponent (input 1, 'b') must be a constant")
 
 
 def test_dynamic_feature_dimension(tmp_path):

@@ -26,6 +26,8 @@ GEOMETRIES = [  # (C_in, C_out, size, k, stride, pads, dilation, groups)
     (4, 5, 6, 1, 2, (0, 0, 0, 0), 1, 1),      # 1×1, strided
     (3, 8, 7, 3, 2, (1, 1, 1, 1), 1, 1),      # three channels (padded to four), strided
     (5, 4, 6, 3, 1, (0, 0, 0, 0), 2, 1),      # five (padded to eight), dilated
+    (1, 5, 9, 4, 2, (0, 1, 2, 1), 1, 1),      # one channel (a matrix product), strided, uneven
+    (1, 3, 7, 3, 1, (1, 1, 1, 1), 2, 1),      # one channel, dilated (oneDNN's kernel)
 ]
 
 
@@ -254,9 +256,50 @@ def test_thread_count_is_set_for_the_run_and_restored():
                 progress=lambda n: seen.append(torch.get_num_threads()))
     assert seen == [1] and torch.get_num_threads() == before
     seen.clear()
-    sim.cpu.run(compiled.artifact, test,               # the default: torch's own setting
+    sim.cpu.run(compiled.artifact, test,               # the default, on a small run: one thread
                 progress=lambda n: seen.append(torch.get_num_threads()))
-    assert seen == [before] and torch.get_num_threads() == before
+    assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_default_threads(monkeypatch):
+    """threads=None: one thread below PARALLEL_MACS; above, torch's own setting with OpenMP's
+    passive wait policy, and the free cores (at least one) when OpenMP spins."""
+    import sim as sim_pkg
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS - 1) == 1
+        monkeypatch.setattr(sim_pkg, "OMP_PASSIVE", True)
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) is None
+        monkeypatch.setattr(sim_pkg, "OMP_PASSIVE", False)
+        monkeypatch.setattr(torch_ops.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        monkeypatch.setattr(torch_ops, "_running", lambda: 1)        # only this thread runs
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) == 2
+        monkeypatch.setattr(torch_ops, "_running", lambda: 2)        # one core taken
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) == 1
+        monkeypatch.setattr(torch_ops, "_running", lambda: 9)
+        assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_sim_sets_a_passive_openmp_wait_policy():
+    """In a fresh interpreter, `import sim` before torch leaves OMP_WAIT_POLICY=PASSIVE (unless
+    the user set it) and says so in sim.OMP_PASSIVE; after torch it changes nothing."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import {0}; import {1}, os; print(os.environ.get('OMP_WAIT_POLICY'), sim.OMP_PASSIVE)"
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = lambda first, then, **extra: subprocess.run(
+        [sys.executable, "-c", code.format(first, then)], env={**env, **extra},
+        capture_output=True, text=True, check=True).stdout.split()
+    assert run("sim", "torch") == ["PASSIVE", "True"]
+    assert run("torch", "sim") == ["None", "False"]
+    assert run("sim", "torch", OMP_WAIT_POLICY="active") == ["active", "False"]
 
 
 def test_count_false_keeps_saturations_only():
@@ -270,10 +313,15 @@ def test_count_false_keeps_saturations_only():
         assert st.neurons == full.stats[name].neurons
 
 
+@pytest.mark.parametrize("lut", [True, False])
 @pytest.mark.parametrize("k", [1, 8, 9, 15, 16, 17, 255, 256])
-def test_fire_adaptive_search_equals_the_count_definition(k):
-    """n = payload[#{k : v ≥ t_k}]: the bisection used above 8 thresholds gives the plain count,
-    for per-neuron and shared rows, ties, repeated thresholds and values beyond both ends."""
+def test_fire_adaptive_search_equals_the_count_definition(k, lut, monkeypatch):
+    """n = payload[#{k : v ≥ t_k}]: the lookup table and the banded search used above 8
+    thresholds give the plain count, for per-neuron and shared rows, ties, repeated thresholds
+    and values beyond both ends."""
+    if not lut:
+        monkeypatch.setattr(semantics, "LUT_ENTRIES", 0)
+        monkeypatch.setattr(semantics, "_COUNTERS", {})
     rng = np.random.default_rng(k)
     for shape in [(7,), (3, 4, 5)]:
         t = np.sort(rng.integers(-50, 50, size=shape + (k,)), axis=-1)
@@ -283,7 +331,7 @@ def test_fire_adaptive_search_equals_the_count_definition(k):
         v = rng.integers(-70, 70, size=(13,) + shape)
         v[0] = t[..., 0]                                    # ties at the lowest threshold
         v[1] = t[..., -1]                                   # and at the highest
-        for th in (t[None], shared):
+        for th in (t[None], shared, shared.reshape((1,) * len(shape) + (k,))):
             want = payload[np.sum(v[..., None] >= th, axis=-1)]
             np.testing.assert_array_equal(semantics.fire_adaptive(v, th, payload), want)
 
@@ -303,21 +351,39 @@ def test_adaptive_thresholds_must_ascend():
 def _int8_or_skip():
     torch = pytest.importorskip("torch")
     if not torch_ops._int8_exact(torch):
-        pytest.skip("oneDNN's int8 convolution is not exact on this CPU (the probe failed)")
+        pytest.skip("oneDNN's int8 products are not exact on this CPU (the probe failed)")
     return torch
 
 
+# operand classes (max x, max |w|): the full u8·s8 range (exact with VNNI only) and the two
+# edges of the int16 pair class (8-bit pixels with |w| ≤ 64, 7-bit payloads with any weight)
+INT8_CLASSES = [(255, 128), (255, 64), (127, 128)]
+
+
+def _int8_operands(rng, shape_x, shape_w, xmax, wmax):
+    """Random operands of one class with its extremes present: an all-xmax sample, an output
+    channel of −wmax and one of the largest positive weight."""
+    x = rng.integers(0, xmax + 1, shape_x)
+    x[0] = xmax
+    w = rng.integers(-wmax, min(wmax, 127) + 1, shape_w)
+    w[0] = -wmax
+    w[-1] = min(wmax, 127)
+    return x, w
+
+
+@pytest.mark.parametrize("cls", INT8_CLASSES, ids=lambda c: f"x{c[0]}w{c[1]}")
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_int8_conv_equals_integer_definition(geometry):
-    """u8·s8 oneDNN convolutions (inputs 0..255, 9-bit even weights, a power-of-two exponent,
-    a bias) equal the brute-force int64 definition, or are declined where they do not apply."""
+def test_int8_conv_equals_integer_definition(geometry, cls):
+    """u8·s8 oneDNN convolutions (inputs 0..xmax, even 9-bit weights 2·w with |w| ≤ wmax, a
+    power-of-two exponent, a bias) equal the brute-force int64 definition wherever the packed
+    weights say they are usable for xmax on this CPU (torch_ops.Int8.usable: the probed class),
+    and are declined where they do not apply."""
     _int8_or_skip()
+    xmax, wmax = cls
     ci, co, size, k, stride, pads, dilation, groups = geometry
-    rng = np.random.default_rng(ci * co + size)
-    x = rng.integers(0, 256, (5, ci, size, size))
-    x[0] = 255                                              # the extreme input
-    w = 2 * rng.integers(-127, 128, (co, ci // groups, k, k))
-    w[0] = -254
+    rng = np.random.default_rng(ci * co + size + xmax)
+    x, w = _int8_operands(rng, (5, ci, size, size), (co, ci // groups, k, k), xmax, wmax)
+    w = 2 * w
     bias = rng.integers(-3000, 3000, co)
     hw = _out(size, k, stride, pads, dilation)
     packed = torch_ops.pack_int8_conv(w, -1, (stride, stride), pads, (dilation, dilation), groups)
@@ -327,10 +393,17 @@ def test_int8_conv_equals_integer_definition(geometry):
     assert (packed is not None) == applies
     if not applies:
         return
-    got = torch_ops.conv2d_int8(x.astype(np.float32), packed, bias.astype(np.float32))
-    assert got.dtype == np.float32
+    assert packed.wmax == wmax
+    assert packed.usable(xmax) == (xmax * wmax <= torch_ops.int8_limit())
+    if not packed.usable(xmax):
+        return
+    got = torch_ops.product_int8(x.astype(np.float32), packed, bias.astype(np.float32))
+    assert got.dtype == torch_ops._torch().float32
     want = (_conv_int(x, w, stride, pads, dilation, groups, hw) >> 1) + bias[:, None, None]
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got.numpy(), want)
+    # the same from a uint8 input
+    np.testing.assert_array_equal(torch_ops.product_int8(x.astype(np.uint8), packed,
+                                                         bias.astype(np.float32)).numpy(), want)
     # one odd weight of 129: no common power of two, beyond int8 → declined
     wide = w.copy()
     wide[0, 0, 0, 0] = 129
@@ -338,30 +411,69 @@ def test_int8_conv_equals_integer_definition(geometry):
                                     groups) is None
 
 
+@pytest.mark.parametrize("cls", INT8_CLASSES, ids=lambda c: f"x{c[0]}w{c[1]}")
+@pytest.mark.parametrize("shape", [(40, 20, 7), (17, 500, 64), (9, 513, 10), (256, 3, 5)])
+def test_int8_dense_equals_integer_definition(shape, cls):
+    """oneDNN's u8·s8 matrix product (qlinear) with a power-of-two scale and a bias equals the
+    int64 product, in every class this CPU's probe allows."""
+    _int8_or_skip()
+    xmax, wmax = cls
+    rows, fin, fout = shape
+    rng = np.random.default_rng(rows + fin + xmax)
+    x, w = _int8_operands(rng, (rows, fin), (fout, fin), xmax, wmax)
+    bias = rng.integers(-5000, 5000, fout)
+    # the largest inputs whose float32 result is exact: 513 · 255 · 128 < 2²⁴
+    assert fin * xmax * wmax + 5000 < 2 ** 24
+    packed = torch_ops.pack_int8_dense(2 * w, -1)       # 2·w: the power of two moves out
+    assert packed is not None and packed.wmax == wmax
+    assert packed.usable(xmax) == (xmax * wmax <= torch_ops.int8_limit())
+    if not packed.usable(xmax):
+        return
+    got = torch_ops.product_int8(x.astype(np.float32), packed, bias.astype(np.float32))
+    np.testing.assert_array_equal(got.numpy(), ((x @ (2 * w).T) >> 1) + bias)
+    assert torch_ops.pack_int8_dense(np.full((2, 3), 129), 0) is None
+
+
+def test_int8_probe_classes():
+    """The probe's verdict is one of the three classes, and usable() follows it."""
+    torch = pytest.importorskip("torch")
+    limit = torch_ops.int8_limit(torch)
+    assert limit in (0, torch_ops.INT8_PAIRS, torch_ops.INT8_FULL)
+    if limit:
+        pack = torch_ops.pack_int8_dense(np.array([[-128, 1], [3, 127]]), 0)
+        assert pack.usable(limit // 128) and not pack.usable(limit // 128 + 1)
+        assert not pack.usable(256)
+
+
 def test_runner_takes_the_int8_path_and_falls_back(monkeypatch):
-    """On the digits CNN all three convolutions run as int8 — the first on the encoded grey
-    image (0..255, one channel padded to four: 36 taps), then 16→32 and 32→32 on spike
-    payloads (144 and 288 taps); with the probe failed they run in float32; same integers."""
+    """On the digits CNN the products whose operands lie in this CPU's exact int8 class run as
+    int8 (with VNNI all three convolutions, the first on the encoded grey image 0..255 with one
+    channel padded to four; with int16 pairs the two on spike payloads), their inputs handed
+    over as uint8; with the probe failed everything runs in float32; same integers."""
     _int8_or_skip()
     from exporters.digits import load_digits_split
     x_train, _, test, _ = load_digits_split()
     art = compile_onnx(DIGITS, calib=x_train).artifact
     calls = []
-    real = torch_ops.conv2d_int8
-    monkeypatch.setattr(torch_ops, "conv2d_int8",
-                        lambda x, p, b: calls.append(x.shape[1]) or real(x, p, b))
+    real, real_fired = torch_ops.product_int8, torch_ops.product_fire_int8
+    monkeypatch.setattr(torch_ops, "product_int8",
+                        lambda x, p, b: p.conv and calls.append((x.shape[1], str(x.dtype)))
+                        or real(x, p, b))
+    monkeypatch.setattr(torch_ops, "product_fire_int8",
+                        lambda x, p, *a: p.conv and calls.append((x.shape[1], str(x.dtype)))
+                        or real_fired(x, p, *a))
     int8 = sim.cpu.run(art, test)
-    assert sorted(set(calls)) == [1, 16, 32]
-    # outputs only: each int8 convolution hands its output straight to its neuron's fire
-    joined = []
-    real_joined = torch_ops.conv_fire_int8
-    monkeypatch.setattr(torch_ops, "conv_fire_int8",
-                        lambda x, *a: joined.append(x.shape[1]) or real_joined(x, *a))
+    bounds = {"input": 255, "/2/Relu_output_0": 15, "/6/AveragePool_output_0": 60}
+    expect = {n.weight.shape[1] for n in art.nodes if n.kind == "conv" and
+              torch_ops.pack_int8_conv(n.weight, n.weight_exp, n.stride, n.pads, n.dilation,
+                                       n.groups).usable(bounds[n.inputs[0]])}
+    assert {c for c, _ in calls} == expect and {16, 32} <= expect
+    # a neuron's spikes reach their int8 convolution as uint8
+    assert (16, "torch.uint8") in calls
     quiet = sim.cpu.run(art, test, count=False)
-    assert sorted(joined) == [1, 16, 32]
     assert quiet.accumulator.tobytes() == int8.accumulator.tobytes()
     calls.clear()
-    monkeypatch.setattr(torch_ops, "_INT8_OK", False)
+    monkeypatch.setattr(torch_ops, "_INT8_LIMIT", 0)
     _same(int8, sim.cpu.run(art, test))
     assert calls == []
     _same(int8, sim.reference.run(art, test))

@@ -267,7 +267,8 @@ def test_window_fan_in_is_not_split_and_the_error_says_why(tmp_path):
                 ir.Dense("out", ("flat",), (3,), weight=np.ones((3, 32), np.int16)),
                 _readout("out", 3)])
     with pytest.raises(MappingError, match=r"layer 'relu' .*the fan-in is not split: only a "
-                                           r"dense fan-in is split into partial sums"):
+                                           r"dense fan-in \(a weight matrix\) is split into "
+                                           r"partial sums; this one comes through window"):
         map_artifact(art, target)
 
 
@@ -353,11 +354,14 @@ def test_concat_branches_land_on_their_channels():
     import nets
     art = nets.compiled("concat")[0].artifact
     placement = map_artifact(art, LOIHI2)
-    requant = placement.layers["/Concat_output_0/requant"]
-    assert requant["sources"] == ["/a/a.1/Relu_output_0", "/b/b.1/Clip_output_0",
-                                  "/c/c.2/Relu_output_0"]
-    # 4 + 3 one-to-one channels and the 6-channel 1×1 scaling conv: one 64-bit word each
-    assert requant["memory_bits"] == 13 * 64
+    # the branches fire in one common unit, so the concat is wiring into the next conv
+    conv = art.node("/out/out.0/Conv_output_0")
+    layer = placement.layers["/out/out.1/Relu_output_0"]
+    assert layer["sources"] == ["/a/a.1/Relu_output_0", "/b/b.1/Clip_output_0",
+                                "/c/c.2/Relu_output_0"]
+    # the conv reads all 4 + 3 + 6 concatenated channels; its kernel is stored once
+    assert conv.weight.shape[1] == 13
+    assert layer["synapses"] == conv.weight.size == 936
 
 
 def test_recurrent_delay_edges_are_connections():

@@ -150,3 +150,20 @@ def test_products_map_onto_cores_as_product_neurons():
     assert set(layers["s"]["connections"]) == {"s", "s#1"}
     # each score reads its row of q and its column of qᵀ: 2·3 synapses, fan-in 6
     assert layers["s"]["synapses"] == 2 * 5 * 5 * 6
+
+
+def test_inspect_names_the_product_primitive(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+    path = tmp_path / "p.sfn"
+    _attention(2, 5, 3, 2, 3).save(path)
+    done = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert done.exit_code == 0, done.output
+    hardware = json.loads(done.output)["hardware"]
+    assert hardware["per_node"]["s"] == "microcode"
+    assert hardware["primitives"]["s"].startswith("ProdNeuron-like per term (M·N·K)")
+    assert set(hardware["primitives"]) == {n.name for n in _attention(2, 5, 3, 2, 3).nodes
+                                           if n.kind in ("product", "matmul")}

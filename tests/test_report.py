@@ -257,3 +257,37 @@ def test_recurrent_networks_count_per_step():
     assert y.spikes == ref.stats["y"].spikes / 10
     assert rep.totals["macs"] == (16 * 4 + 16 * 16 + 2 * 16) * 7
     assert y.energy_pj["neurons"] == 16 * 7 * E["neuron_update_pj"]
+
+
+def test_products_are_counted_apart_and_their_energy_is_marked_unknown(tmp_path):
+    """Attention scores q·qᵀ (a MatMul of two activations): its operations are product
+    operations, not SynOps; its product neurons are its M·N·K terms; loihi2 gives no energy for
+    a product neuron, so the report leaves it out with a note, and a target that gives one is
+    used."""
+    from test_product import _attention
+    from toolchain.energy import build_report
+    art = _attention(2, 5, 3, 2, 3)
+    x = np.random.default_rng(1).normal(size=(12,) + art.node(art.input).shape).astype(np.float32)
+    target = load_target("loihi2")
+    placement = map_artifact(art, target)
+    result = sim.cpu.run(art, x)
+    rep = build_report(art, result, placement, target)
+    s = next(r for r in rep.layers if r.name == "s")
+    assert s.kind == "matmul" and s.synops == 0.0
+    assert s.products == result.stats["s"].synops / 12 > 0
+    assert s.product_neurons == 2 * 5 * 5 * 3
+    products = {n.name for n in art.nodes if n.kind in ("product", "matmul")}
+    assert len(products) >= 2
+    assert rep.totals["products"] == pytest.approx(sum(result.stats[p].synops
+                                                       for p in products) / 12)
+    assert rep.totals["synops"] == pytest.approx(sum(
+        st.synops for name, st in result.stats.items() if name not in products) / 12)
+    assert rep.totals["energy_pj"]["products"] == 0.0
+    assert any("product operations per inference: their energy is left out" in n
+               for n in rep.notes)
+    spec = json.loads((ROOT / "toolchain" / "targets" / "loihi2.json").read_text())
+    spec["energy"]["product_op_pj"]["value"] = 10.0
+    (tmp_path / "priced.json").write_text(json.dumps(spec))
+    rep = build_report(art, result, placement, load_target(tmp_path / "priced.json"))
+    assert rep.totals["energy_pj"]["products"] == pytest.approx(10.0 * rep.totals["products"])
+    assert not any("product operations" in n for n in rep.notes)

@@ -16,7 +16,7 @@ from toolchain.errors import ModelError, QuantizationError
 from toolchain.onnx_import import import_onnx
 from toolchain.onnx_import.loader import read_model
 from toolchain.quantize import FIRE_MODES, QuantOptions, Quantizer
-from toolchain.rnn import is_onnx_rnn, is_rnn_cell
+from toolchain.rnn import is_cell_graph, is_onnx_rnn, is_rnn_cell
 from toolchain.rnn.compile import compile_rnn
 
 DEFAULT_LEVELS = 15
@@ -31,16 +31,20 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  scale_search: bool = False, scale_grid=None,
                  scale_tolerance: float | None = None,
                  scale_error_factor: float | None = None,
-                 internal_levels: int = DEFAULT_INTERNAL_LEVELS, progress=None) -> Compiled:
+                 internal_levels: int = DEFAULT_INTERNAL_LEVELS,
+                 dale: bool | None = None, state: str | None = None,
+                 progress=None) -> Compiled:
     """`fire`: ReLU/Clip fire function, "uniform", "adaptive" or "quantile" (quantize.fit_levels);
     `scale`: λ, the factor on every ReLU/Clip range; `scale_search`: choose λ on the calibration
     data from `scale_grid` by the rule in toolchain.scale_search (overrides `scale`);
     `per_channel`: one activation scale per channel (None: True for feed-forward networks; for
     recurrent cells the better of both on the calibration trials, see compile_rnn);
     `internal_levels`: the levels of neurons that are no activation of the model (requantized
-    currents, the operands of products, exp/reciprocal/square-root tables);
-    `progress(stage)` is called as each stage starts: "import", "calibrate", "quantize"
-    ("scale search λ = … (i of n)" per grid point), "map", "agreement"."""
+    currents, the operands of products, exp/reciprocal/square-root tables). Recurrent models only:
+    `dale` verifies Dale's law on the integer recurrent weights (None: as the metadata says);
+    `state` names the state input of a one-step cell graph (default: the input that an output
+    of the same shape feeds back). `progress(stage)` is called as each stage starts: "import",
+    "calibrate", "quantize" ("scale search λ = … (i of n)" per grid point), "map", "agreement"."""
     say = progress or (lambda stage: None)
     if fire not in FIRE_MODES:
         raise QuantizationError(f"fire function {fire!r}: choose one of {', '.join(FIRE_MODES)}")
@@ -60,12 +64,16 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                              scale_error_factor)
     say("import")
     read = read_model(path)  # parsed and checked once, for both paths
-    if is_rnn_cell(read[0]) or is_onnx_rnn(read[0]):
+    if is_rnn_cell(read[0]) or is_onnx_rnn(read[0]) or is_cell_graph(read[0]) or state:
         if fire != "uniform" or scale != 1.0 or scale_search:
             raise QuantizationError(f"{path}: a recurrent model is compiled with its own neurons; "
                                     "--fire, --scale and --scale-search apply to feed-forward "
                                     "models")
-        return compile_rnn(path, calib, levels, percentile, target, read, per_channel)
+        return compile_rnn(path, calib, levels, percentile, target, read, per_channel, dale,
+                           state)
+    if dale is not None:
+        raise QuantizationError(f"{path}: Dale's law (--dale) applies to recurrent models; this "
+                                "one is feed-forward")
     per_channel = True if per_channel is None else per_channel
     imported = import_onnx(path, read)
     notes = list(imported.notes)

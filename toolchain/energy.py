@@ -8,6 +8,11 @@ Counting rules (docs/report.md):
 - a synaptic operation is one synapse reached by one nonzero payload (the simulators' `synops`:
   nonzero input × fan-out); a graded spike costs what a binary one costs, whatever its payload,
   and a zero payload costs nothing.   E_syn = synops · synaptic_op_pj
+- a product operation is one product neuron multiplying two nonzero payloads (Product and
+  MatMul nodes; the simulators count them as their synops; here they are counted apart).
+  Product neurons: one per element of a Product, one per term (M·N·K) of a MatMul.
+                                      E_prod = products · product_op_pj (left out, with a
+                                      note, where the target leaves the constant unknown)
 - every compartment (neuron, relay, max-pool, readout accumulator) updates once per timestep,
   active or not.                      E_neuron = compartments · steps · neuron_update_pj
 - every nonzero payload a source emits (input encoder, neuron, max-pool, relay) is one message
@@ -36,6 +41,8 @@ from toolchain.mapping import Placement
 from toolchain.tables import columns, fitted, short
 from toolchain.target import Target
 
+PRODUCT_KINDS = ("product", "matmul")   # their operations are products, not synaptic events
+
 
 @dataclass
 class LayerActivity:
@@ -55,8 +62,11 @@ class LayerActivity:
     macs: int                       # the ANN's multiply-accumulates per inference (per step
                                     # of a recurrent network, times its steps)
     saturations: int                # total over the run
-    energy_pj: dict[str, float] = field(default_factory=dict)   # synops, neurons, spikes
+    energy_pj: dict[str, float] = field(default_factory=dict)   # synops, neurons, spikes,
+                                                                  # products
     clipped: int = 0                # the input: values the encoder clipped to its levels
+    products: float = 0.0           # product operations per inference (Product, MatMul)
+    product_neurons: int = 0        # product neurons (elements; MatMul: its terms)
 
     @property
     def total_pj(self) -> float:
@@ -97,6 +107,7 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
     as not measured (input encoder, relays, max-pools).
     """
     e = {k: q.value for k, q in target.constants("energy").items()}
+    product_pj = e.get("product_op_pj")
     samples = max(result.samples, 1)
     steps = _steps(art, result)
     ann_passes = steps if art.recurrent else 1     # a feed-forward ANN runs once, not T times
@@ -129,25 +140,38 @@ def build_report(art: Artifact, result: SimResult, placement: Placement, target:
             unmeasured.append(node.name)
         destinations = len(placement.destination_cores(node.name)) if emits else 0
         synops = st.synops / samples
+        products, product_neurons = 0.0, 0
+        if node.kind in PRODUCT_KINDS:
+            products, product_neurons, synops = synops, node.macs(), 0.0
         energy = {"synops": synops * e["synaptic_op_pj"],
                   "neurons": compartments * steps * e["neuron_update_pj"],
-                  "spikes": (spikes or 0.0) * destinations * e["spike_message_pj"]}
+                  "spikes": (spikes or 0.0) * destinations * e["spike_message_pj"],
+                  "products": products * (product_pj or 0.0)}
         rows.append(LayerActivity(
             node.name, node.kind, role, compartments, len(layer["cores"]) if layer else 0,
             elements, spikes, None if spikes is None else spikes / (elements * steps),
             mean if emits else None,
             None if hist is None else {str(int(v)): int(c) for v, c in sorted(hist.items())},
-            destinations, synops, node.macs() * ann_passes, st.saturations, energy, st.clipped))
+            destinations, synops, node.macs() * ann_passes, st.saturations, energy, st.clipped,
+            products, product_neurons))
     if unmeasured:
         notes.append(f"spikes of {', '.join(unmeasured)} not measured (no payload histogram): "
                      "their spike-message energy is left out")
-    energy_total = {k: sum(r.energy_pj[k] for r in rows) for k in ("synops", "neurons", "spikes")}
+    energy_total = {k: sum(r.energy_pj[k] for r in rows)
+                    for k in ("synops", "neurons", "spikes", "products")}
+    total_products = sum(r.products for r in rows)
+    if total_products and product_pj is None:
+        notes.append(f"{total_products:,.1f} product operations per inference: their energy is "
+                     f"left out ({target.name} gives no figure for a product neuron, "
+                     "energy.product_op_pj)")
     total_macs = sum(r.macs for r in rows)
     total_synops = sum(r.synops for r in rows)
     totals = {"synops": total_synops, "macs": total_macs,
               "spikes": sum(r.spikes or 0.0 for r in rows),
               "saturations": sum(r.saturations for r in rows),
               "input_clipped": sum(r.clipped for r in rows),
+              "products": total_products,
+              "product_neurons": sum(r.product_neurons for r in rows),
               "energy_pj": {**energy_total, "total": sum(energy_total.values())},
               "ann_fp32_pj": total_macs * e["ann_mac_fp32_pj"],
               "ann_int8_pj": total_macs * e["ann_mac_int8_pj"],
@@ -212,7 +236,11 @@ def report_table(report: EnergyReport) -> Table:
     t.caption = (
         f"{report.target} estimate {en['total'] / 1000:,.3f} nJ/inference = synops "
         f"{en['synops'] / 1000:,.3f} + neuron updates {en['neurons'] / 1000:,.3f} + spike "
-        f"messages {en['spikes'] / 1000:,.3f} nJ;  ANN {tot['macs']:,} MACs: fp32 "
+        f"messages {en['spikes'] / 1000:,.3f} nJ"
+        + (f" + products {en['products'] / 1000:,.3f} nJ" if en["products"] else "")
+        + (f" ({tot['products']:,.1f} product operations on {tot['product_neurons']:,} "
+           "product neurons)" if tot["product_neurons"] else "")
+        + f";  ANN {tot['macs']:,} MACs: fp32 "
         f"{tot['ann_fp32_pj'] / 1000:,.3f} nJ, int8 {tot['ann_int8_pj'] / 1000:,.3f} nJ (45 nm);"
         f"  SNN as accumulates (fp32 AC): {tot['snn_ac_fp32_pj'] / 1000:,.3f} nJ.  Cores "
         f"{report.placement['cores_used']} (lower bound {report.placement['lower_bound']}), "

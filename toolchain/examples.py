@@ -3,6 +3,9 @@
 - `DIGITS_CNN`: the digits CNN (3 conv + BatchNorm + ReLU, average pooling, linear; trained on
   scikit-learn's digits, 99.72% test accuracy), as ONNX; `DIGITS_CNN_CLIPFLOOR` the same CNN
   trained with clip-floor activations of 15 levels.
+- `DIGITS_VIT`: a vision transformer for the digits (2×2 patches, class token, 2 pre-LayerNorm
+  blocks of 4 heads, GELU MLP); `DIGITS_SE`: a MobileNetV3-style CNN with a squeeze-excitation
+  gate (examples/train_transformer_models.py trains and exports both).
 - `load_digits_split()`: scikit-learn's 8×8 digits, the stratified 80/20 split the models were
   trained on; `write_digits(folder)` writes it as .npy files next to a copy of the model
   (`toolchain example digits --out DIR`).
@@ -18,6 +21,8 @@ from sim.files import check_folder, make_folder, remove_folders, write_files
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS_CNN = DATA / "digits_cnn_relu.onnx"
 DIGITS_CNN_CLIPFLOOR = DATA / "digits_cnn_clipfloor.onnx"
+DIGITS_VIT = DATA / "digits_vit.onnx"
+DIGITS_SE = DATA / "digits_se.onnx"
 
 
 def load_digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

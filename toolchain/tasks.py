@@ -18,6 +18,7 @@ is the window the task's decision rule reads.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,6 +143,13 @@ def decision(outputs, task: Task) -> float | None:
     """Fraction of correct trials under the task's rule; None for tasks without one."""
     rule = _DECISIONS.get(task.name)
     return None if rule is None else rule(np.asarray(outputs), task)
+
+
+def trial_ids(x) -> list[str]:
+    """A short fingerprint of each trial (N, T, n_in) as float32: the first 12 hex digits of the
+    SHA-256 of its bytes (an artifact keeps those of its calibration trials)."""
+    x = np.ascontiguousarray(np.asarray(x, np.float32))
+    return [hashlib.sha256(t.tobytes()).hexdigest()[:12] for t in x]
 
 
 def make_task(name: str, **kwargs) -> Task:

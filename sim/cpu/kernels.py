@@ -22,7 +22,7 @@ def conv2d_exact(x: np.ndarray, weight: np.ndarray, stride, pads, dilation, grou
     if use_torch:
         out = torch_ops.conv2d(x, weight, stride, pads, dilation, groups, weight.dtype, bias)
         if out is not None:
-            return out
+            return out.numpy()
     out = conv2d_numpy(x, weight, stride, pads, dilation, groups, out_hw)
     if bias is not None:
         out += bias.astype(weight.dtype).reshape(1, -1, 1, 1)
@@ -36,7 +36,7 @@ def dense_exact(x: np.ndarray, weight: np.ndarray, use_torch: bool = False,
     if use_torch:
         out = torch_ops.dense(x, weight, weight.dtype, bias)
         if out is not None:
-            return out
+            return out.numpy()
     out = x.astype(weight.dtype, copy=False) @ weight.T
     if bias is not None:
         out += bias.astype(weight.dtype)
@@ -49,7 +49,7 @@ def sum_pool_exact(x: np.ndarray, kernel, stride, pads, out_hw, dtype=np.int64,
     if use_torch and dtype is not np.int64:
         out = torch_ops.sum_pool(x, kernel, stride, pads, out_hw, dtype)
         if out is not None:
-            return out
+            return out.numpy()
     return sum_pool(x, kernel, stride, pads, out_hw, dtype)
 
 
@@ -138,20 +138,28 @@ class FirePlan:
         self.saturate = self.vbound > semantics.V_MAX
 
     def apply(self, current: np.ndarray, use_torch: bool = False):
-        """(n, saturations); n in the plan's float dtype (int64 without one). A biased current
-        is overwritten."""
+        """(n, saturations); n a numpy array in the plan's float dtype (int64 without one). A
+        biased current is overwritten."""
+        n, sat = self.run(current, use_torch)
+        return torch_ops.numpy(n), sat
+
+    def run(self, current, use_torch: bool = False, u8: bool = False):
+        """apply's (n, saturations) on an array or a tensor; with torch n is a tensor (uint8
+        when `u8` and the levels lie within [0, 255]: the form an int8 product reads)."""
         fire, dtype = self.fire, self.dtype
-        if self.biased and (dtype is None or np.dtype(dtype) != current.dtype):
+        if self.biased and (dtype is None or np.dtype(dtype) != _dtype(current)):
             raise ValueError(f"biased current in {current.dtype}, exact dtype is {dtype}")
         if dtype is None:
-            return semantics.fire_once(np.asarray(current, dtype=np.int64), fire.bias,
-                                       fire.theta, fire.lo, fire.hi)
+            return semantics.fire_once(np.asarray(torch_ops.numpy(current), dtype=np.int64),
+                                       fire.bias, fire.theta, fire.lo, fire.hi)
         offset = None if self.biased else self.offset
         if use_torch:   # the same IEEE operations, in place, fewer passes over memory
             done = torch_ops.fire_once(current, offset, self.factor, fire.lo, fire.hi, dtype,
-                                       self.saturate, self.reciprocal)
+                                       self.saturate, self.reciprocal,
+                                       u8 and fire.lo >= 0 and fire.hi <= 255)
             if done is not None:
                 return done
+        current = torch_ops.numpy(current) if not isinstance(current, np.ndarray) else current
         v = current if offset is None else np.add(current, offset, dtype=dtype)
         sat = 0
         if self.saturate:
@@ -165,3 +173,98 @@ class FirePlan:
         return v, sat
 
 
+def _dtype(v) -> np.dtype:
+    """The numpy dtype of an array or a tensor."""
+    return v.dtype if isinstance(v, np.ndarray) else torch_ops.numpy_dtype(v)
+
+
+def encode_input_u8(x: np.ndarray, inv_scale, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """semantics.encode_input_counted as uint8 for levels within [0, 255] (the form an int8
+    product reads): z = x·inv_scale + 1/2 in float32 as defined, clipped to [lo, hi] and
+    truncated — the floor of a non-negative value, and clip(floor(z)) = floor(clip(z)) for
+    integer ends; floor(z) < lo exactly when z < lo, floor(z) > hi when z ≥ hi + 1."""
+    with np.errstate(over="ignore"):   # beyond float32: +-inf, clipped to hi or lo
+        z = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
+    z += np.float32(0.5)
+    clipped = int(np.count_nonzero(z < np.float32(lo))) + \
+        int(np.count_nonzero(z >= np.float32(hi + 1)))
+    np.clip(z, np.float32(lo), np.float32(hi), out=z)
+    return z.astype(np.uint8), clipped
+
+
+class StatePlan:
+    """semantics.neuron_step for one neuron node with the uniform fire and reset by
+    subtraction (any leak), over the T steps of a layer-major run (sim.cpu.program), in float
+    arithmetic on exact integers with torch, for a current bounded by `bound`.
+
+    Every value is an integer: after a step |v| ≤ max(V_MAX, K·θ) (v − q·K·θ lies in [0, K·θ)
+    unless q was clipped, and then between 0 and v), so before the clip
+    |v + I + b| ≤ that + bound + max|b| ("pre"), and the leak's d·(I + b − v) ≤ 4096·pre.
+    float32 holds all of them exactly when they are below 2²⁴ and floor(v/(K·θ)) of the
+    correctly rounded quotient is exact for |v| ≤ V_MAX < 2²³ and K·θ ≤ 2²³ (Fire.dtype's
+    argument); float64 below 2⁵³. `dtype` None: neither (the int64 evaluation runs)."""
+
+    def __init__(self, node, binary: bool, bound: float):
+        k, self.lo_q, self.hi_q = semantics.spike_unit(node.lo, node.hi, binary)
+        theta = np.asarray(node.threshold, dtype=np.int64)[None]
+        bias = np.asarray(node.bias, dtype=np.int64)[None]
+        step = theta * k
+        self.k, self.decay = k, int(node.decay)
+        self.leak = self.decay < semantics.LEAK_ONE
+        top = float(max(semantics.V_MAX, int(step.max(initial=1))))
+        pre = top + bound + float(np.abs(bias).max(initial=0))
+        need = pre * semantics.LEAK_ONE if self.leak else pre
+        smax = float(step.max(initial=1))
+        levels = float(max(abs(node.lo), abs(node.hi)))
+        if need < F32_EXACT and smax <= 2 ** 23:
+            self.dtype = np.float32
+        elif need < F64_EXACT and smax < F64_EXACT // 2 and levels < F64_EXACT:
+            self.dtype = np.float64
+        else:
+            self.dtype = None
+            return
+        d = self.dtype
+        self.bias, self.step = bias.astype(d), step.astype(d)
+        self.v0 = (semantics.initial_state(theta, k) if node.start == "half" else
+                   np.zeros_like(theta)).astype(d)      # start "zero": v = 0 (semantics)
+        self.out_dtype = np.float32 if levels < F32_EXACT else np.float64
+        self.u8 = node.lo >= 0 and node.hi <= 255
+
+    def run(self, current, timesteps: int, reps: int, u8: bool = False):
+        """(payloads of every step, saturations): `current` holds the T steps stacked
+        (T·B rows, step-major; reps = T) or the B rows every step shares (reps = 1). The
+        payloads are T·B rows, uint8 when `u8` and the levels allow."""
+        torch = torch_ops._torch()
+        dt = torch_ops.tensor
+        cur = dt(current, self.dtype)
+        drive = torch.add(cur, dt(self.bias))           # I + b, every step at once
+        rows = len(cur) // reps
+        step, bias_free = dt(self.step), drive
+        v = torch.empty_like(drive[:rows]).copy_(dt(self.v0).expand_as(drive[:rows]))
+        layout = torch.channels_last if drive.dim() == 4 and \
+            drive.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        out = torch.empty((timesteps * rows,) + tuple(cur.shape[1:]),
+                          dtype=torch_ops._DTYPES[np.dtype(self.out_dtype)],
+                          memory_format=layout)
+        q = torch.empty_like(v)
+        sat = 0
+        for t in range(timesteps):
+            it = bias_free if reps == 1 else bias_free[t * rows:(t + 1) * rows]
+            if self.leak:      # v + floor(d·(I + b − v)/4096)
+                v.add_(torch.sub(it, v).mul_(self.decay).div_(semantics.LEAK_ONE).floor_())
+            else:
+                v.add_(it)
+            lo, hi = torch.aminmax(v)
+            if float(hi) > semantics.V_MAX or float(lo) < -semantics.V_MAX:
+                sat += int(torch.count_nonzero(v.abs() > semantics.V_MAX))
+                v.clamp_(-semantics.V_MAX, semantics.V_MAX)
+            torch.div(v, step, out=q).floor_().clamp_(self.lo_q, self.hi_q)
+            v.addcmul_(q, step, value=-1)
+            o = out[t * rows:(t + 1) * rows]
+            if self.k == 1:
+                o.copy_(q)
+            else:
+                torch.mul(q, self.k, out=o)
+        if u8 and self.u8:
+            out = torch_ops.to_u8(out)
+        return out, sat

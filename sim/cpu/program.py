@@ -1,13 +1,19 @@
 """An artifact compiled for sim.cpu's batched runner: one operation per node, in graph order.
 
 What does not depend on the data is decided once, when the program is built: which values are
-non-negative, a bound on every value the graph proves one for (inputs and one-pass neurons by
-their levels, products and sums from those), hence the float dtype each product is exact in, the
-weights cast to it, which dense/conv adds its neuron's offset as a bias (`fusions`), which
-convolutions may run in int8, and the fire constants. A bound the graph cannot prove (a stateful
-neuron's output, a product whose static bound is too loose for float32) is measured on the data
-when a reader needs it. Inside a step values are exact integers held in float32/float64
-wherever a bound proves that exact (sim.kernels); the driver converts what it keeps to int64.
+non-negative, a bound on every value the graph proves one for (inputs and neurons by their
+levels, products and sums from those), hence the dtype each product is exact in, the weights
+cast to it, which dense/conv/add adds its neuron's offset (`fusions`), which products run in
+int8 (torch_ops: the CPU's exact class) and whether their neuron fires inside the kernel, which
+values are emitted as uint8 for an int8 reader, and the fire constants. A bound the graph
+cannot prove (a product whose static bound is too loose for float32) is measured on the data
+when a reader needs it. Inside a step values are exact integers held as torch tensors (numpy
+arrays on the int64 and numpy paths) in uint8, float32 or float64 wherever a bound proves that
+exact (sim.kernels); the driver converts what it keeps to int64. A value is dropped after its
+last reader.
+
+A feed-forward run of T > 1 steps (or of binary spikes) runs layer by layer (`Program.steps`):
+every node over all T steps at once, the stateful neurons in float (kernels.StatePlan).
 
 Each kind with a fast form has a builder here, registered by kind (`@builds`); any other kind
 runs its own int64 `evaluate` (sim.ops), so a new kind runs in sim.cpu before it has a fast
@@ -26,8 +32,8 @@ import numpy as np
 from sim import driver, kernels, ops, semantics
 from sim.artifact import Artifact
 from sim.cpu import torch_ops
-from sim.cpu.kernels import (Fire, FirePlan, conv2d_exact, dense_exact, encode_input_exact,
-                             sum_pool_exact)
+from sim.cpu.kernels import (Fire, FirePlan, StatePlan, conv2d_exact, dense_exact,
+                             encode_input_exact, encode_input_u8, sum_pool_exact)
 from sim.cpu.weights import Weights
 from sim.driver import as_int
 from sim.ops.base import batched
@@ -46,23 +52,46 @@ def builds(*kinds: str):
 
 
 class Run(driver.Step):
-    """One program step: the Step every node's `evaluate` reads, plus the values made so far,
-    their bounds (static ones seeded, others measured once when asked), which products added
-    their neuron's offset, per-step nonzero counts and the neurons already fired."""
-    __slots__ = ("values", "bounds", "biased", "counts", "done")
+    """One program step: the Step every node's `evaluate` reads, plus the values made so far
+    (numpy arrays or torch tensors of exact integers), their bounds (static ones seeded, others
+    measured once when asked), which products added their neuron's offset and per-step nonzero
+    counts. In the layer-major form (Program.steps) values hold all T steps stacked
+    (T·B rows, step-major) or, for `steady` ones that no neuron precedes, the B rows every step
+    shares; `reps` is T there (1 in a plain step)."""
+    __slots__ = ("values", "bounds", "biased", "counts", "steady", "reps", "layered", "done")
 
     def bound(self, name: str) -> float:
         b = self.bounds.get(name)
         if b is None:
-            b = self.bounds[name] = kernels.max_abs(self.values[name])
+            b = self.bounds[name] = kernels.max_abs(_np(self.values[name]))
         return b
 
     def nonzero(self, name: str) -> np.ndarray:
         """A value's nonzero_counts, computed once for all who count it."""
         c = self.counts.get(name)
         if c is None:
-            c = self.counts[name] = kernels.nonzero_counts(self.values[name])
+            c = self.counts[name] = kernels.nonzero_counts(_np(self.values[name]))
         return c
+
+    def rows(self, names) -> list:
+        """The values of `names`, the steady ones repeated over the T steps when the others
+        are stacked (a node that mixes both)."""
+        ins = [self.values[i] for i in names]
+        if self.reps > 1 and any(i in self.steady for i in names) and \
+                not all(i in self.steady for i in names):
+            ins = [_repeat(v, self.reps) if i in self.steady else v for i, v in zip(names, ins)]
+        return ins
+
+
+def _np(v) -> np.ndarray:
+    return v if isinstance(v, np.ndarray) else torch_ops.numpy(v)
+
+
+def _repeat(v, reps: int):
+    """v's rows repeated `reps` times, step-major (the same B samples at every step)."""
+    if isinstance(v, np.ndarray):
+        return np.concatenate([v] * reps)
+    return v.repeat((reps,) + (1,) * (v.ndim - 1))
 
 
 class Program:
@@ -77,7 +106,16 @@ class Program:
         self.nonneg = ops.nonnegative(art.nodes)
         self.fires: dict[str, Fire] = {}
         self.biased: set[str] = set()     # products that add their neuron's offset, statically
+        self.u8: set[str] = set()         # values an int8 product reads: emitted as uint8
+        self.output = art.output
         self.ops = [BUILDERS.get(node.kind, _generic)(self, node) for node in art.nodes]
+        # layer-major runs (`steps`): the values no stateful neuron precedes are the same at
+        # every step
+        self.steady = set()
+        for node in art.nodes:
+            if node.kind != "neuron" and node.role != "edge" and \
+                    all(i in self.steady for i in node.inputs):
+                self.steady.add(node.name)
         # a value is dropped after its last reader's operation (a large network's activations
         # are not all held at once), except what the driver reads after the step: the readout's
         # input, recorded nodes, and the sources of recurrent edges (next step's `previous`)
@@ -91,14 +129,34 @@ class Program:
             if name not in kept:
                 self.frees[i].append(name)
 
-    def step(self, s: driver.Step) -> dict[str, np.ndarray]:
+    def _run(self, s: driver.Step, reps: int = 1, layered: bool = False) -> Run:
         r = Run(s.x, s.previous, s.state, s.binary, s.count, s.stats)
         r.values, r.bounds, r.biased, r.counts, r.done = {}, dict(self.static), set(), {}, set()
+        r.steady, r.reps, r.layered = (self.steady if layered else ()), reps, layered
         for op, free in zip(self.ops, self.frees):
             op(r)
             for name in free:
                 r.values.pop(name, None)
-        return r.values
+        return r
+
+    def step(self, s: driver.Step) -> dict[str, np.ndarray]:
+        """Every node once for the timestep `s`: {node: its value as a numpy array}."""
+        return {k: _np(v) for k, v in self._run(s).values.items()}
+
+    def steps(self, s: driver.Step, timesteps: int, keep) -> tuple[np.ndarray, dict]:
+        """A feed-forward run of `timesteps` steps on the same input, layer by layer: each node
+        runs all steps at once (a product over T·B rows; a stateful neuron steps through its
+        T slices), so a layer's input over every step is known before it runs. Returns the
+        readout accumulator summed over the steps (int64) and the kept values, each summed
+        over the steps."""
+        r = self._run(s, timesteps, True)
+
+        def summed(name):
+            v = as_int(_np(r.values[name]))
+            if name in r.steady:
+                return v * timesteps
+            return v.reshape((timesteps, -1) + v.shape[1:]).sum(axis=0)
+        return summed(self.output), {k: summed(k) for k in keep}
 
     def fire(self, node) -> Fire:
         if node.name not in self.fires:
@@ -117,7 +175,7 @@ def _generic(p: Program, node):
     name, srcs = node.name, node.inputs
 
     def op(r):
-        r.values[name] = node.evaluate([as_int(r.values[i]) for i in srcs], r)
+        r.values[name] = node.evaluate([as_int(_np(v)) for v in r.rows(srcs)], r)
     return op
 
 
@@ -125,10 +183,15 @@ def _generic(p: Program, node):
 def _input(p: Program, node):
     name, inv, lo, hi = node.name, node.inv_scale, node.lo, node.hi
     p.static[name] = float(max(abs(lo), abs(hi)))
+    u8 = lo >= 0 and hi <= 255
 
     def op(r):
-        r.values[name], clipped = encode_input_exact(r.x, inv, lo, hi)
-        r.stats[name].clipped += clipped
+        if u8 and name in p.u8:       # an int8 product reads it
+            r.values[name], clipped = encode_input_u8(r.x, inv, lo, hi)
+        else:
+            r.values[name], clipped = encode_input_exact(r.x, inv, lo, hi)
+        # a layer-major run encodes once for all its steps: the reference clips every step
+        r.stats[name].clipped += clipped * (r.reps if name in r.steady else 1)
     return op
 
 
@@ -145,7 +208,7 @@ def _neuron(p: Program, node):
     # in a trial, one_pass picks the neurons with reset "subtract": the ones whose state the
     # driver drops after every step (a leaky neuron, reset "none", keeps its own)
     if not (p.afresh and one_pass(node)):
-        return _generic(p, node)
+        return _stateful(p, node)
     fire, use_torch = p.fire(node), p.use_torch
     p.static[name] = fire.levels
     # the fire's plan made here when its input's bound (so its form) is static; a product
@@ -153,13 +216,50 @@ def _neuron(p: Program, node):
     plan = FirePlan(fire, p.static[src], src in p.biased) if src in p.static else None
 
     def op(r):       # the one-pass neuron, in floats
-        if name in r.done:          # fired by its convolution (`joined` in _product)
+        if name in r.done:          # fired inside its int8 product (`fired` in _product)
             return
         fp = plan or FirePlan(fire, r.bound(src), src in r.biased)
-        out, sat = fp.apply(r.values[src], use_torch)
+        out, sat = fp.run(r.values[src], use_torch, name in p.u8)
         r.values[name] = out
-        count_neuron(r.stats[name], out, sat, lo, hi, r.count,
-                     (lambda: r.nonzero(name)) if r.count else None)
+        if sat or r.count:
+            count_neuron(r.stats[name], _np(out), sat, lo, hi, r.count,
+                         (lambda: r.nonzero(name)) if r.count else None)
+    return op
+
+
+def _stateful(p: Program, node):
+    """A neuron that keeps its state from step to step (T > 1, binary spikes): the uniform fire
+    with reset by subtraction and any leak in float arithmetic (kernels.StatePlan) when torch
+    is there, stepping through the T slices of a layer-major run; anything else (adaptive,
+    reset "none", or an input no float dtype holds) its own int64 evaluation."""
+    generic = _generic(p, node)
+    if not p.use_torch or node.fire != "uniform" or node.reset != "subtract":
+        return generic
+    name, src = node.name, node.inputs[0]
+    plans: dict = {}
+
+    p.static[name] = float(max(abs(node.lo), abs(node.hi)))    # the payload q·K: |q·K| ≤ it
+
+    def op(r):
+        if not r.layered:
+            # a step of the driver's loop (a recurrent trial) keeps the state in its dict:
+            # int64, as defined
+            return generic(r)
+        key = (r.binary, r.bound(src))
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = StatePlan(node, r.binary, key[1])
+        if plan.dtype is None:
+            return generic(r)
+        reps = 1 if src in r.steady else r.reps
+        out, sat = plan.run(r.values[src], r.reps, reps, name in p.u8)
+        r.values[name] = out
+        r.stats[name].saturations += sat
+        if r.count:
+            o = _np(out)
+            r.stats[name].spikes += int(r.nonzero(name).sum())
+            r.stats[name].payload += int(np.abs(o.astype(np.int64) if o.dtype == np.uint8
+                                                else o).sum(dtype=np.float64))
     return op
 
 
@@ -173,74 +273,112 @@ def _readout(p: Program, node):
     return op
 
 
+# batches below INT8_MIN_ROWS rows run the float kernel: oneDNN's int8 kernels cost more per
+# call, which a single sample of a small layer does not repay; a layer of INT8_ONE_ROW_MACS
+# multiply-accumulates per sample or more runs in int8 from one row (its prepacked weights:
+# the float kernel reorders its weights every call)
+INT8_MIN_ROWS = 2
+INT8_ONE_ROW_MACS = 2 ** 19
+
+
 @builds("dense", "conv")
 def _product(p: Program, node):
-    """Exact float products (int8 convolutions where they apply)."""
+    """Exact float products, or int8 ones where they apply (module docstring)."""
     name, src, dense = node.name, node.inputs[0], node.connectivity == "full"
     w, use_torch = Weights(node), p.use_torch
     neuron = p.fused.get(name)
     fire = p.fire(neuron) if neuron is not None else None
     bx = p.static.get(src)
     fixed = None
-    if bx is not None and w.absum_int * bx < kernels.F32_EXACT:
-        fixed = w.exact(bx, None, fire)
+    nonneg = src in p.nonneg
+    if bx is not None and w.sums(nonneg)[0] * bx < kernels.F32_EXACT:
+        fixed = w.exact(bx, None, fire, nonneg)
         p.static[name] = fixed[1]
         if fixed[2] is not None:
             p.biased.add(name)
-    # a non-negative payload ≤ 255 with a float32 result: oneDNN's u8·s8 convolution
-    int8 = not dense and use_torch and src in p.nonneg
+    # a non-negative payload within the CPU's exact int8 class (torch_ops.Int8.usable), a
+    # float32 result: oneDNN's u8·s8 product, its input emitted as uint8 by its producer
+    int8 = use_torch and nonneg and w.int8() is not None
+    static8 = int8 and fixed is not None and fixed[0].dtype == np.float32 and \
+        w.int8().usable(bx)
+    if static8:
+        p.u8.add(src)
+    min_rows = 1 if node.macs() >= INT8_ONE_ROW_MACS else INT8_MIN_ROWS
     per_input = node.weight.shape[0] // (1 if dense else node.groups)
     out_hw = node.shape[-2:]
-    # an int8 convolution with a static float32 bound and its neuron's offset as the bias
-    # hands its output tensor straight to the neuron's fire (one call, no numpy round trip;
-    # not when counting, which needs the current): the neuron then has nothing left to do
-    joined = None
-    if int8 and fixed is not None and fixed[2] is not None and fixed[0].dtype == np.float32 \
-            and bx <= 255 and not w.floor and w.int8() is not None:
-        plan = FirePlan(fire, fixed[1], biased=True)
-        if plan.dtype is np.float32 and not plan.saturate:
-            torch = torch_ops._torch()
-            joined = (neuron.name, torch.from_numpy(fixed[2]), torch.from_numpy(plan.factor),
-                      fire.lo, fire.hi, plan.reciprocal)
+    biases: dict = {}
+    # the neuron this product alone feeds fired inside the int8 kernel, its uint8 payloads
+    # straight out (torch_ops.fired: exact under fire_fits, without saturation, levels within
+    # [0, 255], θ and offset per channel)
+    fired = None
+    if static8 and neuron is not None and fixed[2] is not None:
+        theta, offset = _channelwise(fire.theta, node.shape), _channelwise(fire.offset, node.shape)
+        if theta is not None and offset is not None and fire.lo >= 0 and fire.hi <= 255 and \
+                not FirePlan(fire, fixed[1], biased=True).saturate and \
+                torch_ops.fire_fits(w.onesided * bx, fire.offset_max, fire.theta_max):
+            fired = torch_ops.fired(w.int8(), theta, offset)
+    nname = neuron.name if neuron is not None else None
 
     def op(r):
         x = r.values[src]
-        if joined is not None and not r.count:
-            nname, bias_t, factor_t, lo, hi, reciprocal = joined
-            n = torch_ops.conv_fire_int8(x, w.int8(), bias_t, factor_t, lo, hi, reciprocal)
+        if fired is not None and x.shape[0] >= min_rows:
+            n = torch_ops.product_fire_int8(x, w.int8(), fired, fire.lo, fire.hi)
             if n is not None:
-                # the product's value is the array the fire overwrote, as in the fused
-                # form below: nobody else reads it
+                # the product's value is the neuron's: nobody else reads it (fusions)
                 r.values[name] = r.values[nname] = n
                 r.done.add(nname)
+                if r.count:
+                    count_neuron(r.stats[nname], _np(n), 0, fire.lo, fire.hi, True,
+                                 lambda: r.nonzero(nname))
+                    _count_product(r, node, name, src, x, dense, per_input)
                 return
-        wf, bound, bias = fixed if fixed is not None else w.exact(r.bound(src), x, fire)
+        wf, bound, bias = fixed if fixed is not None else \
+            w.exact(r.bound(src), _np(x), fire, nonneg)
         if wf is None:
-            r.values[name] = node.evaluate([as_int(x)], r)
+            r.values[name] = node.evaluate([as_int(_np(x))], r)
             return
-        if dense:
-            out = dense_exact(x, wf, use_torch, bias)
-        else:
-            out = None
-            if int8 and wf.dtype == np.float32 and r.bound(src) <= 255:
-                packed = w.int8()
-                if packed is not None:
-                    out = torch_ops.conv2d_int8(x, packed, bias)
-            if out is None:
-                out = conv2d_exact(x, wf, node.stride, node.pads, node.dilation, node.groups,
-                                   out_hw, use_torch, bias)
+        out = None
+        if int8 and wf.dtype == np.float32 and x.shape[0] >= min_rows and \
+                w.int8().usable(r.bound(src)):
+            if bias is not None and id(bias) not in biases:
+                biases[id(bias)] = torch_ops.tensor(np.asarray(bias, np.float32).reshape(-1))
+            out = torch_ops.product_int8(x, w.int8(), None if bias is None else biases[id(bias)])
+        if out is None and use_torch:
+            out = torch_ops.dense(x, wf, wf.dtype, bias) if dense else \
+                torch_ops.conv2d(x, wf, node.stride, node.pads, node.dilation, node.groups,
+                                 wf.dtype, bias)
+        if out is None:
+            out = dense_exact(_np(x), wf, False, bias) if dense else \
+                conv2d_exact(_np(x), wf, node.stride, node.pads, node.dilation, node.groups,
+                             out_hw, False, bias)
         if w.floor:     # a negative exponent: the contract's right shift of the accumulator
-            np.floor(out, out=out)
+            if isinstance(out, np.ndarray):
+                np.floor(out, out=out)
+            else:
+                out.floor_()
         r.values[name] = out
         r.bounds[name] = bound
         if bias is not None:
             r.biased.add(name)
         if r.count:
-            if dense:
-                r.stats[name].synops += int(r.nonzero(src).sum()) * per_input
-            else:
-                r.stats[name].synops += node.window_synops(x, r.nonzero(src))
+            _count_product(r, node, name, src, x, dense, per_input)
     return op
+
+
+def _count_product(r: Run, node, name: str, src: str, x, dense: bool, per_input: int) -> None:
+    """A dense or conv node's synaptic operations on its input x (T times a steady one)."""
+    reps = r.reps if src in r.steady else 1
+    if dense:
+        r.stats[name].synops += int(r.nonzero(src).sum()) * per_input * reps
+    else:
+        r.stats[name].synops += node.window_synops(_np(x), r.nonzero(src)) * reps
+
+
+def _channelwise(param: np.ndarray, shape) -> np.ndarray | None:
+    """A batched neuron parameter as one value per channel (C,), or None when it varies
+    within a channel."""
+    full = np.broadcast_to(np.asarray(param)[0], tuple(shape)).reshape(shape[0], -1)
+    return full[:, 0].copy() if (full == full[:, :1]).all() else None
 
 
 @builds("sumpool")
@@ -253,29 +391,40 @@ def _sumpool(p: Program, node):
         bound = r.bound(src) * taps
         dtype = kernels.exact_dtype(bound) or np.int64
         x = r.values[src]
-        r.values[name] = sum_pool_exact(x if dtype is not np.int64 else as_int(x), node.kernel,
-                                        node.stride, node.pads, node.shape[-2:], dtype,
-                                        use_torch)
+        out = None
+        if use_torch and dtype is not np.int64:
+            out = torch_ops.sum_pool(x, node.kernel, node.stride, node.pads, node.shape[-2:],
+                                     dtype)
+        if out is None:
+            xn = _np(x)
+            out = sum_pool_exact(xn if dtype is not np.int64 else as_int(xn), node.kernel,
+                                 node.stride, node.pads, node.shape[-2:], dtype)
+        r.values[name] = out
         r.bounds[name] = bound
         if r.count:
-            r.stats[name].synops += node.window_synops(x, r.nonzero(src))
+            reps = r.reps if src in r.steady else 1
+            r.stats[name].synops += node.window_synops(_np(x), r.nonzero(src)) * reps
     return op
 
 
 @builds("maxpool")
 def _maxpool(p: Program, node):
-    name, src = node.name, node.inputs[0]
+    name, src, use_torch = node.name, node.inputs[0], p.use_torch
     p.derived(node, lambda b: b[0])
+    nonneg = src in p.nonneg
 
     def op(r):
-        r.values[name] = kernels.max_pool(r.values[src], node.kernel, node.stride, node.pads,
-                                          node.dilation, node.shape[-2:])
+        x = r.values[src]
+        out = torch_ops.max_pool(x, node.kernel, node.stride, node.pads, node.dilation,
+                                 node.shape[-2:], nonneg) if use_torch else None
+        r.values[name] = out if out is not None else kernels.max_pool(
+            _np(x), node.kernel, node.stride, node.pads, node.dilation, node.shape[-2:])
     return op
 
 
 @builds("add")
 def _add(p: Program, node):
-    name, srcs = node.name, node.inputs
+    name, srcs, use_torch = node.name, node.inputs, p.use_torch
     gains = [np.asarray(g, dtype=np.int64) for g in node.gains]
     peaks = [float(np.abs(g).max(initial=0)) * 2.0 ** int(e) for g, e in zip(gains, node.exps)]
     floors = [int(e) < 0 for e in node.exps]    # right-shift gains: each term floored
@@ -283,29 +432,85 @@ def _add(p: Program, node):
     unshifted = [float(np.abs(g).max(initial=0)) * max(1.0, 2.0 ** int(e))
                  for g, e in zip(gains, node.exps)]
     scaled: dict = {}         # dtype → the gains · 2^exp in it
-    p.derived(node, lambda b: sum(pk * bi for pk, bi in zip(peaks, b)))
+    # the one-pass neuron this sum alone feeds: its offset (in the form its fire takes it, as
+    # Weights.exact adds it to a product) joins the sum when both are exact in the same dtype
+    neuron = p.fused.get(name)
+    fire = p.fire(neuron) if neuron is not None else None
+    offsets: dict = {}
+
+    def forms(bound: float, exact: float):
+        """(dtype, bound, offset or None) for a sum bounded by `bound` whose partial sums
+        reach `exact`."""
+        dtype = kernels.exact_dtype(max(bound, exact))
+        if fire is None or dtype is None:
+            return dtype, bound, None
+        vbound = bound + fire.offset_max
+        if fire.dtype(vbound) is not dtype or kernels.exact_dtype(max(vbound, exact)) \
+                is not dtype:       # the neuron's plan takes the sum in its own dtype
+            return dtype, bound, None
+        key = (dtype, Fire.reciprocal(vbound, dtype))
+        if key not in offsets:
+            offsets[key] = fire.cast(dtype, key[1])[0]
+        return dtype, vbound, offsets[key]
+
+    static = None
+    if all(i in p.static for i in srcs):
+        bounds = [p.static[i] for i in srcs]
+        static = forms(sum(pk * b for pk, b in zip(peaks, bounds)),
+                       max(u * b for u, b in zip(unshifted, bounds)))
+        p.static[name] = static[1]
+        if static[2] is not None:
+            p.biased.add(name)
+
+    # a sum whose unshifted products need float64 (a right-shift gain on a large current)
+    # but stay below 2³¹ runs in int32, its result in the float dtype of its own bound
+    int32 = [(np.asarray(g, np.int64) << max(int(e), 0)).astype(np.int32)[None]
+             for g, e in zip(gains, node.exps)] \
+        if all(np.abs(g).max(initial=0) * 2.0 ** max(int(e), 0) < 2 ** 31
+               for g, e in zip(gains, node.exps)) else None
+    shifts = [max(-int(e), 0) for e in node.exps]
 
     def op(r):
-        bound = sum(pk * r.bound(i) for pk, i in zip(peaks, srcs))
-        dtype = kernels.exact_dtype(max(bound, max(u * r.bound(i)
-                                                   for u, i in zip(unshifted, srcs))))
-        ins = [r.values[i] for i in srcs]
+        dtype, bound, offset = static or forms(
+            sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)),
+            max(u * r.bound(i) for u, i in zip(unshifted, srcs)))
+        ins = r.rows(srcs)
+        if use_torch and dtype is not np.float32 and int32 is not None and \
+                bound < kernels.F32_EXACT and \
+                max(u * r.bound(i) for u, i in zip(unshifted, srcs)) < 2 ** 31 and \
+                sum(u * r.bound(i) for u, i in zip(unshifted, srcs)) < 2 ** 31:
+            total = torch_ops.add_terms_int32(list(zip(ins, int32, shifts)), np.float32)
+            if total is not None:
+                r.values[name] = total
+                r.bounds[name] = bound
+                if r.count:
+                    r.stats[name].synops += sum(int(r.nonzero(i).sum()) *
+                                                (r.reps if i in r.steady else 1)
+                                                for i in srcs)
+                return
         if dtype is None:
-            r.values[name] = node.evaluate([as_int(i) for i in ins], r)
+            r.values[name] = node.evaluate([as_int(_np(i)) for i in ins], r)
             return
         if dtype not in scaled:
             scaled[dtype] = [(g * 2.0 ** int(e)).astype(dtype)[None]
                              for g, e in zip(gains, node.exps)]
-        total = None
-        for g, xi, fl in zip(scaled[dtype], ins, floors):
-            term = np.multiply(g, xi, dtype=dtype)
-            if fl:
-                np.floor(term, out=term)
-            total = term if total is None else np.add(total, term, out=total)
+        total = torch_ops.add_terms(list(zip(ins, scaled[dtype], floors)), dtype, offset) \
+            if use_torch else None
+        if total is None:
+            for g, xi, fl in zip(scaled[dtype], ins, floors):
+                term = np.multiply(g, _np(xi), dtype=dtype)
+                if fl:
+                    np.floor(term, out=term)
+                total = term if total is None else np.add(total, term, out=total)
+            if offset is not None:
+                total += offset
         r.values[name] = total
         r.bounds[name] = bound
+        if offset is not None:
+            r.biased.add(name)
         if r.count:
-            r.stats[name].synops += sum(int(r.nonzero(i).sum()) for i in srcs)
+            r.stats[name].synops += sum(int(r.nonzero(i).sum()) *
+                                        (r.reps if i in r.steady else 1) for i in srcs)
     return op
 
 
@@ -315,12 +520,17 @@ def _concat(p: Program, node):
     p.derived(node, max)
 
     def op(r):
-        ins = [r.values[i] for i in srcs]
-        if len({i.dtype for i in ins}) > 1:
-            ins = [as_int(i) for i in ins] \
-                if any(np.issubdtype(i.dtype, np.integer) for i in ins) \
-                else [i.astype(np.float64, copy=False) for i in ins]
-        r.values[name] = np.concatenate(ins, axis=axis)
+        ins = r.rows(srcs)
+        if p.use_torch and all(not isinstance(i, np.ndarray) for i in ins) and \
+                len({i.dtype for i in ins}) == 1:
+            r.values[name] = torch_ops.cat(ins, axis)
+        else:
+            ins = [_np(i) for i in ins]
+            if len({i.dtype for i in ins}) > 1:
+                ins = [as_int(i) for i in ins] \
+                    if any(np.issubdtype(i.dtype, np.integer) for i in ins) \
+                    else [i.astype(np.float64, copy=False) for i in ins]
+            r.values[name] = np.concatenate(ins, axis=axis)
     return op
 
 
@@ -329,9 +539,15 @@ def _index(p: Program, node):
     """Index maps of one input: the value's bound unchanged, its dtype kept."""
     name, src = node.name, node.inputs[0]
     p.derived(node, lambda b: b[0])
+    perm = (0,) + tuple(q + 1 for q in node.perm) if node.kind == "transpose" else None
 
     def op(r):
-        r.values[name] = node.apply([r.values[src]], False)[0]
+        x = r.values[src]
+        if isinstance(x, np.ndarray):
+            r.values[name] = node.apply([x], False)[0]
+        else:
+            r.values[name] = x.permute(perm) if perm else \
+                x.reshape((x.shape[0],) + tuple(node.shape))
     return op
 
 
@@ -343,14 +559,14 @@ def _select(p: Program, node):
     p.derived(node, lambda b: b[0])
 
     def op(r):
-        r.values[name] = node.apply([r.values[src]], False)[0]
+        r.values[name] = node.apply([_np(r.values[src])], False)[0]
     return op
 
 
 def fusions(art, keep) -> dict:
-    """{dense/conv node: the one-pass neuron that is its only reader} for nodes whose value
+    """{dense/conv/add node: the one-pass neuron that is its only reader} for nodes whose value
     nobody else sees (not kept, recorded, read by a delay or the readout): these add the
-    neuron's offset inside their product and the neuron skips that pass."""
+    neuron's offset inside their product or sum and the neuron skips that pass."""
     readers: dict[str, int] = {}
     kinds = {n.name: n.kind for n in art.nodes}
     for n in art.nodes:
@@ -364,7 +580,7 @@ def fusions(art, keep) -> dict:
         if n.kind == "neuron" and one_pass(n):
             src = n.inputs[0]
             if readers.get(src) == 1 and src not in keep and src != art.output \
-                    and BUILDERS.get(kinds[src]) is _product:
+                    and BUILDERS.get(kinds[src]) in (_product, _add):
                 out[src] = n
     return out
 

@@ -8,6 +8,8 @@ sim.driver's; each step is the artifact's compiled program (sim.cpu.program).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sim import driver
@@ -21,12 +23,22 @@ from sim.results import SimResult
 USE_TORCH = True
 
 
+# a layer-major run (T > 1) holds every node's value for all T steps: batches are cut so that
+# T · rows · the largest node's size stays below this many elements
+LAYERED_ELEMENTS = 2 ** 25
+
+
 def _step(art: Artifact):
     use_torch = USE_TORCH and torch_ops.available()
 
     def step(s: driver.Step, keep, trials: bool) -> dict[str, np.ndarray]:
         mode = "once" if s.state is None else "trials" if trials else "state"
         return program.program(art, keep, mode, use_torch).step(s)
+
+    def layered(s: driver.Step, timesteps: int, keep):
+        return program.program(art, keep, "state", use_torch).steps(s, timesteps, keep)
+    if use_torch:
+        step.layered = layered
     return step
 
 
@@ -47,10 +59,20 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     Inside a batch the values are exact integers held in float32/float64 wherever a bound proves
     that exact, with convolutions and matrix products by torch when available (USE_TORCH); the
     readout accumulator and recorded values are int64. `threads`: torch's intra-op threads
-    during the run, restored after; None (the default): torch's own setting, every core, as
-    onnxruntime does. threads=1 leaves the other cores alone; recurrent cells (many small
-    steps) gain nothing from a second thread (docs/performance.md).
+    during the run, restored after; None (the default): torch_ops.default_threads — one thread
+    for a small run (below PARALLEL_MACS multiply-accumulates), else torch's own setting, every
+    core, as onnxruntime does (with OpenMP's passive wait policy, which importing `sim` before
+    torch sets; without it, only the cores the machine leaves free). threads=1 leaves the other
+    cores alone (docs/performance.md, "Threads").
     """
+    if (timesteps > 1 or binary) and not art.recurrent:
+        largest = max((math.prod(n.shape) for n in art.nodes), default=1)
+        batch_size = min(batch_size, max(1, LAYERED_ELEMENTS // (timesteps * largest)))
+    if threads is None and USE_TORCH and torch_ops.available():
+        shape = np.shape(x)
+        steps = (shape[1] if len(shape) > 1 else 1) if art.recurrent else timesteps
+        macs = sum(n.macs() for n in art.nodes) * (shape[0] if shape else 0) * steps
+        threads = torch_ops.default_threads(macs)
     with torch_ops.session(threads if USE_TORCH else None):
         return driver.execute(art, x, _step(art), timesteps, binary, batch_size, count,
                               progress, record)

@@ -24,17 +24,28 @@ class Weights:
         self.absum_int = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes)
                                .max(initial=0))
         self.absum = self.absum_int * self.scale       # bounds the (shifted) output
+        # for non-negative inputs every partial sum of w·x (in any order) lies between
+        # −Σ|w⁻|·max x and Σw⁺·max x: the larger of the two sums bounds them all
+        w = node.weight.astype(np.int64)
+        self.onesided_int = float(np.maximum(np.clip(w, 0, None).sum(axis=axes),
+                                             -np.clip(w, None, 0).sum(axis=axes))
+                                  .max(initial=0))
+        self.onesided = self.onesided_int * self.scale
         self.weight, self._cast = node.weight, {}
         self._int8: tuple | None = None          # (packed or None,) once made
 
     def int8(self):
-        """The oneDNN int8 packing of a conv node's weights (torch_ops.pack_int8_conv), made
-        on first use; None where that path does not apply."""
+        """The oneDNN int8 packing of the node's weights (torch_ops.pack_int8_conv or
+        pack_int8_dense), made on first use; None where that path does not apply. With a
+        negative exponent the kernel's float32 output acc·2^e is exact (a power of two) and the
+        caller floors it, as the float path does."""
         if self._int8 is None:
             n = self.node
-            self._int8 = (None if self.floor else
-                          torch_ops.pack_int8_conv(self.weight, n.weight_exp, n.stride, n.pads,
-                                                   n.dilation, n.groups),)
+            if n.kind == "dense":
+                self._int8 = (torch_ops.pack_int8_dense(self.weight, n.weight_exp),)
+            else:
+                self._int8 = (torch_ops.pack_int8_conv(self.weight, n.weight_exp, n.stride,
+                                                       n.pads, n.dilation, n.groups),)
         return self._int8[0]
 
     def cast(self, dtype) -> np.ndarray:
@@ -46,18 +57,25 @@ class Weights:
             self._cast[key] = w
         return self._cast[key]
 
-    def exact(self, bx: float, x, fire: Fire | None = None):
+    def sums(self, nonneg: bool) -> tuple[float, float]:
+        """(Σ|W| unshifted, shifted) per unit of input bound: the bound of every partial sum
+        and of the output; for a non-negative input the one-sided sums."""
+        return (self.onesided_int, self.onesided) if nonneg else (self.absum_int, self.absum)
+
+    def exact(self, bx: float, x, fire: Fire | None = None, nonneg: bool = False):
         """(float weight · 2^exp in the exact dtype, bound of the output, bias) for an input
-        bounded by `bx`, or (None, None, None) when no float dtype is exact. `x`: the input, to
-        measure when the bound is too loose for float32 (None: keep the bound).
+        bounded by `bx` (non-negative: `nonneg`), or (None, None, None) when no float dtype is
+        exact. `x`: the input, to measure when the bound is too loose for float32 (None: keep
+        the bound).
 
         With `fire` (the constants of the one-pass neuron that alone reads this node) the
         product also adds the neuron's offset b + θ//2 per output channel, in the dtype the
         fire needs (bias None when the offset is not channel-wise or no float dtype is exact)."""
-        if x is not None and self.absum_int * bx >= kernels.F32_EXACT:
+        unshifted, shifted = self.sums(nonneg)
+        if x is not None and unshifted * bx >= kernels.F32_EXACT:
             bx = min(bx, kernels.max_abs(x))
-        bound, bias = self.absum * bx, None
-        dtype = kernels.exact_dtype(self.absum_int * bx)    # the unshifted partial sums
+        bound, bias = shifted * bx, None
+        dtype = kernels.exact_dtype(unshifted * bx)    # the unshifted partial sums
         if fire is not None and not self.floor:
             offset = fire.offset[0]                 # (C, 1, 1) or (C,): channel-wise?
             if offset.ndim and offset.shape[0] == self.weight.shape[0] \

@@ -81,6 +81,9 @@ class Node:
     fixed: ClassVar[bool] = False
     # how it reaches Loihi 2 by default (`hardware_case` refines it)
     hardware: ClassVar[str] = UNMAPPED
+    # the Lava/Loihi 2 primitive closest to the kind where the case alone does not say it
+    # (docs/hardware.md); "" where the case says all
+    primitive: ClassVar[str] = ""
     # the dtype each array field is stored with in an artifact
     array_dtypes: ClassVar[dict[str, type]] = {}
     # how many inputs it reads: an int, or None for one or more

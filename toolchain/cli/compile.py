@@ -43,13 +43,18 @@ from toolchain.cli.common import (Progress, check_outputs, console, layer_table,
               help="Scale search: top-1 agreement kept within this of the best λ.")
 @click.option("--scale-error-factor", type=click.FloatRange(1), default=2.0, show_default=True,
               help="Scale search: relative RMS error kept within this factor of the smallest.")
+@click.option("--dale", is_flag=True, default=None, help="Recurrent models: verify Dale's law "
+              "on the integer recurrent weights (each unit's outgoing weights keep one sign); "
+              "default: as the model's sfn.dale metadata says.")
+@click.option("--state", help="One-step cell graphs: the name of the state input (default: the "
+              "input that an output of the same shape feeds back).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer table, placement, "
               "agreement and notes as JSON (numbers as numbers) instead of tables.")
 @progress_option
 @click.option("--debug", is_flag=True, hidden=True)
 def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emit_reference,
-            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, as_json,
-            show_progress, debug):
+            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, dale,
+            state, as_json, show_progress, debug):
     """Compile MODEL.onnx (a trained network) or MODEL.nir (a spiking network written by
     snnTorch, Norse, sinabs; docs/nir.md) into an SFN artifact."""
     say = Progress("compile", show_progress)
@@ -63,7 +68,8 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
         onnx_only = [flag for flag, given in (
             ("--emit-reference", emit_reference), ("--levels", levels is not None),
             ("--per-layer/--per-channel", per_layer is not None), ("--fire", fire != "uniform"),
-            ("--scale", scale != 1.0), ("--scale-search", scale_search)) if given]
+            ("--scale", scale != 1.0), ("--scale-search", scale_search), ("--dale", dale),
+            ("--state", state is not None)) if given]
         if onnx_only:
             raise click.UsageError(f"{', '.join(onnx_only)}: ONNX options; a NIR network keeps "
                                    "its own spiking neurons (docs/nir.md)")
@@ -75,7 +81,8 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
                               timesteps=timesteps or 1, target=target_name,
                               fire=fire, scale=scale, scale_search=scale_search,
                               scale_tolerance=scale_tolerance,
-                              scale_error_factor=scale_error_factor, progress=say)
+                              scale_error_factor=scale_error_factor,
+                              dale=True if dale else None, state=state, progress=say)
     if cast_note:
         result.notes.append(cast_note)
     say("write")

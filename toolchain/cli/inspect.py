@@ -26,7 +26,9 @@ def inspect(artifact, as_json, debug):
     cases = {n.name: hardware_case(n, T, feeding=art.node(n.inputs[0]) if n.inputs else None)
              for n in art.nodes}
     if as_json:
-        click.echo(json.dumps({"hardware": {"cases": HARDWARE_CASES, "per_node": cases},
+        primitives = {n.name: n.primitive for n in art.nodes if n.primitive}
+        click.echo(json.dumps({"hardware": {"cases": HARDWARE_CASES, "per_node": cases,
+                                            "primitives": primitives},
             "input": art.input, "output": art.output, "meta": art.meta,
             "nodes": [{"name": n.name, "kind": n.kind, "inputs": list(n.inputs),
                        "shape": list(n.shape), "params": n.params(),
@@ -44,7 +46,9 @@ def inspect(artifact, as_json, debug):
                  ("on Loihi 2", "text"), ("parameters", "long")])
     for n in art.nodes:
         t.add_row(short(n.name), n.kind, ", ".join(short(i, 24) for i in n.inputs),
-                  "×".join(map(str, n.shape)), cases[n.name], n.describe()[len(n.kind) + 1:-1])
+                  "×".join(map(str, n.shape)),
+                  f"{cases[n.name]} ({n.primitive})" if n.primitive else cases[n.name],
+                  n.describe()[len(n.kind) + 1:-1])
     console.print(fitted(t))
     for case in sorted(set(cases.values())):
         console.print(f"{case}: {HARDWARE_CASES[case]} (docs/hardware.md)", highlight=False)

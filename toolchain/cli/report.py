@@ -94,7 +94,8 @@ def report(artifact, inp, backend, target_name, out_dir, timesteps, as_json, sho
     console.print(report_table(rep))
     e = target.constants("energy")
     console.print(f"constants ({target.path}; sources: `toolchain targets`): " +
-                  "; ".join(f"{k} = {q.value} ({q.certainty})" for k, q in e.items()),
+                  "; ".join(f"{k} = {'unknown' if q.value is None else q.value} "
+                            f"({q.certainty})" for k, q in e.items()),
                   highlight=False)
     console.print(f"wrote {out / 'report.json'}, " + ", ".join(str(f) for f in figures),
                   highlight=False)

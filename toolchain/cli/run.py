@@ -38,7 +38,8 @@ from toolchain.errors import InputFileError, SimulationError
               help="Treat any 24-bit state saturation, or any input the encoder clips to its "
                    "levels, as an error (no output is written).")
 @click.option("--threads", type=click.IntRange(1), default=None,
-              help="CPU backend: torch threads for the run (default: every core).")
+              help="CPU backend: torch threads for the run (default: one for a small run, "
+                   "else every core).")
 @click.option("--labels", type=click.Path(),
               help="Y.npy of N integer class labels: print the top-1 accuracy of the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's summary (samples, "

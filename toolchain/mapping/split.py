@@ -68,6 +68,13 @@ def _per_core(g: Graph, pop: Population, target: Target) -> int:
     return lo
 
 
+def _weighted(c: Connection) -> bool:
+    """A dense connection through a weight matrix (what a split cuts by input columns; a
+    product's operands are not split)."""
+    return c.node is not None and c.node.connectivity == "full" and \
+        getattr(c.node, "weight", None) is not None
+
+
 def _widest(pop: Population) -> int:
     """The element with the most nonzero incoming dense synapses (weights or product operands;
     0 without such connections)."""
@@ -78,12 +85,6 @@ def _widest(pop: Population) -> int:
             fan += rows if c.index is None else np.where(c.index >= 0,
                                                          rows[np.maximum(c.index, 0)], 0)
     return int(fan.argmax())
-
-
-def _weighted(c) -> bool:
-    """A dense connection with a weight matrix (a product's operands are not split)."""
-    return c.node is not None and c.node.connectivity == "full" and \
-        getattr(c.node, "weight", None) is not None
 
 
 def _chunks(n: int, k: int) -> list[tuple[int, int]]:
@@ -102,7 +103,8 @@ def _split(g: Graph, pop: Population, k: int, target: Target) -> list[Population
     for c in full:
         for j, (a, b) in enumerate(_chunks(c.node.weight.shape[1], k)):
             part = Connection(c.node, c.sources, c.index, c.size, c.shape, c.format,
-                              columns=np.arange(a, b))
+                              columns=np.arange(a, b), input=c.input,
+                              input_shapes=c.input_shapes)
             (mine if j == 0 else relays[j - 1].connections).append(part)
     shared = target["conv_weight_sharing"] and len(pop.shape) > 1
     pop.connections = mine + rest + [
@@ -130,9 +132,9 @@ def split_fan_in(g: Graph, target: Target) -> list[str]:
                 "on relay compartments (synapse_encoding.partial_sum_relays is not true)"))
         if not dense:
             raise single_neuron_error(pop, element, single, target, (
-                "only a dense fan-in is split into partial sums; this one comes through "
-                "window (convolution or pooling) connections, whose synapses are shared per "
-                "channel"))
+                "only a dense fan-in (a weight matrix) is split into partial sums; this one "
+                "comes through window (convolution or pooling) connections, whose synapses are "
+                "shared per channel, or through a product of two activations"))
         # the fewest chunks whose parts fit a core, then up to TRIED more: the count that needs
         # the fewest cores (k parts of ⌈size / elements per core⌉ cores each)
         best, tried = None, 0

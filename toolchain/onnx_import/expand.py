@@ -9,6 +9,8 @@ measures the range of each neuron the spiking graph will have.
   the largest term exactly 1, so the sum lies in [1, n] whatever the scores' range.
 - Div of two tensors (neither an initializer nor a Constant): a · Reciprocal(b), a product and
   a table (RMSNorm's x / sqrt(mean x² + ε)).
+- LRN over the channels of (N, C, H, W): s = Conv1×1(x·x) with a band of ones over each
+  channel's window, y = x · (bias + α/size · s)^(−β).
 
 The tensors get the composite's output name plus a suffix ("/mean", "/centred", …); the last
 op keeps the composite's output name. A final Softmax stays (the readout applies it).
@@ -94,6 +96,29 @@ def _layer_norm(node, w: _Writer, rank: int | None, where: str) -> None:
         w.op("Add", [y, node.input[2]], None)
 
 
+def _lrn(node, w: _Writer, shape: list | None, where: str) -> None:
+    """y = x / (bias + α/size · Σ x²)^β, the sum over a window of `size` channels (ONNX's
+    bounds): x² a table, the window sum a 1×1 convolution with a band of ones, the power a
+    table of that sum, and the division a product."""
+    if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] < 1:
+        raise UnsupportedOpError(f"{where}: node {node.name or node.output[0]!r} (LRN): input "
+                                 f"shape {shape}; supported: (N, C, H, W) with a static C")
+    size = int(_attr(node, "size"))
+    alpha, beta = float(_attr(node, "alpha", 1e-4)), float(_attr(node, "beta", 0.75))
+    bias = float(_attr(node, "bias", 1.0))
+    channels, below = shape[1], (size - 1) // 2
+    band = np.zeros((channels, channels, 1, 1), np.float32)
+    for c in range(channels):
+        band[c, max(0, c - below):min(channels, c + size - below), 0, 0] = 1.0
+    x = node.input[0]
+    window = w.op("Conv", [w.op("Mul", [x, x], "square"), w.const("band", band)], "window",
+                  kernel_shape=[1, 1])
+    scaled = w.op("Add", [w.op("Mul", [window, w.const("alpha", np.float32(alpha / size))],
+                               "scaled"), w.const("bias", np.float32(bias))], "base")
+    w.op("Mul", [x, w.op("Pow", [scaled, w.const("minus_beta", np.float32(-beta))],
+                         "inverse")], None)
+
+
 def _softmax(node, w: _Writer) -> None:
     x = node.input[0]
     m = w.reduce("ReduceMax", x, "max")
@@ -104,7 +129,8 @@ def _softmax(node, w: _Writer) -> None:
 
 def expand_composites(model: onnx.ModelProto, shapes: onnx.ModelProto, where: str,
                       opset: int) -> tuple[onnx.ModelProto, list[str]]:
-    """The model with its LayerNormalization ops and non-final last-axis Softmax ops written
+    """The model with its LayerNormalization and LRN ops, non-final last-axis Softmax ops and
+    Divs of two activations written
     out (module docstring), and notes saying how many; the model itself when there are none.
     `shapes`: the model with inferred shapes (loader.prepare), for the ranks."""
     g = model.graph
@@ -112,16 +138,18 @@ def expand_composites(model: onnx.ModelProto, shapes: onnx.ModelProto, where: st
     for n in g.node:
         for i in n.input:
             readers.setdefault(i, []).append(n)
-    ranks = {}
+    dims = {}
     sg = shapes.graph
     for vi in list(sg.input) + list(sg.value_info) + list(sg.output):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param
+                             for d in vi.type.tensor_type.shape.dim]
+    ranks = {name: len(d) for name, d in dims.items()}
     direct = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant"
                                                   for o in n.output}
     targets = [k for k, n in enumerate(g.node)
                if n.domain in ("", "ai.onnx") and (
-                   n.op_type == "LayerNormalization" or
+                   n.op_type in ("LayerNormalization", "LRN") or
                    (n.op_type == "Softmax" and not _reaches_output(model, n.output[0], readers))
                    or (n.op_type == "Div" and not (set(n.input) & direct)))]
     if not targets:
@@ -129,7 +157,7 @@ def expand_composites(model: onnx.ModelProto, shapes: onnx.ModelProto, where: st
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
-    counts = {"LayerNormalization": 0, "Softmax": 0, "Div": 0}
+    counts = {"LayerNormalization": 0, "LRN": 0, "Softmax": 0, "Div": 0}
     inits: list = []
     for k, n in enumerate(g.node):
         if k not in targets:
@@ -138,6 +166,8 @@ def expand_composites(model: onnx.ModelProto, shapes: onnx.ModelProto, where: st
         w = _Writer(n, opset, inits)
         if n.op_type == "LayerNormalization":
             _layer_norm(n, w, ranks.get(n.input[0]), where)
+        elif n.op_type == "LRN":
+            _lrn(n, w, dims.get(n.input[0]), where)
         elif n.op_type == "Div":
             w.op("Mul", [n.input[0], w.op("Reciprocal", [n.input[1]], "reciprocal")], None)
         else:

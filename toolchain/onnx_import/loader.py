@@ -429,6 +429,56 @@ def _read_external(t: TensorProto, base: Path, where: str) -> None:
     del t.external_data[:]
 
 
+def upgrade_opset(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str | None]:
+    """A model whose default-domain opset is below MIN_OPSET, converted to UPGRADE_OPSET with
+    onnx's version converter, and a note saying so; any other model as it is, and None."""
+    version = next((imp.version for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS),
+                   None)
+    if version is None or version >= MIN_OPSET:
+        return model, None
+    try:
+        upgraded = version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError / ValueError / its own errors
+        raise UnsupportedOpError(f"{where}: opset {version}; supported opsets are {MIN_OPSET} to "
+                                 f"{MAX_OPSET}, and onnx's version converter could not convert "
+                                 f"it to {UPGRADE_OPSET} ({_first_line(exc)}); re-export with "
+                                 f"opset_version={UPGRADE_OPSET}") from None
+    return upgraded, f"opset {version} converted to {UPGRADE_OPSET} by onnx.version_converter"
+
+
+WEIGHT_PATHS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Cast", "Identity")
+
+
+def weight_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Weights computed in the graph: tensors computed from initializers and Constant nodes
+    alone (ConstantOfShape, a Reshape of an initializer …) whose every reader takes them as a
+    parameter (an input after the first) of an op on activations, directly or through
+    reshapes and casts of constants. The importer folds them, bounded by MAX_TENSOR_ELEMENTS;
+    they are not activations. A large constant read as data (a Range read by Size) is not one."""
+    known = {t.name for t in graph.initializer}
+    inputs = {i.name for i in graph.input} - known
+    constant_nodes = []
+    for node in graph.node:
+        if all(i in known for i in node.input if i) and not any(i in inputs for i in node.input) \
+                and not any(a.HasField("g") or a.graphs for a in node.attribute):
+            known.update(o for o in node.output if o)
+            constant_nodes.append(node)
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for k, i in enumerate(node.input):
+            readers.setdefault(i, []).append((node, k))
+    constant_ids = {id(n) for n in constant_nodes}
+    weights: set[str] = set()
+    for node in reversed(constant_nodes):   # readers before what they read
+        for out in filter(None, node.output):
+            uses = readers.get(out, [])
+            if uses and all(k >= 1 and id(r) not in constant_ids or
+                            r.op_type in WEIGHT_PATHS and r.output[0] in weights
+                            for r, k in uses):
+                weights.add(out)
+    return weights
+
+
 def _reads(node: onnx.NodeProto) -> list[str]:
     """Names a node reads: its inputs and every name its subgraphs read (a subgraph may read
     tensors of the enclosing graph)."""
@@ -468,36 +518,6 @@ def prune(graph: onnx.GraphProto) -> tuple[int, int]:
         graph.input.sort(key=lambda v: v.name in dead)
         del graph.input[sum(v.name not in dead for v in graph.input):]
     return dead_nodes, len(dead)
-
-
-def upgrade_opset(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str | None]:
-    """A model whose default-domain opset is below MIN_OPSET, converted to UPGRADE_OPSET with
-    onnx's version converter, and a note saying so; any other model as it is, and None."""
-    version = next((imp.version for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS),
-                   None)
-    if version is None or version >= MIN_OPSET:
-        return model, None
-    try:
-        upgraded = version_converter.convert_version(model, UPGRADE_OPSET)
-    except Exception as exc:  # the converter raises RuntimeError / ValueError / its own errors
-        raise UnsupportedOpError(f"{where}: opset {version}; supported opsets are {MIN_OPSET} to "
-                                 f"{MAX_OPSET}, and onnx's version converter could not convert "
-                                 f"it to {UPGRADE_OPSET} ({_first_line(exc)}); re-export with "
-                                 f"opset_version={UPGRADE_OPSET}") from None
-    return upgraded, f"opset {version} converted to {UPGRADE_OPSET} by onnx.version_converter"
-
-
-def constant_tensors(graph: onnx.GraphProto) -> set[str]:
-    """Tensors computed from initializers and Constant nodes alone (weights built by
-    ConstantOfShape, a Reshape of a weight …): constants the importer folds, bounded by
-    MAX_TENSOR_ELEMENTS, not activations."""
-    known = {t.name for t in graph.initializer}
-    inputs = {i.name for i in graph.input} - known
-    for node in graph.node:
-        if all(i in known for i in node.input if i) and not any(i in inputs for i in node.input) \
-                and not any(a.HasField("g") or a.graphs for a in node.attribute):
-            known.update(o for o in node.output if o)
-    return known
 
 
 def opset_of(model: onnx.ModelProto, where: str) -> int:
@@ -606,8 +626,8 @@ def _check_order(graph: onnx.GraphProto, producer: dict, where: str) -> None:
 def check_shapes(values, where: str, what: str, constants=frozenset()) -> None:
     """Refuse a declared or inferred tensor whose element type is unknown, or whose shape has
     more than MAX_RANK dimensions, a negative dimension or more than MAX_ACTIVATION_ELEMENTS
-    elements (dynamic dimensions count as 1). Tensors named in `constants` are not activations
-    (weights built by ConstantOfShape): the size limit skips them."""
+    elements (dynamic dimensions count as 1). Tensors named in `constants` (weight_tensors) are
+    not activations: the size limit skips them."""
     for v in values:
         if v.type.WhichOneof("value") != "tensor_type":
             continue
@@ -695,7 +715,8 @@ def _static(v: onnx.ValueInfoProto) -> bool:
 
 def infer(model: onnx.ModelProto, where: str, after: str = "",
           constants=frozenset()) -> onnx.ModelProto:
-    """ONNX shape inference on a model from shape_model, then check_shapes on what it derived.
+    """ONNX shape inference on a model from shape_model, then check_shapes on what it derived
+    (`constants`: weights computed from constants, which the activation limit skips).
     Data propagation is off: it materializes a shape entry per element of every 1-D tensor an
     op such as Size or Add reads (gigabytes for one Range over constants); the importer's
     constant folding, rerun with inference until nothing changes, computes what it would."""
@@ -718,7 +739,8 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
     check_graph(g, where)
     check_shapes(g.input, where, "graph input")
     check_shapes(g.output, where, "graph output")
-    check_shapes(g.value_info, where, "value_info", constant_tensors(g))
+    constants = weight_tensors(g)
+    check_shapes(g.value_info, where, "value_info", constants)
     shapes = shape_model(model, g.node)
     try:
         onnx.checker.check_model(shapes)
@@ -755,4 +777,4 @@ def prepare(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, str]:
         if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim:
             v.type.tensor_type.shape.dim[0].Clear()
             v.type.tensor_type.shape.dim[0].dim_value = 1
-    return infer(shapes, where, constants=constant_tensors(g)), inp.name
+    return infer(shapes, where, constants=constants), inp.name

@@ -20,7 +20,7 @@ class Converter:
 
 CONVERTERS: dict[str, Converter] = {}
 # written out as primitive ops before conversion (toolchain.onnx_import.expand)
-COMPOSITES = ("LayerNormalization",)
+COMPOSITES = ("LayerNormalization", "LRN")
 
 
 def converter(*op_types: str, note: str = ""):

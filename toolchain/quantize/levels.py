@@ -129,10 +129,10 @@ def function_steps(fn, s: float, lo: int, hi: int, reach: float, samples: int = 
     def level(v):
         with np.errstate(all="ignore"):
             f = np.asarray(fn(np.asarray(v, np.float64)), np.float64)
-        if np.any(np.isnan(f)):
-            raise ValueError("the function is undefined (NaN) on part of the reachable input "
-                             f"range [{-reach:.3g}, {reach:.3g}]")
-        return np.clip(np.floor(f / s + 0.5), lo, hi)
+            if np.any(np.isnan(f)):
+                raise ValueError("the function is undefined (NaN) on part of the reachable "
+                                 f"input range [{-reach:.3g}, {reach:.3g}]")
+            return np.clip(np.floor(f / s + 0.5), lo, hi)   # f/s may pass float64's range
 
     n = level(z)
     edges, payload = [], [int(n[0])]

@@ -43,9 +43,20 @@ class Cell:
     b_out: np.ndarray | None = None     # added to W_out·y (the read-out's bias)
     origin: str = "ei_rnn_cell"         # or "onnx_rnn"
     onnx_io: tuple[bool, bool] | None = None  # ONNX RNN: (input, output) batch-major?
+    onnx_names: tuple | None = None     # cell graph: (u, h, y or None, h') tensor names
 
     def describe(self) -> str:
         n = self.W_rec.shape[0]
+        if self.origin == "onnx_cell":
+            u, h, y, h_out = self.onnx_names
+            used = int(np.count_nonzero(np.any(self.W_out != 0, axis=0)))
+            readout = (f"read-out {y!r} = W·h' from {used} of {n} units, "
+                       f"{'with' if self.b_out is not None else 'no'} bias") if y else \
+                "read-out: the state itself"
+            return (f"one-step cell graph: {n} units, {self.activation}, α = {self.alpha:.6g}, "
+                    f"input {u!r}, state {h!r} fed back from {h_out!r}, "
+                    f"{'with' if self.bias is not None else 'no'} bias on f's input, "
+                    f"{readout}, Dale's law {'on' if self.dale else 'off'}")
         if self.origin != "onnx_rnn":
             return (f"E/I RNN cell: {n} units, {self.activation}, α = {self.alpha}, "
                     f"Dale's law {'on' if self.dale else 'off'}")
@@ -153,6 +164,29 @@ def float_graph(cell: Cell) -> FloatGraph:
            b=np.zeros(len(cell.W_out)) if cell.b_out is None else cell.b_out)
     fg.output = "o"
     return fg
+
+
+def unit_signs(w_rec: np.ndarray, where: str) -> np.ndarray:
+    """Each presynaptic unit's sign (+1 excitatory, −1 inhibitory, 0 silent) read from its column
+    of the float W_rec; a column with both signs breaks Dale's law and raises naming the units."""
+    pos, neg = np.any(w_rec > 0, axis=0), np.any(w_rec < 0, axis=0)
+    mixed = np.flatnonzero(pos & neg).tolist()
+    if mixed:
+        raise ModelError(f"{where}: Dale's law asked, but in the float recurrent weights units "
+                         f"{mixed[:20]} have outgoing weights of both signs ({len(mixed)} units)")
+    return pos.astype(np.int64) - neg.astype(np.int64)
+
+
+def check_dale_signs(w_rec_int: np.ndarray, signs: np.ndarray) -> tuple[int, int]:
+    """Every unit's integer outgoing weights (its column) keep its float sign (zeros allowed).
+    Returns (excitatory, inhibitory) counts; raises naming the violating units."""
+    flipped = [j for j in range(w_rec_int.shape[1])
+               if np.any(w_rec_int[:, j] * signs[j] < 0) or
+               (signs[j] == 0 and np.any(w_rec_int[:, j] != 0))]
+    if flipped:
+        raise QuantizationError(f"Dale's law violated after quantization: units {flipped[:20]} "
+                                f"have outgoing weights of the wrong sign ({len(flipped)} units)")
+    return int(np.sum(signs > 0)), int(np.sum(signs < 0))
 
 
 def check_dale(w_rec_int: np.ndarray, n_exc: int) -> tuple[int, int]:

@@ -13,15 +13,21 @@ from toolchain.compiled import Compiled, agreement, layer_rows_json, place
 from toolchain.errors import QuantizationError, ShapeError
 from toolchain.onnx_import.loader import read_model
 from toolchain.quantize import QuantOptions, Quantizer
-from toolchain.rnn.cell import DEFAULT_RNN_LEVELS, check_dale, float_graph, read_cell
+from toolchain.rnn.cell import (DEFAULT_RNN_LEVELS, check_dale, check_dale_signs, float_graph,
+                                is_rnn_cell, read_cell, unit_signs)
+from toolchain.rnn.cell_graph import read_cell_graph
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, read_onnx_rnn
-from toolchain.tasks import make_task
+from toolchain.tasks import make_task, trial_ids
 
 
 def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float,
-                target: str = "loihi2", read=None, per_channel: bool | None = None) -> Compiled:
-    """Compile an ei_rnn_cell model or a model around one ONNX RNN operator (rnn.read_onnx_rnn);
-    calibrate on `calib` trials (N, T, n_in) or on the trials of the task its metadata names.
+                target: str = "loihi2", read=None, per_channel: bool | None = None,
+                dale: bool | None = None, state: str | None = None) -> Compiled:
+    """Compile an ei_rnn_cell model, a model around one ONNX RNN operator (rnn.read_onnx_rnn) or
+    a one-step cell graph (rnn.cell_graph, `state`: the name of its state input if not found
+    from the graph); calibrate on `calib` trials (N, T, n_in) or on the trials of the task its
+    metadata names. `dale`: verify Dale's law on the integer recurrent weights (None: as the
+    model's metadata says); outside an ei_rnn_cell each unit's sign is its float column's.
 
     Activation scales: `per_channel` True (one per unit) or False (one per layer); None (the
     default) quantizes both ways and keeps the one whose read-out is closer to the float
@@ -32,7 +38,17 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
     per unit, float 0.922; ReLU with Dale's law 0.965 per layer against 0.989 per unit, float
     0.995. The RMS error picks the better of the two in both.)"""
     model, sha = read or read_model(path)
-    cell = (read_onnx_rnn if is_onnx_rnn(model) else read_cell)(model, str(path))
+    if is_onnx_rnn(model):
+        cell = read_onnx_rnn(model, str(path))
+    elif is_rnn_cell(model):
+        cell = read_cell(model, str(path))
+    else:
+        cell = read_cell_graph(model, str(path), state)
+    signs = None
+    if dale is not None:
+        cell.dale = dale
+    if cell.dale and (cell.origin != "ei_rnn_cell" or not cell.n_exc):
+        signs = unit_signs(cell.W_rec, str(path))
     notes = [cell.describe()]
     if calib is None:
         if not cell.task:
@@ -56,7 +72,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
         step /= max(1, top // max(1, int(round(float(np.abs(calib).max()) / step))))
         notes.append(f"calibration trials lie on a grid of step {step:.6g}: input encoding is "
                      "lossless for such inputs")
-    n_exc = cell.n_exc if cell.dale else 0
+    n_exc = (cell.n_exc if signs is None else int(np.sum(signs > 0))) if cell.dale else 0
     # Cell.trials stacks time-major: rows t·N … (t+1)·N − 1 are step t of every trial
     float_o = acts["o"].reshape(calib.shape[1], len(calib), -1).transpose(1, 0, 2)
 
@@ -65,8 +81,9 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
                                                per_channel=pc, input_step=step), str(path))
         nodes, inp, out = qz.run("")
         # Dale's law on the integer W_rec: a violation refuses this way of quantizing
-        ei = check_dale(next(n for n in nodes if n.name == "z_rec").weight, n_exc) \
-            if cell.dale else None
+        w_int = next(n for n in nodes if n.name == "z_rec").weight
+        ei = None if not cell.dale else check_dale(w_int, n_exc) if signs is None else \
+            check_dale_signs(w_int, signs)
         meta = {"source": {"file": Path(path).name, "sha256": sha, "kind": cell.origin},
                 "levels": levels, "timesteps": 1,
                 "calibration": f"{len(calib)} trials of {calib.shape[1]} steps, percentile "
@@ -74,7 +91,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
                 "rnn": {"activation": cell.activation, "alpha": cell.alpha, "dale": cell.dale,
                         "n_exc": n_exc, "n_units": int(cell.W_rec.shape[0]),
                         "task": cell.task, "decay": int(round(cell.alpha * 4096)),
-                        "per_channel": pc},
+                        "per_channel": pc, "calibration_trials": trial_ids(calib)},
                 "layers": layer_rows_json(qz.layers)}
         art = Artifact(nodes, inp, out, meta, qz.record)
         art.validate()

@@ -233,10 +233,13 @@ def power(node, ctx):
     if np.size(p) != 1:
         ctx.fail(node, "only a scalar constant exponent is supported")
     p = float(np.asarray(p).reshape(-1)[0])
-    if p != int(p):
-        ctx.fail(node, f"exponent {p} is not an integer (negative inputs have no real power)")
-    unary(node, ctx, lambda z: np.power(z, int(p)) if p >= 0 else np.power(z, float(p)),
-          f"x^{int(p)}", activation=False)
+    if p == int(p):
+        f = (lambda z: np.power(z, int(p))) if p >= 0 else (lambda z: np.power(z, p))
+    elif p > 0:     # a fractional power of max(x, 0), as Sqrt: negative x has no real power
+        f = lambda z: np.power(np.maximum(z, 0.0), p)
+    else:           # and of the smallest positive float at x ≤ 0 (the table's range clips it)
+        f = lambda z: np.power(np.where(z > 0, z, np.finfo(np.float64).tiny), p)
+    unary(node, ctx, f, f"x^{p:g}", activation=False)
 
 
 @converter("Exp")

@@ -143,11 +143,11 @@ def window_attrs(node, ctx, kernel):
     return stride, pads, dilation
 
 
-def lift_1d(node, ctx, x: str, spikes: bool = False) -> str:
+def lift_1d(node, ctx, x: str, spikes: bool = False, shape: tuple | None = None) -> str:
     """A (C, L) tensor as (C, 1, L): a reshape of the compiler's own in front of a 1-D op (a
     synapse's: `spikes`), or the (C, 1, L) node itself where x is the reshape back from one
-    (consecutive 1-D layers)."""
-    c, length = ctx.sample_shape(node, node.input[0])
+    (consecutive 1-D layers). `shape` is x's (C, L) where x is not the node's first input."""
+    c, length = shape or ctx.sample_shape(node, node.input[0])
     d = ctx.fg[x]
     if d["op"] == "reshape" and d["params"].get("synthetic") and \
             ctx.fg[d["inputs"][0]]["shape"] == (c, 1, length):

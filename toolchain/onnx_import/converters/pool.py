@@ -73,23 +73,35 @@ def _reduce_axes(node, ctx, rank: int) -> list[int]:
 
 @converter("ReduceMean", "ReduceSum", "ReduceMax")
 def reduce(node, ctx):
-    """Over the spatial axes of (N, C, H, W) or the last axis of a tensor of rank 3 or 4 — a
-    (N, C, L) signal, a (N, tokens, features) sequence, (N, heads, queries, keys) scores — as a
-    window of the whole reduced extent: a sum pool (its divisor in the unit for ReduceMean,
-    none for ReduceSum) or a max pool. keepdims=0 adds a reshape."""
+    """Over the spatial axes of (N, C, H, W) or the last axis of a tensor of rank 2 to 4 — (N, F)
+    features, a (N, C, L) signal, a (N, tokens, features) sequence, (N, heads, queries, keys)
+    scores — as a window of the whole reduced extent: a sum pool (its divisor in the unit for
+    ReduceMean, none for ReduceSum) or a max pool. keepdims=0 adds a reshape; (N, F) features
+    are pooled as one (1, 1, F) row; the tokens of (N, S, D) (axis 1) after a transpose to
+    (N, D, S)."""
     shape = ctx.sample_shape(node, node.input[0])
     axes = _reduce_axes(node, ctx, len(shape))
     spatial_ = len(shape) == 3 and axes == [2, 3]
-    if not (spatial_ or (len(shape) in (2, 3) and axes == [len(shape)])):
+    tokens = len(shape) == 2 and axes == [1]
+    if tokens:
+        # over the tokens of (N, S, D): the features' last axis after a transpose
+        x = ctx.fg.add(f"{node.output[0]}/tokens_last", "transpose",
+                       [ctx.tensor(node, node.input[0])], (shape[1], shape[0]), perm=(1, 0),
+                       synthetic=True)
+        shape, axes = (shape[1], shape[0]), [2]
+    else:
+        x = ctx.tensor(node, node.input[0])
+    if not (spatial_ or (len(shape) in (1, 2, 3) and axes == [len(shape)])):
         ctx.fail(node, f"{node.op_type} over axes {axes} of a rank-{len(shape) + 1} tensor; "
                        "supported: the spatial axes [2, 3] of (N, C, H, W), or the last axis of "
-                       "a rank-3 or rank-4 tensor")
+                       "a tensor of rank 2 to 4")
     keepdims = ctx.attr(node, "keepdims", 1)
     if keepdims not in (0, 1):
         ctx.fail(node, f"keepdims={keepdims}; ONNX allows 0 or 1")
-    x = ctx.tensor(node, node.input[0])
     if len(shape) == 2:
-        x = lift_1d(node, ctx, x)
+        x = lift_1d(node, ctx, x, shape=shape)
+    elif len(shape) == 1:
+        x = ctx.fg.add(f"{node.output[0]}/row", "reshape", [x], (1, 1, shape[0]), synthetic=True)
     c, h, w = ctx.fg[x]["shape"]
     kernel = (h, w) if spatial_ else (1, w)
     op = "maxpool" if node.op_type == "ReduceMax" else "avgpool"
@@ -98,7 +110,7 @@ def reduce(node, ctx):
         params["dilation"] = (1, 1)
     if node.op_type == "ReduceSum":
         params["total"] = True
-    if keepdims:
+    if keepdims and len(shape) > 1 and not tokens:
         add_window_op(node, ctx, op, x, **params)
         return
     pooled = ctx.fg.add(f"{node.output[0]}/pool", op, [x], (c, h // kernel[0], 1),

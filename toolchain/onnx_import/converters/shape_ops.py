@@ -1,6 +1,6 @@
 """Index maps with static shapes: Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat (a
 constant input, such as a class token, is a `constant` node the concat quantizes);
-pass-throughs: Identity, Dropout (its mask output unread). LRN is refused with its reason."""
+pass-throughs: Identity, Dropout (its mask output unread)."""
 import numpy as np
 
 from toolchain.onnx_import.converters import index
@@ -65,8 +65,3 @@ def concat(node, ctx):
         ctx.fail(node, "every input is a constant")
     ctx.add(node, "concat", inputs, axis=axis - 1)
 
-
-@converter("LRN")
-def lrn(node, ctx):
-    ctx.fail(node, "LRN divides by a function of a sum of squares of activations, a product of "
-                   "two activations; it is supported once products of activations are")
