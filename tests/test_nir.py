@@ -155,8 +155,10 @@ def test_nir_graphs_it_cannot_compile_are_refused_by_name(tmp_path):
     assert res.exit_code == 2 and "node 'input' (Input) feeds" in res.output
     assert not (tmp_path / "b.sfn").exists()
     res = CliRunner().invoke(main, ["compile", str(_handmade_nir(tmp_path / "h.nir")), "-o",
-                                    str(tmp_path / "h.sfn"), "--levels", "7", "--scale-search"])
-    assert res.exit_code == 2 and "--levels, --scale-search: ONNX options" in res.output
+                                    str(tmp_path / "h.sfn"), "--levels", "7", "--scale-search",
+                                    "--internal-levels", "31"])
+    assert res.exit_code == 2 and \
+        "--levels, --internal-levels, --scale-search: ONNX options" in res.output
 
 
 @pytest.mark.slow

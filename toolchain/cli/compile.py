@@ -16,6 +16,10 @@ from toolchain.cli.common import (Progress, check_outputs, console, layer_table,
 @click.option("--calib", type=click.Path(), help="Calibration inputs X.npy, (N, *input_shape).")
 @click.option("--levels", type=click.IntRange(1, 2 ** 15), help="Spike levels L (default: the "
               "model's sfn.levels metadata, else 15).")
+@click.option("--internal-levels", type=click.IntRange(1, 2 ** 15), default=None,
+              help="Levels of the neurons that are no activation of the model: requantized "
+                   "currents, the operands of products, arithmetic tables (exp, 1/x, √x, x²) "
+                   "(default: 63).")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Activation range per channel; 100 means max.")
 @click.option("--per-layer/--per-channel", "per_layer", default=None, help="One activation "
@@ -52,14 +56,14 @@ from toolchain.cli.common import (Progress, check_outputs, console, layer_table,
               "agreement and notes as JSON (numbers as numbers) instead of tables.")
 @progress_option
 @click.option("--debug", is_flag=True, hidden=True)
-def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emit_reference,
-            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, dale,
-            state, as_json, show_progress, debug):
+def compile(model, out, calib, levels, internal_levels, percentile, per_layer, timesteps, dt,
+            emit_reference, target_name, fire, scale, scale_search, scale_tolerance,
+            scale_error_factor, dale, state, as_json, show_progress, debug):
     """Compile MODEL.onnx (a trained network) or MODEL.nir (a spiking network written by
     snnTorch, Norse, sinabs; docs/nir.md) into an SFN artifact."""
     say = Progress("compile", show_progress)
     say(f"load {model}")
-    from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
+    from toolchain.compiler import DEFAULT_INTERNAL_LEVELS, compile_onnx   # heavy imports
     from toolchain.nir_io.importer import compile_nir, is_nir
     check_outputs({"-o": out, "--emit-reference": emit_reference},
                   {"model": model, "calibration data": calib})
@@ -67,6 +71,7 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
     if is_nir(model):
         onnx_only = [flag for flag, given in (
             ("--emit-reference", emit_reference), ("--levels", levels is not None),
+            ("--internal-levels", internal_levels is not None),
             ("--per-layer/--per-channel", per_layer is not None), ("--fire", fire != "uniform"),
             ("--scale", scale != 1.0), ("--scale-search", scale_search), ("--dale", dale),
             ("--state", state is not None)) if given]
@@ -82,6 +87,7 @@ def compile(model, out, calib, levels, percentile, per_layer, timesteps, dt, emi
                               fire=fire, scale=scale, scale_search=scale_search,
                               scale_tolerance=scale_tolerance,
                               scale_error_factor=scale_error_factor,
+                              internal_levels=internal_levels or DEFAULT_INTERNAL_LEVELS,
                               dale=True if dale else None, state=state, progress=say)
     if cast_note:
         result.notes.append(cast_note)
