@@ -16,7 +16,7 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps --ignore-requires-python lava-nc==0.10.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,interop]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,9 +12,9 @@ Rows, all on the same machine in the same run:
   call, start-up included);
 - sim.lava pipelined, B lanes: the same with B samples side by side in every timestep, on the same
   samples and on `--lanes-samples` samples (where the ~1 s start-up weighs less);
-- sim.lava, one run() per sample, built once: the same processes built once; per sample the
-  source Var is set, `run(RunSteps(1 + latency))` blocks, the accumulator Var is read (the way
-  most Lava code feeds data);
+- sim.lava, one run() per sample, built once: a `sim.lava.Network` between a source and Lava's
+  sink RingBuffer, built once; per sample the source Var is set, `run(RunSteps(1 + latency))`
+  blocks, the sink's Var is read (the way most Lava code feeds data);
 - sim.lava, one run() per sample, rebuilt: a fresh `sim.lava.run` per sample (a few samples);
 - sim.cpu: `sim.cpu.run` on all samples (median of 5).
 The last column is each row's rate over the built-once per-sample rate. Fixed_pt outputs are
@@ -65,22 +65,29 @@ def per_sample_built_once(art, x: np.ndarray) -> tuple[float, np.ndarray]:
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
-    from sim.lava.builder import build
-    from sim.lava.graph import plan
+    from lava.proc.io.sink import RingBuffer
 
-    p = plan(art)  # one lane
-    net = build(p, x[:1])
-    steps = 1 + p.latency
+    from sim.lava.procs.network import Network
+    from sim.lava.procs.process import SpikeSource
+
+    inp = art.node(art.input)
+    net = Network(art, timesteps=1, lanes=1, encoded=True)   # one sample per step, streaming
+    source = SpikeSource(samples=x[:1, None].astype(np.float32), inv_scale=inp.inv_scale,
+                         lo=inp.lo, hi=inp.hi, timesteps=1, name="source")
+    sink = RingBuffer(shape=net.out.shape, buffer=1)          # the last step's accumulator
+    source.s_out.connect(net.inp)
+    net.out.connect(sink.a_in)
+    steps = 1 + net.latency      # the sample set before the run leaves `out` at its last step
     acc = []
-    net.readout.run(RunSteps(steps), Loihi2SimCfg(select_tag="fixed_pt"))  # compile, start
-    acc.append(net.readout.accumulator.get()[0])
+    sink.run(RunSteps(steps), Loihi2SimCfg(select_tag="fixed_pt"))  # compile, start
+    acc.append(sink.data.get()[0, :, 0])
     start = time.perf_counter()
     for sample in x[1:]:
-        net.source.samples.set(sample[None, None].astype(np.float32))  # (groups, lanes, ...)
-        net.readout.run(RunSteps(steps))
-        acc.append(net.readout.accumulator.get()[0])
+        source.samples.set(sample[None, None].astype(np.float32))  # (groups, lanes, ...)
+        sink.run(RunSteps(steps))
+        acc.append(sink.data.get()[0, :, 0])
     seconds = time.perf_counter() - start
-    net.readout.stop()
+    sink.stop()
     return seconds / (len(x) - 1) * len(x), np.rint(np.array(acc)).astype(np.int64)
 
 

@@ -76,7 +76,7 @@ def execute(art: Artifact, x: np.ndarray, step: StepFn, timesteps: int = 1,
                 for r, v in kept.items()}
     return SimResult(_joined(outs, lambda: np.zeros(shape, np.float32)),
                      _joined(accs, lambda: np.zeros(shape, np.int64)),
-                     stats, len(x), timesteps, recorded)
+                     stats, len(x), timesteps, recorded, readout.softmax)
 
 
 def _joined(parts: list[np.ndarray], empty) -> np.ndarray:

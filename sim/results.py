@@ -33,7 +33,15 @@ class LayerStats:
 
 @dataclass
 class SimResult:
-    output: np.ndarray                    # float32 (N, *output_shape), before softmax
+    """What a run returns, the same from every backend.
+
+    The readout rule (shared by the API, the CLI and both simulators): `output` is what the
+    ONNX model outputs — the dequantized readout, with the model's final Softmax/LogSoftmax
+    applied when it ended in one (float64, returned as float32); `logits` is the dequantized
+    readout y = float32(A + T·b) · float32(scale / T) before it; `accumulator` is the integer A.
+    For a model without a final softmax, `output` is `logits`. Bit-exactness between backends
+    is equality of `accumulator` (and so of `logits` and `output`)."""
+    logits: np.ndarray                    # float32 (N, *output_shape), the readout before softmax
     accumulator: np.ndarray               # int64 (N, *output_shape), Σ_t readout accumulator
     stats: dict[str, LayerStats] = field(default_factory=dict)
     samples: int = 0
@@ -41,11 +49,18 @@ class SimResult:
     # integer values of the nodes asked for with run(record=...): (N, *shape), summed over the
     # steps of a feed-forward run, or (N, T, *shape) per step of a recurrent one
     recorded: dict[str, np.ndarray] = field(default_factory=dict)
+    softmax: str = ""                     # the readout's final softmax: "", softmax, logsoftmax
 
-    def probabilities(self, softmax: str) -> np.ndarray:
-        if softmax in ("softmax", "logsoftmax"):
-            return semantics.softmax(self.output, log=softmax == "logsoftmax")
-        return self.output
+    @property
+    def output(self) -> np.ndarray:
+        """What the ONNX model outputs: `logits`, through the final softmax if it had one."""
+        return apply_softmax(self.logits, self.softmax)
+
+
+def apply_softmax(logits: np.ndarray, softmax: str) -> np.ndarray:
+    if softmax in ("softmax", "logsoftmax"):
+        return semantics.softmax(logits, log=softmax == "logsoftmax")
+    return logits
 
 
 def as_float32(x: np.ndarray, what: str = "input") -> tuple[np.ndarray, str | None]:

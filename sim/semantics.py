@@ -11,7 +11,8 @@ Equations (θ integer > 0, `//` is floor division):
              Dense shifts its accumulator this way; units that get coarser)
 - state:     v ← sat(v + I + b),   sat(z) = clip(z, −(2²³−1), 2²³−1), every clip counted
 - uniform:   q = clip(floor(v / (K·θ)), lo_q, hi_q),   payload = q·K,   v ← v − q·K·θ
-             with v = (K·θ)//2 at the start of a sample; K = 1 (graded spikes, levels [lo, hi])
+             with v = (K·θ)//2 at the start of a sample (start "half"; start "zero": v = 0,
+             the membrane of an imported spiking network); K = 1 (graded spikes, levels [lo, hi])
              or K = max(hi, −lo) (binary spikes, q ∈ {−1 if lo<0, 0, 1}). At T = 1, K = 1 this is
              the multi-threshold neuron n = clip(floor((I + b + θ//2) / θ), lo, hi).
 - adaptive:  n = payload[#{k : v ≥ t_k}]   (v = sat(I + b); T = 1 only)
@@ -44,6 +45,24 @@ def encode_input_counted(x: np.ndarray, inv_scale: np.float32, lo: int,
         z = np.floor(x * np.float32(inv_scale) + np.float32(0.5))
     clipped = int(np.count_nonzero(z < lo)) + int(np.count_nonzero(z > hi))
     return np.clip(z, lo, hi).astype(np.int64), clipped
+
+
+def encode_input_bounded(x: np.ndarray, inv_scale: np.float32, lo: int, hi: int) -> np.ndarray:
+    """floor(x·inv_scale + 1/2) (float32, as `encode_input`) clipped to [lo − 1, hi + 1] instead
+    of [lo, hi], as int64: integers that still show which elements the encoder's clip changes,
+    for an encoder that clips and counts them later (sim.lava's InputEncoder with `encoded`)."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        z = np.floor(x * np.float32(inv_scale) + np.float32(0.5))
+    return np.clip(z.astype(np.float64), lo - 1, hi + 1).astype(np.int64)
+
+
+def clip_encoded(n: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """Integers n clipped to the encoder's levels [lo, hi], and how many the clip changed: the
+    second half of `encode_input_counted` for `encode_input_bounded`'s integers."""
+    n = np.asarray(n)
+    clipped = int(np.count_nonzero(n < lo)) + int(np.count_nonzero(n > hi))
+    return np.clip(n, lo, hi).astype(np.int64), clipped
 
 
 MIN_EXP, MAX_EXP = -31, 31     # the exponents an artifact may hold (a target narrows them)
@@ -174,13 +193,14 @@ def leak(v: np.ndarray, current: np.ndarray, decay: int) -> np.ndarray:
 def neuron_step(current: np.ndarray, v: np.ndarray | None, *, bias, threshold, lo: int,
                 hi: int, fire: str = "uniform", thresholds=None, payload=None,
                 decay: int = LEAK_ONE, reset: str = "subtract", binary: bool = False,
-                keep: bool = True):
+                keep: bool = True, start: str = "half"):
     """One timestep of an SFN neuron, the equations above, in int64: returns (payload, v after
     the step — None where no state survives it —, saturations).
 
     `current` is the integer input current I (B, *shape); bias, threshold, thresholds broadcast
     against it; `v` is the state carried from the previous timestep of the same sample or trial,
-    None at its start (uniform fire: v = (K·θ)//2; reset "none": v = 0). `keep` False: nobody
+    None at its start (uniform fire: v = (K·θ)//2, or 0 with start "zero"; reset "none":
+    v = 0). `keep` False: nobody
     reads the state after this step (a T = 1 pass), so a uniform neuron without leak takes the
     one-pass form `fire_once`, which gives the same payload."""
     if fire == "adaptive":
@@ -192,11 +212,12 @@ def neuron_step(current: np.ndarray, v: np.ndarray | None, *, bias, threshold, l
                           else drive)
         return fire_state(v, threshold, lo, hi), v, sat
     k, lo_q, hi_q = spike_unit(lo, hi, binary)
-    if v is None and not keep and k == 1 and decay == LEAK_ONE:
+    if v is None and not keep and k == 1 and decay == LEAK_ONE and start == "half":
         out, sat = fire_once(current, bias, threshold, lo_q, hi_q)
         return out, None, sat
     if v is None:
-        v = np.broadcast_to(initial_state(threshold, k), np.shape(current))
+        v = np.broadcast_to(initial_state(threshold, k) if start == "half" else
+                            np.zeros((), np.int64), np.shape(current))
     if decay < LEAK_ONE:
         v, sat = saturate(leak(v, current + bias, decay))
     else:
@@ -207,7 +228,8 @@ def neuron_step(current: np.ndarray, v: np.ndarray | None, *, bias, threshold, l
 
 def neuron_step_float(current: np.ndarray, v: np.ndarray | None, *, bias, threshold, lo: int,
                       hi: int, fire: str = "uniform", thresholds=None, payload=None,
-                      decay: int = LEAK_ONE, reset: str = "subtract", binary: bool = False):
+                      decay: int = LEAK_ONE, reset: str = "subtract", binary: bool = False,
+                      start: str = "half"):
     """`neuron_step` in float64 without the 24-bit state clip (Lava's floating_pt models): v is
     never clipped (a would-be clip is still counted) and the fire divides in float. Every value
     is an integer below 2⁵³, where float64 addition, the leak's product and the floor of a
@@ -227,7 +249,7 @@ def neuron_step_float(current: np.ndarray, v: np.ndarray | None, *, bias, thresh
     k, lo_q, hi_q = spike_unit(lo, hi, binary)
     step = k * theta
     if v is None:
-        v = np.floor(step / 2)
+        v = np.floor(step / 2) if start == "half" else np.zeros_like(step)
     v = v + np.floor(decay * (drive - v) / LEAK_ONE) if decay < LEAK_ONE else v + drive
     sat = int(np.count_nonzero(np.abs(v) > V_MAX))
     q = np.clip(np.floor(v / step), lo_q, hi_q)

@@ -5,10 +5,13 @@ import numpy as np
 
 
 def assert_same(result, reference, stats: bool = True):
-    """Output and accumulator (values and dtypes), every node's statistics, sample and step
-    counts, and every recorded value identical. `stats=False` skips the statistics (a run that
+    """Accumulator, logits and output (values and dtypes; output is the logits through the
+    model's final softmax, the same softmax on both sides), every node's statistics, sample and
+    step counts, and every recorded value identical. `stats=False` skips the statistics (a run that
     counts nothing against one that does)."""
     np.testing.assert_array_equal(result.accumulator, reference.accumulator)
+    np.testing.assert_array_equal(result.logits, reference.logits)
+    assert result.softmax == reference.softmax
     np.testing.assert_array_equal(result.output, reference.output)
     assert result.output.dtype == reference.output.dtype
     assert result.accumulator.dtype == reference.accumulator.dtype == np.int64

@@ -5,6 +5,8 @@ oracle, bit for bit) and against the float model; the shipped digits ViT and SE 
 their float accuracy."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import sim.artifact
 import sim.cpu
 from compare import assert_same
 from exporters import export_onnx
@@ -166,6 +169,38 @@ def test_internal_levels_set_the_requantizing_and_arithmetic_neurons(tmp_path):
         assert requant and all((n.lo, n.hi) == (-internal, internal) for n in requant)
         exp = [n for n in art.nodes if n.name.endswith("/exp")]
         assert len(exp) == 1 and exp[0].payload.max() == internal
+
+
+def test_compile_cli_internal_levels_option(tmp_path):
+    """`toolchain compile --internal-levels N` is QuantOptions.internal_levels: the artifact's
+    meta "internal_levels" and the requantizing neurons' levels follow it (63 without it); the
+    README's compile row names it."""
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+    from toolchain.quantize import QuantOptions
+    _, path = _model("attention", tmp_path, "legacy")
+    np.save(tmp_path / "calib.npy", _data("attention", 128, 1))
+    arts = {}
+    for internal in (None, 15):
+        out = tmp_path / f"a{internal}.sfn"
+        extra = [] if internal is None else ["--internal-levels", str(internal)]
+        r = CliRunner().invoke(main, ["compile", str(path), "--calib", str(tmp_path / "calib.npy"),
+                                      "-o", str(out), "--json", *extra])
+        assert r.exit_code == 0, r.output
+        arts[internal] = sim.artifact.load(out)
+    assert arts[None].meta["internal_levels"] == QuantOptions.internal_levels == 63
+    assert arts[15].meta["internal_levels"] == 15
+    requant = [n for n in arts[15].nodes if n.kind == "neuron" and n.name.endswith("/requant")]
+    assert requant and all((n.lo, n.hi) == (-15, 15) for n in requant)
+    help_text = CliRunner().invoke(main, ["compile", "--help"]).output
+    assert f"(default: {QuantOptions.internal_levels})" in " ".join(help_text.split())
+    r = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "b.sfn"),
+                                  "--internal-levels", "0"])
+    assert r.exit_code == 2 and "--internal-levels" in r.output
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `toolchain compile "))
+    assert "[--internal-levels N]" in row and "`--internal-levels`" in row
 
 
 def test_softmax_over_another_axis_and_layernorm_statistics_are_refused(tmp_path):

@@ -2,7 +2,7 @@
 
     import toolchain, sim.cpu, sim.lava
     art = toolchain.compile("model.onnx", calib=x_calib)   # -> sim.artifact.Artifact
-    y = sim.cpu.run(art, x).output                         # the dequantized readout
+    y = sim.cpu.run(art, x).output       # what the ONNX model outputs (.logits: before softmax)
     art.save("model.sfn"); art = toolchain.load("model.sfn")
 
 `compile` (toolchain.api), `compile_onnx` (the same, returning the compiler's full record:

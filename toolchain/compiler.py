@@ -32,7 +32,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  scale_tolerance: float | None = None,
                  scale_error_factor: float | None = None,
                  internal_levels: int = DEFAULT_INTERNAL_LEVELS,
-                 dale: bool | None = None, state: str | None = None) -> Compiled:
+                 dale: bool | None = None, state: str | None = None,
+                 progress=None) -> Compiled:
     """`fire`: ReLU/Clip fire function, "uniform", "adaptive" or "quantile" (quantize.fit_levels);
     `scale`: λ, the factor on every ReLU/Clip range; `scale_search`: choose λ on the calibration
     data from `scale_grid` by the rule in toolchain.scale_search (overrides `scale`);
@@ -42,7 +43,9 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     currents, the operands of products, exp/reciprocal/square-root tables). Recurrent models only:
     `dale` verifies Dale's law on the integer recurrent weights (None: as the metadata says);
     `state` names the state input of a one-step cell graph (default: the input that an output
-    of the same shape feeds back)."""
+    of the same shape feeds back). `progress(stage)` is called as each stage starts: "import",
+    "calibrate", "quantize" ("scale search λ = … (i of n)" per grid point), "map", "agreement"."""
+    say = progress or (lambda stage: None)
     if fire not in FIRE_MODES:
         raise QuantizationError(f"fire function {fire!r}: choose one of {', '.join(FIRE_MODES)}")
     if not (isinstance(internal_levels, int) and 1 <= internal_levels <= 2 ** 15):
@@ -59,6 +62,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
         scale_error_factor = search.DEFAULT_ERROR_FACTOR
     grid = search.check_grid(scale_grid or search.DEFAULT_GRID, scale_tolerance,
                              scale_error_factor)
+    say("import")
     read = read_model(path)  # parsed and checked once, for both paths
     if is_rnn_cell(read[0]) or is_onnx_rnn(read[0]) or is_cell_graph(read[0]) or state:
         if fire != "uniform" or scale != 1.0 or scale_search:
@@ -95,6 +99,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                       f"{'per-channel' if per_channel else 'per-layer'}"
     names = fg.tensors()
     relus = {n for n in names if fg[n]["op"] == "relu"} if fire != "uniform" else set()
+    say("calibrate")
     outputs = {imported.output_name: []}
     try:
         stats = cal.calibrate(imported.source, data, names, percentile, keep_samples=relus,
@@ -119,11 +124,12 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     if scale_search:
         found = search.search(fg, stats, opts, imported.softmax, imported.source,
                               imported.output_name, data, str(path), timesteps, grid,
-                              scale_tolerance, scale_error_factor)
+                              scale_tolerance, scale_error_factor, progress=say)
         opts.scale = found["lambda"]
         notes.append(f"scale search: λ = {found['lambda']:g} of {len(grid)} grid points on "
                      f"{found['samples']} calibration samples (tolerance "
                      f"{found['tolerance']:g} top-1, error factor {found['error_factor']:g})")
+    say("quantize")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
     notes += weight_warnings(qz.layers)
@@ -136,10 +142,12 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
         meta["adaptive"] = qz.adaptive
     art = Artifact(nodes, inp, out, meta, qz.record)
     art.validate()
+    say("map")
     place(art, target)
+    say("agreement")
     float_out = np.concatenate(outputs[imported.output_name])
     snn = sim.cpu.run(art, data, timesteps=timesteps, count=False)
     result = Compiled(art, imported, qz.layers, notes)
-    result.agreement = agreement(float_out, snn.probabilities(imported.softmax))
+    result.agreement = agreement(float_out, snn.output)
     art.meta["agreement"] = result.agreement
     return result

@@ -38,6 +38,7 @@ import sim.cpu
 from sim.artifact import Artifact
 from sim.results import LayerStats, SimResult
 from toolchain.mapping import Placement
+from toolchain.tables import columns, fitted, short
 from toolchain.target import Target
 
 PRODUCT_KINDS = ("product", "matmul")   # their operations are products, not synaptic events
@@ -217,10 +218,10 @@ def report_table(report: EnergyReport) -> Table:
                     f"{report.samples} samples × {report.steps} step(s))", title_justify="left")
     cols = ("layer", "kind", "neurons", "cores", "spikes", "rate", "mean payload", "synops",
             "MACs (ANN)", "sat./clip.", "energy (nJ)")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    columns(t, [(col, "name" if col == "layer" else "text" if col == "kind" else "number")
+                for col in cols])
     for r in report.layers:
-        t.add_row(r.name[-36:], r.kind, _num(r.compartments or None), _num(r.cores or None),
+        t.add_row(short(r.name), r.kind, _num(r.compartments or None), _num(r.cores or None),
                   _num(r.spikes, 1), "–" if r.spike_rate is None else f"{r.spike_rate:.3f}",
                   _num(r.mean_payload, 2), _num(r.synops, 1), _num(r.macs or None),
                   str(r.saturations + r.clipped), f"{r.total_pj / 1000:,.3f}")
@@ -245,7 +246,7 @@ def report_table(report: EnergyReport) -> Table:
         f"{report.placement['cores_used']} (lower bound {report.placement['lower_bound']}), "
         f"chips {report.placement['chips']}.")
     t.caption_justify = "left"
-    return t
+    return fitted(t)
 
 
 def constants_table(target: Target, sections=("limits", "synapse_encoding", "energy",
@@ -289,66 +290,119 @@ def _short(name: str, n: int = 28) -> str:
     return name.replace("$", r"\$")
 
 
+HIST_FLOOR = -6     # log10 fraction shown as the darkest colour; never-seen values are grey
+NEVER = "#d9d9d9"   # the colour of a payload value that never occurred
+
+
 def _activity_figure(report, Figure) -> bytes:
+    """Spike rate per layer, and each layer's payload histogram on its own value axis (the
+    integers from its smallest to its largest payload), coloured by log10 of the fraction of
+    elements × steps; a value that never occurred is grey, distinct from a rare one."""
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
     rows = [r for r in report.layers if r.spike_rate is not None]
-    fig = Figure(figsize=(10, 7))
-    ax1, ax2 = fig.subplots(2, 1)
-    names = [_short(r.name) for r in rows]
-    ax1.bar(range(len(rows)), [r.spike_rate for r in rows], color="tab:blue")
-    ax1.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
-    ax1.set_ylabel("nonzero payloads per element and step")
-    ax1.set_title("spike rate per layer")
     hist_rows = [r for r in rows if r.payload_hist]
-    if hist_rows:
-        values = sorted({int(v) for r in hist_rows for v in r.payload_hist})
-        grid = np.zeros((len(hist_rows), len(values)))
-        col = {v: i for i, v in enumerate(values)}
-        for i, r in enumerate(hist_rows):
-            total = sum(r.payload_hist.values())
-            for v, c in r.payload_hist.items():
-                grid[i, col[int(v)]] = c / total
-        image = ax2.imshow(np.log10(grid + 1e-6), aspect="auto", cmap="viridis", vmin=-6, vmax=0,
-                           interpolation="nearest")
-        step = max(1, len(values) // 16)
-        ax2.set_xticks(range(0, len(values), step), [str(v) for v in values[::step]], fontsize=8)
-        ax2.set_yticks(range(len(hist_rows)), [_short(r.name) for r in hist_rows], fontsize=8)
-        ax2.set_xlabel("payload value")
-        ax2.set_title("payload histogram (log10 fraction of elements and steps)")
-        fig.colorbar(image, ax=ax2)
-    else:
-        ax2.axis("off")
-        ax2.text(0.5, 0.5, "payload histograms not recorded", ha="center", va="center")
-    fig.tight_layout()
+    n = max(len(hist_rows), 1)
+    fig = Figure(figsize=(10, 4.2 + 0.8 * n), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.2, 0.8 * n + 0.9])
+    ax1 = top.subplots()
+    names = [_short(r.name) for r in rows]
+    bars = ax1.bar(range(len(rows)), [r.spike_rate for r in rows], color="tab:blue")
+    ax1.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax1.set_xticks(range(len(rows)), names, rotation=25, ha="right", fontsize=8)
+    ax1.set_ylabel("nonzero payloads\nper element and step")
+    ax1.set_title("spike rate per layer")
+    ax1.margins(y=0.15)
+    if not hist_rows:
+        ax = bottom.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "payload histograms not recorded (they need T = 1)", ha="center",
+                va="center")
+        return _png(fig)
+    bottom.suptitle("payload histogram per layer, each on its own payload axis", fontsize=10)
+    grid = bottom.add_gridspec(n, 2, width_ratios=[40, 1])
+    norm = Normalize(vmin=HIST_FLOOR, vmax=0)
+    cmap = fig_cmap("viridis")
+    image = None
+    for i, r in enumerate(hist_rows):
+        ax = bottom.add_subplot(grid[i, 0])
+        counts = {int(v): c for v, c in r.payload_hist.items()}
+        lo, hi = min(counts), max(counts)
+        values = np.arange(lo, hi + 1)
+        total = sum(counts.values())
+        frac = np.array([counts.get(int(v), 0) / total for v in values])
+        shown = np.ma.array(np.log10(np.maximum(frac, 10.0 ** HIST_FLOOR)), mask=frac == 0)
+        image = ax.imshow(shown[None, :], aspect="auto", cmap=cmap, norm=norm,
+                          interpolation="nearest", extent=(lo - 0.5, hi + 0.5, 0, 1))
+        ax.set_facecolor(NEVER)
+        ax.set_yticks([])
+        ax.set_ylabel(_short(r.name, 24), rotation=0, ha="right", va="center", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("payload value")
+    cax = bottom.add_subplot(grid[:, 1])
+    bar = bottom.colorbar(image, cax=cax)
+    bar.set_label("log10 fraction of\nelements × steps", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    bottom.legend(handles=[Patch(color=NEVER, label="never occurred"),
+                           Patch(color=cmap(0.0), label=f"≤ 1e{HIST_FLOOR} (rare)")],
+                  loc="outside lower right", fontsize=8, ncol=2, frameon=False)
     return _png(fig)
 
 
+def fig_cmap(name: str):
+    from matplotlib import colormaps
+    return colormaps[name]
+
+
 def _energy_figure(report, Figure) -> bytes:
+    """Energy per inference by layer and against the ANN, in µJ with the values on the bars;
+    the figure says which constants it uses."""
     rows = [r for r in report.layers if r.total_pj > 0]
-    fig = Figure(figsize=(12, max(4, 0.3 * len(rows) + 2)))
+    fig = Figure(figsize=(12, max(4.5, 0.32 * len(rows) + 2.5)))
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     left = np.zeros(len(rows))
-    for key, color in (("synops", "tab:orange"), ("neurons", "tab:green"),
-                       ("spikes", "tab:purple")):
-        widths = np.array([r.energy_pj[key] / 1000 for r in rows])
-        ax1.barh(range(len(rows)), widths, left=left, color=color, label=key)
+    for key, color, label in (("synops", "tab:orange", "synaptic ops"),
+                              ("neurons", "tab:green", "neuron updates"),
+                              ("spikes", "tab:purple", "spike messages")):
+        widths = np.array([r.energy_pj[key] / 1e6 for r in rows])
+        ax1.barh(range(len(rows)), widths, left=left, color=color, label=label)
         left += widths
+    for i, total in enumerate(left):
+        ax1.text(total, i, f" {total:.3g}", va="center", fontsize=7)
     ax1.set_yticks(range(len(rows)), [_short(r.name) for r in rows], fontsize=8)
     ax1.invert_yaxis()
-    ax1.set_xlabel("nJ per inference")
+    ax1.set_xlabel("µJ per inference")
+    ax1.set_xlim(0, max(left.max(initial=0) * 1.18, 1e-9))
     ax1.set_title(f"energy on {report.target} by layer")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="lower right")
     tot = report.totals
     bars = {f"{report.target}\nestimate": tot["energy_pj"]["total"],
             "SNN as fp32\naccumulates": tot["snn_ac_fp32_pj"],
             "ANN fp32\nMACs": tot["ann_fp32_pj"], "ANN int8\nMACs": tot["ann_int8_pj"]}
-    ax2.bar(range(len(bars)), [v / 1000 for v in bars.values()],
-            color=["tab:blue", "tab:gray", "tab:red", "tab:pink"])
+    drawn = ax2.bar(range(len(bars)), [v / 1e6 for v in bars.values()],
+                    color=["tab:blue", "tab:gray", "tab:red", "tab:pink"])
+    ax2.bar_label(drawn, fmt="%.3g", fontsize=8)
     ax2.set_xticks(range(len(bars)), list(bars), fontsize=8)
     ax2.set_yscale("log")
-    ax2.set_ylabel("nJ per inference")
+    ax2.margins(y=0.2)
+    ax2.set_ylabel("µJ per inference (log scale)")
     ax2.set_title("per inference, against the ANN (45 nm)")
     fig.tight_layout()
+    fig.text(0.01, 0.0, energy_note(report), fontsize=8, ha="left", va="top")
     return _png(fig)
+
+
+def energy_note(report) -> str:
+    """What the figure's energies rest on, from the constants' own certainty."""
+    stand_ins = sorted(k for k, c in report.constants.items()
+                       if "loihi 1" in str(c.get("certainty", "")).lower())
+    first = (f"{', '.join(stand_ins)}: Loihi 1 per-operation constants stand in for "
+             f"{report.target}'s, which are not published." if stand_ins else
+             f"Per-operation constants of {report.target}.")
+    return (first + " ANN bars: 45 nm figures. An estimate, not a measurement; sources: "
+            "`toolchain targets`.")
 
 
 def _cores_figure(placement, Figure) -> bytes:
@@ -369,16 +423,27 @@ def _cores_figure(placement, Figure) -> bytes:
                 ax.bar(range(len(cores)), heights, bottom=bottom, color=colors[name], width=0.9,
                        label=_short(name) if key == "neurons" else None)
                 bottom += heights
-        ax.axhline(limit / unit, color="black", linestyle="--", linewidth=1)
-    ax2.xaxis.get_major_locator().set_params(integer=True)
+        ax.axhline(limit / unit, color="black", linestyle="--", linewidth=1,
+                   label=f"capacity per core ({limit / unit:,.0f})")
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ticks = list(range(len(cores))) if len(cores) <= 32 else None
+    if ticks is not None:
+        ax2.set_xticks(ticks, [str(t) for t in ticks])
+    else:
+        ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax2.set_xlim(-0.75, len(cores) - 0.25)
     ax1.set_ylabel("compartments")
     ax2.set_ylabel("synaptic memory (KiB)")
     ax2.set_xlabel("core")
     lb = placement.lower_bound
-    ax1.set_title(f"core map on {placement.target}: {placement.cores_used} cores, "
+    cores_text = "1 core" if placement.cores_used == 1 else f"{placement.cores_used} cores"
+    ax1.set_title(f"core map on {placement.target}: {cores_text}, "
                   f"{placement.chips} chip(s), lower bound {lb['cores']}")
-    if len(names) <= 40:
-        ax1.legend(fontsize=7, ncol=1 + len(names) // 20, loc="upper left",
-                   bbox_to_anchor=(1.01, 1.0))
+    handles, labels = ax1.get_legend_handles_labels()
+    if len(names) > 40:      # the layers would not fit: the capacity line alone
+        keep = [i for i, label in enumerate(labels) if label.startswith("capacity")]
+        handles, labels = [handles[i] for i in keep], [labels[i] for i in keep]
+    ax1.legend(handles, labels, fontsize=7, ncol=1 + len(labels) // 20, loc="upper left",
+               bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _png(fig)

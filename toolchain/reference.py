@@ -3,8 +3,9 @@
 Float32 ops on integer values (exact: every accumulator is statically bounded below 2²⁴); the
 neuron arithmetic (division by θ, floor) in float64, exact for 24-bit operands. Each node kind
 writes its own T = 1 equations with standard ops (`Node.emit`, sim.ops), so the model is an
-oracle independent of both simulators. Outputs: `output` (the readout, before any softmax) and
-`accumulator` (integers).
+oracle independent of both simulators. Outputs, as the simulators' SimResult names them:
+`output` (what the ONNX model outputs: the readout through its final softmax, if it had one),
+`logits` (the readout before it) and `accumulator` (integers).
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def emit_reference(art: Artifact) -> onnx.ModelProto:
         b.nodes, "sfn_reference",
         [helper.make_tensor_value_info(b.model_input, TensorProto.FLOAT, dyn(art.input_shape))],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, dyn(art.output_shape)),
-         helper.make_tensor_value_info("accumulator", TensorProto.FLOAT, dyn(art.output_shape))],
+         helper.make_tensor_value_info("accumulator", TensorProto.FLOAT, dyn(art.output_shape)),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, dyn(art.output_shape))],
         b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="sfn-toolchain reference")

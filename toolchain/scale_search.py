@@ -73,9 +73,9 @@ def choose(curve: list[dict], tolerance: float = DEFAULT_TOLERANCE,
 def search(fg, stats, opts: QuantOptions, softmax: str, source, output_name: str,
            data: np.ndarray, where: str, timesteps: int = 1, grid=DEFAULT_GRID,
            tolerance: float = DEFAULT_TOLERANCE, error_factor: float = DEFAULT_ERROR_FACTOR,
-           seed: int = 0) -> dict:
+           seed: int = 0, progress=None) -> dict:
     """Run the grid; return {"lambda", "curve", "rule", "tolerance", "error_factor",
-    "samples"}."""
+    "samples"}. `progress(text)` is called before each grid point."""
     grid = check_grid(grid, tolerance)
     if len(data) > MAX_SAMPLES:
         idx = np.sort(np.random.default_rng(seed).choice(len(data), MAX_SAMPLES, replace=False))
@@ -83,7 +83,9 @@ def search(fg, stats, opts: QuantOptions, softmax: str, source, output_name: str
     float_out = np.concatenate([o[output_name] for o in
                                 cal.run_float(source, data, [output_name])])
     curve, fits = [], {}
-    for lam in grid:
+    for i, lam in enumerate(grid):
+        if progress is not None:
+            progress(f"scale search λ = {lam:g} ({i + 1} of {len(grid)})")
         qz = Quantizer(fg, stats, replace(opts, scale=lam), where, fits)
         try:
             nodes, inp, out = qz.run(softmax)
@@ -92,7 +94,7 @@ def search(fg, stats, opts: QuantOptions, softmax: str, source, output_name: str
             continue
         art = Artifact(nodes, inp, out, {}, qz.record)
         res = sim.cpu.run(art, data, timesteps=timesteps)
-        a = agreement(float_out, res.probabilities(softmax))
+        a = agreement(float_out, res.output)
         point = {"lambda": lam,
                  "synops": sum(s.synops for s in res.stats.values()) / res.samples,
                  "saturations": sum(s.saturations for s in res.stats.values()),

@@ -19,7 +19,7 @@ from toolchain.tasks import make_task
 @click.option("--steps", type=click.IntRange(1), help="Optimizer steps (default: per task).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="The cell ONNX.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 @click.option("--debug", is_flag=True, hidden=True)
 def train(task, activation, dale, units, steps, seed, out, as_json, debug):
     """Train on TASK and export the one-step cell as ONNX (state as explicit input/output)."""

@@ -225,7 +225,8 @@ class StatePlan:
             return
         d = self.dtype
         self.bias, self.step = bias.astype(d), step.astype(d)
-        self.v0 = semantics.initial_state(theta, k).astype(d)
+        self.v0 = (semantics.initial_state(theta, k) if node.start == "half" else
+                   np.zeros_like(theta)).astype(d)      # start "zero": v = 0 (semantics)
         self.out_dtype = np.float32 if levels < F32_EXACT else np.float64
         self.u8 = node.lo >= 0 and node.hi <= 255
 

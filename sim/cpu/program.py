@@ -199,7 +199,7 @@ def one_pass(node) -> bool:
     """The T = 1 multi-threshold neuron (semantics.fire_once) applies to this neuron node when
     it starts afresh (no state kept from an earlier step)."""
     return node.fire == "uniform" and node.reset == "subtract" \
-        and node.decay == semantics.LEAK_ONE
+        and node.decay == semantics.LEAK_ONE and node.start == "half"
 
 
 @builds("neuron")

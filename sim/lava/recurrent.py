@@ -126,7 +126,8 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     trials, steps = x.shape[:2]
     if trials == 0:
         empty = np.zeros((0, steps) + tuple(readout.shape))
-        return SimResult(empty.astype(np.float32), empty.astype(np.int64), stats, 0, timesteps)
+        return SimResult(empty.astype(np.float32), empty.astype(np.int64), stats, 0, timesteps,
+                         softmax=readout.softmax)
     if steps == 0:
         raise SimulationError("a trial needs at least one step (x has shape "
                               f"{tuple(x.shape)})")
@@ -154,7 +155,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
                         int(total))
         guarded.stop()
     output = semantics.readout(accumulator, readout.bias[None, None], readout.scale[None, None], 1)
-    return SimResult(output, accumulator, stats, trials, timesteps)
+    return SimResult(output, accumulator, stats, trials, timesteps, softmax=readout.softmax)
 
 
 @dataclass

@@ -20,7 +20,9 @@ class Neuron(Node):
     n = payload[#{k : v ≥ t_k}]. `decay` d is the leak (v ← v + floor(d·(I + b − v)/4096) replaces
     the plain sum when d < 4096). `reset` "subtract" is the spiking neuron above; "none" keeps v
     and emits its rounded value clip(floor((v + θ//2)/θ), lo, hi) — the leaky integrator of a
-    recurrent rate unit, whose state persists over a trial."""
+    recurrent rate unit, whose state persists over a trial. `start` "half" starts a sample's
+    uniform neuron at v = (K·θ)//2 (the rounding offset of the converted ANN); "zero" at v = 0
+    (the membrane of a spiking network imported from NIR, toolchain.nir_io)."""
     threshold: np.ndarray = None
     bias: np.ndarray = None
     lo: int = 0
@@ -30,6 +32,7 @@ class Neuron(Node):
     payload: np.ndarray | None = None
     decay: int = 4096
     reset: str = "subtract"
+    start: str = "half"
     kind: ClassVar[str] = "neuron"
     role: ClassVar[str] = NEURON
     compartment: ClassVar[str | None] = "neuron"
@@ -47,6 +50,8 @@ class Neuron(Node):
         if self.fire not in ("uniform", "adaptive") or self.reset not in ("subtract", "none"):
             return f"fire {self.fire!r} or reset {self.reset!r} is not one of uniform/adaptive, " \
                    "subtract/none"
+        if not isinstance(self.start, str) or self.start not in ("half", "zero"):
+            return f"start {self.start!r} is not one of half/zero"
         if not int_in(self.decay, 0, semantics.LEAK_ONE):
             return f"decay {self.decay!r} is not an integer in [0, {semantics.LEAK_ONE}]"
         problem = check_ints("threshold", self.threshold, 1, THRESHOLD_MAX) or \
@@ -69,9 +74,18 @@ class Neuron(Node):
                 return "adaptive thresholds are not ascending along their last axis"
         return None
 
+    def params(self) -> dict:
+        """The scalar parameters; `start` only when it is not the default "half", so artifacts
+        written before the field existed keep their canonical form."""
+        out = super().params()
+        if out.get("start") == "half":
+            del out["start"]
+        return out
+
     def _fields(self) -> dict:
         return dict(bias=batched(self.bias), threshold=batched(self.threshold), lo=self.lo,
                     hi=self.hi, fire=self.fire, decay=self.decay, reset=self.reset,
+                    start=self.start,
                     thresholds=None if self.thresholds is None else batched(self.thresholds),
                     payload=self.payload)
 
@@ -107,7 +121,7 @@ class Neuron(Node):
             raise UnsupportedOpError(f"neuron {self.name!r}: leaky neurons have no T = 1 "
                                      "reference")
         v = b.op("Cast", [ins[0]], to=b.DOUBLE)
-        offset = 0 if self.fire == "adaptive" else self.threshold // 2
+        offset = 0 if self.fire == "adaptive" or self.start == "zero" else self.threshold // 2
         v = b.op("Add", [v, b.const(batched(self.bias + offset), np.float64)])
         v = b.op("Clip", [v, b.const(-semantics.V_MAX, np.float64),
                           b.const(semantics.V_MAX, np.float64)])
@@ -130,6 +144,7 @@ class Neuron(Node):
         other neuron: payload tables, other thresholds, leak, reset by subtraction at T > 1,
         the leaky integrators of recurrent networks."""
         if (self.fire != "uniform" or self.decay < semantics.LEAK_ONE or timesteps > 1
+                or self.start != "half"
                 or binary or self.reset != "subtract"
                 or (feeding is not None and feeding.sums_inputs)):
             return MICROCODE

@@ -51,6 +51,19 @@ class Readout(Node):
         return ranges[0]
 
     def emit(self, b, ins):
+        """Outputs `accumulator`, `logits` (the dequantized readout) and `output`: the logits
+        through the final softmax when there is one, spelled as sim.semantics.softmax computes
+        it (float64: z − max, log Σ exp, then exp), cast to float32."""
         b.output("accumulator", "Identity", [ins[0]])
         y = b.op("Add", [ins[0], b.const(batched(self.bias))])
-        return b.output("output", "Mul", [y, b.const(batched(self.scale))])
+        logits = b.output("logits", "Mul", [y, b.const(batched(self.scale))])
+        if not self.softmax:
+            return b.output("output", "Identity", [logits])
+        z = b.op("Cast", [logits], to=b.DOUBLE)
+        z = b.op("Sub", [z, b.op("ReduceMax", [z], axes=[-1], keepdims=1)])
+        lse = b.op("Log", [b.op("ReduceSum", [b.op("Exp", [z]), b.const([-1], np.int64)],
+                                keepdims=1)])
+        r = b.op("Sub", [z, lse])
+        if self.softmax == "softmax":
+            r = b.op("Exp", [r])
+        return b.output("output", "Cast", [r], to=b.FLOAT)

@@ -1,5 +1,5 @@
 """The `toolchain` command: one module per command (compile, run, inspect, targets, report,
-rnn), and commands other installed packages contribute through the entry-point group
+export, rnn), and commands other installed packages contribute through the entry-point group
 `sfn_toolchain.commands` (exporters adds `toolchain rnn train` that way).
 
 Every user-caused failure is a ToolchainError printed as one line `error: …` with exit code 2;
@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 import click
 
 from toolchain.cli import compile as compile_
-from toolchain.cli import example, inspect, report, rnn, run, targets
+from toolchain.cli import example, export, inspect, report, rnn, run, targets
 from toolchain.cli.common import print_error
 from toolchain import __version__
 from sim.errors import Terminated, raise_on_termination
@@ -71,7 +71,7 @@ def main(debug):
 
 def _register():
     for command in (compile_.compile, run.run, inspect.inspect, targets.targets, report.report,
-                    rnn.rnn, example.example):
+                    rnn.rnn, example.example, export.export):
         main.add_command(command)
     for entry in entry_points(group=PLUGIN_GROUP):
         entry.load()(main)

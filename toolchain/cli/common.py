@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 
+import click
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -21,9 +23,31 @@ from sim.files import check_output, describe_missing, same_file
 from sim.results import as_float32
 from toolchain.errors import InputFileError, OutputFileError
 from toolchain.npyio import load_user_npy
+from toolchain.tables import columns, fitted, short
 
-console = Console(width=None if sys.stdout.isatty() else 150, markup=False, emoji=False)
+console = Console(width=None if sys.stdout.isatty() else 150,   # tables.width() agrees
+                  markup=False, emoji=False)
 err_console = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+class Progress:
+    """Stage lines on stderr ("compile: calibrate (2.1 s)"), printed when stderr is a terminal
+    or `--progress` asks for them, never into stdout (which may be JSON)."""
+
+    def __init__(self, command: str, enabled: bool | None):
+        self.command = command
+        self.enabled = err_console.is_terminal if enabled is None else enabled
+        self.start = time.monotonic()
+
+    def __call__(self, stage: str) -> None:
+        if self.enabled:
+            err_console.print(f"{self.command}: {stage} ({time.monotonic() - self.start:.1f} s)",
+                              style="dim")
+
+
+def progress_option(fn):
+    return click.option("--progress/--no-progress", "show_progress", default=None,
+                        help="Stage lines on stderr (default: when stderr is a terminal).")(fn)
 
 
 def print_error(label: str, message: str) -> None:
@@ -72,17 +96,16 @@ def _fmt_range(r):
 
 
 def layer_table(rows: list[dict], title: str) -> Table:
-    t = Table(title=title, title_justify="left")
-    for col in ("layer", "op", "shape", "neurons", "synapses", "levels / weights", "threshold",
-                "margin (bits)"):
-        t.add_column(col, justify="right" if col in ("neurons", "synapses", "margin (bits)")
-                     else "left")
+    t = columns(Table(title=title, title_justify="left"),
+                [("layer", "name"), ("op", "text"), ("shape", "text"), ("neurons", "number"),
+                 ("synapses", "number"), ("levels / weights", "text"), ("threshold", "text"),
+                 ("margin (bits)", "number")])
     for r in rows:
-        t.add_row(r.name[-40:], r.op, "×".join(map(str, r.shape)),
+        t.add_row(short(r.name), r.op, "×".join(map(str, r.shape)),
                   f"{r.neurons:,}" if r.neurons else "", f"{r.synapses:,}" if r.synapses else "",
                   r.levels_text(), _fmt_range(r.threshold),
                   "" if r.margin_bits is None else f"{r.margin_bits}")
-    return t
+    return fitted(t)
 
 
 def scale_table(found: dict) -> Table:
@@ -90,8 +113,8 @@ def scale_table(found: dict) -> Table:
     t = Table(title=f"scale search on {found['samples']} calibration samples: {found['rule']} "
                     f"(tolerance {found['tolerance']:g}, error factor {found['error_factor']:g})",
               title_justify="left")
-    for col in ("λ", "SynOps / inference", "top-1 agreement", "rel. RMS error", "chosen"):
-        t.add_column(col, justify="left" if col == "chosen" else "right")
+    columns(t, [("λ", "number"), ("SynOps / inference", "number"), ("top-1 agreement", "number"),
+                ("rel. RMS error", "number"), ("chosen", "long")])
     for p in found["curve"]:
         if "error" in p:
             t.add_row(f"{p['lambda']:g}", "", "", "", f"not quantizable: {p['error'][:60]}")
@@ -99,6 +122,6 @@ def scale_table(found: dict) -> Table:
         top1 = f"{100 * p['top1_agreement']:.2f}%" if "top1_agreement" in p else "—"
         t.add_row(f"{p['lambda']:g}", f"{p['synops']:,.0f}", top1, f"{p['rel_rms_error']:.4f}",
                   "◀" if p["chosen"] else "")
-    return t
+    return fitted(t)
 
 

@@ -6,8 +6,8 @@ import json
 import click
 
 from sim.files import write_files
-from toolchain.cli.common import (check_outputs, console, layer_table, load_input_npy,
-                                  scale_table)
+from toolchain.cli.common import (Progress, check_outputs, console, layer_table, load_input_npy,
+                                  progress_option, scale_table)
 
 
 @click.command()
@@ -16,14 +16,22 @@ from toolchain.cli.common import (check_outputs, console, layer_table, load_inpu
 @click.option("--calib", type=click.Path(), help="Calibration inputs X.npy, (N, *input_shape).")
 @click.option("--levels", type=click.IntRange(1, 2 ** 15), help="Spike levels L (default: the "
               "model's sfn.levels metadata, else 15).")
+@click.option("--internal-levels", type=click.IntRange(1, 2 ** 15), default=None,
+              help="Levels of the neurons that are no activation of the model: requantized "
+                   "currents, the operands of products, arithmetic tables (exp, 1/x, √x, x²) "
+                   "(default: 63).")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Activation range per channel; 100 means max.")
 @click.option("--per-layer/--per-channel", "per_layer", default=None, help="One activation "
               "scale per layer, or one per channel (default: per channel for feed-forward "
               "networks; for recurrent cells whichever reproduces the float read-out better on "
               "the calibration trials).")
-@click.option("--timesteps", type=click.IntRange(1, 4096), default=1, show_default=True,
-              help="Default timesteps stored in the artifact.")
+@click.option("--timesteps", type=click.IntRange(1, 4096), default=None,
+              help="Default timesteps stored in the artifact (ONNX: 1; NIR: the graph's "
+                   "sfn_timesteps, else 16).")
+@click.option("--dt", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="NIR only: the time step that discretizes LIF time constants (a = dt/τ; "
+                   "snnTorch writes 1e-4).")
 @click.option("--emit-reference", type=click.Path(), help="Also write the integer reference ONNX.")
 @click.option("--target", "target_name", default="loihi2", show_default=True,
               help="Target name or .json file (see `toolchain targets`).")
@@ -44,24 +52,46 @@ from toolchain.cli.common import (check_outputs, console, layer_table, load_inpu
               "default: as the model's sfn.dale metadata says.")
 @click.option("--state", help="One-step cell graphs: the name of the state input (default: the "
               "input that an output of the same shape feeds back).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-layer table, placement, "
+              "agreement and notes as JSON (numbers as numbers) instead of tables.")
+@progress_option
 @click.option("--debug", is_flag=True, hidden=True)
-def compile(model, out, calib, levels, percentile, per_layer, timesteps, emit_reference,
-            target_name, fire, scale, scale_search, scale_tolerance, scale_error_factor, dale,
-            state, as_json, debug):
-    """Compile MODEL.onnx into an SFN artifact."""
-    from toolchain.compiler import compile_onnx   # the compiler's imports are heavy
+def compile(model, out, calib, levels, internal_levels, percentile, per_layer, timesteps, dt,
+            emit_reference, target_name, fire, scale, scale_search, scale_tolerance,
+            scale_error_factor, dale, state, as_json, show_progress, debug):
+    """Compile MODEL.onnx (a trained network) or MODEL.nir (a spiking network written by
+    snnTorch, Norse, sinabs; docs/nir.md) into an SFN artifact."""
+    say = Progress("compile", show_progress)
+    say(f"load {model}")
+    from toolchain.compiler import DEFAULT_INTERNAL_LEVELS, compile_onnx   # heavy imports
+    from toolchain.nir_io.importer import compile_nir, is_nir
     check_outputs({"-o": out, "--emit-reference": emit_reference},
                   {"model": model, "calibration data": calib})
     x, cast_note = load_input_npy(calib, "calibration", min_rows=1) if calib else (None, None)
-    result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
-                          per_channel=None if per_layer is None else not per_layer,
-                          timesteps=timesteps, target=target_name,
-                          fire=fire, scale=scale, scale_search=scale_search,
-                          scale_tolerance=scale_tolerance, scale_error_factor=scale_error_factor,
-                          dale=True if dale else None, state=state)
+    if is_nir(model):
+        onnx_only = [flag for flag, given in (
+            ("--emit-reference", emit_reference), ("--levels", levels is not None),
+            ("--internal-levels", internal_levels is not None),
+            ("--per-layer/--per-channel", per_layer is not None), ("--fire", fire != "uniform"),
+            ("--scale", scale != 1.0), ("--scale-search", scale_search), ("--dale", dale),
+            ("--state", state is not None)) if given]
+        if onnx_only:
+            raise click.UsageError(f"{', '.join(onnx_only)}: ONNX options; a NIR network keeps "
+                                   "its own spiking neurons (docs/nir.md)")
+        result = compile_nir(model, calib=x, timesteps=timesteps, dt=dt, target=target_name,
+                             progress=say)
+    else:
+        result = compile_onnx(model, calib=x, levels=levels, percentile=percentile,
+                              per_channel=None if per_layer is None else not per_layer,
+                              timesteps=timesteps or 1, target=target_name,
+                              fire=fire, scale=scale, scale_search=scale_search,
+                              scale_tolerance=scale_tolerance,
+                              scale_error_factor=scale_error_factor,
+                              internal_levels=internal_levels or DEFAULT_INTERNAL_LEVELS,
+                              dale=True if dale else None, state=state, progress=say)
     if cast_note:
         result.notes.append(cast_note)
+    say("write")
     write_files([(out, result.artifact_bytes())] +
                 ([(emit_reference, result.reference_bytes())] if emit_reference else []))
     if as_json:

@@ -11,11 +11,13 @@ from sim.artifact import load
 from sim.lava.hardware import HARDWARE_CASES, hardware_case
 from toolchain.cli.common import console
 from toolchain.mapping import Placement, placement_table
+from toolchain.tables import columns, fitted, short
 
 
 @click.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the graph, every node's "
+              "parameters, the record and the placement as JSON, numbers as numbers.")
 @click.option("--debug", is_flag=True, hidden=True)
 def inspect(artifact, as_json, debug):
     """Print an artifact's graph, parameters and quantization record."""
@@ -39,23 +41,23 @@ def inspect(artifact, as_json, debug):
                   f"opset {src.get('opset')}), target {art.meta.get('target')}, "
                   f"levels {art.meta.get('levels')}, T={art.meta.get('timesteps')}", highlight=False)
     console.print(f"calibration: {art.meta.get('calibration')}", highlight=False)
-    t = Table(title="SFN graph", title_justify="left")
-    for col in ("node", "kind", "inputs", "shape", "on Loihi 2", "parameters"):
-        t.add_column(col)
+    t = columns(Table(title="SFN graph", title_justify="left"),
+                [("node", "name"), ("kind", "text"), ("inputs", "name"), ("shape", "text"),
+                 ("on Loihi 2", "text"), ("parameters", "long")])
     for n in art.nodes:
-        t.add_row(n.name[-40:], n.kind, ", ".join(i[-24:] for i in n.inputs),
+        t.add_row(short(n.name), n.kind, ", ".join(short(i, 24) for i in n.inputs),
                   "×".join(map(str, n.shape)),
                   f"{cases[n.name]} ({n.primitive})" if n.primitive else cases[n.name],
                   n.describe()[len(n.kind) + 1:-1])
-    console.print(t)
+    console.print(fitted(t))
     for case in sorted(set(cases.values())):
         console.print(f"{case}: {HARDWARE_CASES[case]} (docs/hardware.md)", highlight=False)
-    r = Table(title="quantization record (per channel)", title_justify="left")
-    for col in ("entry", "channels", "min", "median", "max"):
-        r.add_column(col)
+    r = columns(Table(title="quantization record (per channel)", title_justify="left"),
+                [("entry", "name"), ("channels", "number"), ("min", "number"),
+                 ("median", "number"), ("max", "number")])
     for key, v in sorted(art.record.items()):
         v = np.asarray(v, dtype=np.float64).reshape(-1)
-        r.add_row(key[-48:], str(v.size), f"{v.min():.4g}", f"{np.median(v):.4g}", f"{v.max():.4g}")
-    console.print(r)
+        r.add_row(short(key, 48), str(v.size), f"{v.min():.4g}", f"{np.median(v):.4g}", f"{v.max():.4g}")
+    console.print(fitted(r))
     if "placement" in art.meta:
         console.print(placement_table(Placement.from_json(art.meta["placement"])))

@@ -33,7 +33,7 @@ def rnn():
               help="The float ONNX (cell, cell graph or RNN-operator model), to report the float "
               "network beside the deployed one.")
 @click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--debug", is_flag=True, hidden=True)
 def eval_(artifact, task, trials, targets, mask, include_calibration, onnx_path, backend,
           as_json, debug):

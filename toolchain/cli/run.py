@@ -18,7 +18,11 @@ from toolchain.errors import InputFileError, SimulationError
 @click.argument("artifact", type=click.Path())
 @click.option("--input", "inp", required=True, type=click.Path(),
               help="X.npy, (N, *input_shape) float32.")
-@click.option("--output", "out", required=True, type=click.Path(), help="Y.npy to write.")
+@click.option("--output", "out", required=True, type=click.Path(),
+              help="Y.npy to write: what the ONNX model outputs (softmax included when it "
+                   "ended in one).")
+@click.option("--logits", type=click.Path(),
+              help="Also write the readout before the model's final softmax (its logits).")
 @click.option("--backend", type=click.Choice(["cpu", "lava"]), default="cpu", show_default=True)
 @click.option("--timesteps", type=click.IntRange(1, 4096), help="Default: the artifact's.")
 @click.option("--binary", is_flag=True, help="Binary spikes per step (rate coding) when T > 1.")
@@ -38,14 +42,16 @@ from toolchain.errors import InputFileError, SimulationError
                    "else every core).")
 @click.option("--labels", type=click.Path(),
               help="Y.npy of N integer class labels: print the top-1 accuracy of the run.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's summary (samples, "
+              "SynOps, saturations, accuracy) as JSON, numbers as numbers.")
 @click.option("--debug", is_flag=True, hidden=True)
-def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout,
+def run(artifact, inp, out, logits, backend, timesteps, binary, lava_tag, lanes, timeout,
         fail_on_saturation, threads, labels, as_json, debug):
     """Run ARTIFACT on --input and write the readout to --output."""
     from tqdm import tqdm
 
-    check_outputs({"--output": out}, {"artifact": artifact, "input": inp, "labels": labels})
+    check_outputs({"--output": out, "--logits": logits},
+                  {"artifact": artifact, "input": inp, "labels": labels})
     art = load(artifact)
     x, cast_note = load_input_npy(inp, "input")
     T = timesteps or int(art.meta.get("timesteps", 1))
@@ -60,10 +66,11 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout
     if fail_on_saturation:
         check_saturation(res, art)
     softmax = art.node(art.output).softmax
-    y = res.probabilities(softmax)
+    y = res.output                 # what the ONNX model outputs (sim.results.SimResult)
     clipped = res.stats[art.input].clipped
     summary = {"samples": res.samples, "timesteps": T, "backend": backend,
-               "output": out, "output_shape": [res.samples, *art.output_shape],
+               "output": out, "logits": logits,
+               "output_shape": [res.samples, *art.output_shape],
                "softmax": softmax or None,
                "synops_per_sample": sum(s.synops for s in res.stats.values()) / max(res.samples, 1),
                "saturations": sum(s.saturations for s in res.stats.values()),
@@ -73,7 +80,7 @@ def run(artifact, inp, out, backend, timesteps, binary, lava_tag, lanes, timeout
             raise InputFileError(f"--labels: the output has shape {y.shape}; top-1 accuracy "
                                  "needs one score vector per sample")
         summary["accuracy"] = float((y.argmax(1) == truth).mean())
-    write_files([(out, npy_bytes(y))])
+    write_files([(out, npy_bytes(y))] + ([(logits, npy_bytes(res.logits))] if logits else []))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:

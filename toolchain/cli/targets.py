@@ -11,7 +11,8 @@ from toolchain.target import list_targets, load_target
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Print every target and constant "
+              "(value, unit, certainty, source) as JSON.")
 @click.option("--debug", is_flag=True, hidden=True)
 def targets(as_json, debug):
     """List the hardware targets and every constant they define, with its source."""

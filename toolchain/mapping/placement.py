@@ -17,6 +17,7 @@ from toolchain.mapping.graph import Graph
 from toolchain.mapping.limits import check_fixed_limits
 from toolchain.mapping.packing import pack, pop_cost, units_of
 from toolchain.mapping.split import split_fan_in
+from toolchain.tables import columns, fitted, short
 from toolchain.target import Target
 
 PLACEMENT_VERSION = 1
@@ -250,18 +251,17 @@ def placement_table(placement: Placement) -> Table:
                     f"{placement.chips} chip(s); lower bound {lb['cores']} "
                     f"(neurons {lb['by_neurons']:.2f}, memory {lb['by_memory']:.2f} cores); "
                     f"{placement.ratio:.2f}× the bound", title_justify="left")
-    for col in ("layer", "role", "neurons", "synaptic memory (KiB)", "format", "cores"):
-        t.add_column(col, justify="right" if col in ("neurons", "synaptic memory (KiB)")
-                     else "left")
+    columns(t, [("layer", "name"), ("role", "text"), ("neurons", "number"),
+                ("synaptic memory (KiB)", "number"), ("format", "text"), ("cores", "long")])
     for name, layer in placement.layers.items():
         fmts = sorted(set(layer["connections"].values()))
-        t.add_row(name[-40:], layer["role"], f"{layer['neurons']:,}",
+        t.add_row(short(name), layer["role"], f"{layer['neurons']:,}",
                   f"{layer['memory_bits'] / 8192:,.1f}", "/".join(fmts),
-                  f"{len(layer['cores'])}: {_ranges(layer['cores'])}"[:48])
+                  f"{len(layer['cores'])}: {_ranges(layer['cores'])}")
     n_used = sum(c["neurons"] for c in placement.cores)
     m_used = sum(c["memory_bits"] for c in placement.cores)
     k = max(placement.cores_used, 1)
     t.caption = (f"utilization: neurons {100 * n_used / (k * n_core):.1f}%, synaptic memory "
                  f"{100 * m_used / (k * m_core):.1f}% of the cores used")
     t.caption_justify = "left"
-    return t
+    return fitted(t)

@@ -23,8 +23,8 @@ from sim import semantics
 from sim.lava.compat import load_lava
 from sim.lava.graph import MAX_INPUTS
 from sim.lava.cell import STATS, Cell
-from sim.lava.procs.process import (ReadoutSink, RecurrentCell, SFNNeuronLayer, SpikeSource,
-                                     TrialSink)
+from sim.lava.procs.process import (AccumulatorSink, InputEncoder, ReadoutStage, RecurrentCell,
+                                     SFNNeuronLayer, SpikeSource, TrialSink)
 
 load_lava()
 
@@ -70,14 +70,18 @@ class _SourceModel(PyLoihiProcessModel):
     lo = LavaPyType(np.ndarray, INT)
     hi = LavaPyType(np.ndarray, INT)
     timesteps = LavaPyType(np.ndarray, INT)
+    clip = LavaPyType(np.ndarray, INT)
     clipped = LavaPyType(np.ndarray, INT)
 
     def run_spk(self):
         step = (self.time_step - 1) // int(self.timesteps[0])
         row = step % len(self.samples)
         rows = int(self.valid[row])
-        encoded, clipped = semantics.encode_input_counted(
-            self.samples[row][:rows], self.inv_scale[0], int(self.lo[0]), int(self.hi[0]))
+        args = (self.samples[row][:rows], self.inv_scale[0], int(self.lo[0]), int(self.hi[0]))
+        if self.clip[0]:
+            encoded, clipped = semantics.encode_input_counted(*args)
+        else:   # the InputEncoder behind clips and counts
+            encoded, clipped = semantics.encode_input_bounded(*args), 0
         if step < len(self.samples):  # the pipeline's drain repeats rows: counted once
             self.clipped[0] += clipped
         spikes = np.zeros(self.samples.shape[1:], self.payload_type)
@@ -103,7 +107,8 @@ class PySpikeSourceFloat(_SourceModel):
 class _StageModel(PyLoihiProcessModel):
     """Receiving side shared by neuron layers and the readout: in-port k's data is held
     `delays[k]` steps so every input of a step belongs to the same encoder step u. Messages are
-    (B, *shape) batches of B lanes; group g = u // T holds samples g·B … g·B + rows − 1."""
+    (B, *shape) batches of B lanes; in a run of N samples group g = u // T holds samples
+    g·B … g·B + rows − 1; in an open stream (samples None) every lane is a sample."""
     payload_type = INT
 
     def __init__(self, proc_params):
@@ -111,8 +116,9 @@ class _StageModel(PyLoihiProcessModel):
         _limit_blas_threads()
         self.chain = proc_params["chain"]
         self.lanes = int(proc_params["lanes"])
-        self.samples = int(proc_params["samples"])
-        self.groups = -(-self.samples // self.lanes)
+        samples = proc_params["samples"]
+        self.samples = None if samples is None else int(samples)
+        self.groups = None if samples is None else -(-self.samples // self.lanes)
         self.fifos = [deque(np.zeros((self.lanes,) + shape, self.payload_type)
                             for _ in range(delay))
                       for shape, delay in zip(proc_params["input_shapes"], proc_params["delays"])]
@@ -134,15 +140,18 @@ class _StageModel(PyLoihiProcessModel):
         return (u // int(self.timesteps[0])) % self.groups
 
     def rows(self, u: int) -> int:
-        """Valid lanes of encoder step u: B, fewer in the last group, 0 while the pipeline
-        fills (u < 0)."""
+        """Valid lanes of encoder step u: B, fewer in the last group of a run, 0 while the
+        pipeline fills (u < 0)."""
         if u < 0:
             return 0
+        if self.samples is None:
+            return self.lanes
         return min(self.lanes, self.samples - self.group(u) * self.lanes)
 
     def counts(self, u: int) -> bool:
-        """Statistics cover the ⌈N/B⌉·T steps of the samples, not the pipeline's drain."""
-        return u < self.groups * int(self.timesteps[0])
+        """Statistics cover the ⌈N/B⌉·T steps of a run's samples, not the pipeline's drain
+        (every step of an open stream)."""
+        return self.groups is None or u < self.groups * int(self.timesteps[0])
 
     def current(self, inputs: list[np.ndarray], rows: int, counted: bool) -> np.ndarray:
         """The chain's output on the valid rows; its synops added to the statistics."""
@@ -160,10 +169,10 @@ class _NeuronLayerModel(_StageModel):
     thresholds = LavaPyType(np.ndarray, INT)
     payload = LavaPyType(np.ndarray, INT)
     decay = LavaPyType(np.ndarray, INT)
+    start_zero = LavaPyType(np.ndarray, INT)
     binary = LavaPyType(np.ndarray, INT)
     timesteps = LavaPyType(np.ndarray, INT)
     offset = LavaPyType(np.ndarray, INT)
-    num_samples = LavaPyType(np.ndarray, INT)
     spikes = LavaPyType(np.ndarray, INT)
     payload_total = LavaPyType(np.ndarray, INT)
     saturations = LavaPyType(np.ndarray, INT)
@@ -200,7 +209,8 @@ class _NeuronLayerModel(_StageModel):
         return dict(bias=self.bias[None], threshold=self.threshold[None], lo=int(self.lo[0]),
                     hi=int(self.hi[0]), fire="adaptive" if self.adaptive[0] else "uniform",
                     thresholds=self.thresholds[None], payload=self.payload,
-                    decay=int(self.decay[0]))
+                    decay=int(self.decay[0]),
+                    start="zero" if self.start_zero[0] else "half")
 
 
 @implements(proc=SFNNeuronLayer, protocol=LoihiProtocol)
@@ -247,44 +257,146 @@ class PySFNNeuronLayerFloat(_NeuronLayerModel):
 
 
 class _ReadoutModel(_StageModel):
+    """The running accumulator A of the current step's lanes, sent every step (ReadoutStage)."""
     timesteps = LavaPyType(np.ndarray, INT)
     offset = LavaPyType(np.ndarray, INT)
-    num_samples = LavaPyType(np.ndarray, INT)
     synops = LavaPyType(np.ndarray, INT)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.out_shape = tuple(proc_params["out_shape"])
+        self.accumulator = np.zeros((self.lanes,) + tuple(proc_params["shape"]),
+                                    self.payload_type)
 
     def run_spk(self):
         inputs = self.receive()
         u = self.encoder_step()
         rows = self.rows(u)
         if rows == 0:
+            self.s_out.send(np.zeros(self.out_shape, self.payload_type))
             return
         current = self.current(inputs, rows, self.counts(u))
-        timesteps = int(self.timesteps[0])
-        first = self.group(u) * self.lanes
-        if u % timesteps == 0:
-            self.accumulator[first:first + rows] = current
-        else:
-            self.accumulator[first:first + rows] += current
-        if u == self.groups * timesteps - 1:
-            self.result.send(self.accumulator)
+        if u % int(self.timesteps[0]) == 0:
+            self.accumulator[:] = 0
+        self.accumulator[:rows] += current
+        self.s_out.send(self.accumulator.reshape(self.out_shape))
 
 
-@implements(proc=ReadoutSink, protocol=LoihiProtocol)
+@implements(proc=ReadoutStage, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 @_in_ports(INT)
-class PyReadoutSinkFixed(_ReadoutModel):
-    accumulator = LavaPyType(np.ndarray, INT)
-    result = LavaPyType(PyOutPort.VEC_DENSE, INT)
+class PyReadoutStageFixed(_ReadoutModel):
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
 
 
-@implements(proc=ReadoutSink, protocol=LoihiProtocol)
+@implements(proc=ReadoutStage, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
 @_in_ports(FLOAT)
-class PyReadoutSinkFloat(_ReadoutModel):
+class PyReadoutStageFloat(_ReadoutModel):
     payload_type = FLOAT
-    accumulator = LavaPyType(np.ndarray, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+
+class _EncoderModel(PyLoihiProcessModel):
+    """n = encode(x) (or clip of given integers) of this step's valid lanes, sent the same step;
+    the elements the clip changes counted in `clipped` (InputEncoder)."""
+    payload_type = INT
+    clipped = LavaPyType(np.ndarray, INT)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.lanes = int(proc_params["lanes"])
+        self.shape = (self.lanes,) + tuple(proc_params["sample_shape"])
+        self.inv_scale = np.float32(proc_params["inv_scale"])
+        self.lo, self.hi = int(proc_params["lo"]), int(proc_params["hi"])
+        self.encoded = bool(proc_params["encoded"])
+        self.timesteps = int(proc_params["timesteps"])
+        samples = proc_params["samples"]
+        self.samples = None if samples is None else int(samples)
+        self.groups = None if samples is None else -(-self.samples // self.lanes)
+
+    def rows(self, u: int) -> tuple[int, bool]:
+        """The valid lanes of encoder step u, and whether the step is one of the samples' (not
+        the pipeline's drain, which repeats groups)."""
+        if self.samples is None:
+            return self.lanes, True
+        g = u // self.timesteps
+        return min(self.lanes, self.samples - (g % self.groups) * self.lanes), g < self.groups
+
+    def run_spk(self):
+        x = np.asarray(self.a_in.recv()).reshape(self.shape)
+        rows, counted = self.rows(self.time_step - 1)
+        if self.encoded:
+            n, clipped = semantics.clip_encoded(np.rint(x[:rows]), self.lo, self.hi)
+        else:
+            n, clipped = semantics.encode_input_counted(x[:rows], self.inv_scale, self.lo,
+                                                        self.hi)
+        if counted:
+            self.clipped[0] += clipped
+        out = np.zeros(self.shape, self.payload_type)   # padding lanes: zeros
+        out[:rows] = n
+        self.s_out.send(out)
+
+
+@implements(proc=InputEncoder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyInputEncoderFixed(_EncoderModel):
+    a_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+
+@implements(proc=InputEncoder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyInputEncoderFloat(_EncoderModel):
+    payload_type = FLOAT
+    a_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
+
+
+class _AccumulatorSinkModel(PyLoihiProcessModel):
+    """Keeps each group's accumulator at its last timestep; sends all N once (AccumulatorSink)."""
+    payload_type = INT
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.lanes = int(proc_params["lanes"])
+        self.samples = int(proc_params["samples"])
+        self.timesteps = int(proc_params["timesteps"])
+        self.latency = int(proc_params["latency"])
+        self.groups = -(-self.samples // self.lanes)
+        self.accumulator = np.zeros((self.samples,) + tuple(proc_params["shape"]),
+                                    self.payload_type)
+
+    def run_spk(self):
+        data = self.a_in.recv()
+        u = self.time_step - 1 - self.latency
+        if u < 0 or u >= self.groups * self.timesteps or u % self.timesteps != self.timesteps - 1:
+            return
+        first = (u // self.timesteps) * self.lanes
+        rows = min(self.lanes, self.samples - first)
+        self.accumulator[first:first + rows] = data[:rows]
+        if u == self.groups * self.timesteps - 1:
+            self.result.send(self.accumulator)
+
+
+@implements(proc=AccumulatorSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyAccumulatorSinkFixed(_AccumulatorSinkModel):
+    a_in = LavaPyType(PyInPort.VEC_DENSE, INT)
+    result = LavaPyType(PyOutPort.VEC_DENSE, INT)
+
+
+@implements(proc=AccumulatorSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyAccumulatorSinkFloat(_AccumulatorSinkModel):
+    payload_type = FLOAT
+    a_in = LavaPyType(PyInPort.VEC_DENSE, FLOAT)
     result = LavaPyType(PyOutPort.VEC_DENSE, FLOAT)
 
 

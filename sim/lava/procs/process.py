@@ -1,9 +1,16 @@
-"""Lava Processes (interfaces: ports and Vars) of an SFN artifact; their models are in models.py.
+"""Lava Processes (interfaces: ports and Vars) of an SFN artifact; their models are in models.py,
+the hierarchical `Network` that assembles them in network.py.
 
-- `SpikeSource`: the input encoder holding every sample back to back (groups of B lanes).
+- `InputEncoder`: the input encoder: float samples (or their encoded integers) in, the
+  encoder's integers out, (B, *in) per step.
 - `SFNNeuronLayer`: one SFN neuron layer together with the synapse chain that feeds it, its
   state held for B samples side by side.
-- `ReadoutSink`: the readout's synapse chain and its per-sample accumulator, read once at the end.
+- `ReadoutStage`: the readout's synapse chain and the running integer accumulator of the B
+  samples of the current step, sent every step.
+- `SpikeSource`: holds every sample back to back and sends one step's (B, *in) batch per
+  Lava step (sim.lava.run's source; encoded integers for a feed-forward run).
+- `AccumulatorSink`: collects each sample's complete accumulator from the readout stream and
+  sends them all once at the end through an external pipe (sim.lava.run's sink).
 - `RecurrentCell`, `TrialSink`: a recurrent artifact (sim.lava.recurrent): every node but the
   input and the readout in one process, B trials side by side; the per-step accumulator.
 
@@ -11,10 +18,11 @@ Feed-forward messages are (B, *shape) batches, B = `lanes` samples side by side 
 Stage processes have `MAX_INPUTS` in-ports `in_0 … in_{MAX_INPUTS-1}`: port k carries the payload
 (B, *shape) of the chain's k-th source (a neuron layer or the input); unused ports have shape (1,)
 and stay unconnected. Timing Vars: `offset` (this stage reads encoder step u = t − 1 − offset at
-Lava step t), `timesteps` (T: neurons reset, and the readout starts a new group, every T steps),
-`num_samples` (N: group (u // T) mod ⌈N/B⌉ holds samples g·B … min(g·B + B, N) − 1; the last
-group's lanes past N are padding, never computed; statistics count steps u < ⌈N/B⌉·T only, not
-the pipeline's fill and drain). proc_params `lanes` (B) and `samples` (N) give the models both.
+Lava step t), `timesteps` (T: neurons reset, and the readout starts a new accumulation, every T
+steps). proc_params `lanes` (B) and `samples`: N for a run of N samples (group (u // T) mod ⌈N/B⌉
+holds samples g·B … min(g·B + B, N) − 1; the last group's lanes past N are padding, never
+computed; statistics count steps u < ⌈N/B⌉·T only, not the pipeline's fill and drain), or None
+for an open stream (every lane computed and counted).
 """
 from __future__ import annotations
 
@@ -49,10 +57,13 @@ class SpikeSource(AbstractProcess):
     G groups of B lanes, shape (B, *in); recurrent: step-major trial batches. Set once at
     construction, never per sample. `valid` (G,): the lanes of each row that hold samples (the
     rest is padding, sent as zeros); `clipped` counts the elements the encoder clipped over the
-    first G·T steps (each row's T steps once, valid lanes only), as sim.cpu does."""
+    first G·T steps (each row's T steps once, valid lanes only), as sim.cpu does. With
+    `clip=False` (sim.lava.run's source before a Network's InputEncoder) it sends
+    sim.semantics.encode_input_bounded's integers instead, one past the levels where the clip
+    applies, and the InputEncoder clips and counts them; `clipped` stays 0."""
 
     def __init__(self, *, samples: np.ndarray, valid: np.ndarray, inv_scale: float, lo: int,
-                 hi: int, timesteps: int, name: str):
+                 hi: int, timesteps: int, name: str, clip: bool = True):
         super().__init__(name=name)
         self.samples = Var(shape=samples.shape, init=samples)
         self.valid = Var(shape=(len(samples),), init=np.asarray(valid, np.int64))
@@ -60,6 +71,7 @@ class SpikeSource(AbstractProcess):
         self.lo = _scalar(lo)
         self.hi = _scalar(hi)
         self.timesteps = _scalar(timesteps)
+        self.clip = _scalar(int(clip))
         self.clipped = _scalar(0)
         self.s_out = OutPort(shape=samples.shape[1:])
 
@@ -74,13 +86,13 @@ class SFNNeuronLayer(AbstractProcess):
 
     Vars: v (state, (B, *shape)), bias, threshold (per neuron, broadcast shape), lo, hi (levels),
     adaptive (0 uniform, 1 adaptive), thresholds (..., K) and payload (K+1,) of the adaptive fire
-    function, decay (leak d, 4096 = none), binary (0 graded spikes, 1 binary), timesteps (reset
-    period T), offset, num_samples, and the statistics spikes, payload_total, saturations, synops
-    (one entry per chain node).
+    function, decay (leak d, 4096 = none), start_zero (1: a sample starts at v = 0), binary (0 graded spikes, 1 binary), timesteps (reset
+    period T), offset, and the statistics spikes, payload_total, saturations, synops (one entry
+    per chain node).
     """
 
     def __init__(self, *, neuron, chain, input_shapes, delays, offset: int, timesteps: int,
-                 binary: bool, num_samples: int, lanes: int = 1):
+                 binary: bool, num_samples: int | None = None, lanes: int = 1):
         super().__init__(name=neuron.name, chain=chain, delays=list(delays),
                          input_shapes=[tuple(s) for s in input_shapes], shape=tuple(neuron.shape),
                          lanes=lanes, samples=num_samples)
@@ -96,10 +108,10 @@ class SFNNeuronLayer(AbstractProcess):
         self.thresholds = Var(shape=thresholds.shape, init=thresholds)
         self.payload = Var(shape=payload.shape, init=payload)
         self.decay = _scalar(neuron.decay)
+        self.start_zero = _scalar(int(neuron.start == "zero"))
         self.binary = _scalar(int(binary))
         self.timesteps = _scalar(timesteps)
         self.offset = _scalar(offset)
-        self.num_samples = _scalar(num_samples)
         self.spikes = _scalar(0)
         self.payload_total = _scalar(0)
         self.saturations = _scalar(0)
@@ -108,25 +120,66 @@ class SFNNeuronLayer(AbstractProcess):
         self.s_out = OutPort(shape=(lanes,) + tuple(neuron.shape))
 
 
-class ReadoutSink(AbstractProcess):
-    """Readout chain and sink: accumulator[g·B + i] = Σ over group g's T steps of the chain's
-    output in lane i (the readout's integer accumulator A). At the last group's last step the
-    whole accumulator goes out once through `result`, an external pipe the host reads after the
-    run (a Var.get would move it one element at a time); the float readout
-    y = float32(A + T·b) · float32(scale / T) is applied on the host."""
+class ReadoutStage(AbstractProcess):
+    """Readout chain and its running accumulator: at Lava step t it receives encoder step
+    u = t − 1 − offset, sets A = the chain's output when u is a sample's first timestep
+    (u mod T = 0) and adds it otherwise, and sends A through `s_out` the same step (zeros while
+    the pipeline fills). At u mod T = T − 1, A is the sample's integer accumulator
+    A = Σ_t chain output; the float readout y = float32(A + T·b) · float32(scale / T) is the
+    host's (`Network.readout`). `out_shape` is the port's shape: (B, *out), or *out for a
+    one-sample Network."""
 
     def __init__(self, *, readout, chain, input_shapes, delays, offset: int, timesteps: int,
-                 num_samples: int, lanes: int = 1):
+                 num_samples: int | None = None, lanes: int = 1, out_shape=None):
+        out_shape = tuple(out_shape) if out_shape is not None else \
+            (lanes,) + tuple(readout.shape)
         super().__init__(name=readout.name, chain=chain, delays=list(delays),
                          input_shapes=[tuple(s) for s in input_shapes], lanes=lanes,
-                         samples=num_samples)
-        self.accumulator = Var(shape=(num_samples,) + tuple(readout.shape), init=0)
+                         samples=num_samples, shape=tuple(readout.shape), out_shape=out_shape)
         self.timesteps = _scalar(timesteps)
         self.offset = _scalar(offset)
-        self.num_samples = _scalar(num_samples)
         self.synops = Var(shape=(max(len(chain.nodes), 1),), init=0)
         _add_stage_ports(self, input_shapes, lanes)
-        self.result = OutPort(shape=(num_samples,) + tuple(readout.shape))
+        self.s_out = OutPort(shape=out_shape)
+
+
+class InputEncoder(AbstractProcess):
+    """The input encoder of a `Network`: receives one step's samples through `a_in` (port shape
+    `in_shape`: (B, *in), or *in for a one-sample Network) and sends the same step
+    n = clip(floor(x · inv_scale + 1/2), lo, hi) as (B, *in) through `s_out`
+    (sim.semantics.encode_input). With `encoded`, `a_in` carries integers already (Lava's
+    fixed_pt RingBuffer sends int32) and they are only clipped to [lo, hi].
+
+    `clipped` counts the elements the clip changes, as sim.cpu's `stats[input].clipped`: on the
+    valid lanes of encoder step u = t − 1 (in a run of `samples` N, group (u // T) mod ⌈N/B⌉
+    holds min(B, N − g·B) samples, padding lanes are sent as zeros, and only the ⌈N/B⌉·T steps
+    of the samples count, not the pipeline's drain; in an open stream every lane of every step).
+    Integers that were clipped before they reach `a_in` (`Network.encode`) are not seen as
+    clipped; sim.semantics.encode_input_bounded's are (`Network.feed`, sim.lava.run)."""
+
+    def __init__(self, *, in_shape, lanes: int, sample_shape, inv_scale: float, lo: int,
+                 hi: int, encoded: bool, name: str, timesteps: int = 1,
+                 samples: int | None = None):
+        super().__init__(name=name, lanes=lanes, sample_shape=tuple(sample_shape),
+                         inv_scale=float(inv_scale), lo=int(lo), hi=int(hi),
+                         encoded=bool(encoded), timesteps=int(timesteps), samples=samples)
+        self.clipped = _scalar(0)
+        self.a_in = InPort(shape=tuple(in_shape))
+        self.s_out = OutPort(shape=(lanes,) + tuple(sample_shape))
+
+
+class AccumulatorSink(AbstractProcess):
+    """sim.lava.run's sink behind a `Network`: at Lava step t the network's `out` carries the
+    running accumulator of encoder step u = t − 1 − latency; at each group's last timestep
+    (u mod T = T − 1) its valid rows are stored as samples g·B …; after the last group the whole
+    (N, *out) accumulator goes out once through `result`, an external pipe the host reads
+    after the run (a Var.get would move it one element at a time)."""
+
+    def __init__(self, *, shape, lanes: int, samples: int, timesteps: int, latency: int):
+        super().__init__(shape=tuple(shape), lanes=lanes, samples=samples, timesteps=timesteps,
+                         latency=latency)
+        self.a_in = InPort(shape=(lanes,) + tuple(shape))
+        self.result = OutPort(shape=(samples,) + tuple(shape))
         self.result.flag_external_pipe(buffer_size=1)
 
 
