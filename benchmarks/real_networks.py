@@ -87,7 +87,7 @@ def measure(name: str, calib_kind: str, samples: int, folder: Path) -> dict:
     logits_name = compiled.imported.graph.output      # the float tensor before any softmax
     fl = np.concatenate([batch[logits_name] for batch in
                          cal.run_float(compiled.imported.source, x, [logits_name])])
-    a, b = res.output.reshape(len(x), -1), fl.reshape(len(x), -1).astype(np.float64)
+    a, b = res.logits.reshape(len(x), -1), fl.reshape(len(x), -1).astype(np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     rows = [r for r in compiled.layers if r.weight_bits is not None]
     row.update(compiles=True, cosine_min=round(float(cos.min()), 5),

@@ -44,6 +44,18 @@ def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == y).mean())
 
 
+def record_model(record: dict, name: str, path: Path, fields: dict, test_accuracy: float,
+                 seconds: float, x_test: np.ndarray, y_test: np.ndarray) -> None:
+    """Enter a trained and exported model in `record` (digits_models.json) and print a line."""
+    record[name] = {"file": path.name, **fields, "split_seed": 0, "opset": OPSET,
+                    "test_accuracy": round(test_accuracy, 6),
+                    "onnx_test_accuracy": round(onnx_accuracy(path, x_test, y_test), 6),
+                    "n_test": int(len(y_test))}
+    print(f"{name}: test accuracy {test_accuracy:.4f} "
+          f"(exported graph {record[name]['onnx_test_accuracy']:.4f}), "
+          f"trained in {seconds:.1f} s, {path.stat().st_size / 1024:.1f} KiB -> {path}")
+
+
 def main() -> None:
     torch.set_num_threads(2)
     _, _, x_test, y_test = load_digits_split(seed=0)
@@ -57,23 +69,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         path = export_onnx(model, torch.from_numpy(x_test[:1]), MODELS_DIR / f"{name}.onnx",
                            opset=OPSET, levels=cfg["levels"])
-        record[name] = {
-            "file": path.name,
-            "act": cfg["act"],
-            "pool": "avg",
-            "levels": cfg["levels"],
-            "epochs": cfg["epochs"],
-            "seed": cfg["seed"],
-            "lr": cfg["lr"],
-            "split_seed": 0,
-            "opset": OPSET,
-            "test_accuracy": round(test_accuracy, 6),
-            "onnx_test_accuracy": round(onnx_accuracy(path, x_test, y_test), 6),
-            "n_test": int(len(y_test)),
-        }
-        print(f"{name}: test accuracy {test_accuracy:.4f} "
-              f"(exported graph {record[name]['onnx_test_accuracy']:.4f}), "
-              f"trained in {seconds:.1f} s, {path.stat().st_size / 1024:.1f} KiB -> {path}")
+        record_model(record, name, path, {"act": cfg["act"], "pool": "avg",
+                                          "levels": cfg["levels"], "epochs": cfg["epochs"],
+                                          "seed": cfg["seed"], "lr": cfg["lr"]},
+                     test_accuracy, seconds, x_test, y_test)
     atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {json_path}")
 

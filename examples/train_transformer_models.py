@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -27,18 +25,13 @@ from exporters import export_onnx, load_digits_split, train_digits  # noqa: E402
 from exporters.transformer import DigitsSE, DigitsViT  # noqa: E402
 from sim.files import atomic_write  # noqa: E402
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "toolchain" / "data"
-OPSET = 17
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_digits_models import MODELS_DIR, OPSET, record_model  # noqa: E402
+
 CONFIGS = {
     "digits_vit": dict(build=DigitsViT, epochs=24, seed=0, lr=3e-3, batch_size=64),
     "digits_se": dict(build=DigitsSE, epochs=12, seed=0, lr=1e-2, batch_size=64),
 }
-
-
-def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["output"], {"input": x})
-    return float((logits.argmax(axis=1) == y).mean())
 
 
 def main() -> None:
@@ -57,22 +50,10 @@ def main() -> None:
         # expand reads it); the legacy exporter takes it as well
         path = export_onnx(model, torch.from_numpy(x_test[:2]), MODELS_DIR / f"{name}.onnx",
                            opset=OPSET)
-        record[name] = {
-            "file": path.name,
-            "architecture": cfg["build"].__name__,
-            "epochs": cfg["epochs"],
-            "seed": cfg["seed"],
-            "lr": cfg["lr"],
-            "batch_size": cfg["batch_size"],
-            "split_seed": 0,
-            "opset": OPSET,
-            "test_accuracy": round(test_accuracy, 6),
-            "onnx_test_accuracy": round(onnx_accuracy(path, x_test, y_test), 6),
-            "n_test": int(len(y_test)),
-        }
-        print(f"{name}: test accuracy {test_accuracy:.4f} "
-              f"(exported graph {record[name]['onnx_test_accuracy']:.4f}), "
-              f"trained in {seconds:.1f} s, {path.stat().st_size / 1024:.1f} KiB -> {path}")
+        record_model(record, name, path, {"architecture": cfg["build"].__name__,
+                                          "epochs": cfg["epochs"], "seed": cfg["seed"],
+                                          "lr": cfg["lr"], "batch_size": cfg["batch_size"]},
+                     test_accuracy, seconds, x_test, y_test)
     atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {json_path}")
 
