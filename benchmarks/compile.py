@@ -38,15 +38,8 @@ def export(width: int, path: Path, seed: int = 0) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import zoo
     torch.manual_seed(seed)
-    model = zoo.ResNet18(width=width, in_ch=3, classes=1000, size=32, stem="cifar")
-    for m in model.modules():   # cumulative averages over the batches below
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.rand(32, 3, 32, 32))
-    model.eval()
+    model = zoo.settle_batchnorm(zoo.ResNet18(width=width, in_ch=3, classes=1000, size=32,
+                                              stem="cifar"), (3, 32, 32))
     start = time.perf_counter()
     zoo.export(model, path, dynamo=False)
     return {"params": sum(p.numel() for p in model.parameters()),

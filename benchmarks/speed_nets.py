@@ -47,14 +47,7 @@ def _torch_model(name: str):
     import zoo
     model = zoo.ResNet18(width=64 if name == "resnet18" else 16, in_ch=3, classes=10, size=32,
                          stem="cifar")
-    for m in model.modules():   # cumulative averages over the batches below
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.rand(32, 3, 32, 32))
-    return model.eval()
+    return zoo.settle_batchnorm(model, (3, 32, 32))
 
 
 def onnx_path(name: str, folder: Path) -> Path:

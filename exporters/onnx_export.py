@@ -2,18 +2,8 @@
 is toolchain.torch_export's (shared with `toolchain.compile(module, example_input=…)`); this adds
 the ClipFloor quantize flags, the sfn.levels metadata and the atomic file.
 
-Both torch exporters are supported (checked with torch 2.13, opsets 17 and 18):
-
-- legacy TorchScript exporter (``dynamo=False``, the default here): deprecated since
-  torch 2.9 but still present; dynamic batch via ``dynamic_axes``; emits the requested
-  opset directly; in eval mode it folds BatchNorm into the preceding Conv.
-- torch.export-based exporter (``dynamo=True``): dynamic batch via ``dynamic_shapes``
-  with ``torch.export.Dim`` (a batch-1 example input is fine); it only implements
-  opset >= 18 and its own down-conversion to 17 fails on this CNN (silently keeping
-  18), so opset 17 is made here with ``onnx.version_converter`` on the finished model;
-  its optimizer also folds BatchNorm into Conv, and global average pooling comes out
-  as ReduceMean + Reshape rather than GlobalAveragePool + Flatten. It logs and prints
-  a lot, which is silenced here.
+The two torch exporters and how each is driven (dynamic batch, opset 17 from the dynamo
+exporter, BatchNorm folding) are described in toolchain/torch_export.py.
 """
 
 from __future__ import annotations

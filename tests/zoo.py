@@ -275,6 +275,20 @@ def randomize_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+def settle_batchnorm(model: nn.Module, input_shape: tuple, batches: int = 4,
+                     batch: int = 32) -> nn.Module:
+    """BatchNorm statistics as cumulative averages over `batches` batches of uniform [0, 1)
+    inputs (training mode, no gradients); the model returned in eval mode."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.rand((batch,) + tuple(input_shape)))
+    return model.eval()
+
+
 def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size:
         return x
