@@ -130,11 +130,12 @@ _COUNTERS: dict[tuple, tuple] = {}   # thresholds array → (the array, its coun
 
 
 def _counter(t: np.ndarray) -> tuple:
-    """How to count #{k : v ≥ t_k} for the rows of `t` (..., K): (row, low, high, span, lut,
-    keys). The distinct rows r = 0…R−1 (`row`: the one each neuron reads) are laid in disjoint
-    bands of width `span` over v ∈ [low − 1, high] (v clipped there keeps its count in every
-    row): `lut[r·span + v − low + 1]` is the count where R·span ≤ LUT_ENTRIES, else `keys` holds
-    the banded thresholds r·span + t − low + 1 for one searchsorted. Kept per thresholds array
+    """How to count #{k : v ≥ t_k} for the rows of `t` (..., K): (offset, low, high, lut,
+    keys, row). The distinct rows r = 0…R−1 (`row`: the one each neuron reads) are laid in
+    disjoint bands of width `span` over v ∈ [low − 1, high] (v clipped there keeps its count in
+    every row; `offset` = r·span − low + 1 per neuron): `lut[r·span + v − low + 1]` is the
+    count where R·span ≤ LUT_ENTRIES, else `keys` holds the banded thresholds
+    r·span + t − low + 1 for one searchsorted. Kept per thresholds array
     (the array owning the data, its shape and strides; the array is held, so its id is not
     reused while the entry lives)."""
     owner = t
@@ -157,8 +158,8 @@ def _counter(t: np.ndarray) -> tuple:
     else:
         keys = (distinct - (low - 1) +
                 span * np.arange(len(distinct), dtype=np.int64)[:, None]).ravel()
-    counter = (row, low, high, span, lut, keys)
-    held = sum(a.nbytes for _, c in _COUNTERS.values() for a in (c[0], c[4], c[5])
+    counter = (span * row - (low - 1), low, high, lut, keys, row)
+    held = sum(a.nbytes for _, c in _COUNTERS.values() for a in (c[0], c[3], c[4], c[5])
                if a is not None)
     if len(_COUNTERS) >= 256 or held > COUNTER_BYTES:
         _COUNTERS.clear()
@@ -178,8 +179,8 @@ def fire_adaptive(v: np.ndarray, thresholds: np.ndarray, payload: np.ndarray) ->
     k = t.shape[-1]
     if k <= 8:
         return pay[np.sum(v[..., None] >= t, axis=-1)]
-    row, low, high, span, lut, keys = _counter(t)
-    band = np.clip(v, low - 1, high) - (low - 1) + span * row
+    offset, low, high, lut, keys, row = _counter(t)
+    band = np.clip(v, low - 1, high) + offset   # r·span + v − low + 1: v's place in row r
     if lut is not None:
         return pay[lut[band]]
     return pay[np.searchsorted(keys, band, side="right") - k * row]
