@@ -27,7 +27,7 @@ import numpy as np
 from sim.ops import Node, node_from_record
 from sim.ops.base import EDGE, SINK, SOURCE, VALUE_LIMIT
 from sim.errors import ArtifactError
-from sim.files import atomic_write, read_user_file  # noqa: F401  (re-exported)
+from sim.files import atomic_write, read_npy_header, read_user_file  # noqa: F401  (re-exported)
 
 FORMAT = "sfn"
 FORMAT_VERSION = 1
@@ -250,7 +250,7 @@ def _read_member(data: bytes, entry: dict, what: str) -> np.ndarray:
     try:
         if np.lib.format.read_magic(buf) != (1, 0):
             raise ArtifactError(f"{what}: not a version 1.0 .npy member")
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        shape, fortran, dtype = read_npy_header(buf, (1, 0))
         if dtype.hasobject:
             raise ArtifactError(f"{what}: holds Python objects (pickled data); refused")
         declared = (entry["dtype"], list(entry["shape"]))

@@ -24,7 +24,10 @@ import errno
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
+
+import numpy as np
 
 from sim.errors import InputFileError, OutputFileError
 
@@ -285,3 +288,17 @@ def read_user_file(path, limit: int, what: str = "file",
         return path.read_bytes()
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def read_npy_header(f, version: tuple[int, int]):
+    """(shape, fortran order, dtype) of a .npy header of format `version` (1.0 or 2.0), after
+    its magic. One thread at a time: numpy parses the header with ast.literal_eval, and CPython
+    3.11's AST constructor can fail with "recursion depth mismatch" when two threads parse at
+    once (seen with concurrent artifact loads)."""
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}[tuple(version)]
+    with _NPY_HEADER_LOCK:
+        return read(f)

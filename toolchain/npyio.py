@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.files import read_npy_header
 from toolchain.errors import InputFileError
 
 MAX_NPY_BYTES = 2 * 1024 ** 3   # array data of one file
@@ -96,10 +97,8 @@ def _header(f, path) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran order, dtype) from a `.npy` header, checked to be a plain numeric array."""
     try:
         version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if version in ((1, 0), (2, 0)):
+            shape, fortran, dtype = read_npy_header(f, version)
         else:
             raise InputFileError(f"{path}: .npy format version {version[0]}.{version[1]}; "
                                  "versions 1.0 and 2.0 are read")
