@@ -153,3 +153,26 @@ def test_joint_mixed_sign_weights_keep_eight_bits():
     assert np.all(w % 2 == 0)
     assert np.abs(w).max() == 254
     assert len(np.unique(w // 2)) > 129       # more distinct mantissas than 7 bits hold
+
+
+def test_cli_run_of_a_recurrent_model_says_trials_steps_and_the_real_shape(tmp_path):
+    """`toolchain run` on whole trials writes (N, T, n_out) and says so, on stdout and in
+    --json."""
+    import json
+
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+    art = compile_onnx(SHIPPED / "go_nogo_relu_dale.onnx").artifact
+    art.save(tmp_path / "g.sfn")
+    x = np.random.default_rng(0).standard_normal((3, 7, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    runner = CliRunner()
+    args = ["run", str(tmp_path / "g.sfn"), "--input", str(tmp_path / "x.npy"), "--output",
+            str(tmp_path / "y.npy")]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "3 trials × 7 steps on cpu" in r.output and "(3, 7, 1)" in r.output
+    assert np.load(tmp_path / "y.npy").shape == (3, 7, 1)
+    r = runner.invoke(main, args + ["--json"])
+    assert json.loads(r.output)["output_shape"] == [3, 7, 1]

@@ -70,7 +70,7 @@ def run(artifact, inp, out, logits, backend, timesteps, binary, lava_tag, lanes,
     clipped = res.stats[art.input].clipped
     summary = {"samples": res.samples, "timesteps": T, "backend": backend,
                "output": out, "logits": logits,
-               "output_shape": [res.samples, *art.output_shape],
+               "output_shape": list(np.shape(y)),   # (N, T_trial, n_out) for a recurrent model
                "softmax": softmax or None,
                "synops_per_sample": sum(s.synops for s in res.stats.values()) / max(res.samples, 1),
                "saturations": sum(s.saturations for s in res.stats.values()),
@@ -86,7 +86,9 @@ def run(artifact, inp, out, logits, backend, timesteps, binary, lava_tag, lanes,
     else:
         for note in summary["notes"]:
             console.print(f"note: {note}", highlight=False)
-        console.print(f"{res.samples} samples × T={T} on {backend} → {out} "
+        runs = f"{res.samples} trials × {np.shape(y)[1]} steps" if art.recurrent else \
+            f"{res.samples} samples × T={T}"
+        console.print(f"{runs} on {backend} → {out} "
                       f"{tuple(summary['output_shape'])}; "
                       f"{summary['synops_per_sample']:,.0f} synaptic ops/sample, "
                       f"{summary['saturations']} saturations, {clipped} input values clipped",
