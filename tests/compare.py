@@ -1,4 +1,5 @@
-"""The one comparator of simulation results: bit-for-bit equality of everything a run returns."""
+"""The one comparator of simulation results: bit-for-bit equality of everything a run returns;
+and the emitted integer reference ONNX run under onnxruntime, what the runs are compared with."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,3 +23,14 @@ def assert_same(result, reference, stats: bool = True):
     for name in result.recorded:
         np.testing.assert_array_equal(result.recorded[name], reference.recorded[name])
         assert result.recorded[name].dtype == reference.recorded[name].dtype == np.int64
+
+
+def reference_onnx_outputs(art, x):
+    """(output, accumulator) of `art`'s integer reference ONNX (toolchain.reference) under
+    onnxruntime on inputs x."""
+    import onnxruntime as ort
+
+    from toolchain.reference import emit_reference
+    sess = ort.InferenceSession(emit_reference(art).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(["output", "accumulator"], {"input": x})

@@ -3,30 +3,22 @@ exact to their equations in sim.reference, sim.cpu, the reference ONNX and Lava.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim.cpu
 import sim.reference
-from compare import assert_same
+from compare import assert_same, reference_onnx_outputs
 from sim.artifact import Artifact
 from sim.ir import Constant, Input, MatMul, Neuron, Product, Readout, Reshape, SumPool, Transpose
 from sim.ops.product import shift_round
-from toolchain.reference import emit_reference
-
-
-def _reference_onnx(art, x):
-    sess = ort.InferenceSession(emit_reference(art).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
-    return sess.run(["output", "accumulator"], {"input": x})
 
 
 def _all_agree(art, x, record=()):
     ref = sim.reference.run(art, x, record=record)
     assert_same(sim.cpu.run(art, x, record=record), ref)
-    out, acc = _reference_onnx(art, x)
+    out, acc = reference_onnx_outputs(art, x)
     np.testing.assert_array_equal(acc, ref.accumulator.astype(np.float32))
     np.testing.assert_array_equal(out, ref.output)
     return ref

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from torch import nn
 import nets
 import sim.cpu
 import sim.reference
-from compare import assert_same
+from compare import assert_same, reference_onnx_outputs
 from sim.artifact import Artifact, load, save
 from sim import semantics
 from sim.ir import Dense, Input, Neuron, Readout, Reshape, Select
@@ -37,23 +36,16 @@ from toolchain.compiler import compile_onnx
 from toolchain.quantize.quantizer import QuantizerBase
 from toolchain.errors import ToolchainError
 from toolchain.onnx_import import import_onnx, loader
-from toolchain.reference import emit_reference
 
 _DIR = Path(tempfile.mkdtemp(prefix="sfn-test-real-ops-"))
 EXPORTERS = [pytest.param(False, id="legacy"), pytest.param(True, id="dynamo")]
-
-
-def _reference(art, x):
-    sess = ort.InferenceSession(emit_reference(art).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
-    return sess.run(["output", "accumulator"], {"input": x})
 
 
 def assert_exact(art, x):
     """sim.cpu == sim.reference == the reference ONNX, output and accumulator."""
     res = sim.cpu.run(art, x)
     assert_same(res, sim.reference.run(art, x))
-    out, acc = _reference(art, x)
+    out, acc = reference_onnx_outputs(art, x)
     assert np.array_equal(res.accumulator.astype(np.float32), acc)
     assert np.array_equal(res.output, out)
     assert sum(s.spikes for s in res.stats.values()) > 0

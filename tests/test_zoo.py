@@ -21,25 +21,19 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import sim.cpu
+from compare import reference_onnx_outputs
 import zoo
 from toolchain.compiler import compile_onnx
 from toolchain.errors import ToolchainError
 from toolchain.quantize import function_steps
-from toolchain.reference import emit_reference
 
 DATA = Path(__file__).parent / "data"
 _DIR = Path(tempfile.mkdtemp(prefix="sfn-test-zoo-"))
 EXPORTERS = [pytest.param(False, id="legacy"), pytest.param(True, id="dynamo")]
 
 
-def _reference(art, x):
-    sess = ort.InferenceSession(emit_reference(art).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
-    return sess.run(["output", "accumulator"], {"input": x})
-
-
 def assert_bit_exact(art, x):
-    out, acc = _reference(art, x)
+    out, acc = reference_onnx_outputs(art, x)
     res = sim.cpu.run(art, x)
     assert np.array_equal(res.accumulator.astype(np.float32), acc)
     assert np.array_equal(res.output, out)
