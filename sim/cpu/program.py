@@ -73,12 +73,12 @@ class Run(driver.Step):
             c = self.counts[name] = kernels.nonzero_counts(_np(self.values[name]))
         return c
 
-    def rows(self, names) -> list:
-        """The values of `names`, the steady ones repeated over the T steps when the others
-        are stacked (a node that mixes both)."""
+    def rows(self, names, reader: str) -> list:
+        """The values of `names` as the node `reader` reads them: the steady ones repeated over
+        the T steps when the reader's own value is stacked (it mixes both, or it is a neuron
+        reading steady values)."""
         ins = [self.values[i] for i in names]
-        if self.reps > 1 and any(i in self.steady for i in names) and \
-                not all(i in self.steady for i in names):
+        if self.reps > 1 and reader not in self.steady and any(i in self.steady for i in names):
             ins = [_repeat(v, self.reps) if i in self.steady else v for i, v in zip(names, ins)]
         return ins
 
@@ -175,7 +175,7 @@ def _generic(p: Program, node):
     name, srcs = node.name, node.inputs
 
     def op(r):
-        r.values[name] = node.evaluate([as_int(_np(v)) for v in r.rows(srcs)], r)
+        r.values[name] = node.evaluate([as_int(_np(v)) for v in r.rows(srcs, name)], r)
     return op
 
 
@@ -205,6 +205,8 @@ def one_pass(node) -> bool:
 @builds("neuron")
 def _neuron(p: Program, node):
     name, src, lo, hi = node.name, node.inputs[0], node.lo, node.hi
+    if node.fire == "adaptive":
+        return _table(p, node)
     # in a trial, one_pass picks the neurons with reset "subtract": the ones whose state the
     # driver drops after every step (a leaky neuron, reset "none", keeps its own)
     if not (p.afresh and one_pass(node)):
@@ -223,6 +225,94 @@ def _neuron(p: Program, node):
         r.values[name] = out
         if sat or r.count:
             count_neuron(r.stats[name], _np(out), sat, lo, hi, r.count,
+                         (lambda: r.nonzero(name)) if r.count else None)
+    return op
+
+
+# a table neuron runs as one gather when its lookup table has at most this many entries
+TABLE_ENTRIES = 2 ** 24
+
+
+def table_bands(thresholds: np.ndarray, payload: np.ndarray):
+    """A table neuron's payloads as one lookup table: its distinct threshold rows r laid in
+    consecutive bands, row r's band holding payload[#{k : v ≥ t_rk}] for v from
+    l_r = max(t_r0 − 1, −V_MAX) to h_r = min(t_rK−1, V_MAX) (below l_r + 1 the count is 0, from
+    h_r on it is the one at h_r, and the 24-bit saturation clips to within ±V_MAX, so clamping
+    the state to [l_r, h_r] keeps every payload). Returns (table int64, start − l per row, l per
+    row, h per row, the row of each neuron), or None when the table exceeds TABLE_ENTRIES."""
+    t = np.asarray(thresholds, np.int64)
+    k = t.shape[-1]
+    distinct, row = np.unique(t.reshape(-1, k), axis=0, return_inverse=True)
+    low = np.maximum(distinct[:, 0] - 1, -semantics.V_MAX)
+    high = np.minimum(distinct[:, -1], semantics.V_MAX)
+    width = high - low + 1
+    if int(width.sum()) > TABLE_ENTRIES:
+        return None
+    start = np.concatenate([[0], np.cumsum(width)[:-1]])
+    pay = np.asarray(payload, np.int64)
+    table = np.concatenate([pay[np.searchsorted(d, np.arange(lo, hi + 1), side="right")]
+                            for d, lo, hi in zip(distinct, low, high)])
+    return table, start - low, low, high, row.reshape(t.shape[:-1])
+
+
+def _narrow(values: np.ndarray) -> type:
+    """The narrowest of uint8, int8, int16, float32 holding these integers exactly."""
+    lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
+    for dtype in (np.uint8, np.int8, np.int16):
+        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+            return dtype
+    return np.float32
+
+
+def _table(p: Program, node):
+    """A table neuron (adaptive fire: n = payload[#{k : sat(I + b) ≥ t_k}], T = 1 only, no
+    state kept) as one gather from table_bands' table:
+    table[clamp(I, l − b, h − b) + b + start − l] per neuron, the index an exact integer in
+    float32 when every bound involved is below 2²⁴, else in float64, the table in the narrowest
+    integer dtype (a smaller table is a faster gather) and its payloads made float32, or uint8
+    for an int8 reader. A table over TABLE_ENTRIES entries, or an input no float holds exactly,
+    takes the int64 definition."""
+    generic = _generic(p, node)
+    bands = table_bands(batched(node.thresholds), node.payload) if p.use_torch else None
+    if bands is None:
+        return generic
+    table, start, low, high, row = bands
+    name, src = node.name, node.inputs[0]
+    plo, phi = int(table.min()), int(table.max())
+    p.static[name] = float(max(abs(plo), abs(phi)))
+    shape = (1,) + tuple(node.shape)
+    bias = np.broadcast_to(np.asarray(batched(node.bias), np.int64), shape)
+    bias_max = float(np.abs(bias).max(initial=0))
+    row = np.broadcast_to(row, shape)
+    params = [low[row] - bias, high[row] - bias, start[row] + bias]
+    small = max(float(np.abs(a).max(initial=0)) for a in params) + table.size < kernels.F32_EXACT
+    consts: dict = {}
+
+    def const(dtype):
+        if dtype not in consts:
+            consts[dtype] = [torch_ops.tensor(np.ascontiguousarray(a, dtype)) for a in params]
+        return consts[dtype]
+    bias64 = torch_ops.tensor(np.ascontiguousarray(bias, np.float64))
+    lut = torch_ops.tensor(table.astype(_narrow(table)))
+
+    def op(r):
+        bound = r.bound(src)
+        x = r.values[src]
+        dtype = x.dtype if isinstance(x, np.ndarray) else torch_ops.numpy_dtype(x)
+        dtype = np.float32 if small and dtype in (np.float32, np.uint8) else \
+            np.float64 if bound + bias_max + table.size < kernels.F64_EXACT else None
+        if dtype is None:
+            return generic(r)
+        xt = torch_ops.tensor(x, dtype)
+        sat = 0
+        if bound + bias_max > semantics.V_MAX:
+            sat = torch_ops.count_over(xt, bias64, semantics.V_MAX)
+        out = torch_ops.table(xt, *const(dtype), lut,
+                              np.uint8 if name in p.u8 and plo >= 0 and phi <= 255
+                              else np.float32)
+        r.values[name] = out
+        if sat or r.count:
+            count_neuron(r.stats[name], _np(out), sat, plo, phi, r.count,
                          (lambda: r.nonzero(name)) if r.count else None)
     return op
 
@@ -381,6 +471,35 @@ def _channelwise(param: np.ndarray, shape) -> np.ndarray | None:
     return full[:, 0].copy() if (full == full[:, :1]).all() else None
 
 
+@builds("product", "matmul")
+def _activation_product(p: Program, node):
+    """A product of two activations, elementwise with broadcasting or a batched matrix
+    product, in float arithmetic on exact integers (torch_ops.product): the dtype from a bound
+    on its partial sums plus the rounding's half (K·max|a|·max|b| for a matrix product), static
+    when both inputs have one; a product no float holds exactly takes the int64 definition."""
+    name, srcs, shift = node.name, node.inputs, int(node.shift)
+    matmul = node.kind == "matmul"
+    inner = float(node.inner) if matmul else 1.0
+    half = 2.0 ** (shift - 1) if shift else 0.0
+    generic = _generic(p, node)
+    if not p.use_torch:
+        return generic
+    p.derived(node, node.magnitude)
+
+    def op(r):
+        bounds = [r.bound(i) for i in srcs]
+        dtype = kernels.exact_dtype(inner * bounds[0] * bounds[1] + half)
+        a, b = r.rows(srcs, name)
+        out = None if dtype is None else torch_ops.product(a, b, dtype, shift, matmul)
+        if out is None:
+            return generic(r)
+        r.values[name] = out
+        r.bounds[name] = node.magnitude(bounds)
+        if r.count:
+            r.stats[name].synops += torch_ops.product_ops(a, b, matmul)
+    return op
+
+
 @builds("sumpool")
 def _sumpool(p: Program, node):
     name, src, use_torch = node.name, node.inputs[0], p.use_torch
@@ -474,7 +593,7 @@ def _add(p: Program, node):
         dtype, bound, offset = static or forms(
             sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)),
             max(u * r.bound(i) for u, i in zip(unshifted, srcs)))
-        ins = r.rows(srcs)
+        ins = r.rows(srcs, name)
         if use_torch and dtype is not np.float32 and int32 is not None and \
                 bound < kernels.F32_EXACT and \
                 max(u * r.bound(i) for u, i in zip(unshifted, srcs)) < 2 ** 31 and \
@@ -520,7 +639,7 @@ def _concat(p: Program, node):
     p.derived(node, max)
 
     def op(r):
-        ins = r.rows(srcs)
+        ins = r.rows(srcs, name)
         if p.use_torch and all(not isinstance(i, np.ndarray) for i in ins) and \
                 len({i.dtype for i in ins}) == 1:
             r.values[name] = torch_ops.cat(ins, axis)

@@ -808,3 +808,51 @@ def _u8_nhwc(torch, xt, cin: int):
 def cat(values, axis: int):
     """torch.cat of tensors of one dtype."""
     return _torch().cat(values, axis)
+
+
+def product(a, b, dtype, shift: int, matmul: bool = False):
+    """round_half_up(a·b / 2^shift) of exact integers, elementwise with broadcasting or as a
+    batched matrix product (matmul), in `dtype`, which the caller chose exact for every
+    partial sum plus 2^(shift−1): a tensor, or None without torch (or, for a matrix
+    product, without strict float32 matmul). The rounding is floor((p + 2^(shift−1)) · 2^−shift):
+    the sum is exact and the power-of-two scaling too."""
+    torch = _torch()
+    if not torch or (matmul and not _fp32_strict(torch, "matmul")):
+        return None
+    at, bt = tensor(a, dtype), tensor(b, dtype)
+    out = torch.matmul(at, bt) if matmul else torch.mul(at, bt)
+    if shift:
+        out.add_(float(1 << (shift - 1))).mul_(2.0 ** -shift).floor_()
+    return out
+
+
+def product_ops(a, b, matmul: bool = False) -> int:
+    """The product operations of `product`: the products whose two operands are both nonzero
+    (per output of an elementwise product; summed over k for a matrix product, exact in
+    float32 while the inner size is below 2²⁴)."""
+    torch = _torch()
+    at, bt = tensor(a), tensor(b)
+    na, nb = at != 0, bt != 0
+    if matmul:
+        return int(torch.matmul(na.to(torch.float32), nb.to(torch.float32))
+                   .sum(dtype=torch.float64))
+    return int(torch.logical_and(na, nb).sum())
+
+
+def table(v, low, high, offset, lut, dtype):
+    """lut[clamp(v, low, high) + offset] as `dtype` (a numpy dtype) for exact integers v and
+    per-neuron float tensors low, high, offset broadcasting against it, the clamped index
+    exact in their dtype (the caller's choice) and below 2³¹: a table neuron's payloads, one
+    gather."""
+    torch = _torch()
+    vt = tensor(v)
+    idx = torch.clamp(vt.to(low.dtype), low, high).add_(offset).to(torch.int32)
+    # index_select with int32 indices: several times faster than take or int64 indexing
+    out = lut.index_select(0, idx.reshape(-1)).view(idx.shape)
+    return out.to(_DTYPES[np.dtype(dtype)])
+
+
+def count_over(x, offset, limit: float) -> int:
+    """#{|x + offset| > limit}, in float64 (exact for integers below 2⁵³)."""
+    torch = _torch()
+    return int(torch.count_nonzero((tensor(x).to(torch.float64) + offset).abs_() > limit))

@@ -32,7 +32,10 @@ class MatMul(Node):
         a, b = inputs
         if not is_int(self.inner):
             return f"inner {self.inner!r} is not an integer"
-        if len(a) < 2 or len(b) < 2 or a[-1] != b[-2] or a[-1] != self.inner:
+        if len(a) != len(b):
+            # both carry the batch axis in front: their axes pair up only at equal ranks
+            return f"inputs {a} and {b} differ in rank"
+        if len(a) < 2 or a[-1] != b[-2] or a[-1] != self.inner:
             return f"inputs {a} and {b} cannot be multiplied as matrices over {self.inner}"
         try:
             lead = np.broadcast_shapes(a[:-2], b[:-2])

@@ -23,7 +23,7 @@ def _broadcast_tables(shapes, out) -> list[np.ndarray]:
 @dataclass
 class Product(Node):
     """I = round_half_up(a · b / 2^shift) elementwise, a and b the integer payloads of its two
-    inputs broadcast against each other (numpy's rules on the per-sample shapes); the neuron that
+    inputs broadcast against each other (numpy's rules on per-sample shapes of equal rank); the neuron that
     reads I fires it (its scale folded into θ). On Loihi 2 a programmable neuron multiplies two
     graded inputs (Lava's ProdNeuron computes (a·b) >> exp); one product neuron per element.
     Product operations: the nonzero products (a ≠ 0 and b ≠ 0), counted as SynOps."""
@@ -38,6 +38,9 @@ class Product(Node):
     arity: ClassVar[int | None] = 2
 
     def _check(self, inputs):
+        if len(inputs[0]) != len(inputs[1]):
+            # both carry the batch axis in front: their axes pair up only at equal ranks
+            return f"inputs {inputs[0]} and {inputs[1]} differ in rank"
         try:
             out = np.broadcast_shapes(*inputs)
         except ValueError:
