@@ -268,7 +268,7 @@ def _table(p: Program, node):
     """A table neuron (adaptive fire: n = payload[#{k : sat(I + b) ≥ t_k}], T = 1 only, no
     state kept) as one gather from table_bands' table:
     table[clamp(I, l − b, h − b) + b + start − l] per neuron, the index an exact integer in
-    float32 when every bound involved is below 2²⁴, else in float64, the table in the narrowest
+    float32 when the input and those per-neuron bounds are below 2²⁴, else in float64, the table in the narrowest
     integer dtype (a smaller table is a faster gather) and its payloads made float32, or uint8
     for an int8 reader. A table over TABLE_ENTRIES entries, or an input no float holds exactly,
     takes the int64 definition."""
@@ -285,7 +285,9 @@ def _table(p: Program, node):
     bias_max = float(np.abs(bias).max(initial=0))
     row = np.broadcast_to(row, shape)
     params = [low[row] - bias, high[row] - bias, start[row] + bias]
-    small = max(float(np.abs(a).max(initial=0)) for a in params) + table.size < kernels.F32_EXACT
+    # float32 when the clamp's bounds and the offset are: the index, their exact sum, lies in
+    # [0, table.size) ⊂ [0, 2²⁴]
+    small = max(float(np.abs(a).max(initial=0)) for a in params) < kernels.F32_EXACT
     consts: dict = {}
 
     def const(dtype):
@@ -298,8 +300,7 @@ def _table(p: Program, node):
     def op(r):
         bound = r.bound(src)
         x = r.values[src]
-        dtype = x.dtype if isinstance(x, np.ndarray) else torch_ops.numpy_dtype(x)
-        dtype = np.float32 if small and dtype in (np.float32, np.uint8) else \
+        dtype = np.float32 if small and bound < kernels.F32_EXACT else \
             np.float64 if bound + bias_max + table.size < kernels.F64_EXACT else None
         if dtype is None:
             return generic(r)

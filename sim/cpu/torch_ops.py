@@ -359,9 +359,32 @@ def sum_pool(x, kernel, stride, pads, out_hw, dtype):
     kernel, stride = [int(k) for k in kernel], [int(s) for s in stride]
     if not torch or (top, left) != (bottom, right) or 2 * top > kernel[0] or 2 * left > kernel[1]:
         return None
-    out = torch.nn.functional.avg_pool2d(_tensor(torch, x, dtype), kernel, stride, [top, left],
+    xt = _tensor(torch, x, dtype)
+    axis = _whole_axis(xt, kernel, stride, pads, out_hw)
+    if axis is not None:
+        return xt.sum(axis, keepdim=True)
+    out = torch.nn.functional.avg_pool2d(xt, kernel, stride, [top, left],
                                          ceil_mode=False, divisor_override=1)
     return out if tuple(out.shape[-2:]) == tuple(out_hw) else None
+
+
+def _whole_axis(xt, kernel, stride, pads, out_hw):
+    """-1 or -2 when an unpadded window spans that whole axis of xt and nothing of the other
+    (a row's or a column's reduction, as a softmax's maximum and sum and a LayerNorm's mean
+    take it), (-2, -1) when it spans both (a global pool), else None: a reduction along the
+    axes is several times faster than the pooling kernel."""
+    if any(int(p) for p in pads):
+        return None
+    h, w = int(xt.shape[-2]), int(xt.shape[-1])
+    kh, kw = (int(k) for k in kernel)
+    sh, sw = (int(s) for s in stride)
+    if (kh, kw) == (1, w) and sh == 1 and tuple(out_hw) == (h, 1):
+        return -1
+    if (kh, kw) == (h, 1) and sw == 1 and tuple(out_hw) == (1, w):
+        return -2
+    if (kh, kw) == (h, w) and tuple(out_hw) == (1, 1):
+        return (-2, -1)
+    return None
 
 
 def max_pool(x, kernel, stride, pads, dilation, out_hw, nonnegative: bool):
@@ -374,6 +397,10 @@ def max_pool(x, kernel, stride, pads, dilation, out_hw, nonnegative: bool):
     xt = _tensor(torch, x)
     if xt.dtype not in (torch.float32, torch.float64, torch.uint8):
         return None
+    axis = _whole_axis(xt, kernel, stride, pads, out_hw) if all(int(d) == 1 for d in dilation) \
+        else None
+    if axis is not None:
+        return xt.amax(axis, keepdim=True)
     top, left, bottom, right = (int(p) for p in pads)
     if any(pads):
         low = 0 if nonnegative or xt.dtype == torch.uint8 else float("-inf")
