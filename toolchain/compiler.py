@@ -2,6 +2,7 @@
 A recurrent cell model goes to `toolchain.rnn.compile.compile_rnn`."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -132,6 +133,21 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
     say("quantize")
     qz = Quantizer(fg, stats, opts, str(path))
     nodes, inp, out = qz.run(imported.softmax)
+    if qz.wanted:
+        # adaptive requantizers fit their levels to samples of the currents they carry: the
+        # calibration data again for those tensors, then the quantization again
+        wanted = sorted(qz.wanted)
+        try:
+            extra = cal.calibrate(imported.source, data, wanted, percentile,
+                                  keep_samples=set(wanted),
+                                  sample_elements=sum(int(np.prod(fg[n]["shape"]))
+                                                      for n in wanted))
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        for n in wanted:
+            stats[n] = dataclasses.replace(stats[n], sample=extra[n].sample)
+        qz = Quantizer(fg, stats, opts, str(path), fits=qz.fits)
+        nodes, inp, out = qz.run(imported.softmax)
     notes += weight_warnings(qz.layers)
     meta = {"source": {"file": Path(path).name, "sha256": imported.sha256,
                        "opset": imported.opset},

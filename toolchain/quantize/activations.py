@@ -43,6 +43,60 @@ class ActivationRules:
             return self.neuron(name, name, x, scaled, 0, L)
         return self.adaptive_relu(name, x, step * L, scaled * L)
 
+    def adaptive_requant(self, name, x: QTensor, base: np.ndarray, src: str) -> QTensor:
+        """A current requantized by a table neuron with fitted levels: the level shape
+        y_0 = 0 < … < y_L of fit_levels on the calibration sample of |x| (its calibrated tensor
+        `src`), mirrored to −y_L … y_L where x takes negative values; output unit R_c / Q per
+        channel (R_c = `base`, the range the uniform requantizer divides into L steps),
+        thresholds at the midpoints between consecutive payloads in the current's units,
+        rounded up (the nearest level, ties up, as the uniform neuron's θ/2 offset)."""
+        L = self.opts.internal_levels
+        st = self.stats[src]
+        shape = x.unit.shape
+        # the sample's rows are src's channels; a tensor rearranged from src (its axis 0 not
+        # src's channels) takes one range for all of them, as act_scale does
+        ranges = base if src == x.fname and len(base) == len(st.sample) else \
+            np.full(len(st.sample), float(np.max(base)))
+        key = (name, self.opts.fire, L)
+        if key not in self.fits:
+            self.fits[key] = fit_levels(st.sample, ranges, L, self.opts.fire)
+        fit = self.fits[key]
+        half = fit["payload"]
+        signed = st.min < 0
+        payload = np.concatenate([-half[:0:-1], half]) if signed else half
+        bshape = (-1,) + (1,) * (len(shape) - 1)
+        unit = np.broadcast_to((base / fit["q"]).reshape(bshape), shape).astype(np.float64)
+        mid = (payload[:-1] + payload[1:]) / 2.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            thresholds = np.ceil(unit[..., None] * mid / np.asarray(x.unit)[..., None])
+        thresholds = np.clip(np.nan_to_num(thresholds, nan=semantics.V_MAX + 1),
+                             -semantics.V_MAX - 1, semantics.V_MAX + 1).astype(np.int64)
+        bias = np.broadcast_to(x.bias, shape).astype(np.int64)
+        worst = float((x.bound + np.abs(bias)).max())
+        if worst > semantics.V_MAX:
+            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
+                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×; use "
+                            "fewer --internal-levels or a smaller input range")
+        top = int(payload[-1])
+        node = self.emit(ir.Neuron(
+            name, (x.node,), shape, threshold=np.ones((1,) * len(shape), np.int64), bias=bias,
+            lo=int(payload[0]), hi=top, fire="adaptive", thresholds=thresholds,
+            payload=payload.astype(np.int64)))
+        self.record[f"{name}/act_scale"] = channel_view(unit).reshape(-1)
+        self.adaptive[name] = dict(payload=payload.tolist(), q=fit["q"],
+                                   levels=[round(float(r), 6) for r in fit["rho"]],
+                                   mse=fit["mse"], mse_uniform=fit["mse_uniform"],
+                                   values=fit["values"], positive=fit["positive"],
+                                   signed=bool(signed))
+        self.layers.append(LayerRow(
+            name, f"{node.kind} ({self.opts.fire})", shape, neurons=int(np.prod(shape)),
+            levels=(int(payload[0]), top),
+            detail=f"{L} levels{' ±' if signed else ': '}{half[1]}…{top}/{fit['q']}",
+            threshold=(int(thresholds.min()), int(thresholds.max())),
+            margin_bits=round(float(np.log2(semantics.V_MAX / max(worst, 1))), 1)))
+        return payloads(name, x.fname, unit, np.zeros(shape, np.int64),
+                        np.full(shape, float(top)))
+
     def adaptive_relu(self, name, x: QTensor, base: np.ndarray, scaled: np.ndarray) -> QTensor:
         """ReLU as an adaptive neuron: payloads y_0 = 0 < … < y_L (fit_levels, one shape per
         layer), output unit λ·R_c / Q per channel, thresholds t_k = ceil(b_k / unit_in) with

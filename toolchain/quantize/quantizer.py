@@ -32,6 +32,9 @@ class QuantizerBase:
         self.adaptive: dict[str, dict] = {}  # fitted level shapes of adaptive ReLU layers
         self.nonneg: set[str] = set()        # emitted nodes whose values are never negative
         self.requantized: dict[tuple, QTensor] = {}   # currents turned into spikes, by source
+        # calibrated tensors an adaptive requantizer wants a sample of (the compiler calibrates
+        # them and quantizes again; until then they are requantized uniformly)
+        self.wanted: set[str] = set()
 
     # --- helpers -------------------------------------------------------------------------------
     def emit(self, node: ir.Node) -> ir.Node:
@@ -160,12 +163,22 @@ class QuantizerBase:
     def requantize(self, x: QTensor) -> QTensor:
         """A signed neuron [−L, L] turning a current into spikes a synapse or a product can
         read, L the internal level count: the current is no activation of the model, its levels
-        only carry it to the next synapse."""
+        only carry it to the next synapse. With an adaptive fire function (`--fire adaptive`
+        or "quantile", T = 1) it is a table neuron whose levels are fitted to the current's
+        calibration sample (`adaptive_requant`): a softmax's weights, a LayerNorm's outputs and
+        attention's operands each get their own level shape."""
         L = self.opts.internal_levels
         key = (x.node, x.fname)
         if key not in self.requantized:   # one neuron for all the synapses that read it
-            self.requantized[key] = self.neuron(f"{x.fname}/requant", x.fname, x,
-                                                self.act_scale(x.fname, None, True, L), -L, L)
+            name, step = f"{x.fname}/requant", self.act_scale(x.fname, None, True, L)
+            src = self.calibrated(x.fname)
+            if self.opts.fire == "uniform" or self.opts.timesteps != 1:
+                self.requantized[key] = self.neuron(name, x.fname, x, step, -L, L)
+            elif self.stats[src].sample is None:
+                self.wanted.add(src)
+                self.requantized[key] = self.neuron(name, x.fname, x, step, -L, L)
+            else:
+                self.requantized[key] = self.adaptive_requant(name, x, step * L, src)
         return self.requantized[key]
 
     def spikes_in(self, x: QTensor) -> QTensor:
