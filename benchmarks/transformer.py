@@ -11,10 +11,11 @@ squeeze-excitation gate), on the digits split `load_digits_split(0)`: calibratio
 
 1. **Level sweep**, one per network: for every level count (`--levels`, default 3, 7, 15, 31,
    63, 255 for the ViT and `--se-levels`, default 7, 15, 63, for the SE CNN) and fire function
-   (uniform, adaptive; it shapes ReLU and Clip neurons only), with the default 63 internal
-   levels (the operands of products, the requantized currents and the function tables), and the
-   ViT again at levels 15 and 255 (`--internal-rows`) with 127 and 255 internal levels
-   (`--extra-internal`): top-1 accuracy of sim.cpu's output on the test split next to the
+   (uniform, adaptive: it fits the levels of the ReLU and Clip neurons and of the neurons that
+   requantize currents — softmax weights, LayerNorm outputs, attention's operands), with the
+   default 63 internal levels (the operands of products, the requantized currents and the
+   function tables), and the ViT again at levels 15 (`--internal-rows`) with 3, 7, 15, 31,
+   127 and 255 internal levels (`--extra-internal`): top-1 accuracy of sim.cpu's output on the test split next to the
    float model's (onnxruntime), SynOps per inference split into synapse SynOps
    (dense, conv, pooling and add synapses) and product SynOps (the nonzero products of `product`
    and `matmul` nodes, which the simulators count as SynOps), the product outputs (the
@@ -31,7 +32,7 @@ How it times (as benchmarks/cpu_sim.py): the machine is shared and its speed dri
 are timed in `--rounds` interleaved rounds of `--runs` runs each (after a warm-up call), a time
 is the median over rounds of the block medians, and a ratio is the median over rounds of the
 two rows' block medians (quartiles in brackets). Wall time; the one-thread rows also give the
-ratio of process CPU time. `--quick`: the ViT at levels 7, 15 and 63 (internal 127 and 255 at
+ratio of process CPU time. `--quick`: the ViT at levels 7, 15 and 63 (internal 3, 15 and 255 at
 15 only), the SE CNN at 15, 3 rounds.
 """
 from __future__ import annotations
@@ -193,21 +194,23 @@ def main():
     ap.add_argument("--nets", default="vit,se")
     ap.add_argument("--levels", default="3,7,15,31,63,255", help="the ViT's level counts")
     ap.add_argument("--se-levels", default="7,15,63", help="the SE CNN's level counts")
-    ap.add_argument("--internal-rows", default="15,255",
+    ap.add_argument("--internal-rows", default="15",
                     help="ViT level counts compiled again with each of --extra-internal")
-    ap.add_argument("--extra-internal", default="127,255",
+    ap.add_argument("--extra-internal", default="3,7,15,31,127,255",
                     help="internal level counts of those extra ViT rows")
     ap.add_argument("--batches", default="256,16")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=3, help="timed runs per row and round")
     ap.add_argument("--quick", action="store_true",
-                    help="ViT levels 7,15,63 (internal 127, 255 at 15), SE CNN levels 15, 3 rounds")
+                    help="ViT levels 7,15,63 (internal 3, 15, 255 at 15), SE CNN levels 15, "
+                    "3 rounds")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.levels, args.se_levels, args.internal_rows, args.rounds = "7,15,63", "15", "15", 3
+        args.levels, args.se_levels, args.rounds = "7,15,63", "15", 3
+        args.internal_rows, args.extra_internal = "15", "3,15,255"
     keys = args.nets.split(",")
     load_before = os.getloadavg()
     print(f"command: {shlex.join([Path(sys.executable).name] + sys.argv)}")
