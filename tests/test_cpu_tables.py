@@ -176,3 +176,25 @@ def test_products_of_different_ranks_are_refused(matmul):
              _product_node((2, 3, 4) if not matmul else (2, 3, 1), 0, matmul, 4, ("x", "b"))]
     with pytest.raises(Exception, match="differ in rank"):
         Artifact(nodes, "x", "p").validate()
+
+
+def test_broadcasting_select_is_a_view_with_the_same_values():
+    """A select whose table sends a row statistic back along its row (a softmax's maximum, a
+    LayerNorm's mean) runs as a broadcast view; a select that only looks like one at another
+    rank, or reorders, keeps its gather."""
+    one = np.ones((1, 1, 1), np.int64)
+    nodes = [ir.Input("x", (), (1, 3, 4), inv_scale=1.0, lo=-50, hi=50),
+             ir.SumPool("s", ("x",), (1, 3, 1), kernel=(1, 4), stride=(1, 1)),
+             ir.Select("b", ("s",), (1, 3, 4), table=np.repeat(np.arange(3), 4)),
+             ir.Select("p", ("s",), (1, 3, 4), table=np.tile(np.arange(3), 4)),
+             ir.Add("d", ("x", "b", "p"), (1, 3, 4), gains=np.stack([4 * one, -one, one]), exps=(0, 0, 0)),
+             ir.Neuron("n", ("d",), (1, 3, 4), threshold=3 * one, bias=0 * one, lo=-9, hi=9),
+             ir.Readout("y", ("n",), (1, 3, 4), scale=np.full((1, 3, 4), 0.5, np.float32),
+                        bias=np.zeros((1, 3, 4), np.int64))]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    x = np.random.default_rng(3).integers(-50, 51, (20, 1, 3, 4)).astype(np.float32)
+    assert_same(sim.cpu.run(art, x, record=("b", "p", "d")),
+                sim.reference.run(art, x, record=("b", "p", "d")))
+    ops = program.program(art, frozenset(), "once", True).ops
+    assert ops[2].__name__ == "expand" and ops[3].__name__ == "op"

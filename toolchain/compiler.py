@@ -35,7 +35,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                  internal_levels: int = DEFAULT_INTERNAL_LEVELS,
                  dale: bool | None = None, state: str | None = None,
                  progress=None) -> Compiled:
-    """`fire`: ReLU/Clip fire function, "uniform", "adaptive" or "quantile" (quantize.fit_levels);
+    """`fire`: fire function of ReLU/Clip neurons and of the neurons requantizing currents,
+    "uniform", "adaptive" or "quantile" (quantize.fit_levels);
     `scale`: λ, the factor on every ReLU/Clip range; `scale_search`: choose λ on the calibration
     data from `scale_grid` by the rule in toolchain.scale_search (overrides `scale`);
     `per_channel`: one activation scale per channel (None: True for feed-forward networks; for

@@ -108,6 +108,7 @@ class Program:
         self.biased: set[str] = set()     # products that add their neuron's offset, statically
         self.u8: set[str] = set()         # values an int8 product reads: emitted as uint8
         self.output = art.output
+        self.shapes = {n.name: tuple(n.shape) for n in art.nodes}
         self.ops = [BUILDERS.get(node.kind, _generic)(self, node) for node in art.nodes]
         # layer-major runs (`steps`): the values no stateful neuron precedes are the same at
         # every step
@@ -548,6 +549,9 @@ def _add(p: Program, node):
     gains = [np.asarray(g, dtype=np.int64) for g in node.gains]
     peaks = [float(np.abs(g).max(initial=0)) * 2.0 ** int(e) for g, e in zip(gains, node.exps)]
     floors = [int(e) < 0 for e in node.exps]    # right-shift gains: each term floored
+    if len(srcs) == 1 and int(node.exps[0]) == 0 and np.all(gains[0] == 1) and \
+            name not in p.fused:
+        return _identity(p, node)
     # the terms' products before the shift must be exact: Σ|g|·bound_i, unshifted
     unshifted = [float(np.abs(g).max(initial=0)) * max(1.0, 2.0 ** int(e))
                  for g, e in zip(gains, node.exps)]
@@ -634,6 +638,21 @@ def _add(p: Program, node):
     return op
 
 
+def _identity(p: Program, node):
+    """An add of one term with gain 1: its input's value itself (a view, as an index map's)."""
+    name, src = node.name, node.inputs[0]
+    p.derived(node, lambda b: b[0])
+
+    def op(r):
+        r.values[name] = r.values[src]
+        if src in r.bounds:
+            r.bounds[name] = r.bounds[src]
+        if r.count:
+            r.stats[name].synops += int(r.nonzero(src).sum()) * \
+                (r.reps if src in r.steady else 1)
+    return op
+
+
 @builds("concat")
 def _concat(p: Program, node):
     name, srcs, axis = node.name, node.inputs, node.axis + 1
@@ -677,10 +696,30 @@ def _select(p: Program, node):
     copies values or writes 0, so its input's bound holds."""
     name, src = node.name, node.inputs[0]
     p.derived(node, lambda b: b[0])
+    shape, source = tuple(node.shape), p.shapes.get(src)
+    if p.use_torch and source is not None and _broadcasts(node.table, source, shape):
+        def expand(r):      # a broadcast (a row statistic sent back along its row): a view
+            x = r.values[src]
+            if isinstance(x, np.ndarray):
+                r.values[name] = np.broadcast_to(x, (len(x),) + shape)
+            else:
+                r.values[name] = x.expand((x.shape[0],) + shape)
+        return expand
 
     def op(r):
         r.values[name] = node.apply([_np(r.values[src])], False)[0]
     return op
+
+
+def _broadcasts(table: np.ndarray, source: tuple, shape: tuple) -> bool:
+    """Whether a select's table reads its (source-shaped) input broadcast to `shape` by
+    numpy's rules at equal rank: each output element the input element at its index with
+    the input's axes of 1 held at 0."""
+    if len(source) != len(shape) or any(a not in (1, b) for a, b in zip(source, shape)) or \
+            table.size != math.prod(shape):
+        return False
+    want = np.broadcast_to(np.arange(math.prod(source)).reshape(source), shape)
+    return bool(np.array_equal(np.asarray(table).reshape(shape), want))
 
 
 def fusions(art, keep) -> dict:

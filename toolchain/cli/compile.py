@@ -36,9 +36,10 @@ from toolchain.cli.common import (Progress, check_outputs, console, layer_table,
 @click.option("--target", "target_name", default="loihi2", show_default=True,
               help="Target name or .json file (see `toolchain targets`).")
 @click.option("--fire", type=click.Choice(["uniform", "adaptive", "quantile"]), default="uniform",
-              show_default=True, help="ReLU/Clip fire function: uniform levels, adaptive "
-              "(non-uniform levels fitted to the calibration distribution), or quantile (the "
-              "quantile placement alone). T = 1 only.")
+              show_default=True, help="Fire function of ReLU/Clip neurons and of the neurons "
+              "that requantize currents (softmax weights, LayerNorm outputs): uniform levels, "
+              "adaptive (non-uniform levels fitted to each tensor's calibration distribution), "
+              "or quantile (the quantile placement alone). T = 1 only.")
 @click.option("--scale", "scale", type=click.FloatRange(0, min_open=True), default=1.0,
               show_default=True, help="λ: every ReLU/Clip range is λ × the calibrated one.")
 @click.option("--scale-search", is_flag=True, help="Choose λ on the calibration data: SynOps "

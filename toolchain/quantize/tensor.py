@@ -76,7 +76,8 @@ class QuantOptions:
     trust_clip: bool = False
     # calibration inputs lie on this grid (see calibrate.grid_step): encode them losslessly
     input_step: float | None = None
-    # ReLU/Clip fire function: "uniform" (L equal steps), "adaptive" (non-uniform levels fitted to
+    # fire function of ReLU/Clip neurons and of requantizing neurons (Quantizer.requantize):
+    # "uniform" (L equal steps), "adaptive" (non-uniform levels fitted to
     # the calibration distribution: quantile start, Lloyd-Max refinement) or "quantile" (the
     # quantile placement alone, without the refinement)
     fire: str = "uniform"
