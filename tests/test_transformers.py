@@ -252,7 +252,7 @@ def test_adaptive_fire_fits_the_internal_neurons_of_the_vit():
     assert len(softmax) == 2 and not any(v["signed"] for v in softmax)
     assert len(norms) == 5 and all(v["signed"] for v in norms)
     assert all(len(v["payload"]) == (7 if v["signed"] else 4) for v in softmax + norms)
-    assert acc["adaptive"] >= acc["uniform"] + 0.25, acc
+    assert acc["adaptive"] >= acc["uniform"] + 0.10, acc
     assert_same(res, reference.run(art, x_test))
     ref = ort.InferenceSession(emit_reference(art).SerializeToString(),
                                providers=["CPUExecutionProvider"])

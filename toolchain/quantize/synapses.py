@@ -234,13 +234,17 @@ class SynapseRules:
         return out
 
     def op_add(self, name, d, ins):
-        """Σ coef_i · x_i (coef ±1: Add, Sub). Output unit: the finest input unit (elementwise)
-        / 2^k; each input's gain g_i = coef_i · unit_i / unit_out as an 8-bit mantissa and one
+        """Σ coef_i · x_i (coef ±1: Add, Sub). Output unit: the finest input unit (elementwise;
+        on a token tensor the finest of all its elements) / 2^k; each input's gain g_i = coef_i · unit_i / unit_out as an 8-bit mantissa and one
         exponent per input, per channel where the units are, per element otherwise."""
         shape = d["shape"]
         coef = d["params"].get("coef") or (1.0,) * len(ins)
         ins = self._joint(name, ins)
         base = np.minimum.reduce([x.unit for x in ins])
+        if d["params"].get("per_tensor"):
+            # a token tensor: one unit for the whole sum (the gains absorb the inputs' per-element
+            # units), so that the neuron reading it and a pool over its features see one unit
+            base = np.full_like(base, float(base.min()))
         ratio = [x.unit / base for x in ins]
         # output unit base / 2^k: the finest k whose summed bounds (twice) fit the headroom, down
         # to a unit 2^8 coarser than the finest input (right-shift gains) when nothing finer fits
