@@ -62,9 +62,12 @@ def export_loop(module, path, dynamo=False, steps=T, batch=8):
     return path
 
 
-def fit_readout(cell, n=512, seed=7):
+def fit_readout(cell, n=512, seed=7, ridge=30.0):
     """Train the read-out: ridge regression of the targets on the excitatory states over the
-    decision period (the recurrent and input weights stay at their E/I initialization)."""
+    decision period (the recurrent and input weights stay at their E/I initialization). The
+    ridge keeps the read-out weights small (|W| ≤ 1), so that they do not amplify the deployed
+    state's rounding: at 1e-3 they reach |W| 39–61 and the deployed output is 4–26% (relative
+    RMS) off the float one for seeds 0–2, at 30 it is 0.7–1.1%."""
     x, y, mask, _ = pdm_trials(n, seed)
     with torch.no_grad():
         h, states = torch.zeros(n, UNITS), []
@@ -73,7 +76,7 @@ def fit_readout(cell, n=512, seed=7):
             states.append(h[:, :N_EXC])
         H = torch.stack(states, 1).numpy()[mask].astype(np.float64)
         A = np.c_[H, np.ones(len(H))]
-        W = np.linalg.solve(A.T @ A + 1e-3 * np.eye(A.shape[1]), A.T @ y[mask])
+        W = np.linalg.solve(A.T @ A + ridge * np.eye(A.shape[1]), A.T @ y[mask])
         cell.out.weight.copy_(torch.from_numpy(W[:-1].T))
         cell.out.bias.copy_(torch.from_numpy(W[-1]))
     return cell.eval()
@@ -82,8 +85,7 @@ def fit_readout(cell, n=512, seed=7):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The cell (read-out trained), its one-step export and four unrolled exports of 30 steps."""
-    torch.manual_seed(0)
-    cell = fit_readout(EICell())
+    cell = fit_readout(EICell(seed=1))
     folder = tmp_path_factory.mktemp("seq")
     paths = {"cell": export(cell, folder / "cell.onnx")}
     for name in SEQUENCES:
@@ -170,7 +172,7 @@ def test_deployed_bit_exact_and_decides_as_float(trained, deployed):
     for name in SEQUENCES:
         model = onnx.load(paths[name])
         float_acc = accuracy(sequence_trials(model, x, read_sequence(model, name)), choice)
-        # measured: float 0.7925, deployed 0.7925 (every export)
+        # measured: float 0.8225, deployed 0.8225 (every export)
         assert float_acc > 0.75, name                  # the task was learned
         assert abs(deployed_acc - float_acc) <= 0.01, (name, float_acc, deployed_acc)
 

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from toolchain.errors import ModelError, ShapeError
+from toolchain.errors import ModelError, ShapeError, ToolchainError
 from toolchain.onnx_import.loader import opset_of
 from toolchain.rnn.cell import Cell, is_rnn_cell
 from toolchain.rnn.onnx_rnn import _constants, _label, is_onnx_rnn
@@ -38,6 +38,11 @@ from toolchain.rnn.onnx_rnn import _constants, _label, is_onnx_rnn
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 _PASS = ("Identity", "Cast", "Dropout")
 _SEQ_OPS = ("Transpose", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Cast", "Identity")
+_ARITY = {"MatMul": (2, 2), "Gemm": (2, 3), "Add": (2, 2), "Sub": (2, 2), "Mul": (2, 2),
+          "Div": (2, 2), "Neg": (1, 1), "Relu": (1, 1), "Sigmoid": (1, 1), "Tanh": (1, 1),
+          "Identity": (1, 1), "Cast": (1, 1), "Dropout": (1, 3), "Transpose": (1, 1),
+          "Squeeze": (1, 2), "Unsqueeze": (1, 2), "Slice": (1, 5), "Gather": (2, 2),
+          "Split": (1, 2), "Concat": (1, 1 << 16)}
 MAX_UNITS = 2048
 MAX_STEPS = 100_000
 _TOL = 1e-6
@@ -171,6 +176,8 @@ class _Tracer:
             raise ModelError(f"{where}: input {x.name!r} has shape {dims}; a sequence model's "
                              f"input is (N, T, n_in) or (T, N, n_in) with a static n_in of 1 to "
                              f"{MAX_UNITS}")
+        if 0 in dims:
+            raise ModelError(f"{where}: input {x.name!r} has shape {dims}, an axis of size 0")
         self.dims, self.n_in = dims, dims[2]
         self.consts = _fold(model, where, x.name, dims)
         self.vals = {x.name: V("seq", ("x0", "x1"), SLin({"u": np.eye(self.n_in)},
@@ -199,7 +206,13 @@ class _Tracer:
             if i not in need or node.op_type == "Constant" or all(
                     o in self.consts for o in node.output if o):
                 continue
-            got = self.step(node)
+            try:
+                got = self.step(node)
+            except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as exc:
+                raise self.bad(node, f"cannot be read ({' '.join(str(exc).split())[:120]})") \
+                    from None
+            if any(v.k == 0 for v in (got if isinstance(got, list) else [got])):
+                raise self.bad(node, "leaves no units")
             for name, value in zip(node.output, got if isinstance(got, list) else [got]):
                 if name:
                     self.vals[name] = value
@@ -313,6 +326,10 @@ class _Tracer:
     # --- one node ----------------------------------------------------------------------------
     def step(self, node):
         op, ins, attrs = node.op_type, list(node.input), _attrs(node)
+        lo, hi = _ARITY.get(op, (1, 1 << 16))
+        if not lo <= len(ins) <= hi or not all(ins[:lo]) or not node.output:
+            raise self.bad(node, f"has {len(ins)} inputs (expected {lo} to {hi})" if lo != hi
+                           else f"has {len(ins)} inputs (expected {lo})")
         consts = self.consts
         if op in _PASS:
             if op == "Cast" and attrs.get("to") not in (onnx.TensorProto.FLOAT,
@@ -523,6 +540,8 @@ class _Tracer:
         rows, out_step = np.arange(x.k), None
         for s, e, a, st in zip(starts, ends, axes, steps):
             s, e, a, st = int(s), int(e), self.axis(x, int(a), node), int(st)
+            if st == 0:
+                raise self.bad(node, "slices with step 0")
             if a == rank - 1:
                 rows = rows[slice(s, e, st)]
                 continue
@@ -614,8 +633,11 @@ def _fold(model: onnx.ModelProto, where: str, x: str, dims: list) -> dict:
     ctx = ImportContext(model, where, opset_of(model, where), consts=consts,
                         fold_budget=max(FOLD_MIN_BYTES, FOLD_FACTOR * carried))
     ctx.shapes[x] = tuple(d if isinstance(d, int) and d > 0 else 1 for d in dims)
-    for node in model.graph.node:
-        _fold_constant(node, ctx)
+    try:
+        for node in model.graph.node:
+            _fold_constant(node, ctx)
+    except ToolchainError as exc:   # onnx's own messages may span lines
+        raise type(exc)(" ".join(str(exc).split())) from None
     return ctx.consts
 
 
@@ -702,6 +724,10 @@ def read_sequence(model: onnx.ModelProto, where: str) -> Cell:
         if why:
             raise ModelError(f"{where}: {label}: the read-out of step {t} {why}; a sequence "
                              "model stacks W·h'_t + b of the cell's state")
+    arrays = (U, R / alpha, Y_F / alpha, b, c_out)
+    if not all(np.all(np.isfinite(a)) and np.abs(a).max(initial=0) < 1e30 for a in arrays):
+        raise ModelError(f"{where}: the cell read from the steps has non-finite or huge weights "
+                         "(over 1e30)")
     meta = {p.key: p.value for p in model.metadata_props}
     batch_first_out = y.lead[0] == "N"
     cell = Cell(U.copy(), R / alpha, Y_F / alpha, tracer.activation, 1.0, alpha,
@@ -759,7 +785,7 @@ def _check(model, cell: Cell, where: str) -> None:
         got = sequence_trials(model, x, cell)
     except Exception as exc:
         raise ModelError(f"{where}: onnxruntime cannot run the sequence model "
-                         f"({str(exc)[:200]})") from None
+                         f"({' '.join(str(exc).split())[:200]})") from None
     expect = cell.trials(x.astype(np.float64))["o"]
     expect = expect.reshape(cell.steps, N, -1).transpose(1, 0, 2)
     err = float(np.abs(got - expect).max())
