@@ -317,3 +317,82 @@ def test_cli_reads_the_layout_and_scores_the_float_model(trained, deployed, tmp_
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and \
         f"the sequence model runs {T} steps" in lines[0], r.output
+
+
+def _handmade(path, steps=3, n=4, bias_step=0.0, h0=0.0, perm=None, reshape=False):
+    """x (b, steps, 2) → h_t = relu(W_in·x_t + W_rec·h_{t−1} + b + t·bias_step), h_{−1} = h0
+    (ConstantOfShape of the batch), the states stacked (b, steps, n)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a, k) for k, a in (
+        ("w_in", rng.normal(0, 1, (2, n)).astype(np.float32)),
+        ("w_rec", rng.normal(0, 0.3, (n, n)).astype(np.float32)),
+        ("zero", np.array(0, np.int64)), ("one", np.array([1], np.int64)),
+        ("width", np.array([n], np.int64)))]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+             helper.make_node("Unsqueeze", ["batch", "one_axis"], ["batch1"]),
+             helper.make_node("Concat", ["batch1", "width"], ["h_shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["h_shape"], ["h_-1"],
+                              value=numpy_helper.from_array(np.array([h0], np.float32)))]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "one_axis"))
+    x = "x"
+    if perm:
+        nodes.append(helper.make_node("Transpose", ["x"], ["xt"], perm=perm))
+        x = "xt"
+    for t in range(steps):
+        inits += [numpy_helper.from_array(np.array(t, np.int64), f"t{t}"),
+                  numpy_helper.from_array(np.full(n, 0.1 + t * bias_step, np.float32), f"b{t}")]
+        nodes += [helper.make_node("Gather", [x, f"t{t}"], [f"u{t}"], axis=1),
+                  helper.make_node("MatMul", [f"u{t}", "w_in"], [f"a{t}"]),
+                  helper.make_node("MatMul", [f"h_{t - 1}", "w_rec"], [f"r{t}"]),
+                  helper.make_node("Add", [f"a{t}", f"r{t}"], [f"s{t}"]),
+                  helper.make_node("Add", [f"s{t}", f"b{t}"], [f"z{t}"]),
+                  helper.make_node("Relu", [f"z{t}"], [f"h_{t}"], name=f"relu_{t}"),
+                  helper.make_node("Unsqueeze", [f"h_{t}", "one"], [f"y{t}"])]
+    nodes.append(helper.make_node("Concat", [f"y{t}" for t in range(steps)],
+                                  ["y" if not reshape else "ys"], axis=1, name="stack"))
+    if reshape:
+        inits.append(numpy_helper.from_array(np.array([-1, n], np.int64), "flat"))
+        nodes.append(helper.make_node("Reshape", ["ys", "flat"], ["y"], name="flatten"))
+    graph = helper.make_graph(
+        nodes, "handmade", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                          ["b", steps, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+HANDMADE = {
+    "time_varying_bias": (dict(bias_step=0.5), r"the steps apply different weights: the bias "
+                          r"into node 'relu_0' \(Relu\) \(step 0\) differ from step 1's"),
+    "nonzero_initial_state": (dict(h0=0.5), r"the bias into node 'relu_0' \(Relu\) \(step 0\) "
+                              r"differ from step 1's"),
+    "reshaped_output": (dict(reshape=True), r"node 'flatten' \(Reshape\) is not part of the "
+                        r"recognized recurrence"),
+    "units_moved": (dict(perm=[2, 0, 1]), r"\(Transpose\) transposes with perm \[2, 0, 1\] "
+                    r"\(the unit axis must stay last\)"),
+}
+
+
+def test_handmade_graph_reads_and_variants_are_refused(tmp_path):
+    """A graph written with onnx.helper (no leak: α = 1, the zero state ConstantOfShape of the
+    batch) reads as its cell; a bias that changes with the step, a non-zero initial state, a
+    reshaped output and a transpose moving the unit axis are refused in one line, in the CLI
+    too."""
+    good = _handmade(tmp_path / "good.onnx")
+    cell = read_sequence(onnx.load(good), "good")
+    assert (cell.alpha, cell.steps, cell.onnx_io, cell.activation) == (1.0, 3, (True, True),
+                                                                        "relu")
+    assert np.allclose(cell.bias, 0.1) and np.array_equal(cell.W_out, np.eye(4))
+    for name, (change, message) in HANDMADE.items():
+        path = _handmade(tmp_path / f"{name}.onnx", **change)
+        with pytest.raises(ModelError, match=message) as err:
+            compile_onnx(path, calib=np.ones((2, 3, 2), np.float32))
+        assert "\n" not in str(err.value) and str(err.value).startswith(str(path)), name
+    np.save(tmp_path / "c.npy", np.ones((2, 3, 2), np.float32))
+    r = CliRunner().invoke(main, ["compile", str(tmp_path / "time_varying_bias.onnx"), "-o",
+                                  str(tmp_path / "m.sfn"), "--calib", str(tmp_path / "c.npy")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and \
+        "the steps apply different weights" in lines[0], r.output
