@@ -62,9 +62,10 @@ class Cell:
             x, y = self.onnx_names
             used = int(np.count_nonzero(np.any(self.W_out != 0, axis=0)))
             layout = lambda first: "batch-first" if first else "time-major"
+            axes = "(N, T, n_in)" if self.onnx_io[0] else "(T, N, n_in)"
             return (f"read: unrolled recurrence, {self.steps} steps, "
-                    f"{layout(self.onnx_io[0])} {'(N, T, n_in)' if self.onnx_io[0] else '(T, N, n_in)'}"
-                    f" → folded into its cell: {n} units, {self.activation}, "
+                    f"{layout(self.onnx_io[0])} {axes} → folded into its cell: {n} units, "
+                    f"{self.activation}, "
                     f"α = {self.alpha:.6g}, input {x!r}, "
                     f"{'with' if self.bias is not None else 'no'} bias on f's input, read-out "
                     f"{y!r} ({layout(self.onnx_io[1])}) = W·h' from {used} of {n} units, "

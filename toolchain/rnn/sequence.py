@@ -45,6 +45,7 @@ _ARITY = {"MatMul": (2, 2), "Gemm": (2, 3), "Add": (2, 2), "Sub": (2, 2), "Mul":
           "Split": (1, 2), "Concat": (1, 1 << 16)}
 MAX_UNITS = 2048
 MAX_STEPS = 100_000
+MAX_STACK_FLOATS = 2 ** 28   # coefficients of the stacked read-outs (2 GiB)
 _TOL = 1e-6
 
 
@@ -418,7 +419,7 @@ class _Tracer:
         if op in ("Slice", "Gather", "Split"):
             return self.take(node, ins, attrs)
         if op == "Concat":
-            return self.concat(node, ins, attrs)
+            return self.join(node, ins, attrs)
         raise self.bad(node, "is not part of the recognized recurrence")
 
     def _lead2(self, a: tuple, b: tuple, node) -> tuple:
@@ -448,7 +449,29 @@ class _Tracer:
             raise self.bad(node, f"is a second activation in step {x.t} (the first: "
                                  f"{_label(self.acts[x.t][1])}); a cell has one")
         self.acts[x.t] = (x.lin, node)
+        if 1 in self.acts:   # compared as they come: a long loop keeps two steps' weights
+            for t in [t for t, (lin, _) in self.acts.items() if t != 1 and lin is not None]:
+                self.same_as_step_1(t)
         return V("step", x.lead, SLin({"f": np.eye(self.n)}, np.zeros(self.n)), x.t)
+
+    def same_as_step_1(self, t: int) -> None:
+        """Step t's activation input has step 1's coefficients (step 0: no recurrent ones);
+        then only the node is kept (steps 0 and 1 keep theirs)."""
+        z, act = self.acts[t]
+        if z is None or t == 1:
+            return
+        n, ref = self.n, self.acts[1][0]
+        parts = [("input weights", z.get("u", self.n_in), ref.get("u", self.n_in)),
+                 ("bias", z.c, ref.c)] + (
+            [("recurrent weights", z.get("h", n), ref.get("h", n))] if t else [])
+        for what, got, want in parts:
+            if _close(got, want) > _TOL:
+                raise ModelError(f"{self.where}: the steps apply different weights: the {what} "
+                                 f"into {_label(act)} (step {t}) differ from step 1's by "
+                                 f"{_close(got, want):.3g} (relative); one cell applied at every "
+                                 "step folds, a loop over different cells does not")
+        if t > 1:
+            self.acts[t] = (None, act)
 
     def reshape_axes(self, node, ins, attrs):
         x = self.get(ins[0], node)
@@ -571,7 +594,7 @@ class _Tracer:
         lead = lead[:axis] + ([1] if keep else []) + lead[axis + 1:]
         return V("step", tuple(lead), SLin(dict(x.lin.blocks), x.lin.c.copy()), t)
 
-    def concat(self, node, ins, attrs):
+    def join(self, node, ins, attrs):
         parts = [self.get(i, node) for i in ins if i]
         if any(i in self.consts for i in ins if i):
             raise self.bad(node, "concatenates a constant with computed tensors")
@@ -611,6 +634,10 @@ class _Tracer:
             lead = rest
         if len({e.k for _, e in entries}) != 1:
             raise self.bad(node, "stacks steps of different widths")
+        floats = sum(m.size for _, e in entries for m in e.blocks.values())
+        if floats > MAX_STACK_FLOATS:
+            raise self.bad(node, f"stacks {len(entries)} steps whose coefficients take "
+                                 f"{floats * 8} bytes (at most {MAX_STACK_FLOATS * 8} are read)")
         return V("stack", lead[:axis] + ("T",) + lead[axis:], entries=entries)
 
     @staticmethod
@@ -695,21 +722,12 @@ def read_sequence(model: onnx.ModelProto, where: str) -> Cell:
             raise ModelError(f"{where}: {label}: the read-out of step 1 does not depend on "
                              "the state; α cannot be read")
         tracer._alpha(e.get("h", n), e.blocks["f"], producer.get(y_name, None) or
-                      model.graph.node[-1], "stacks at step 1 a tensor that")
+                      model.graph.node[-1], "stacks the read-out of step 1")
     alpha = tracer.alpha
-    # the activation inputs: W_in·u + W_rec·h + b the same at every step
+    for t in range(T):   # the activation inputs: W_in·u + W_rec·h + b the same at every step
+        tracer.same_as_step_1(t)
     z1 = tracer.acts[1][0]
     U, R, b = z1.get("u", n_in), z1.get("h", n), z1.c
-    for t in range(T):
-        z, act = tracer.acts[t]
-        parts = [("input weights", z.get("u", n_in), U), ("bias", z.c, b)] + (
-            [("recurrent weights", z.get("h", n), R)] if t else [])
-        for what, got, want in parts:
-            if _close(got, want) > _TOL:
-                raise ModelError(f"{where}: the steps apply different weights: the {what} "
-                                 f"into {_label(act)} (step {t}) differ from step 1's by "
-                                 f"{_close(got, want):.3g} (relative); one cell applied at every "
-                                 "step folds, a loop over different cells does not")
     # the read-out: W_out·h_t + b_out, h_t = (1 − α)·h_{t−1} + α·f_t, the same at every step
     e1 = y.entries[1][1]
     Y_F, c_out = e1.get("f", n), e1.c
