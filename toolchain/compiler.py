@@ -17,7 +17,7 @@ from toolchain.errors import ModelError, QuantizationError
 from toolchain.onnx_import import import_onnx
 from toolchain.onnx_import.loader import read_model
 from toolchain.quantize import FIRE_MODES, QuantOptions, Quantizer
-from toolchain.rnn import is_cell_graph, is_onnx_rnn, is_rnn_cell
+from toolchain.rnn import is_cell_graph, is_onnx_rnn, is_rnn_cell, is_sequence_graph
 from toolchain.rnn.compile import compile_rnn
 
 DEFAULT_LEVELS = 15
@@ -66,7 +66,8 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                              scale_error_factor)
     say("import")
     read = read_model(path)  # parsed and checked once, for both paths
-    if is_rnn_cell(read[0]) or is_onnx_rnn(read[0]) or is_cell_graph(read[0]) or state:
+    if is_rnn_cell(read[0]) or is_onnx_rnn(read[0]) or is_cell_graph(read[0]) or \
+            is_sequence_graph(read[0]) or state:
         if fire != "uniform" or scale != 1.0 or scale_search:
             raise QuantizationError(f"{path}: a recurrent model is compiled with its own neurons; "
                                     "--fire, --scale and --scale-search apply to feed-forward "

@@ -41,9 +41,10 @@ class Cell:
     task: str | None
     bias: np.ndarray | None = None      # added to W_inp·u (ONNX RNN: Wb + Rb)
     b_out: np.ndarray | None = None     # added to W_out·y (the read-out's bias)
-    origin: str = "ei_rnn_cell"         # or "onnx_rnn"
-    onnx_io: tuple[bool, bool] | None = None  # ONNX RNN: (input, output) batch-major?
-    onnx_names: tuple | None = None     # cell graph: (u, h, y or None, h') tensor names
+    origin: str = "ei_rnn_cell"         # or "onnx_rnn", "onnx_cell", "onnx_sequence"
+    onnx_io: tuple[bool, bool] | None = None  # ONNX RNN, sequence: (input, output) batch-major?
+    onnx_names: tuple | None = None     # cell graph: (u, h, y or None, h'); sequence: (x, y)
+    steps: int | None = None            # sequence: the number of steps the graph unrolls
 
     def describe(self) -> str:
         n = self.W_rec.shape[0]
@@ -57,6 +58,19 @@ class Cell:
                     f"input {u!r}, state {h!r} fed back from {h_out!r}, "
                     f"{'with' if self.bias is not None else 'no'} bias on f's input, "
                     f"{readout}, Dale's law {'on' if self.dale else 'off'}")
+        if self.origin == "onnx_sequence":
+            x, y = self.onnx_names
+            used = int(np.count_nonzero(np.any(self.W_out != 0, axis=0)))
+            layout = lambda first: "batch-first" if first else "time-major"
+            axes = "(N, T, n_in)" if self.onnx_io[0] else "(T, N, n_in)"
+            return (f"read: unrolled recurrence, {self.steps} steps, "
+                    f"{layout(self.onnx_io[0])} {axes} → folded into its cell: {n} units, "
+                    f"{self.activation}, "
+                    f"α = {self.alpha:.6g}, input {x!r}, "
+                    f"{'with' if self.bias is not None else 'no'} bias on f's input, read-out "
+                    f"{y!r} ({layout(self.onnx_io[1])}) = W·h' from {used} of {n} units, "
+                    f"{'with' if self.b_out is not None else 'no'} bias, Dale's law "
+                    f"{'on' if self.dale else 'off'}")
         if self.origin != "onnx_rnn":
             return (f"E/I RNN cell: {n} units, {self.activation}, α = {self.alpha}, "
                     f"Dale's law {'on' if self.dale else 'off'}")

@@ -17,15 +17,16 @@ from toolchain.rnn.cell import (DEFAULT_RNN_LEVELS, check_dale, check_dale_signs
                                 is_rnn_cell, read_cell, unit_signs)
 from toolchain.rnn.cell_graph import read_cell_graph
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, read_onnx_rnn
+from toolchain.rnn.sequence import is_sequence_graph, read_sequence
 from toolchain.tasks import make_task, trial_ids
 
 
 def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float,
                 target: str = "loihi2", read=None, per_channel: bool | None = None,
                 dale: bool | None = None, state: str | None = None) -> Compiled:
-    """Compile an ei_rnn_cell model, a model around one ONNX RNN operator (rnn.read_onnx_rnn) or
+    """Compile an ei_rnn_cell model, a model around one ONNX RNN operator (rnn.read_onnx_rnn),
     a one-step cell graph (rnn.cell_graph, `state`: the name of its state input if not found
-    from the graph); calibrate on `calib` trials (N, T, n_in) or on the trials of the task its
+    from the graph) or an unrolled recurrence (rnn.sequence, folded into its cell); calibrate on `calib` trials (N, T, n_in) or on the trials of the task its
     metadata names. `dale`: verify Dale's law on the integer recurrent weights (None: as the
     model's metadata says); outside an ei_rnn_cell each unit's sign is its float column's.
 
@@ -42,6 +43,8 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
         cell = read_onnx_rnn(model, str(path))
     elif is_rnn_cell(model):
         cell = read_cell(model, str(path))
+    elif is_sequence_graph(model) and state is None:
+        cell = read_sequence(model, str(path))
     else:
         cell = read_cell_graph(model, str(path), state)
     signs = None

@@ -10,6 +10,7 @@ import sim.lava
 from toolchain.rnn.cell import is_rnn_cell, run_onnx_trials
 from toolchain.rnn.cell_graph import cell_graph_trials, read_cell_graph
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, onnx_rnn_trials, read_onnx_rnn
+from toolchain.rnn.sequence import is_sequence_graph, read_sequence, sequence_trials
 from toolchain.errors import ShapeError
 from toolchain.tasks import decision, make_task, masked_r2, trial_ids
 
@@ -17,11 +18,17 @@ from toolchain.tasks import decision, make_task, masked_r2, trial_ids
 def float_trials(model: onnx.ModelProto, where: str, x: np.ndarray,
                  state: str | None = None) -> np.ndarray:
     """The float model's read-out over trials x (N, T, n_in), run by onnxruntime: an ei_rnn_cell
-    or a one-step cell graph stepped from h = 0, or a model around the ONNX RNN operator."""
+    or a one-step cell graph stepped from h = 0, a model around the ONNX RNN operator, or an
+    unrolled recurrence (its trials must have its number of steps)."""
     if is_onnx_rnn(model):
         return onnx_rnn_trials(model, x, read_onnx_rnn(model, where))
     if is_rnn_cell(model):
         return run_onnx_trials(where, x)[0]
+    if is_sequence_graph(model) and state is None:
+        try:
+            return sequence_trials(model, x, read_sequence(model, where))
+        except ShapeError as exc:
+            raise ShapeError(f"{where}: {exc}") from None
     return cell_graph_trials(model, x, read_cell_graph(model, where, state))[0]
 
 
