@@ -236,11 +236,17 @@ class SynapseRules:
     def op_add(self, name, d, ins):
         """Σ coef_i · x_i (coef ±1: Add, Sub). Output unit: the finest input unit (elementwise)
         / 2^k; each input's gain g_i = coef_i · unit_i / unit_out as an 8-bit mantissa and one
-        exponent per input, per channel where the units are, per element otherwise."""
+        exponent per input, per channel where the units are, per element otherwise.
+
+        `exact` (a parameter: an input's index) takes that input's unit as the base instead, so
+        its gain is a power of two, exact: the recurrent term of a gated cell's state (f⊙c,
+        z⊙h), whose gain error the loop would compound step after step."""
         shape = d["shape"]
         coef = d["params"].get("coef") or (1.0,) * len(ins)
         ins = self._joint(name, ins)
-        base = np.minimum.reduce([x.unit for x in ins])
+        exact = d["params"].get("exact")
+        base = np.minimum.reduce([x.unit for x in ins]) if exact is None else \
+            np.broadcast_to(ins[exact].unit, shape).astype(np.float64)
         ratio = [x.unit / base for x in ins]
         # output unit base / 2^k: the finest k whose summed bounds (twice) fit the headroom, down
         # to a unit 2^8 coarser than the finest input (right-shift gains) when nothing finer fits
