@@ -23,9 +23,9 @@ class GatedRules:
         """A gated cell's state (c' or h'): a uniform neuron [−L, L] whose output unit is the
         unit op_delay gave the delayed state, s = the calibrated range / L per channel."""
         x = ins[0]
-        L = self.opts.levels
+        L = d["params"].get("levels") or self.opts.levels
         shape = tuple(d["shape"])
-        s = np.broadcast_to(self.act_scale(name, None, True), shape).astype(np.float64)
+        s = np.broadcast_to(self.act_scale(name, None, True, L), shape).astype(np.float64)
         ratio = s / x.unit
         if np.all(ratio >= 1) and np.all(np.abs(ratio - np.rint(ratio)) <= 1e-9 * ratio):
             k = 0                       # the input unit divides s: θ is exact

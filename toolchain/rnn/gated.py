@@ -136,11 +136,12 @@ class GatedCell:
         o = self.trials(x)["o_out"]
         return o.reshape(x.shape[1], x.shape[0], -1).transpose(1, 0, 2)
 
-    def float_graph(self) -> FloatGraph:
+    def float_graph(self, state_levels: int | None = None) -> FloatGraph:
+        """`state_levels`: the level count of the states c' and h' (None: --levels)."""
         n, n_in = self.n_units, self.n_inputs
         fg = FloatGraph()
         fg.add("u", "input", [], (n_in,))
-        fg.add("h_prev", "delay", [], (n,), source="h")
+        fg.add("h_prev", "delay", [], (n,), source="h", levels=state_levels)
         zero = np.zeros(n)
 
         def gate(k, table):
@@ -153,13 +154,13 @@ class GatedCell:
                 fg.add(k, "sigmoid", [f"z_{k}"], (n,), slope=1.0)
 
         if self.kind == "lstm":
-            fg.add("c_prev", "delay", [], (n,), source="c")
+            fg.add("c_prev", "delay", [], (n,), source="c", levels=state_levels)
             for k in ("i", "f", "g", "o"):
                 gate(k, "tanh" if k == "g" else "sigmoid")
             fg.add("fc", "mul2", ["f", "c_prev"], (n,))
             fg.add("ig", "mul2", ["i", "g"], (n,))
             fg.add("c_sum", "add", ["fc", "ig"], (n,), exact=0)
-            fg.add("c", "state", ["c_sum"], (n,))
+            fg.add("c", "state", ["c_sum"], (n,), levels=state_levels)
             fg.add("tc", "tanh", ["c_sum"], (n,))
             fg.add("h_sum", "mul2", ["o", "tc"], (n,))
         else:
@@ -178,7 +179,7 @@ class GatedCell:
             fg.add("zh", "mul2", ["z", "h_prev"], (n,))
             fg.add("zn", "mul2", ["zc", "n"], (n,))
             fg.add("h_sum", "add", ["zh", "zn"], (n,), exact=0)
-        fg.add("h", "state", ["h_sum"], (n,))
+        fg.add("h", "state", ["h_sum"], (n,), levels=state_levels)
         fg.add("o_out", "dense", ["h"], (self.W_out.shape[0],), W=self.W_out,
                b=np.zeros(len(self.W_out)) if self.b_out is None else self.b_out)
         fg.output = "o_out"
