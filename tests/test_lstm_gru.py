@@ -148,7 +148,8 @@ def test_cli_compile_run_and_eval(trained, tmp_path):
 N_IN, H = 3, 8
 
 
-def _gated_model(path, op="LSTM", opset=17, inputs=None, consts=(), batch=2, **attrs):
+def _gated_model(path, op="LSTM", opset=17, inputs=None, consts=(), outputs=("Y",), extra=(),
+                 final="out", **attrs):
     """One LSTM/GRU node X → Y (seq, 1, batch, H) → Squeeze → MatMul (H, 1): random weights."""
     rng = np.random.default_rng(7)
     k = 4 if op == "LSTM" else 3
@@ -157,16 +158,17 @@ def _gated_model(path, op="LSTM", opset=17, inputs=None, consts=(), batch=2, **a
               "B": rng.normal(0, 0.3, (1, 2 * k * H)), "W_o": rng.normal(0, 0.5, (H, 1)),
               "axes": np.array([1], np.int64)}
     arrays.update(dict(consts))
-    inits = [numpy_helper.from_array(a if a.dtype == np.int64 else a.astype(np.float32), n)
+    inits = [numpy_helper.from_array(a if a.dtype.kind == "i" else a.astype(np.float32), n)
              for n, a in arrays.items()]
     node_inputs = inputs or ["X", "W", "R", "B"]
-    nodes = [helper.make_node(op, node_inputs, ["Y"], name="cell", hidden_size=H, **attrs),
+    nodes = [helper.make_node(op, node_inputs, list(outputs), name="cell", hidden_size=H,
+                              **attrs),
              helper.make_node("Squeeze", ["Y", "axes"], ["Ys"]),
-             helper.make_node("MatMul", ["Ys", "W_o"], ["out"])]
+             helper.make_node("MatMul", ["Ys", "W_o"], ["out"])] + list(extra)
     graph = helper.make_graph(
         nodes, "gated", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
                                                        ["seq", "batch", N_IN])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+        [helper.make_tensor_value_info(final, TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -242,6 +244,13 @@ def test_refusals(tmp_path):
          "initial_c 'c0' is not a zero constant", "'cell' (LSTM)"),
         (_gated_model(tmp_path / "fgt.onnx", input_forget=1),
          "input_forget = 1 is not supported", "'cell' (LSTM)"),
+        (_gated_model(tmp_path / "yc.onnx", outputs=("Y", "", "Y_c"), final="sum",
+                      extra=[helper.make_node("MatMul", ["Y_c", "W_o"], ["c_out"]),
+                             helper.make_node("Add", ["out", "c_out"], ["sum"])]),
+         "its last state Y_c 'Y_c' is used", "'cell' (LSTM)"),
+        (_gated_model(tmp_path / "lens.onnx", "GRU", inputs=["X", "W", "R", "B", "lens"],
+                      consts={"lens": np.array([5, 5], np.int32)}),
+         "sequence_lens is not supported", "'cell' (GRU)"),
     ]
     for path, *needles in cases:
         with pytest.raises(ModelError) as err:

@@ -22,8 +22,9 @@ from toolchain.rnn.gated import read_gated
 from toolchain.tasks import trial_ids
 
 # levels of the states c' and h': they are no activation of the model, and their rounding error
-# enters the recurrence every step (255 levels: Go/NoGo LSTM deployed R² 0.950 against float
-# 0.969; 1023: 0.968). Fewer where a gate's levels times the state's would leave the state's sum
+# enters the recurrence every step (examples/gated_rnn_gonogo.py, relative RMS error of the
+# read-out on the calibration trials: LSTM 3.19% at 255 levels, 0.55% at 1023; GRU 1.04%, 0.57%).
+# Fewer where a gate's levels times the state's would leave the state's sum
 # of two products (doubled) over the Add's 2^21 headroom at a gain of 1: below that the
 # recurrent term's gain is no longer a whole power of two
 STATE_LEVELS = 1023

@@ -206,7 +206,7 @@ def read_gated(model: onnx.ModelProto, where: str) -> GatedCell:
     gates = GATES[op]
     k = len(gates)
     w, r = p.W, p.R
-    if w.ndim != 3 or w.shape[:2] != (1, k * n) or r.shape != (1, k * n, n):
+    if n < 1 or w.ndim != 3 or w.shape[:2] != (1, k * n) or r.shape != (1, k * n, n):
         raise ShapeError(f"{where}: {label}: W {w.shape}, R {r.shape} do not form one forward "
                          f"{op} layer of hidden_size {n} (expected (1, {k * n}, input), "
                          f"(1, {k * n}, {n}))")

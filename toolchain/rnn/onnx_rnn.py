@@ -172,6 +172,8 @@ def parse_recurrent(model: onnx.ModelProto, where: str) -> RecurrentNode:
             raise ModelError(f"{where}: {label} reads X from {X!r}; X must be the model input "
                              f"{x_in.name!r} (seq, batch, input), or its Transpose(1, 0, 2)")
     for role, name in (("W", W), ("R", R), ("B", B)):
+        if not name and role != "B":
+            raise ModelError(f"{where}: {label} has no input {role}")
         if name and name not in consts:
             raise ModelError(f"{where}: {label}: {role} {name!r} is computed in the graph; the "
                              "weights must be initializers or Constant nodes")
