@@ -2,7 +2,9 @@
 it with the legacy exporter) read as the E/I cell with α = 1: the bias B (Wb + Rb) on W_inp's
 dense and a linear read-out (MatMul/Gemm/Add after Y) as W_out, b_out. The model's X (seq, batch,
 input) and the SFN trials (N, T, n_in) correspond as X[t, n, :] = x[n, t, :] (a batch-first
-model — X behind Transpose(1, 0, 2) — takes (N, T, n_in) as it is).
+model — X behind Transpose(1, 0, 2) — takes (N, T, n_in) as it is). `parse_recurrent` reads
+what the RNN, LSTM and GRU operators share (the node, its zero initial states, X and the
+read-out); toolchain.rnn.gated reads LSTM and GRU from it.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ _ZERO_PRESERVING = ("Expand", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Ident
 
 
 def is_onnx_rnn(model: onnx.ModelProto) -> bool:
-    """A model with a top-level ONNX RNN (or LSTM/GRU, which `read_onnx_rnn` refuses by name)."""
+    """A model with a top-level ONNX RNN, LSTM or GRU node (the last two: rnn.gated)."""
     return not is_rnn_cell(model) and any(n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")
                                           for n in model.graph.node)
 
