@@ -222,8 +222,6 @@ def _edit_rnn(path, out, **attrs):
 @pytest.mark.parametrize("variant,needles", [
     (dict(bidirectional=True), ["direction 'bidirectional' is not supported"]),
     (dict(num_layers=2), ["2 RNN nodes", "several layers are not supported"]),
-    (dict(cls=nn.LSTM), ["(LSTM)", "LSTM is not supported"]),
-    (dict(cls=nn.GRU), ["(GRU)", "GRU is not supported"]),
     (dict(extra=nn.ReLU()), ["(Relu) after the RNN is not supported"]),
 ])
 def test_torch_variants_refused(tmp_path, variant, needles):

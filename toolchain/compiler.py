@@ -73,7 +73,7 @@ def compile_onnx(path: str | os.PathLike, calib: np.ndarray | None = None,
                                     "--fire, --scale and --scale-search apply to feed-forward "
                                     "models")
         return compile_rnn(path, calib, levels, percentile, target, read, per_channel, dale,
-                           state)
+                           state, internal_levels)
     if dale is not None:
         raise QuantizationError(f"{path}: Dale's law (--dale) applies to recurrent models; this "
                                 "one is feed-forward")

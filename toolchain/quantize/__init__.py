@@ -5,11 +5,13 @@ integer `bias` (added by the neuron or readout that consumes it) and a static `b
 (`QTensor`). A rule per float-graph op turns its inputs' tensors into SFN nodes (sim.ops) and its
 output's tensor; the rules are grouped by family: `synapses` (input, dense, conv, affine, add),
 `structure` (pools and index maps), `activations` (ReLU/Clip neurons, tables), `products`
-(products of two activations), `recurrent` (delay, leaky units). A static check that |current|
+(products of two activations), `recurrent` (delay, leaky units), `gated` (the states and
+complement gate of LSTM and GRU cells). A static check that |current|
 + |bias| + θ//2 fits the signed 24-bit state names the layer. Every layer gets a `LayerRow`
 for the compiler's table.
 """
 from toolchain.quantize.activations import ActivationRules
+from toolchain.quantize.gated import GatedRules
 from toolchain.quantize.levels import fit_levels, function_steps
 from toolchain.quantize.products import ProductRules
 from toolchain.quantize.quantizer import QuantizerBase
@@ -20,7 +22,7 @@ from toolchain.quantize.tensor import FIRE_MODES, LayerRow, QTensor, QuantOption
 
 
 class Quantizer(SynapseRules, StructureRules, ActivationRules, ProductRules, RecurrentRules,
-                QuantizerBase):
+                GatedRules, QuantizerBase):
     """One quantization of a float graph (QuantizerBase) with every family's rules."""
 
 

@@ -11,12 +11,14 @@ from toolchain.quantize.tensor import LEAK_SHIFT, LayerRow, gain_exponent, paylo
 class RecurrentRules:
     def op_delay(self, name, d, ins):
         """Last step's spikes of a leaky unit; their unit is fixed by calibration alone (the leaky
-        neuron's threshold is 2^LEAK_SHIFT in its state units), which breaks the cycle."""
+        neuron's threshold is 2^LEAK_SHIFT in its state units), which breaks the cycle. A
+        `levels` parameter gives the source's level count where it is not --levels (the state
+        neurons of gated cells)."""
         src = d["params"]["source"]
         shape = d["shape"]
         self.emit(ir.Delay(name, (), shape, source=src))
-        unit = self.act_scale(src, None, False)
-        L = self.opts.levels
+        L = d["params"].get("levels") or self.opts.levels
+        unit = self.act_scale(src, None, False, L)
         return payloads(name, name, unit.astype(np.float64), np.zeros(shape, np.int64),
                         np.full(shape, float(L)))
 

@@ -235,13 +235,20 @@ class SynapseRules:
 
     def op_add(self, name, d, ins):
         """Σ coef_i · x_i (coef ±1: Add, Sub). Output unit: the finest input unit (elementwise;
-        on a token tensor the finest of all its elements) / 2^k; each input's gain g_i = coef_i · unit_i / unit_out as an 8-bit mantissa and one
-        exponent per input, per channel where the units are, per element otherwise."""
+        on a token tensor the finest of all its elements) / 2^k; each input's gain
+        g_i = coef_i · unit_i / unit_out as an 8-bit mantissa and one exponent per input, per
+        channel where the units are, per element otherwise.
+
+        `exact` (a parameter: an input's index) takes that input's unit as the base instead, so
+        its gain is a power of two, exact: the recurrent term of a gated cell's state (f⊙c,
+        z⊙h), whose gain error the loop would compound step after step."""
         shape = d["shape"]
         coef = d["params"].get("coef") or (1.0,) * len(ins)
         ins = self._joint(name, ins)
-        base = np.minimum.reduce([x.unit for x in ins])
-        if d["params"].get("per_tensor"):
+        exact = d["params"].get("exact")
+        base = np.minimum.reduce([x.unit for x in ins]) if exact is None else \
+            np.broadcast_to(ins[exact].unit, shape).astype(np.float64)
+        if exact is None and d["params"].get("per_tensor"):
             # a token tensor: one unit for the whole sum (the gains absorb the inputs' per-element
             # units), so that the neuron reading it and a pool over its features see one unit
             base = np.full_like(base, float(base.min()))

@@ -16,6 +16,8 @@ from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.rnn.cell import (DEFAULT_RNN_LEVELS, check_dale, check_dale_signs, float_graph,
                                 is_rnn_cell, read_cell, unit_signs)
 from toolchain.rnn.cell_graph import read_cell_graph
+from toolchain.rnn.compile_gated import compile_gated
+from toolchain.rnn.gated import is_gated
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, read_onnx_rnn
 from toolchain.rnn.sequence import is_sequence_graph, read_sequence
 from toolchain.tasks import make_task, trial_ids
@@ -23,7 +25,8 @@ from toolchain.tasks import make_task, trial_ids
 
 def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: float,
                 target: str = "loihi2", read=None, per_channel: bool | None = None,
-                dale: bool | None = None, state: str | None = None) -> Compiled:
+                dale: bool | None = None, state: str | None = None,
+                internal_levels: int = QuantOptions.internal_levels) -> Compiled:
     """Compile an ei_rnn_cell model, a model around one ONNX RNN operator (rnn.read_onnx_rnn),
     a one-step cell graph (rnn.cell_graph, `state`: the name of its state input if not found
     from the graph) or an unrolled recurrence (rnn.sequence, folded into its cell); calibrate on `calib` trials (N, T, n_in) or on the trials of the task its
@@ -37,8 +40,14 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
     8-bit weights of quiet units lose precision, while one scale per layer leaves quiet units
     few levels. (CDDM, 100 units: tanh with Dale's law deployed R² 0.895 per layer against 0.814
     per unit, float 0.922; ReLU with Dale's law 0.965 per layer against 0.989 per unit, float
-    0.995. The RMS error picks the better of the two in both.)"""
+    0.995. The RMS error picks the better of the two in both.)
+
+    A model around an ONNX LSTM or GRU node goes to compile_gated (`internal_levels`: the levels
+    of the operands of its products that are currents)."""
     model, sha = read or read_model(path)
+    if is_onnx_rnn(model) and is_gated(model):
+        return compile_gated(path, model, sha, calib, levels, internal_levels, percentile,
+                             target, per_channel, dale)
     if is_onnx_rnn(model):
         cell = read_onnx_rnn(model, str(path))
     elif is_rnn_cell(model):

@@ -9,6 +9,7 @@ import sim.cpu
 import sim.lava
 from toolchain.rnn.cell import is_rnn_cell, run_onnx_trials
 from toolchain.rnn.cell_graph import cell_graph_trials, read_cell_graph
+from toolchain.rnn.gated import is_gated, read_gated
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, onnx_rnn_trials, read_onnx_rnn
 from toolchain.rnn.sequence import is_sequence_graph, read_sequence, sequence_trials
 from toolchain.errors import ShapeError
@@ -18,8 +19,10 @@ from toolchain.tasks import decision, make_task, masked_r2, trial_ids
 def float_trials(model: onnx.ModelProto, where: str, x: np.ndarray,
                  state: str | None = None) -> np.ndarray:
     """The float model's read-out over trials x (N, T, n_in), run by onnxruntime: an ei_rnn_cell
-    or a one-step cell graph stepped from h = 0, a model around the ONNX RNN operator, or an
-    unrolled recurrence (its trials must have its number of steps)."""
+    or a one-step cell graph stepped from h = 0, a model around the ONNX RNN, LSTM or GRU
+    operator, or an unrolled recurrence (its trials must have its number of steps)."""
+    if is_onnx_rnn(model) and is_gated(model):
+        return onnx_rnn_trials(model, x, read_gated(model, where))
     if is_onnx_rnn(model):
         return onnx_rnn_trials(model, x, read_onnx_rnn(model, where))
     if is_rnn_cell(model):
