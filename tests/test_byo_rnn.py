@@ -427,3 +427,50 @@ def test_two_input_graph_without_activation_refused(tmp_path):
     with pytest.raises(ModelError, match=r"sum.onnx: read as a one-step cell \(state input 'b'\), "
                        r"it has no Relu, Sigmoid or Tanh on the path to \['s'\]"):
         compile_onnx(tmp_path / "sum.onnx", calib=np.zeros((2, 3, 4), np.float32))
+
+
+def test_cli_train_on_your_own_task_module(tmp_path):
+    """`toolchain rnn train --task-module FILE.py:FN` trains the E/I RNN on a task the toolchain
+    does not know (examples/custom_task.py: PerceptualDecisionMaking in numpy); the cell names
+    no task, so compiling asks for --calib trials; on held-out trials the deployed network
+    decides as the float one. Bad specs are refused in one line."""
+    import json
+    import sys
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[1] / "examples" / "custom_task.py"
+    sys.path.insert(0, str(example.parent))
+    try:
+        import custom_task
+    finally:
+        sys.path.remove(str(example.parent))
+    cell, art = tmp_path / "pdm.onnx", tmp_path / "pdm.sfn"
+    r = CliRunner().invoke(main, ["rnn", "train", "--task-module",
+                                  f"{example}:perceptual_decision", "--units", "24", "--steps",
+                                  "80", "--seed", "1", "-o", str(cell), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["task"] == "perceptual_decision"
+    assert not any(p.key == "sfn.task" for p in onnx.load(str(cell)).metadata_props)
+    r = CliRunner().invoke(main, ["compile", str(cell), "-o", str(art)])
+    assert r.exit_code == 2 and "pass --calib trials" in r.output and not art.exists()
+    for name, seed in (("c", 1), ("t", 2)):
+        x, y, m, _ = custom_task.perceptual_decision(seed=seed, trials=128)
+        for part, a in (("x", x), ("y", y), ("m", m)):
+            np.save(tmp_path / f"{name}{part}.npy", a)
+    r = CliRunner().invoke(main, ["compile", str(cell), "--calib", str(tmp_path / "cx.npy"),
+                                  "-o", str(art)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["rnn", "eval", str(art), "--json", "--onnx", str(cell)] +
+                           [a for p, part in (("trials", "x"), ("targets", "y"), ("mask", "m"))
+                            for a in (f"--{p}", str(tmp_path / f"t{part}.npy"))])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output)
+    assert row["float_accuracy"] > 0.7, row
+    assert abs(row["deployed_accuracy"] - row["float_accuracy"]) <= 0.03, row
+    for spec, needle in ((f"{tmp_path}/none.py:f", "no file"),
+                         (f"{example}:nope", "has no function 'nope'"),
+                         ("custom_task", "expected MODULE:FUNCTION"),
+                         ("no_such_module_xyz:f", "importing no_such_module_xyz failed")):
+        r = CliRunner().invoke(main, ["rnn", "train", "--task-module", spec, "-o",
+                                      str(tmp_path / "z.onnx")])
+        assert r.exit_code == 2 and f"error: --task-module {spec!r}" in r.output, r.output
+        assert needle in r.output and len(r.output.strip().splitlines()) == 1

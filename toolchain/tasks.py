@@ -19,7 +19,12 @@ is the window the task's decision rule reads.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -178,3 +183,47 @@ def custom_task(inputs, targets, mask, conditions=None, name="custom") -> Task:
     if not m.any():
         raise ValueError("mask selects no time step")
     return Task(name, x, y, m.copy(), list(conditions or []))
+
+
+def load_task_module(spec: str, seed: int = 0) -> Task:
+    """The task a user's Python function builds: `spec` is "module:function" (an importable
+    module) or "path/to/file.py:function". The function is called with `seed=` when it takes
+    one and returns a Task (`custom_task(...)`) or the arrays (inputs, targets, mask[,
+    conditions]); ValueError names what is wrong."""
+    where, sep, fn_name = spec.rpartition(":")
+    if not sep or not where or not fn_name.isidentifier():
+        raise ValueError(f"--task-module {spec!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise ValueError(f"--task-module {spec!r}: no file {where}")
+            found = importlib.util.spec_from_file_location(f"sfn_task_{path.stem}", path)
+            module = importlib.util.module_from_spec(found)
+            sys.modules[found.name] = module
+            found.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ValueError:
+        raise
+    except Exception as exc:    # the user's module failed to import: say which and why
+        raise ValueError(f"--task-module {spec!r}: importing {where} failed: "
+                         f"{type(exc).__name__}: {exc}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"--task-module {spec!r}: {where} has no function {fn_name!r}")
+    try:
+        takes_seed = "seed" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    try:
+        made = fn(seed=seed) if takes_seed else fn()
+    except Exception as exc:
+        raise ValueError(f"--task-module {spec!r}: {fn_name}() raised {type(exc).__name__}: "
+                         f"{exc}") from None
+    if isinstance(made, Task):
+        return made
+    if isinstance(made, (tuple, list)) and len(made) in (3, 4):
+        return custom_task(*made, name=fn_name)
+    raise ValueError(f"--task-module {spec!r}: {fn_name}() returned {type(made).__name__}; "
+                     "expected a Task (toolchain.tasks.custom_task) or (inputs, targets, mask)")

@@ -21,7 +21,7 @@ from sim.files import atomic_write
 
 from .model import EIRNN, euler_step
 from toolchain.rnn import run_onnx_trials
-from toolchain.tasks import Task
+from toolchain.tasks import TASKS, Task
 
 WEIGHTS = ("W_inp", "W_rec", "W_out")
 
@@ -73,7 +73,7 @@ def export_rnn_onnx(model: EIRNN, path, opset=17, task: Task | str | None = None
                 "dale": "1" if model.dale else "0", "n_exc": str(model.n_exc),
                 "n_units": str(model.n_units), "n_inputs": str(model.n_inputs),
                 "n_outputs": str(model.n_outputs)}
-        if task_name:
+        if task_name in TASKS:   # a task the compiler can rebuild for calibration
             meta["task"] = task_name
         onnx.helper.set_model_props(proto, {f"sfn.{k}": v for k, v in meta.items()})
         onnx.checker.check_model(proto)
