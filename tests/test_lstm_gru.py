@@ -180,7 +180,8 @@ def _trials(n=6, T=30, seed=0):
     return (rng.uniform(0, 1, (n, T, N_IN)) * rng.uniform(0.3, 1, (n, 1, 1))).astype(np.float32)
 
 
-@pytest.mark.parametrize("op,attrs", [("GRU", dict(linear_before_reset=0)),
+@pytest.mark.parametrize("op,attrs", [pytest.param("GRU", dict(linear_before_reset=0),
+                                                   marks=pytest.mark.slow),
                                       ("GRU", dict(linear_before_reset=1)), ("LSTM", {})],
                          ids=["gru-lbr0", "gru-lbr1", "lstm"])
 def test_handmade_cells_track_onnxruntime(tmp_path, op, attrs):

@@ -153,6 +153,7 @@ def test_products_and_shifts_are_recorded_in_the_layer_table(tmp_path):
     assert "2 LayerNormalization" in notes and "1 Softmax" in notes   # pre-norm: two
 
 
+@pytest.mark.slow
 def test_finer_internal_levels_halve_the_vit_error(tmp_path):
     _, path = _model("vit", tmp_path, "legacy")
     _, _, coarse = _check(path, "vit")
@@ -260,7 +261,7 @@ def test_adaptive_fire_fits_the_internal_neurons_of_the_vit():
 
 
 @pytest.mark.lava
-@pytest.mark.parametrize("fire", ["uniform", "adaptive"])
+@pytest.mark.parametrize("fire", [pytest.param("uniform", marks=pytest.mark.slow), "adaptive"])
 def test_transformer_block_on_lava_equals_cpu(tmp_path, fire):
     import sim.lava
     _, path = _model("block_layernorm", tmp_path, "legacy")
