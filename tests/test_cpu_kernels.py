@@ -270,6 +270,8 @@ def test_default_threads(monkeypatch):
     torch.set_num_threads(2)
     try:
         assert torch_ops.default_threads(torch_ops.PARALLEL_MACS - 1) == 1
+        # many small operations: one thread whatever the total
+        assert torch_ops.default_threads(torch_ops.PARALLEL_NODE_MACS * 190 - 1, 190) == 1
         monkeypatch.setattr(sim_pkg, "OMP_PASSIVE", True)
         assert torch_ops.default_threads(torch_ops.PARALLEL_MACS) is None
         monkeypatch.setattr(sim_pkg, "OMP_PASSIVE", False)

@@ -60,7 +60,8 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     that exact, with convolutions and matrix products by torch when available (USE_TORCH); the
     readout accumulator and recorded values are int64. `threads`: torch's intra-op threads
     during the run, restored after; None (the default): torch_ops.default_threads — one thread
-    for a small run (below PARALLEL_MACS multiply-accumulates), else torch's own setting, every
+    for a small run (below PARALLEL_MACS multiply-accumulates, or PARALLEL_NODE_MACS per node:
+    a graph of many small operations), else torch's own setting, every
     core, as onnxruntime does (with OpenMP's passive wait policy, which importing `sim` before
     torch sets; without it, only the cores the machine leaves free). threads=1 leaves the other
     cores alone (docs/performance.md, "Threads").
@@ -72,7 +73,7 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         shape = np.shape(x)
         steps = (shape[1] if len(shape) > 1 else 1) if art.recurrent else timesteps
         macs = sum(n.macs() for n in art.nodes) * (shape[0] if shape else 0) * steps
-        threads = torch_ops.default_threads(macs)
+        threads = torch_ops.default_threads(macs, len(art.nodes))
     with torch_ops.session(threads if USE_TORCH else None):
         return driver.execute(art, x, _step(art), timesteps, binary, batch_size, count,
                               progress, record)

@@ -99,6 +99,10 @@ def session(threads: int | None):
 # below this many multiply-accumulates per run the default runs on one thread: waking a second
 # thread costs more than it saves on small batches
 PARALLEL_MACS = 2 ** 25
+# nor below this many per node: a graph of many small operations (a transformer's elementwise
+# passes, products and tables) pays a second thread's wake-up at every operation (with OpenMP's
+# passive waiting, a futex wake each time) and runs slower on two threads than on one
+PARALLEL_NODE_MACS = 2 ** 22
 
 
 def _running() -> int:
@@ -111,18 +115,19 @@ def _running() -> int:
         return 0
 
 
-def default_threads(macs: float) -> int | None:
+def default_threads(macs: float, nodes: int = 1) -> int | None:
     """The thread count sim.cpu.run uses when none is given, for a run of `macs`
-    multiply-accumulates: one thread below PARALLEL_MACS; otherwise torch's own setting
-    (None), except where OpenMP spins (OMP_WAIT_POLICY not passive: torch was imported before
-    sim) and the machine's cores are taken: then as many as are free, at least one."""
+    multiply-accumulates over a graph of `nodes` nodes: one thread below PARALLEL_MACS or below
+    PARALLEL_NODE_MACS per node; otherwise torch's own setting (None), except where OpenMP
+    spins (OMP_WAIT_POLICY not passive: torch was imported before sim) and the machine's cores
+    are taken: then as many as are free, at least one."""
     torch = _torch()
     if not torch:
         return None
     n = torch.get_num_threads()
     if n <= 1:
         return None
-    if macs < PARALLEL_MACS:
+    if macs < PARALLEL_MACS or macs < PARALLEL_NODE_MACS * max(nodes, 1):
         return 1
     import sim
     if sim.OMP_PASSIVE:

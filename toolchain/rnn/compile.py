@@ -10,7 +10,7 @@ import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
 from toolchain.compiled import Compiled, agreement, layer_rows_json, place
-from toolchain.errors import QuantizationError, ShapeError
+from toolchain.errors import ShapeError
 from toolchain.onnx_import.loader import read_model
 from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.rnn.cell import (DEFAULT_RNN_LEVELS, check_dale, check_dale_signs, float_graph,
@@ -19,6 +19,7 @@ from toolchain.rnn.cell_graph import read_cell_graph
 from toolchain.rnn.compile_gated import compile_gated
 from toolchain.rnn.gated import is_gated
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, read_onnx_rnn
+from toolchain.rnn.scales import build_either
 from toolchain.rnn.sequence import is_sequence_graph, read_sequence
 from toolchain.tasks import make_task, trial_ids
 
@@ -109,27 +110,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
         art.validate()
         return art, qz, agreement(float_o, sim.cpu.run(art, calib, count=False).output), ei
 
-    if per_channel is None:
-        built, failed = {}, {}
-        for pc in (False, True):
-            try:
-                built[pc] = build(pc)
-            except QuantizationError as exc:   # one way may not fit; the other may
-                failed[pc] = exc
-        if not built:
-            raise failed[False]
-        chosen = min(built, key=lambda pc: built[pc][2]["rel_rms_error"])
-        way = {False: "layer", True: "unit"}
-        errors = ", ".join(f"per {way[pc]} {built[pc][2]['rel_rms_error']:.4f}" for pc in built)
-        notes.append(f"activation scales: one per {way[chosen]}, the closer read-out on the "
-                     f"calibration trials (relative RMS error: {errors}"
-                     f"{'; per unit does not fit' if True in failed else ''}"
-                     f"{'; per layer does not fit' if False in failed else ''})")
-    else:
-        chosen = per_channel
-        built = {chosen: build(chosen)}
-        notes.append(f"activation scales: one per {'unit' if chosen else 'layer'} (as asked)")
-    art, qz, agree, ei = built[chosen]
+    art, qz, agree, ei = build_either(build, per_channel, notes)
     if ei is not None:
         notes.append(f"Dale's law holds on the integer weights: {ei[0]} excitatory, {ei[1]} "
                      "inhibitory units")

@@ -15,10 +15,11 @@ import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
 from toolchain.compiled import Compiled, agreement, layer_rows_json, place
-from toolchain.errors import ModelError, QuantizationError, ShapeError
+from toolchain.errors import ModelError, ShapeError
 from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.rnn.cell import DEFAULT_RNN_LEVELS
 from toolchain.rnn.gated import read_gated
+from toolchain.rnn.scales import build_either
 from toolchain.tasks import trial_ids
 
 # levels of the states c' and h': they are no activation of the model, and their rounding error
@@ -91,27 +92,7 @@ def compile_gated(path, model, sha: str, calib: np.ndarray | None, levels: int |
         art.validate()
         return art, qz, agreement(float_o, sim.cpu.run(art, calib, count=False).output)
 
-    if per_channel is None:
-        built, failed = {}, {}
-        for pc in (False, True):
-            try:
-                built[pc] = build(pc)
-            except QuantizationError as exc:
-                failed[pc] = exc
-        if not built:
-            raise failed[False]
-        chosen = min(built, key=lambda pc: built[pc][2]["rel_rms_error"])
-        way = {False: "layer", True: "unit"}
-        errors = ", ".join(f"per {way[pc]} {built[pc][2]['rel_rms_error']:.4f}" for pc in built)
-        notes.append(f"activation scales: one per {way[chosen]}, the closer read-out on the "
-                     f"calibration trials (relative RMS error: {errors}"
-                     f"{'; per unit does not fit' if True in failed else ''}"
-                     f"{'; per layer does not fit' if False in failed else ''})")
-    else:
-        chosen = per_channel
-        built = {chosen: build(chosen)}
-        notes.append(f"activation scales: one per {'unit' if chosen else 'layer'} (as asked)")
-    art, qz, agree = built[chosen]
+    art, qz, agree = build_either(build, per_channel, notes)
     art.meta["notes"] = notes
     place(art, target)
     result = Compiled(art, None, qz.layers, notes)
