@@ -19,7 +19,7 @@ from toolchain.rnn.cell_graph import read_cell_graph
 from toolchain.rnn.compile_gated import compile_gated
 from toolchain.rnn.gated import is_gated
 from toolchain.rnn.onnx_rnn import is_onnx_rnn, read_onnx_rnn
-from toolchain.rnn.scales import build_either
+from toolchain.rnn.scales import build_either, input_step
 from toolchain.rnn.sequence import is_sequence_graph, read_sequence
 from toolchain.tasks import make_task, trial_ids
 
@@ -76,15 +76,7 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
     fg = float_graph(cell)
     acts = cell.trials(calib.astype(np.float64))
     stats = cal.stats_from_arrays(acts, percentile)
-    # task inputs (coherences k/64, values k/10) lie on a grid: encode them losslessly, as
-    # compile_onnx does for feed-forward inputs, with the grid step divided by the largest
-    # integer that keeps max|x| within the encoder's range (its bound sets the accumulator units)
-    top = 127 if calib.min() < 0 else 255
-    step = cal.grid_step(calib, top)
-    if step:
-        step /= max(1, top // max(1, int(round(float(np.abs(calib).max()) / step))))
-        notes.append(f"calibration trials lie on a grid of step {step:.6g}: input encoding is "
-                     "lossless for such inputs")
+    step = input_step(calib, notes)
     n_exc = (cell.n_exc if signs is None else int(np.sum(signs > 0))) if cell.dale else 0
     # Cell.trials stacks time-major: rows t·N … (t+1)·N − 1 are step t of every trial
     float_o = acts["o"].reshape(calib.shape[1], len(calib), -1).transpose(1, 0, 2)

@@ -19,7 +19,7 @@ from toolchain.errors import ModelError, ShapeError
 from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.rnn.cell import DEFAULT_RNN_LEVELS
 from toolchain.rnn.gated import read_gated
-from toolchain.rnn.scales import build_either
+from toolchain.rnn.scales import build_either, input_step
 from toolchain.tasks import trial_ids
 
 # levels of the states c' and h': they are no activation of the model, and their rounding error
@@ -63,12 +63,7 @@ def compile_gated(path, model, sha: str, calib: np.ndarray | None, levels: int |
     for name in ("c", "h"):
         if name in stats:
             stats[name] = cal.per_tensor(stats[name])
-    top = 127 if calib.min() < 0 else 255
-    step = cal.grid_step(calib, top)
-    if step:
-        step /= max(1, top // max(1, int(round(float(np.abs(calib).max()) / step))))
-        notes.append(f"calibration trials lie on a grid of step {step:.6g}: input encoding is "
-                     "lossless for such inputs")
+    step = input_step(calib, notes)
     float_o = acts["o_out"].reshape(calib.shape[1], len(calib), -1).transpose(1, 0, 2)
     n = cell.n_units
 

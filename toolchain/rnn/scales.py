@@ -1,7 +1,25 @@
-"""Per-unit or per-layer activation scales for a recurrent network: whichever reads out closer."""
+"""Scales of a recurrent network: the input encoding's step for trials on a grid, and per-unit or
+per-layer activation scales, whichever reads out closer."""
 from __future__ import annotations
 
+import numpy as np
+
+from toolchain import calibrate as cal
 from toolchain.errors import QuantizationError
+
+
+def input_step(calib: np.ndarray, notes: list[str]) -> float | None:
+    """The encoder step for calibration trials that lie on a grid (task inputs: coherences k/64,
+    values k/10), as compile_onnx encodes feed-forward inputs losslessly, divided by the largest
+    integer that keeps max|x| within the encoder's range (its bound sets the accumulator units);
+    None when they do not. A note says so."""
+    top = 127 if calib.min() < 0 else 255
+    step = cal.grid_step(calib, top)
+    if step:
+        step /= max(1, top // max(1, int(round(float(np.abs(calib).max()) / step))))
+        notes.append(f"calibration trials lie on a grid of step {step:.6g}: input encoding is "
+                     "lossless for such inputs")
+    return step
 
 
 def build_either(build, per_channel: bool | None, notes: list[str]) -> tuple:
