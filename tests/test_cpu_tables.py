@@ -187,7 +187,8 @@ def test_broadcasting_select_is_a_view_with_the_same_values():
              ir.SumPool("s", ("x",), (1, 3, 1), kernel=(1, 4), stride=(1, 1)),
              ir.Select("b", ("s",), (1, 3, 4), table=np.repeat(np.arange(3), 4)),
              ir.Select("p", ("s",), (1, 3, 4), table=np.tile(np.arange(3), 4)),
-             ir.Add("d", ("x", "b", "p"), (1, 3, 4), gains=np.stack([4 * one, -one, one]), exps=(0, 0, 0)),
+             ir.Add("d", ("x", "b", "p"), (1, 3, 4), gains=np.stack([4 * one, -one, one]),
+                    exps=(0, 0, 0)),
              ir.Neuron("n", ("d",), (1, 3, 4), threshold=3 * one, bias=0 * one, lo=-9, hi=9),
              ir.Readout("y", ("n",), (1, 3, 4), scale=np.full((1, 3, 4), 0.5, np.float32),
                         bias=np.zeros((1, 3, 4), np.int64))]
@@ -198,3 +199,33 @@ def test_broadcasting_select_is_a_view_with_the_same_values():
                 sim.reference.run(art, x, record=("b", "p", "d")))
     ops = program.program(art, frozenset(), "once", True).ops
     assert ops[2].__name__ == "expand" and ops[3].__name__ == "op"
+
+
+@pytest.mark.parametrize("levels, weight_max, exp", [(15, 127, 0), (2 ** 12, 127, 3),
+                                                     (-15, 100, -2)])
+def test_pointwise_conv_as_a_matrix_product(levels, weight_max, exp, monkeypatch):
+    """A 1×1 convolution (a token linear) runs as one matrix product over the positions, with
+    and without the neuron's offset added, in float32 and (partial sums from 2²⁴ on) float64,
+    on signed and non-negative inputs; the same integers as the definition."""
+    rng = np.random.default_rng(levels + weight_max)
+    c_in, c_out, h, w = 24, 10, 17, 1
+    lo = min(levels, 0)
+    hi = abs(levels)
+    w8 = rng.integers(-weight_max, weight_max + 1, (c_out, c_in, 1, 1))
+    one = np.ones((c_out, 1, 1), np.int64)
+    nodes = [ir.Input("x", (), (c_in, h, w), inv_scale=1.0, lo=lo, hi=hi),
+             ir.Conv("c", ("x",), (c_out, h, w), weight=w8.astype(np.int16), weight_exp=exp),
+             ir.Neuron("n", ("c",), (c_out, h, w), threshold=rng.integers(1, 900, (c_out, 1, 1)),
+                       bias=rng.integers(-50, 50, (c_out, 1, 1)), lo=-63, hi=63),
+             ir.Conv("d", ("n",), (c_out, h, w), weight=np.eye(c_out, dtype=np.int16)[
+                 :, :, None, None] * 3, weight_exp=0),
+             ir.Readout("y", ("d",), (c_out, h, w), scale=np.full((c_out, h, w), 0.1, np.float32),
+                        bias=0 * one)]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    calls = _spy(monkeypatch, "_conv_pointwise")
+    x = rng.integers(lo, hi + 1, (33, c_in, h, w)).astype(np.float32)
+    x[0], x[1] = hi, lo
+    record = ("c", "n")
+    assert_same(sim.cpu.run(art, x, record=record), sim.reference.run(art, x, record=record))
+    assert calls

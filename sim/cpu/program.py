@@ -25,6 +25,7 @@ neuron starts afresh, the one-pass multi-threshold neuron applies.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 
 import numpy as np
@@ -269,9 +270,9 @@ def _table(p: Program, node):
     """A table neuron (adaptive fire: n = payload[#{k : sat(I + b) ≥ t_k}], T = 1 only, no
     state kept) as one gather from table_bands' table:
     table[clamp(I, l − b, h − b) + b + start − l] per neuron, the index an exact integer in
-    float32 when the input and those per-neuron bounds are below 2²⁴, else in float64, the table in the narrowest
-    integer dtype (a smaller table is a faster gather) and its payloads made float32, or uint8
-    for an int8 reader. A table over TABLE_ENTRIES entries, or an input no float holds exactly,
+    float32 when the input and those per-neuron bounds are below 2²⁴, else in float64, the
+    table in the narrowest integer dtype (a smaller table is a faster gather) and its payloads
+    made float32, or uint8 for an int8 reader. A table over TABLE_ENTRIES entries, or an input no float holds exactly,
     takes the int64 definition."""
     generic = _generic(p, node)
     bands = table_bands(batched(node.thresholds), node.payload) if p.use_torch else None
@@ -784,7 +785,7 @@ def program(art: Artifact, keep, mode: str, use_torch: bool) -> Program:
     sig = _signature(art)
     hit = PROGRAMS.get(key)
     if hit is not None and hit[0]() is art and len(hit[1]) == len(sig) \
-            and all(a is b for a, b in zip(hit[1], sig)):
+            and all(map(operator.is_, hit[1], sig)):
         return hit[2]
     built = Program(art, keep, mode, use_torch)
     PROGRAMS[key] = (weakref.ref(art, lambda _r, k=key: PROGRAMS.pop(k, None)), sig, built)
