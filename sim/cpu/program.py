@@ -56,10 +56,11 @@ class Run(driver.Step):
     """One program step: the Step every node's `evaluate` reads, plus the values made so far
     (numpy arrays or torch tensors of exact integers), their bounds (static ones seeded, others
     measured once when asked), which products added their neuron's offset and per-step nonzero
-    counts. In the layer-major form (Program.steps) values hold all T steps stacked
+    counts (per position, and totals). In the layer-major form (Program.steps) values hold all T steps stacked
     (T·B rows, step-major) or, for `steady` ones that no neuron precedes, the B rows every step
     shares; `reps` is T there (1 in a plain step)."""
-    __slots__ = ("values", "bounds", "biased", "counts", "steady", "reps", "layered", "done")
+    __slots__ = ("values", "bounds", "biased", "counts", "totals", "steady", "reps", "layered",
+                 "done")
 
     def bound(self, name: str) -> float:
         b = self.bounds.get(name)
@@ -68,11 +69,23 @@ class Run(driver.Step):
         return b
 
     def nonzero(self, name: str) -> np.ndarray:
-        """A value's nonzero_counts, computed once for all who count it."""
+        """A value's nonzero_counts per position (what a windowed synapse needs), computed
+        once for all who count it."""
         c = self.counts.get(name)
         if c is None:
             c = self.counts[name] = kernels.nonzero_counts(_np(self.values[name]))
         return c
+
+    def spikes(self, name: str) -> int:
+        """A value's nonzero entries in all, computed once: the sum of its per-position counts
+        when a windowed synapse made them, else one count of the comparison's booleans
+        (several times faster than the per-position counts)."""
+        n = self.totals.get(name)
+        if n is None:
+            c = self.counts.get(name)
+            n = self.totals[name] = int(c.sum()) if c is not None else \
+                int(np.count_nonzero(_np(self.values[name]) != 0))
+        return n
 
     def rows(self, names, reader: str) -> list:
         """The values of `names` as the node `reader` reads them: the steady ones repeated over
@@ -133,7 +146,8 @@ class Program:
 
     def _run(self, s: driver.Step, reps: int = 1, layered: bool = False) -> Run:
         r = Run(s.x, s.previous, s.state, s.binary, s.count, s.stats)
-        r.values, r.bounds, r.biased, r.counts, r.done = {}, dict(self.static), set(), {}, set()
+        r.values, r.bounds, r.biased, r.done = {}, dict(self.static), set(), set()
+        r.counts, r.totals = {}, {}
         r.steady, r.reps, r.layered = (self.steady if layered else ()), reps, layered
         for op, free in zip(self.ops, self.frees):
             op(r)
@@ -227,7 +241,7 @@ def _neuron(p: Program, node):
         r.values[name] = out
         if sat or r.count:
             count_neuron(r.stats[name], _np(out), sat, lo, hi, r.count,
-                         (lambda: r.nonzero(name)) if r.count else None)
+                         (lambda: r.spikes(name)) if r.count else None)
     return op
 
 
@@ -316,7 +330,7 @@ def _table(p: Program, node):
         r.values[name] = out
         if sat or r.count:
             count_neuron(r.stats[name], _np(out), sat, plo, phi, r.count,
-                         (lambda: r.nonzero(name)) if r.count else None)
+                         (lambda: r.spikes(name)) if r.count else None)
     return op
 
 
@@ -350,7 +364,7 @@ def _stateful(p: Program, node):
         r.stats[name].saturations += sat
         if r.count:
             o = _np(out)
-            r.stats[name].spikes += int(r.nonzero(name).sum())
+            r.stats[name].spikes += r.spikes(name)
             r.stats[name].payload += int(np.abs(o.astype(np.int64) if o.dtype == np.uint8
                                                 else o).sum(dtype=np.float64))
     return op
@@ -422,7 +436,7 @@ def _product(p: Program, node):
                 r.done.add(nname)
                 if r.count:
                     count_neuron(r.stats[nname], _np(n), 0, fire.lo, fire.hi, True,
-                                 lambda: r.nonzero(nname))
+                                 lambda: r.spikes(nname))
                     _count_product(r, node, name, src, x, dense, per_input)
                 return
         wf, bound, bias = fixed if fixed is not None else \
@@ -462,7 +476,7 @@ def _count_product(r: Run, node, name: str, src: str, x, dense: bool, per_input:
     """A dense or conv node's synaptic operations on its input x (T times a steady one)."""
     reps = r.reps if src in r.steady else 1
     if dense:
-        r.stats[name].synops += int(r.nonzero(src).sum()) * per_input * reps
+        r.stats[name].synops += r.spikes(src) * per_input * reps
     else:
         r.stats[name].synops += node.window_synops(_np(x), r.nonzero(src)) * reps
 
@@ -609,7 +623,7 @@ def _add(p: Program, node):
                 r.values[name] = total
                 r.bounds[name] = bound
                 if r.count:
-                    r.stats[name].synops += sum(int(r.nonzero(i).sum()) *
+                    r.stats[name].synops += sum(r.spikes(i) *
                                                 (r.reps if i in r.steady else 1)
                                                 for i in srcs)
                 return
@@ -634,7 +648,7 @@ def _add(p: Program, node):
         if offset is not None:
             r.biased.add(name)
         if r.count:
-            r.stats[name].synops += sum(int(r.nonzero(i).sum()) *
+            r.stats[name].synops += sum(r.spikes(i) *
                                         (r.reps if i in r.steady else 1) for i in srcs)
     return op
 
@@ -649,7 +663,7 @@ def _identity(p: Program, node):
         if src in r.bounds:
             r.bounds[name] = r.bounds[src]
         if r.count:
-            r.stats[name].synops += int(r.nonzero(src).sum()) * \
+            r.stats[name].synops += r.spikes(src) * \
                 (r.reps if src in r.steady else 1)
     return op
 
@@ -746,10 +760,10 @@ def fusions(art, keep) -> dict:
 
 
 def count_neuron(st: LayerStats, out: np.ndarray, sat: int, lo: int, hi: int, count: bool,
-                 nonzero=None):
+                 spikes=None):
     """LayerStats.add_spikes for a float array of payloads: saturations always, spikes and
-    payload when counting. `nonzero()`: out's nonzero_counts, shared with the synapses that
-    count the same spikes."""
+    payload when counting. `spikes()`: out's nonzero entries (Run.spikes), shared with the
+    synapses that count the same spikes."""
     if not np.issubdtype(out.dtype, np.floating):
         st.add_spikes(out, sat, count)
         return
@@ -758,7 +772,7 @@ def count_neuron(st: LayerStats, out: np.ndarray, sat: int, lo: int, hi: int, co
         return
     # count_nonzero of a whole float array is ~10× slower than of the comparison's
     # booleans; the payload, a sum of exact integers, is summed in float64 (exact < 2⁵³)
-    st.spikes += int(nonzero().sum()) if nonzero else int(np.count_nonzero(out != 0))
+    st.spikes += spikes() if spikes else int(np.count_nonzero(out != 0))
     mag = out if lo >= 0 else np.abs(out)
     if out[:1].size * float(max(abs(lo), abs(hi))) < kernels.F32_EXACT:
         # per-sample sums are exact in the array's own dtype: sum those, then them in float64

@@ -878,14 +878,14 @@ def product(a, b, dtype, shift: int, matmul: bool = False):
 
 def product_ops(a, b, matmul: bool = False) -> int:
     """The product operations of `product`: the products whose two operands are both nonzero
-    (per output of an elementwise product; summed over k for a matrix product, exact in
-    float32 while the inner size is below 2²⁴)."""
+    (per output of an elementwise product; for a matrix product the terms a_mk·b_kn with both
+    nonzero, Σ_m,n,k [a_mk ≠ 0]·[b_kn ≠ 0] = Σ_k (Σ_m [a_mk ≠ 0])·(Σ_n [b_kn ≠ 0]) per matrix,
+    counted in int64 from the column counts of A and the row counts of B)."""
     torch = _torch()
     at, bt = tensor(a), tensor(b)
     na, nb = at != 0, bt != 0
     if matmul:
-        return int(torch.matmul(na.to(torch.float32), nb.to(torch.float32))
-                   .sum(dtype=torch.float64))
+        return int((na.sum(-2) * nb.sum(-1)).sum())
     return int(torch.logical_and(na, nb).sum())
 
 
