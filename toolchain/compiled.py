@@ -77,3 +77,15 @@ def weight_warnings(rows) -> list[str]:
 def layer_rows_json(rows) -> list[dict]:
     """The per-layer table as JSON (the artifact's meta["layers"])."""
     return [r.to_json() for r in rows]
+
+
+def finish_recurrent(art: Artifact, layers: list, notes: list[str], agree: dict,
+                     target: str) -> Compiled:
+    """A recurrent artifact made whole: its notes, its placement on the target's cores and
+    its agreement with the float network recorded, as a Compiled without an import."""
+    art.meta["notes"] = notes
+    place(art, target)
+    result = Compiled(art, None, layers, notes)
+    result.agreement = agree
+    art.meta["agreement"] = agree
+    return result

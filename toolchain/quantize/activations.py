@@ -43,6 +43,17 @@ class ActivationRules:
             return self.neuron(name, name, x, scaled, 0, L)
         return self.adaptive_relu(name, x, step * L, scaled * L)
 
+    def _table_margin(self, name, x: QTensor, remedy: str | None = None) -> float:
+        """The log2 headroom of an adaptive neuron's state sat(I + b) under the signed 24-bit
+        limit (its thresholds compare I + b, with no θ/2 offset); a state that can pass the
+        limit is refused, naming the remedy when there is one."""
+        worst = float((x.bound + np.abs(x.bias)).max())
+        if worst > semantics.V_MAX:
+            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
+                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×"
+                            + (f"; use {remedy}" if remedy else ""))
+        return round(float(np.log2(semantics.V_MAX / max(worst, 1))), 1)
+
     def adaptive_requant(self, name, x: QTensor, base: np.ndarray, src: str) -> QTensor:
         """A current requantized by a table neuron with fitted levels: the level shape
         y_0 = 0 < … < y_L of fit_levels on the calibration sample of |x| (its calibrated tensor
@@ -72,11 +83,7 @@ class ActivationRules:
         thresholds = np.clip(np.nan_to_num(thresholds, nan=semantics.V_MAX + 1),
                              -semantics.V_MAX - 1, semantics.V_MAX + 1).astype(np.int64)
         bias = np.broadcast_to(x.bias, shape).astype(np.int64)
-        worst = float((x.bound + np.abs(bias)).max())
-        if worst > semantics.V_MAX:
-            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
-                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×; use "
-                            "fewer --internal-levels or a smaller input range")
+        margin = self._table_margin(name, x, "fewer --internal-levels or a smaller input range")
         top = int(payload[-1])
         node = self.emit(ir.Neuron(
             name, (x.node,), shape, threshold=np.ones((1,) * len(shape), np.int64), bias=bias,
@@ -93,7 +100,7 @@ class ActivationRules:
             levels=(int(payload[0]), top),
             detail=f"{L} levels{' ±' if signed else ': '}{half[1]}…{top}/{fit['q']}",
             threshold=(int(thresholds.min()), int(thresholds.max())),
-            margin_bits=round(float(np.log2(semantics.V_MAX / max(worst, 1))), 1)))
+            margin_bits=margin))
         return payloads(name, x.fname, unit, np.zeros(shape, np.int64),
                         np.full(shape, float(top)))
 
@@ -120,11 +127,7 @@ class ActivationRules:
         thresholds = np.ceil(unit_out[..., None] * mid / unit_in[..., None])
         thresholds = np.clip(thresholds, -semantics.V_MAX - 1,
                              semantics.V_MAX + 1).astype(np.int64)
-        worst = float((x.bound + np.abs(x.bias)).max())
-        if worst > semantics.V_MAX:
-            self.fail(name, f"the neuron state can reach {worst:.0f}, over the signed 24-bit "
-                            f"limit {semantics.V_MAX} by {worst / semantics.V_MAX:.2f}×; use "
-                            "fewer --levels or a smaller input range")
+        margin = self._table_margin(name, x, "fewer --levels or a smaller input range")
         top = int(payload[-1])
         node = self.emit(ir.Neuron(
             name, (x.node,), shape, threshold=np.ones(shape[:1] + (1,) * (len(shape) - 1),
@@ -142,7 +145,7 @@ class ActivationRules:
             name, f"{node.kind} ({self.opts.fire})", shape, neurons=int(np.prod(shape)),
             levels=(0, top), detail=f"{L} levels: {payload[1]}…{top}/{fit['q']}",
             threshold=(int(thresholds.min()), int(thresholds.max())),
-            margin_bits=round(float(np.log2(semantics.V_MAX / max(worst, 1))), 1)))
+            margin_bits=margin))
         return payloads(name, name, unit, np.zeros(shape, np.int64), np.full(shape, float(top)))
 
 
@@ -162,9 +165,7 @@ class ActivationRules:
             shape + (len(edges),))
         thresholds = np.clip(thresholds, -semantics.V_MAX - 1,
                              semantics.V_MAX + 1).astype(np.int64)
-        worst = float((x.bound + np.abs(x.bias)).max())
-        if worst > semantics.V_MAX:
-            self.fail(name, f"the neuron state can reach {worst:.0f}, over the 24-bit limit")
+        margin = self._table_margin(name, x)
         node = self.emit(ir.Neuron(name, (x.node,), shape, threshold=np.ones(shape, np.int64),
                                    bias=x.bias.astype(np.int64), lo=int(payload.min()),
                                    hi=int(payload.max()), fire="adaptive",
@@ -173,7 +174,7 @@ class ActivationRules:
             name, f"{node.kind} (table)", shape, neurons=int(np.prod(shape)),
             levels=(int(payload.min()), int(payload.max())),
             threshold=(int(thresholds.min()), int(thresholds.max())),
-            margin_bits=round(float(np.log2(semantics.V_MAX / max(worst, 1))), 1)))
+            margin_bits=margin))
         L = self.opts.levels
         unit = 1.0 / L if out_unit is None else out_unit
         if out_unit is not None:

@@ -9,7 +9,7 @@ import numpy as np
 import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
-from toolchain.compiled import Compiled, agreement, layer_rows_json, place
+from toolchain.compiled import Compiled, agreement, finish_recurrent, layer_rows_json
 from toolchain.errors import ShapeError
 from toolchain.onnx_import.loader import read_model
 from toolchain.quantize import QuantOptions, Quantizer
@@ -106,9 +106,4 @@ def compile_rnn(path, calib: np.ndarray | None, levels: int | None, percentile: 
     if ei is not None:
         notes.append(f"Dale's law holds on the integer weights: {ei[0]} excitatory, {ei[1]} "
                      "inhibitory units")
-    art.meta["notes"] = notes
-    place(art, target)
-    result = Compiled(art, None, qz.layers, notes)
-    result.agreement = agree
-    art.meta["agreement"] = agree
-    return result
+    return finish_recurrent(art, qz.layers, notes, agree, target)

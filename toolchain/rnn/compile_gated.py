@@ -14,7 +14,7 @@ import numpy as np
 import sim.cpu
 from sim.artifact import Artifact
 from toolchain import calibrate as cal
-from toolchain.compiled import Compiled, agreement, layer_rows_json, place
+from toolchain.compiled import Compiled, agreement, finish_recurrent, layer_rows_json
 from toolchain.errors import ModelError, ShapeError
 from toolchain.quantize import QuantOptions, Quantizer
 from toolchain.rnn.cell import DEFAULT_RNN_LEVELS
@@ -88,9 +88,4 @@ def compile_gated(path, model, sha: str, calib: np.ndarray | None, levels: int |
         return art, qz, agreement(float_o, sim.cpu.run(art, calib, count=False).output)
 
     art, qz, agree = build_either(build, per_channel, notes)
-    art.meta["notes"] = notes
-    place(art, target)
-    result = Compiled(art, None, qz.layers, notes)
-    result.agreement = agree
-    art.meta["agreement"] = agree
-    return result
+    return finish_recurrent(art, qz.layers, notes, agree, target)
