@@ -8,9 +8,10 @@ Three tables, printed as markdown:
 
 1. **Integer networks** (benchmarks/speed_nets.py: the digits CNN, an MLP 784-1024-1024-10, ResNet-18
    ×1 and ×¼ on 3×32×32): for every network, batch and thread count, sim.cpu (outputs only,
-   `count=False`) against onnxruntime on the float model, on its int8 model in the QOperator
-   format and in the QDQ format (`quantize_static`, per-channel weights). ResNet-18 ×1 runs the
-   batches of `--resnet-batches` only (default 64, 256).
+   `count=False`, on the engine its default picks, named in the table: the graph engine for a
+   small run, else the program) against onnxruntime on the float model, on its int8 model in
+   the QOperator format and in the QDQ format (`quantize_static`, per-channel weights).
+   ResNet-18 ×1 runs the batches of `--resnet-batches` only (default 64, 256).
 2. **Binary spikes, T steps** (`--timesteps`, default 8) on the digits CNN: sim.cpu
    (`binary=True`) against snnTorch, sinabs and SpikingJelly running the same layer shapes with
    integrate-and-fire neurons (reset by subtraction), per step. A framework that is not
@@ -86,9 +87,9 @@ def fmt(r) -> str:
 
 def integer_table(args, folder: Path) -> None:
     print("\n### sim.cpu against onnxruntime (float, int8 QOperator, int8 QDQ)\n")
-    print("| network | batch | threads | sim.cpu ms | vs ORT float | vs ORT int8 QOperator | "
-          "vs ORT int8 QDQ | CPU time vs ORT int8 QOperator |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| network | batch | threads | engine | sim.cpu ms | vs ORT float | "
+          "vs ORT int8 QOperator | vs ORT int8 QDQ | CPU time vs ORT int8 QOperator |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.nets.split(","):
         art = nets.artifact(name, folder)
         paths = {"float": nets.onnx_path(name, folder),
@@ -106,7 +107,8 @@ def integer_table(args, folder: Path) -> None:
                                    2 if heavy else args.runs)
                 sim_ms = 1000 * statistics.median(got["sim"][0])
                 cpu = fmt(ratio(got["sim"][1], got["qop"][1])) if threads == 1 else "—"
-                print(f"| {nets.NETS[name]} | {batch} | {threads} | {sim_ms:.2f} | "
+                engine = sim.cpu.engine_for(art, x, count=False)
+                print(f"| {nets.NETS[name]} | {batch} | {threads} | {engine} | {sim_ms:.2f} | "
                       f"{fmt(ratio(got['sim'][0], got['float'][0]))} | "
                       f"{fmt(ratio(got['sim'][0], got['qop'][0]))} | "
                       f"{fmt(ratio(got['sim'][0], got['qdq'][0]))} | {cpu} |", flush=True)

@@ -164,9 +164,9 @@ def speed_table(keys: list[str], args, data) -> None:
     print("Default compile options. sim.cpu outputs only (`count=False`) and with the activity "
           "statistics (`count=True`); ratios are sim.cpu ÷ ORT, median [quartiles] over "
           f"{args.rounds} interleaved rounds of {args.runs} runs.\n")
-    print("| network | batch | threads | sim.cpu ms | ORT ms | sim.cpu ÷ ORT | "
+    print("| network | batch | threads | engine | sim.cpu ms | ORT ms | sim.cpu ÷ ORT | "
           "counting ms | counting ÷ ORT | CPU time sim.cpu ÷ ORT |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key in keys:
         label, path = NETS[key]
         art = compile_onnx(path, calib=x_train[:CALIB]).artifact
@@ -184,7 +184,9 @@ def speed_table(keys: list[str], args, data) -> None:
                 got = timed_rounds(cases, args.rounds, args.runs)
                 ms = {k: 1000 * statistics.median(v[0]) for k, v in got.items()}
                 cpu = fmt(ratio(got["sim"][1], got["ort"][1])) if threads == 1 else "—"
-                print(f"| {label} | {batch} | {threads} | {ms['sim']:.2f} | {ms['ort']:.2f} | "
+                engine = sim.cpu.engine_for(art, x, count=False)
+                print(f"| {label} | {batch} | {threads} | {engine} | {ms['sim']:.2f} | "
+                      f"{ms['ort']:.2f} | "
                       f"{fmt(ratio(got['sim'][0], got['ort'][0]))} | {ms['count']:.2f} | "
                       f"{fmt(ratio(got['count'][0], got['ort'][0]))} | {cpu} |", flush=True)
 

@@ -11,7 +11,7 @@ import sim.reference
 from compare import assert_same
 from sim import ir, semantics
 from sim.artifact import Artifact
-from sim.cpu import kernels, program, torch_ops
+from sim.cpu import graph, kernels, program, torch_ops
 
 
 def _fire_or_skip():
@@ -82,8 +82,8 @@ def test_program_equals_reference_on_random_dense_stacks(seed):
     """Random MLPs: payloads of 1, 15, 127 or 255 levels (inside and outside the int16 pair
     class), offsets from small to large (the kernel fire, the float32 fire, the float64 fire),
     negative exponents (the product, int8 or float, then floored), batches of 3 and 37 rows, with
-    counts and without: the program equals the int64 runner, and T = 3 and binary T = 2 runs
-    (layer by layer) too."""
+    counts and without: the program (and, uncounted, the graph engine) equals the int64 runner,
+    and T = 3 and binary T = 2 runs (layer by layer) too."""
     rng = np.random.default_rng(seed)
     depth = int(rng.integers(1, 4))
     widths = [int(rng.integers(2, 90)) for _ in range(depth + 1)]
@@ -94,8 +94,10 @@ def test_program_equals_reference_on_random_dense_stacks(seed):
     for rows in (3, 37):
         x = rng.uniform(0, 10, (rows, widths[0])).astype(np.float32)
         assert_same(sim.cpu.run(art, x), sim.reference.run(art, x))
-        assert_same(sim.cpu.run(art, x, count=False, threads=1),
-                    sim.reference.run(art, x, count=False))
+        uncounted = sim.reference.run(art, x, count=False)
+        lowered = isinstance(graph.engine(art), graph.Engine)   # no neuron can saturate
+        for engine in ("program", "graph") if lowered else ("program",):
+            assert_same(sim.cpu.run(art, x, count=False, threads=1, engine=engine), uncounted)
         for t, binary in ((3, False), (2, True)):
             assert_same(sim.cpu.run(art, x, timesteps=t, binary=binary, record=("d0", "n0")),
                         sim.reference.run(art, x, timesteps=t, binary=binary,

@@ -794,13 +794,20 @@ def _signature(art: Artifact) -> list:
 
 def program(art: Artifact, keep, mode: str, use_torch: bool) -> Program:
     """The program for `art` in `mode`, made once and reused while the artifact holds the very
-    same objects (the entry keeps them alive, so their ids cannot be reused while it stands)."""
-    key = (id(art), frozenset(keep), mode, use_torch, torch_ops.int8_state())
+    same objects."""
+    return cached(PROGRAMS, (id(art), frozenset(keep), mode, use_torch, torch_ops.int8_state()),
+                  art, lambda: Program(art, keep, mode, use_torch))
+
+
+def cached(store: dict, key: tuple, art: Artifact, build):
+    """store[key]'s object, made by `build()` for `art` and reused while the artifact holds the
+    very same objects (the entry keeps them alive, so their ids cannot be reused while it
+    stands; it goes when the artifact does)."""
     sig = _signature(art)
-    hit = PROGRAMS.get(key)
+    hit = store.get(key)
     if hit is not None and hit[0]() is art and len(hit[1]) == len(sig) \
             and all(map(operator.is_, hit[1], sig)):
         return hit[2]
-    built = Program(art, keep, mode, use_torch)
-    PROGRAMS[key] = (weakref.ref(art, lambda _r, k=key: PROGRAMS.pop(k, None)), sig, built)
+    built = build()
+    store[key] = (weakref.ref(art, lambda _r, k=key: store.pop(k, None)), sig, built)
     return built

@@ -9,12 +9,13 @@ sim.driver's; each step is the artifact's compiled program (sim.cpu.program).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from sim import driver
 from sim.artifact import Artifact
-from sim.cpu import program, torch_ops
+from sim.cpu import graph, program, torch_ops
 from sim.results import SimResult
 
 # The batched runner's matrix products and convolutions go through torch's oneDNN/MKL kernels
@@ -44,7 +45,8 @@ def _step(art: Artifact):
 
 def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         batch_size: int = 1024, count: bool = True, progress=None,
-        record: tuple[str, ...] = (), threads: int | None = None) -> SimResult:
+        record: tuple[str, ...] = (), threads: int | None = None,
+        engine: str | None = None) -> SimResult:
     """Run `art` on float inputs x and return the readout (sim.driver.execute).
 
     Feed-forward networks: x is (N, *input_shape); the graph runs `timesteps` steps on the same
@@ -65,15 +67,88 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     core, as onnxruntime does (with OpenMP's passive wait policy, which importing `sim` before
     torch sets; without it, only the cores the machine leaves free). threads=1 leaves the other
     cores alone (docs/performance.md, "Threads").
+
+    `engine`: "program" (the compiled program above), "graph" (sim.cpu.graph: the whole T = 1
+    pass lowered once to an ONNX model of exact float operations, one onnxruntime call per
+    batch; count=False only, a ValueError saying why where it does not apply) or None (the
+    default): the graph engine for a small run it serves — count=False, at most GRAPH_ROWS
+    rows a batch and below GRAPH_MACS multiply-accumulates — else the program. Both give the
+    same integers.
     """
     if (timesteps > 1 or binary) and not art.recurrent:
         largest = max((math.prod(n.shape) for n in art.nodes), default=1)
         batch_size = min(batch_size, max(1, LAYERED_ELEMENTS // (timesteps * largest)))
+    macs = None
     if threads is None and USE_TORCH and torch_ops.available():
-        shape = np.shape(x)
-        steps = (shape[1] if len(shape) > 1 else 1) if art.recurrent else timesteps
-        macs = sum(n.macs() for n in art.nodes) * (shape[0] if shape else 0) * steps
+        macs = _macs(art, x, timesteps)
         threads = torch_ops.default_threads(macs, len(art.nodes))
+    eng = _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs)
+    if eng is not None:
+        return eng.simulate(x, threads or _cores(), batch_size, progress)
     with torch_ops.session(threads if USE_TORCH else None):
         return driver.execute(art, x, _step(art), timesteps, binary, batch_size, count,
                               progress, record)
+
+
+ENGINES = ("program", "graph")
+
+
+# the graph engine serves a T = 1 run by default when its batches have at most GRAPH_ROWS rows
+# and the run fewer than GRAPH_MACS multiply-accumulates: there per-node dispatch is what the
+# program's time is made of; above, the program's int8 kernels and tables are faster than
+# onnxruntime's float kernels and Gather (docs/performance.md, "Small batches: the graph
+# engine")
+GRAPH_ROWS = 16
+GRAPH_MACS = 2 ** 26
+
+
+def engine_for(art: Artifact, x, timesteps: int = 1, binary: bool = False,
+               batch_size: int = 1024, count: bool = True, record: tuple[str, ...] = (),
+               engine: str | None = None) -> str:
+    """"graph" or "program": the engine `run` with these arguments uses (a ValueError where
+    `engine` asks for one that does not apply)."""
+    found = _engine(art, x, timesteps, binary, batch_size, count, record, engine)
+    return "program" if found is None else "graph"
+
+
+def _rows(x) -> int:
+    shape = np.shape(x)
+    return shape[0] if shape else 0
+
+
+def _macs(art: Artifact, x, timesteps: int) -> int:
+    """Multiply-accumulates of a run on x (every step of it)."""
+    shape = np.shape(x)
+    steps = (shape[1] if len(shape) > 1 else 1) if art.recurrent else timesteps
+    return sum(n.macs() for n in art.nodes) * (shape[0] if shape else 0) * steps
+
+
+def _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs=None):
+    """The graph engine (sim.cpu.graph) when it is asked for, or by default when it serves the
+    run and the run is small (GRAPH_ROWS); None: the program."""
+    if engine not in (None, *ENGINES):
+        raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
+    if engine == "program":
+        return None
+    why = None
+    if timesteps != 1 or binary or art.recurrent:
+        why = "runs T = 1 graded feed-forward passes only"
+    elif count:
+        why = "does not count activity (run with count=False)"
+    elif engine is None and (min(_rows(x), batch_size) > GRAPH_ROWS or
+                             (macs if macs is not None else _macs(art, x, 1))
+                             >= GRAPH_MACS):
+        return None
+    else:
+        eng = graph.engine(art, tuple(record))
+        if isinstance(eng, graph.Engine):
+            return eng
+        why = str(eng)
+    if engine == "graph":
+        raise ValueError(f"the graph engine {why}")
+    return None
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1

@@ -168,7 +168,7 @@ class Node:
         return None
 
     def emit(self, b, ins: list[str]) -> str:
-        """Write this node into the reference ONNX (toolchain.reference's builder `b`: `b.op`,
+        """Write this node into the reference ONNX (sim.emit.Builder `b`: `b.op`,
         `b.const`) reading the tensors `ins`; return the output tensor's name."""
         raise UnsupportedOpError(f"node {self.name!r}: a {self.kind} node has no reference ONNX "
                                  "form")

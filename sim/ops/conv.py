@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import math
+
 import numpy as np
 
 from sim import kernels, semantics
@@ -72,7 +74,7 @@ class Conv(Windowed):
 
     def macs(self) -> int:
         c_out, c_in_g, kh, kw = self.weight.shape
-        return int(np.prod(self.shape)) * c_in_g * kh * kw
+        return math.prod(self.shape) * c_in_g * kh * kw
 
     def mantissas(self):
         return self.weight

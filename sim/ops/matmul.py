@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import math
+
 import numpy as np
 
 from sim.ops.base import MICROCODE, SYNAPSE, Node, is_int, register, rounded_magnitude
@@ -72,7 +74,7 @@ class MatMul(Node):
         return rounded_magnitude(float(self.inner) * inputs[0] * inputs[1], self.shift)
 
     def macs(self) -> int:
-        return int(np.prod(self.shape)) * int(self.inner)
+        return math.prod(self.shape) * int(self.inner)
 
     def synapse_reads(self, k: int, in_shapes) -> np.ndarray:
         """(outputs, K): output element (…, m, n) reads row m of A (…, m, :) and column n of B

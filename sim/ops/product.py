@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import math
+
 import numpy as np
 
 from sim.ops.base import MICROCODE, SYNAPSE, Node, is_int, register, rounded_magnitude
@@ -67,7 +69,7 @@ class Product(Node):
         return rounded_magnitude(inputs[0] * inputs[1], self.shift)
 
     def macs(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
     def synapse_reads(self, k: int, in_shapes) -> np.ndarray:
         """(outputs, 1): the element of input k each product neuron reads (by broadcasting)."""

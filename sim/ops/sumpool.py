@@ -38,11 +38,29 @@ class SumPool(Windowed):
     def magnitude(self, inputs):
         return float(self.kernel[0] * self.kernel[1]) * inputs[0]
 
+    def whole_axes(self, in_shape) -> list[int] | None:
+        """The batched axes (2, 3) a window without padding spans in full, when it spans each
+        of its two axes in full or has size 1 along it; None otherwise."""
+        if any(self.pads) or len(in_shape) != 3:
+            return None
+        axes = []
+        for axis, (size, k) in enumerate(zip(in_shape[1:], self.kernel)):
+            if k == size:
+                axes.append(axis + 2)
+            elif k != 1:
+                return None
+        return axes or None
+
     def value_range(self, ranges):
         return _weighted_range(np.ones((1, self.kernel[0] * self.kernel[1]), np.int64), 0,
                                ranges[0])
 
     def emit(self, b, ins):
+        """A window over whole trailing axes (a mean's sum) as ReduceSum over them, any other
+        as a grouped convolution by ones (float32: exact, the sum below 2²⁴)."""
+        axes = self.whole_axes(b.in_shapes[0]) if b.in_shapes else None
+        if axes:
+            return b.op("ReduceSum", [ins[0], b.const(axes, np.int64)], keepdims=1)
         c = self.shape[0]
         return b.op("Conv", [ins[0], b.const(np.ones((c, 1) + tuple(self.kernel)))],
                     strides=list(self.stride), pads=list(self.pads), group=c)

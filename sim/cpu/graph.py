@@ -1,0 +1,401 @@
+"""sim.cpu's graph engine: a T = 1 feed-forward run as one onnxruntime call per batch.
+
+sim.cpu's program (sim/cpu/program.py) runs one torch call or more per node from Python; a graph
+of many small operations, or a small batch, pays that dispatch at every node. The graph engine
+lowers the artifact once into an ONNX model of float operations on exact integers and hands a
+whole batch to onnxruntime, whose executor runs it without returning to Python.
+
+The model is the reference's (sim.emit: every kind's own `emit`, exact by the integer contract)
+with faster forms wherever a static bound (`bounds`: every value's magnitude from the inputs'
+levels, sim.ops' `magnitude`) proves them exact:
+
+- the one-pass neuron as clip(floor((v + b + θ//2 + ½) · fl(1/θ)), lo, hi) in float32
+  (kernels.Fire.reciprocal: exact for |v| + ½ < 2²²), or floor of the float32 quotient
+  (Fire.dtype), instead of the float64 division; a convolution or dense layer whose only reader
+  is such a neuron adds b + θ//2 + ½ as its own bias (no shift: weight exponent ≥ 0, folded into
+  the weights as the exact power of two);
+- a table neuron (adaptive fire) as one gather from program.table_bands' table, the index
+  clamped per neuron in float32 and the table in the narrowest integer type, instead of
+  counting thresholds crossed;
+- products of activations and activation matrix products in float32 when every partial sum
+  plus the rounding's half stays below 2²⁴;
+- sums whose terms have gain 1 without the multiplication.
+
+onnxruntime's graph rewrites that would fold a non-power-of-two constant into a product's
+weights (Conv·Mul, MatMul·scale fusions) are switched off (`UNSAFE`); every other rewrite
+keeps exact integers exact (layout changes, bias folding, activation fusion into a kernel).
+
+What it serves: `sim.cpu.run` with T = 1, graded spikes, no recurrence, `count=False` (the
+activity counts are the program's), and no neuron that could saturate its 24-bit state (the
+saturation count is the program's). `lower` says why an artifact does not qualify; the runner
+then uses the program. The input encoder's clipped count is an output of the model.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from sim import emit, semantics
+from sim.artifact import Artifact
+from sim.cpu import program
+from sim.cpu.kernels import Fire, FirePlan, encode_input_exact
+from sim.errors import UnsupportedOpError
+from sim.kernels import F32_EXACT
+from sim.ops.base import batched
+from sim.results import LayerStats, SimResult, check_input
+
+# onnxruntime rewrites that multiply a kernel's weights by a following constant: exact only for
+# powers of two, so off (the fire's fl(1/θ) would otherwise enter the weights)
+UNSAFE = ["ConvMulFusion", "MatMulScaleFusion"]
+
+
+class NotLowered(Exception):
+    """The artifact (or a node of it) is outside what the graph engine serves."""
+
+
+def bounds(art: Artifact) -> dict[str, float]:
+    """A bound on |value| of every node in one T = 1 step (the kinds' `magnitude`)."""
+    out: dict[str, float] = {}
+    for node in art.nodes:
+        out[node.name] = float(node.magnitude([out[i] for i in node.inputs]))
+    return out
+
+
+def _readers(art: Artifact) -> dict[str, int]:
+    count: dict[str, int] = {}
+    for n in art.nodes:
+        for i in n.inputs:
+            count[i] = count.get(i, 0) + 1
+    return count
+
+
+class _Builder(emit.Builder):
+    """sim.emit's builder with every one-element float operand of an elementwise op made a
+    constant of the node's own rank (1, …, 1): onnxruntime's kernels take a different, several
+    times slower, path for a 0-d or (1,) operand than for a broadcast one of full rank.
+    `rank`: the rank of the node being written (batch axis included)."""
+    ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
+
+    def __init__(self):
+        super().__init__()
+        self._one: dict[str, np.ndarray] = {}
+        self._ranked: dict[tuple[str, int], str] = {}
+
+    def const(self, value, dtype=np.float32) -> str:
+        name = super().const(value, dtype)
+        a = np.asarray(value, dtype=dtype)
+        if a.size == 1 and np.issubdtype(a.dtype, np.floating):
+            self._one[name] = a
+        return name
+
+    def op(self, op_type, inputs, **attrs) -> str:
+        if op_type in self.ELEMENTWISE:
+            inputs = [self._of_rank(i) if i in self._one else i for i in inputs]
+        return super().op(op_type, inputs, **attrs)
+
+    def _of_rank(self, name: str) -> str:
+        key = (name, self.rank)
+        if key not in self._ranked:
+            a = self._one[name]
+            self._ranked[key] = super().const(a.reshape((1,) * max(self.rank, a.ndim)), a.dtype)
+        return self._ranked[key]
+
+
+class Lowering:
+    """One artifact written as the engine's ONNX model (module docstring)."""
+
+    def __init__(self, art: Artifact, keep=()):
+        if art.recurrent:
+            raise NotLowered("a recurrent artifact runs trials step by step")
+        self.art, self.b = art, _Builder()
+        self.bound = bounds(art)
+        self.nodes = {n.name: n for n in art.nodes}
+        self.fused = program.fusions(art, keep)   # product/add → the one-pass neuron it feeds
+        self.biased: dict[str, FirePlan] = {}     # products that added their neuron's offset
+        self.reciprocals: list[str] = []          # the fires' multiplications by fl(1/θ)
+        self.encoder = None
+        try:
+            values = emit.write(self.b, art.nodes, self._form)
+        except UnsupportedOpError as exc:
+            raise NotLowered(str(exc)) from exc
+        self.outputs = {"accumulator": tuple(art.node(art.output).shape), "lowest": None,
+                        "highest": None}
+        b = self.b
+        b.output("accumulator", "Identity", [values[art.node(art.output).inputs[0]]])
+        for name in keep:
+            out = f"keep/{name}"
+            b.output(out, "Identity", [values[name]])
+            self.outputs[out] = tuple(self.nodes[name].shape)
+        used = {i for n in b.nodes for i in n.input}
+        b.inits = [t for t in b.inits if t.name in used]
+        self.model = emit.model(b, art.input_shape, self.outputs, "sfn_cpu_graph",
+                                "sfn-toolchain sim.cpu graph engine")
+
+    def _form(self, node, ins):
+        fast = FORMS.get(node.kind)
+        return fast(self, node, ins) if fast else None
+
+    def fire_plan(self, node, src: str) -> FirePlan:
+        return FirePlan(Fire(batched(node.bias), batched(node.threshold), node.lo, node.hi),
+                        self.bound[src])
+
+
+def _input(lw: Lowering, node, ins):
+    """The encoder (the reference's form); the smallest and largest encoded value before the
+    clip are outputs, so that a batch the levels hold needs no count of clipped inputs
+    (Engine.run counts on the host otherwise)."""
+    b = lw.b
+    if max(abs(node.lo), abs(node.hi)) >= F32_EXACT:
+        raise NotLowered(f"input {node.name!r}: levels beyond float32")
+    z = b.op("Floor", [b.op("Add", [b.op("Mul", [b.model_input,
+                                                 b.const(np.float32(node.inv_scale))]),
+                                    b.const(0.5)])])
+    b.output("lowest", "ReduceMin", [z], keepdims=0)
+    b.output("highest", "ReduceMax", [z], keepdims=0)
+    lw.encoder = node
+    return b.op("Clip", [z, b.const(np.float32(node.lo)), b.const(np.float32(node.hi))])
+
+
+def _neuron(lw: Lowering, node, ins):
+    """The one-pass neuron in float32 (module docstring), or the table neuron's gather."""
+    if node.fire == "adaptive":
+        return _table(lw, node, ins)
+    if not program.one_pass(node):
+        raise NotLowered(f"neuron {node.name!r} keeps a state")
+    src = node.inputs[0]
+    plan = lw.biased.get(src) or lw.fire_plan(node, src)
+    if plan.saturate:
+        raise NotLowered(f"neuron {node.name!r} may saturate its state (counted by the program)")
+    if plan.dtype is not np.float32:
+        return None
+    b = lw.b
+    v = ins[0]
+    if src not in lw.biased:
+        v = b.op("Add", [v, b.const(plan.offset)])
+    if plan.reciprocal:
+        q = b.op("Mul", [v, b.const(plan.factor)])
+        lw.reciprocals.append(q)
+    else:
+        q = b.op("Div", [v, b.const(plan.factor)])
+    return b.op("Clip", [b.op("Floor", [q]), b.const(np.float32(node.lo)),
+                         b.const(np.float32(node.hi))])
+
+
+def _table(lw: Lowering, node, ins):
+    """payload[#{k : v ≥ t_k}] as table[clamp(I, l − b, h − b) + b + start − l]
+    (program._table's gather; program.table_bands)."""
+    src = node.inputs[0]
+    bands = program.table_bands(batched(node.thresholds), node.payload)
+    if bands is None:
+        return None
+    table, start, low, high, row = bands
+    shape = (1,) + tuple(node.shape)
+    bias = np.broadcast_to(np.asarray(batched(node.bias), np.int64), shape)
+    if lw.bound[src] + float(np.abs(bias).max(initial=0)) > semantics.V_MAX:
+        raise NotLowered(f"neuron {node.name!r} may saturate its state (counted by the program)")
+    row = np.broadcast_to(row, shape)
+    lo, hi, off = low[row] - bias, high[row] - bias, start[row] + bias
+    if max(float(np.abs(a).max(initial=0)) for a in (lo, hi, off)) >= F32_EXACT or \
+            lw.bound[src] >= F32_EXACT:
+        return None
+    b = lw.b
+    v = ins[0]
+    if _uniform(lo) and _uniform(hi):
+        v = b.op("Clip", [v, b.const(np.float32(lo.flat[0])), b.const(np.float32(hi.flat[0]))])
+    else:
+        v = b.op("Max", [b.op("Min", [v, b.const(_compact(hi))]), b.const(_compact(lo))])
+    offset = np.float32(off.flat[0]) if _uniform(off) else _compact(off)
+    idx = b.op("Cast", [b.op("Add", [v, b.const(offset)])], to=b.INT64)
+    narrow = program._narrow(table)
+    out = b.op("Gather", [b.const(table.astype(narrow), narrow), idx], axis=0)
+    return b.op("Cast", [out], to=b.FLOAT) if narrow is not np.float32 else out
+
+
+def _uniform(a: np.ndarray) -> bool:
+    return a.size == 0 or bool(np.all(a == a.flat[0]))
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """a (1, *shape) as float32, reduced along every axis where it does not vary (a
+    per-channel array stays (1, C, 1, 1): the elementwise op broadcasts it)."""
+    a = np.asarray(a)
+    for axis in range(a.ndim):
+        first = np.take(a, [0], axis=axis)
+        if a.shape[axis] > 1 and np.array_equal(np.broadcast_to(first, a.shape), a):
+            a = first
+    return a.astype(np.float32)
+
+
+def _weighted(lw: Lowering, node, ins, conv: bool):
+    """A convolution or dense layer in float32 with its power of two 2^e in the weights (exact:
+    every partial sum is a multiple of 2^e below 2²⁴·2^e when Σ|w|·max|x| < 2²⁴), floored
+    after when e < 0; when it alone feeds a float32 multiplying neuron and e ≥ 0, the neuron's
+    b + θ//2 + ½ (one value per channel) is its bias."""
+    w = node.weight.astype(np.float64)
+    acc = float(np.abs(w).sum(axis=(1, 2, 3) if conv else 1).max(initial=0)) * \
+        lw.bound[node.inputs[0]]
+    if acc >= F32_EXACT:
+        return None
+    exp = int(node.weight_exp)
+    b = lw.b
+    weight = b.const((w * 2.0 ** exp).astype(np.float32))
+    bias = None
+    neuron = lw.fused.get(node.name)
+    if neuron is not None and exp >= 0 and neuron.fire == "uniform":
+        plan = lw.fire_plan(neuron, node.name)
+        offset = program._channelwise(np.asarray(plan.offset), tuple(node.shape))
+        if plan.dtype is np.float32 and plan.reciprocal and not plan.saturate and \
+                offset is not None:
+            bias = b.const(offset.astype(np.float32))
+            lw.biased[node.name] = plan
+    if conv:
+        out = b.op("Conv", [ins[0], weight] + ([bias] if bias else []),
+                   strides=list(node.stride), pads=list(node.pads),
+                   dilations=list(node.dilation), group=node.groups)
+    elif bias:
+        out = b.op("Gemm", [ins[0], weight, bias], transB=1)
+    else:
+        out = b.op("Gemm", [ins[0], weight], transB=1)
+    return b.op("Floor", [out]) if exp < 0 else out
+
+
+def _conv(lw, node, ins):
+    return _weighted(lw, node, ins, True)
+
+
+def _dense(lw, node, ins):
+    return _weighted(lw, node, ins, False)
+
+
+def _product(lw: Lowering, node, ins):
+    """a·b or a @ b and the rounded shift in float32 when exact (program's product)."""
+    inner = float(node.inner) if node.kind == "matmul" else 1.0
+    shift = int(node.shift)
+    half = 2.0 ** (shift - 1) if shift else 0.0
+    a, c = (lw.bound[i] for i in node.inputs)
+    if inner * a * c + half >= F32_EXACT:
+        return None
+    b = lw.b
+    p = b.op("MatMul" if node.kind == "matmul" else "Mul", list(ins))
+    if not shift:
+        return p
+    p = b.op("Add", [p, b.const(np.float32(half))])
+    return b.op("Floor", [b.op("Mul", [p, b.const(np.float32(2.0 ** -shift))])])
+
+
+def _add(lw: Lowering, node, ins):
+    """Σ shift(g·x, e) with the multiplication left out of gain-1, exponent-0 terms (float32:
+    the sum's bound below 2²⁴, as the reference's form)."""
+    if node.magnitude([lw.bound[i] for i in node.inputs]) >= F32_EXACT:
+        return None
+    b = lw.b
+    terms = []
+    for g, e, x in zip(node.gains, node.exps, ins):
+        g = np.asarray(batched(g))
+        if e == 0 and bool(np.all(g == 1)):
+            terms.append(x)
+            continue
+        terms.append(b.floor_below_one(b.op("Mul", [x, b.const(g * 2.0 ** e)]), e))
+    out = terms[0]
+    for t in terms[1:]:
+        out = b.op("Add", [out, t])
+    return out
+
+
+def _readout(lw: Lowering, node, ins):
+    return ins[0]           # the accumulator is the model's output; the driver reads out
+
+
+FORMS = {"input": _input, "neuron": _neuron, "conv": _conv, "dense": _dense,
+         "product": _product, "matmul": _product, "add": _add, "readout": _readout}
+
+
+class Engine:
+    """The lowered model of one artifact with its onnxruntime sessions (one per thread count,
+    made on first use), and what a run needs besides (`simulate`), prepared once."""
+
+    def __init__(self, art: Artifact, keep=()):
+        self.art = art
+        self.lowering = Lowering(art, keep)
+        self.bytes = self.lowering.model.SerializeToString()
+        self.keep = tuple(keep)
+        self.names = ["accumulator", "lowest", "highest"] + [f"keep/{k}" for k in self.keep]
+        readout = art.node(art.output)
+        self.bias = np.asarray(batched(readout.bias), np.int64)
+        self.scale = np.asarray(batched(readout.scale), np.float64).astype(np.float32)
+        self.softmax = readout.softmax
+        self.shape = tuple(readout.shape)
+        self.neurons = [(n.name, math.prod(n.shape) if n.role == "neuron" else 0)
+                        for n in art.nodes]
+        self._sessions: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def session(self, threads: int):
+        import onnxruntime as ort
+        with self._lock:
+            if threads not in self._sessions:
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                if threads > 1:     # wait passively, as sim's OpenMP policy (sim/__init__.py)
+                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                self._sessions[threads] = ort.InferenceSession(
+                    self.bytes, opts, providers=["CPUExecutionProvider"],
+                    disabled_optimizers=UNSAFE)
+            return self._sessions[threads]
+
+    def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, int, list]:
+        """(accumulator int64, inputs clipped, [kept values, int64]) of one float32 batch."""
+        outs = self.session(threads).run(self.names, {"input": x})
+        enc = self.lowering.encoder
+        clipped = 0
+        if x.size and (float(outs[1]) < enc.lo or float(outs[2]) > enc.hi):
+            clipped = encode_input_exact(x, enc.inv_scale, enc.lo, enc.hi)[1]
+        return outs[0].astype(np.int64), clipped, [v.astype(np.int64) for v in outs[3:]]
+
+    def simulate(self, x: np.ndarray, threads: int, batch_size: int = 1024,
+                 progress=None) -> SimResult:
+        """What sim.cpu.run returns for float inputs x (checked as every backend checks them,
+        sim.results.check_input), batch by batch through onnxruntime: the readout, the inputs
+        clipped, the kept values in `recorded`."""
+        x = check_input(self.art, x)
+        stats = {name: LayerStats(neurons=k) for name, k in self.neurons}
+        accs, kept = [], [[] for _ in self.keep]
+        clipped = 0
+        for start in range(0, len(x), batch_size):
+            acc, c, values = self.run(x[start:start + batch_size], threads)
+            accs.append(acc)
+            clipped += c
+            for k, v in zip(kept, values):
+                k.append(v)
+            if progress is not None:
+                progress(len(acc))
+        stats[self.art.input].clipped = clipped
+        acc = _joined(accs, (0,) + self.shape)
+        recorded = {name: _joined(k, (0,) + tuple(self.lowering.nodes[name].shape))
+                    for name, k in zip(self.keep, kept)}
+        return SimResult(semantics.readout(acc, self.bias, self.scale, 1), acc, stats, len(x),
+                         1, recorded, self.softmax)
+
+
+def _joined(parts: list, empty_shape: tuple) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, np.int64)
+
+
+ENGINES: dict = {}
+
+
+def engine(art: Artifact, keep=()) -> Engine | NotLowered:
+    """The engine for `art` (keeping the values of `keep`), or why it has none; made once per
+    artifact (program.cached)."""
+    def build():
+        try:
+            return Engine(art, keep)
+        except NotLowered as exc:
+            return exc
+    return program.cached(ENGINES, (id(art), tuple(keep)), art, build)

@@ -1,0 +1,165 @@
+"""sim.cpu's graph engine (sim/cpu/graph.py: a T = 1 pass lowered to one onnxruntime model of
+exact float operations) against the int64 definitions: the test networks with inputs the encoder
+clips on both sides, batches cut into chunks and recorded values; the one-pass fire at the edges
+of its multiplying and dividing float32 forms; table neurons; products of activations and their
+rounding; the refusals (a neuron that could saturate, counting, T > 1) and which engine a run
+takes by default; onnxruntime's graph rewrites leaving the fire's multiplication alone."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import nets
+import sim.cpu
+import sim.reference
+from compare import assert_same
+from sim import ir, semantics
+from sim.artifact import Artifact
+from sim.cpu import graph, runner
+
+V = semantics.V_MAX
+
+
+def _graph(art, x, **options):
+    return sim.cpu.run(art, x, count=False, engine="graph", **options)
+
+
+def _readout(name, shape):
+    return ir.Readout("y", (name,), shape, scale=np.full(shape, 0.25, np.float32),
+                      bias=np.zeros(shape, np.int64))
+
+
+@pytest.mark.parametrize("name", sorted(nets.NETS))
+def test_graph_engine_equals_the_reference_on_the_test_networks(name):
+    compiled, _, test = nets.compiled(name)
+    art = compiled.artifact
+    x = test[:40].copy()
+    x[::3] *= -4.0            # below the encoder's levels
+    x[1::5] *= 9.0            # and above them
+    neuron = next(n.name for n in art.nodes if n.kind == "neuron")
+    ref = sim.reference.run(art, x, count=False, record=(neuron,))
+    assert ref.stats[art.input].clipped > 0
+    assert_same(_graph(art, x, batch_size=7, record=(neuron,)), ref)
+    assert_same(_graph(art, x, threads=2), sim.reference.run(art, x, count=False))
+    assert_same(_graph(art, x[:0]), sim.reference.run(art, x[:0], count=False))
+
+
+def test_products_take_their_neurons_offset_as_bias():
+    """The CNNs' convolutions that feed one neuron alone add its offset in the kernel."""
+    art = nets.compiled("maxpool_cnn")[0].artifact
+    eng = graph.engine(art)
+    assert isinstance(eng, graph.Engine)
+    convs = {n.name for n in art.nodes if n.kind == "conv" and n.weight_exp >= 0}
+    assert convs and convs <= set(eng.lowering.biased)
+
+
+def _fire_net(theta, offset, in_hi):
+    """x (inv_scale 1, levels ±in_hi) → a one-pass neuron (per-channel θ and bias) → readout."""
+    shape = (len(theta), 8)
+    nodes = [ir.Input("x", (), shape, inv_scale=1.0, lo=-in_hi, hi=in_hi),
+             ir.Neuron("n", ("x",), shape, threshold=np.asarray(theta).reshape(-1, 1),
+                       bias=np.asarray(offset).reshape(-1, 1), lo=-300, hi=4000),
+             _readout("n", shape)]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    return art
+
+
+@pytest.mark.parametrize("limit, form", [(2 ** 22 - 2 ** 12, "reciprocal"),
+                                         (V - 2 ** 12, "quotient")])
+def test_fire_at_the_edges_of_its_float32_forms(limit, form):
+    """States v = kθ − 1, kθ, kθ + 1 up to the bound of each form: the multiplication by
+    fl(1/θ) below 2²², the float32 quotient up to the 24-bit state limit."""
+    rng = np.random.default_rng(len(form))
+    theta = np.array([1, 3, 7, 255, 1023, 4093])
+    offset = np.array([0, -5, 9, 100, -2000, 2040])
+    art = _fire_net(theta, offset, limit - 2050 - 2 ** 12 // 2)
+    k = rng.integers(-300, 4001, (50, 6, 1))
+    v = k * theta[:, None] + rng.integers(-1, 2, (50, 6, 8))
+    x = np.clip(v - offset[:, None] - theta[:, None] // 2, -(limit - 4100), limit - 4100)
+    x[0, :, :2] = [limit - 4100, -(limit - 4100)]
+    eng = graph.engine(art)
+    assert bool(eng.lowering.reciprocals) == (form == "reciprocal")
+    assert_same(_graph(art, x.astype(np.float32)),
+                sim.reference.run(art, x.astype(np.float32), count=False))
+
+
+def test_a_neuron_that_could_saturate_runs_in_the_program():
+    art = _fire_net(np.full(4, 5), np.zeros(4, np.int64), V)
+    assert isinstance(graph.engine(art), graph.NotLowered)
+    x = np.full((3, 4, 8), float(V), np.float32)
+    x[1] *= -1
+    with pytest.raises(ValueError, match="saturate"):
+        _graph(art, x)
+    res = sim.cpu.run(art, x, count=False)           # the default falls back to the program
+    assert_same(res, sim.reference.run(art, x, count=False))
+    assert res.stats["n"].saturations > 0            # what the graph engine could not count
+    with pytest.raises(ValueError, match="count"):
+        sim.cpu.run(art, x, engine="graph")
+    with pytest.raises(ValueError, match="T = 1"):
+        sim.cpu.run(art, x, count=False, timesteps=2, engine="graph")
+    with pytest.raises(ValueError, match="not one of"):
+        sim.cpu.run(art, x, engine="onnx")
+
+
+def test_table_neurons_and_products():
+    """A table neuron with a threshold row per channel, its payload times another neuron's
+    (with a rounded right shift), and a matrix product of two activations."""
+    rng = np.random.default_rng(5)
+    shape, k = (3, 6), 9
+    thresholds = np.sort(rng.integers(-400, 400, (3, 1, k)), axis=-1)
+    nodes = [ir.Input("x", (), shape, inv_scale=1.0, lo=-500, hi=500),
+             ir.Neuron("t", ("x",), shape, threshold=np.ones((1, 1), np.int64),
+                       bias=rng.integers(-30, 30, (3, 1)), lo=-20, hi=40, fire="adaptive",
+                       thresholds=np.broadcast_to(thresholds, shape + (k,)).copy(),
+                       payload=np.sort(rng.integers(-20, 41, k + 1))),
+             ir.Neuron("u", ("x",), shape, threshold=np.full((1, 1), 7), bias=np.zeros((1, 1)),
+                       lo=-15, hi=15),
+             ir.Product("p", ("t", "u"), shape, shift=3),
+             ir.Transpose("ut", ("u",), (6, 3), perm=(1, 0)),
+             ir.MatMul("m", ("p", "ut"), (3, 3), shift=2, inner=6),
+             _readout("m", (3, 3))]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    x = rng.uniform(-600, 600, (33,) + shape).astype(np.float32)
+    assert_same(_graph(art, x, record=("t", "p")),
+                sim.reference.run(art, x, count=False, record=("t", "p")))
+
+
+def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch):
+    compiled, _, test = nets.compiled("mlp")
+    art = compiled.artifact
+    calls = []
+    real = graph.Engine.simulate
+
+    def spy(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(graph.Engine, "simulate", spy)
+    for rows, count, expect in ((1, False, [1]), (runner.GRAPH_ROWS, False, [runner.GRAPH_ROWS]),
+                                (runner.GRAPH_ROWS + 1, False, []), (4, True, [])):
+        calls.clear()
+        sim.cpu.run(art, test[:rows], count=count)
+        assert calls == expect, (rows, count)
+    calls.clear()
+    sim.cpu.run(art, test[:40], count=False, batch_size=8)   # batches of 8 rows
+    assert calls == [40]
+    calls.clear()
+    sim.cpu.run(art, test[:4], count=False, engine="program")
+    assert calls == []
+
+
+def test_onnxruntime_keeps_the_fires_multiplication(tmp_path):
+    """The rewrites that fold a following constant into a convolution's weights are off: every
+    multiplication by fl(1/θ) is still in the model onnxruntime runs (the layout rewrite may
+    turn it into a per-channel node of its own, under a name that starts with the same)."""
+    art = nets.compiled("maxpool_cnn")[0].artifact
+    eng = graph.engine(art)
+    assert eng.lowering.reciprocals
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(eng.bytes, opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=graph.UNSAFE)
+    names = [n.name for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    for mul in eng.lowering.reciprocals:
+        assert any(n == mul or n.startswith(mul + "_") for n in names), mul
