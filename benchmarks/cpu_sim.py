@@ -11,7 +11,8 @@ Three tables, printed as markdown:
    `count=False`, on the engine its default picks, named in the table: the graph engine for a
    small run, else the program) against onnxruntime on the float model, on its int8 model in
    the QOperator format and in the QDQ format (`quantize_static`, per-channel weights).
-   ResNet-18 ×1 runs the batches of `--resnet-batches` only (default 64, 256).
+   ResNet-18 ×1 runs the batches of `--resnet-batches` only (default 64, 256). The last
+   column times a `sim.cpu.Session` held across calls (as the onnxruntime sessions are).
 2. **Binary spikes, T steps** (`--timesteps`, default 8) on the digits CNN: sim.cpu
    (`binary=True`) against snnTorch, sinabs and SpikingJelly running the same layer shapes with
    integrate-and-fire neurons (reset by subtraction), per step. A framework that is not
@@ -88,8 +89,9 @@ def fmt(r) -> str:
 def integer_table(args, folder: Path) -> None:
     print("\n### sim.cpu against onnxruntime (float, int8 QOperator, int8 QDQ)\n")
     print("| network | batch | threads | engine | sim.cpu ms | vs ORT float | "
-          "vs ORT int8 QOperator | vs ORT int8 QDQ | CPU time vs ORT int8 QOperator |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "vs ORT int8 QOperator | vs ORT int8 QDQ | CPU time vs ORT int8 QOperator | "
+          "held Session vs ORT float |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.nets.split(","):
         art = nets.artifact(name, folder)
         paths = {"float": nets.onnx_path(name, folder),
@@ -102,6 +104,8 @@ def integer_table(args, folder: Path) -> None:
                 cases = {k: (lambda s=_session(p, threads): s.run(None, {"input": x}))
                          for k, p in paths.items()}
                 cases["sim"] = lambda: sim.cpu.run(art, x, count=False, threads=threads)
+                held = sim.cpu.Session(art, count=False, threads=threads)
+                cases["held"] = lambda: held.run(x)
                 heavy = name == "resnet18" and batch > 64
                 got = timed_rounds(cases, max(3, args.rounds // 2) if heavy else args.rounds,
                                    2 if heavy else args.runs)
@@ -111,7 +115,8 @@ def integer_table(args, folder: Path) -> None:
                 print(f"| {nets.NETS[name]} | {batch} | {threads} | {engine} | {sim_ms:.2f} | "
                       f"{fmt(ratio(got['sim'][0], got['float'][0]))} | "
                       f"{fmt(ratio(got['sim'][0], got['qop'][0]))} | "
-                      f"{fmt(ratio(got['sim'][0], got['qdq'][0]))} | {cpu} |", flush=True)
+                      f"{fmt(ratio(got['sim'][0], got['qdq'][0]))} | {cpu} | "
+                      f"{fmt(ratio(got['held'][0], got['float'][0]))} |", flush=True)
 
 
 def _digits_module():

@@ -90,16 +90,17 @@ def check_input(art: Artifact, x: np.ndarray) -> np.ndarray:
     than float32 are cast to it (`as_float32`)."""
     x = np.asarray(x)
     expect = tuple(art.input_shape)
-    lead = 2 if art.recurrent else 1
-    if x.ndim != len(expect) + lead or tuple(x.shape[lead:]) != expect:
-        want = "(N, T, " if art.recurrent else "(N, "
+    recurrent = art.recurrent
+    lead = 2 if recurrent else 1
+    if x.ndim != len(expect) + lead or x.shape[lead:] != expect:
+        want = "(N, T, " if recurrent else "(N, "
         raise ShapeError(f"input has shape {tuple(x.shape)}, the model expects {want}"
                          f"{', '.join(map(str, expect))})")
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":
         raise ShapeError(f"input dtype is {x.dtype}, expected a float array")
-    if not np.all(np.isfinite(x)):
+    if not np.isfinite(x).all():
         raise ShapeError(f"input contains {int(np.count_nonzero(~np.isfinite(x)))} NaN/Inf values")
-    return as_float32(x)[0]
+    return x if x.dtype == np.float32 else as_float32(x)[0]
 
 
 def prepare_run(art: Artifact, x: np.ndarray, timesteps: int) -> tuple[np.ndarray,

@@ -16,6 +16,7 @@ from compare import assert_same
 from sim import ir, semantics
 from sim.artifact import Artifact
 from sim.cpu import graph, runner
+from sim.errors import ShapeError
 
 V = semantics.V_MAX
 
@@ -122,8 +123,19 @@ def test_table_neurons_and_products():
     art = Artifact(nodes, "x", "y")
     art.validate()
     x = rng.uniform(-600, 600, (33,) + shape).astype(np.float32)
-    assert_same(_graph(art, x, record=("t", "p")),
-                sim.reference.run(art, x, count=False, record=("t", "p")))
+    assert_same(_graph(art, x, record=("t", "p", "m")),       # m: the readout's input
+                sim.reference.run(art, x, count=False, record=("t", "p", "m")))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_input_is_refused(bad):
+    art = nets.compiled("mlp")[0].artifact
+    x = nets.compiled("mlp")[2][:5].copy()
+    x[3, 7] = bad
+    with pytest.raises(ShapeError, match="1 NaN/Inf"):
+        _graph(art, x)
+    x[3, 7] = 3e38                 # finite, beyond what the encoder's product holds: clipped
+    assert_same(_graph(art, x), sim.reference.run(art, x, count=False))
 
 
 def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch):

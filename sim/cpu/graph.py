@@ -113,21 +113,31 @@ class Lowering:
         self.bound = bounds(art)
         self.nodes = {n.name: n for n in art.nodes}
         self.fused = program.fusions(art, keep)   # product/add → the one-pass neuron it feeds
-        self.biased: dict[str, FirePlan] = {}     # products that added their neuron's offset
+        self.biased: dict[str, np.ndarray] = {}   # product → fl(1/θ') of the neuron it feeds
         self.reciprocals: list[str] = []          # the fires' multiplications by fl(1/θ)
         self.encoder = None
         try:
             values = emit.write(self.b, art.nodes, self._form)
         except UnsupportedOpError as exc:
             raise NotLowered(str(exc)) from exc
-        self.outputs = {"accumulator": tuple(art.node(art.output).shape), "lowest": None,
-                        "highest": None}
+        readout = art.node(art.output)
+        shape = tuple(readout.shape)
+        self.outputs = {"accumulator": shape, "logits": shape, "flag": None}
         b = self.b
-        b.output("accumulator", "Identity", [values[art.node(art.output).inputs[0]]])
         for name in keep:
             out = f"keep/{name}"
             b.output(out, "Identity", [values[name]])
             self.outputs[out] = tuple(self.nodes[name].shape)
+        acc = _named(b, values[readout.inputs[0]], "accumulator")
+        # semantics.readout at T = 1: float32(A + b) · float32(scale), the sum rounded once as
+        # the int64 sum's cast is (b exact in float32)
+        bias = np.asarray(batched(readout.bias), np.int64)
+        if float(np.abs(bias).max(initial=0)) >= F32_EXACT:
+            raise NotLowered("a readout bias beyond float32")
+        b.rank = 1 + len(shape)
+        b.output("logits", "Mul", [b.op("Add", [acc, b.const(bias.astype(np.float32))]),
+                                   b.const(np.asarray(batched(readout.scale), np.float64)
+                                           .astype(np.float32))])
         used = {i for n in b.nodes for i in n.input}
         b.inits = [t for t in b.inits if t.name in used]
         self.model = emit.model(b, art.input_shape, self.outputs, "sfn_cpu_graph",
@@ -142,20 +152,37 @@ class Lowering:
                         self.bound[src])
 
 
+def _named(b, tensor: str, name: str) -> str:
+    """Rename the op output `tensor` to the graph output `name` everywhere (an Identity would
+    cost a kernel call), or add the Identity when no op makes it (the model input)."""
+    if not any(tensor in n.output for n in b.nodes):
+        return b.output(name, "Identity", [tensor])
+    for n in b.nodes:
+        for field in (n.input, n.output):
+            for i, t in enumerate(field):
+                if t == tensor:
+                    field[i] = name
+    return name
+
+
 def _input(lw: Lowering, node, ins):
-    """The encoder (the reference's form); the smallest and largest encoded value before the
-    clip are outputs, so that a batch the levels hold needs no count of clipped inputs
-    (Engine.run counts on the host otherwise)."""
+    """The encoder (the reference's form), and one number that says whether the host has
+    anything to do: `flag` = Σ |z − clip(z)| over the batch (z the encoded input before the
+    clip) is 0 when no input was clipped and every input is finite (NaN or ∞ when one is not:
+    z is then NaN or ±∞ and so is z − clip(z), whatever the clip makes of a NaN; > 0 when some
+    were clipped);
+    Engine.run then refuses the batch as sim.results.check_input does, or counts its clipped
+    inputs."""
     b = lw.b
     if max(abs(node.lo), abs(node.hi)) >= F32_EXACT:
         raise NotLowered(f"input {node.name!r}: levels beyond float32")
     z = b.op("Floor", [b.op("Add", [b.op("Mul", [b.model_input,
                                                  b.const(np.float32(node.inv_scale))]),
                                     b.const(0.5)])])
-    b.output("lowest", "ReduceMin", [z], keepdims=0)
-    b.output("highest", "ReduceMax", [z], keepdims=0)
+    out = b.op("Clip", [z, b.const(np.float32(node.lo)), b.const(np.float32(node.hi))])
+    b.output("flag", "ReduceL1", [b.op("Sub", [z, out])], keepdims=0)
     lw.encoder = node
-    return b.op("Clip", [z, b.const(np.float32(node.lo)), b.const(np.float32(node.hi))])
+    return out
 
 
 def _neuron(lw: Lowering, node, ins):
@@ -165,20 +192,27 @@ def _neuron(lw: Lowering, node, ins):
     if not program.one_pass(node):
         raise NotLowered(f"neuron {node.name!r} keeps a state")
     src = node.inputs[0]
-    plan = lw.biased.get(src) or lw.fire_plan(node, src)
+    b = lw.b
+    if src in lw.biased:          # its product added the offset (_weighted)
+        q = b.op("Mul", [ins[0], b.const(lw.biased[src])])
+        lw.reciprocals.append(q)
+        return _clipped(b, q, node)
+    plan = lw.fire_plan(node, src)
     if plan.saturate:
         raise NotLowered(f"neuron {node.name!r} may saturate its state (counted by the program)")
     if plan.dtype is not np.float32:
         return None
-    b = lw.b
-    v = ins[0]
-    if src not in lw.biased:
-        v = b.op("Add", [v, b.const(plan.offset)])
+    v = b.op("Add", [ins[0], b.const(plan.offset)])
     if plan.reciprocal:
         q = b.op("Mul", [v, b.const(plan.factor)])
         lw.reciprocals.append(q)
     else:
         q = b.op("Div", [v, b.const(plan.factor)])
+    return _clipped(b, q, node)
+
+
+def _clipped(b, q: str, node) -> str:
+    """clip(floor(q), lo, hi)."""
     return b.op("Clip", [b.op("Floor", [q]), b.const(np.float32(node.lo)),
                          b.const(np.float32(node.hi))])
 
@@ -229,10 +263,16 @@ def _compact(a: np.ndarray) -> np.ndarray:
 
 
 def _weighted(lw: Lowering, node, ins, conv: bool):
-    """A convolution or dense layer in float32 with its power of two 2^e in the weights (exact:
-    every partial sum is a multiple of 2^e below 2²⁴·2^e when Σ|w|·max|x| < 2²⁴), floored
-    after when e < 0; when it alone feeds a float32 multiplying neuron and e ≥ 0, the neuron's
-    b + θ//2 + ½ (one value per channel) is its bias."""
+    """A convolution or dense layer in float32 (every partial sum below Σ|w|·max|x| < 2²⁴).
+
+    When it alone feeds a one-pass neuron, the neuron's offset is its bias and the neuron
+    multiplies by fl(1/θ') (`Lowering.biased`): with exponent e ≥ 0 the weights carry 2^e and
+    v' = I + b + θ//2 over θ' = θ; with e < 0 the weights stay integers and
+    v' = A + (b + θ//2)·2^−e over θ' = θ·2^−e, since floor((floor(A·2^e) + o)/θ) =
+    floor((A + o·2^−e)/(θ·2^−e)) for integers o, θ — the shift's floor is never taken. Exact
+    while |v'| + ½ < 2²² (kernels.Fire.reciprocal) and the neuron cannot saturate. Otherwise
+    2^e goes into the weights (exact: the partial sums are multiples of 2^e below 2²⁴·2^e),
+    floored after when e < 0."""
     w = node.weight.astype(np.float64)
     acc = float(np.abs(w).sum(axis=(1, 2, 3) if conv else 1).max(initial=0)) * \
         lw.bound[node.inputs[0]]
@@ -240,25 +280,26 @@ def _weighted(lw: Lowering, node, ins, conv: bool):
         return None
     exp = int(node.weight_exp)
     b = lw.b
-    weight = b.const((w * 2.0 ** exp).astype(np.float32))
-    bias = None
+    scale, bias = 2.0 ** exp, None
     neuron = lw.fused.get(node.name)
-    if neuron is not None and exp >= 0 and neuron.fire == "uniform":
+    if neuron is not None and neuron.fire == "uniform":
         plan = lw.fire_plan(neuron, node.name)
-        offset = program._channelwise(np.asarray(plan.offset), tuple(node.shape))
-        if plan.dtype is np.float32 and plan.reciprocal and not plan.saturate and \
-                offset is not None:
-            bias = b.const(offset.astype(np.float32))
-            lw.biased[node.name] = plan
+        up = 2 ** max(-exp, 0)
+        offset = program._channelwise(plan.fire.offset * up, tuple(node.shape))
+        if plan.dtype is np.float32 and not plan.saturate and offset is not None and \
+                acc * 2.0 ** max(exp, 0) + float(np.abs(offset).max(initial=0)) + 0.5 \
+                < 2 ** 22:
+            scale = 2.0 ** max(exp, 0)
+            bias = b.const((offset + 0.5).astype(np.float32))
+            lw.biased[node.name] = (1.0 / (plan.fire.theta * up)).astype(np.float32)
+    weight = b.const((w * scale).astype(np.float32))
     if conv:
         out = b.op("Conv", [ins[0], weight] + ([bias] if bias else []),
                    strides=list(node.stride), pads=list(node.pads),
                    dilations=list(node.dilation), group=node.groups)
-    elif bias:
-        out = b.op("Gemm", [ins[0], weight, bias], transB=1)
     else:
-        out = b.op("Gemm", [ins[0], weight], transB=1)
-    return b.op("Floor", [out]) if exp < 0 else out
+        out = b.op("Gemm", [ins[0], weight] + ([bias] if bias else []), transB=1)
+    return b.op("Floor", [out]) if exp < 0 and bias is None else out
 
 
 def _conv(lw, node, ins):
@@ -321,10 +362,9 @@ class Engine:
         self.lowering = Lowering(art, keep)
         self.bytes = self.lowering.model.SerializeToString()
         self.keep = tuple(keep)
-        self.names = ["accumulator", "lowest", "highest"] + [f"keep/{k}" for k in self.keep]
+        self.names = ["accumulator", "logits", "flag"] + [f"keep/{k}" for k in self.keep]
+        self.input_shape = tuple(art.input_shape)
         readout = art.node(art.output)
-        self.bias = np.asarray(batched(readout.bias), np.int64)
-        self.scale = np.asarray(batched(readout.scale), np.float64).astype(np.float32)
         self.softmax = readout.softmax
         self.shape = tuple(readout.shape)
         self.neurons = [(n.name, math.prod(n.shape) if n.role == "neuron" else 0)
@@ -347,44 +387,49 @@ class Engine:
                     disabled_optimizers=UNSAFE)
             return self._sessions[threads]
 
-    def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, int, list]:
-        """(accumulator int64, inputs clipped, [kept values, int64]) of one float32 batch."""
-        outs = self.session(threads).run(self.names, {"input": x})
-        enc = self.lowering.encoder
+    def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, int, list]:
+        """(accumulator int64, logits, inputs clipped, [kept values, int64]) of one float32
+        batch of finite values (a ShapeError from sim.results.check_input otherwise)."""
+        acc, logits, flag, *kept = self.session(threads).run(self.names, {"input": x})
         clipped = 0
-        if x.size and (float(outs[1]) < enc.lo or float(outs[2]) > enc.hi):
+        if flag != 0:      # a non-finite input (refused here) or clipped ones (counted)
+            check_input(self.art, x)
+            enc = self.lowering.encoder
             clipped = encode_input_exact(x, enc.inv_scale, enc.lo, enc.hi)[1]
-        return outs[0].astype(np.int64), clipped, [v.astype(np.int64) for v in outs[3:]]
+        return acc.astype(np.int64), logits, clipped, [v.astype(np.int64) for v in kept]
 
     def simulate(self, x: np.ndarray, threads: int, batch_size: int = 1024,
                  progress=None) -> SimResult:
         """What sim.cpu.run returns for float inputs x (checked as every backend checks them,
-        sim.results.check_input), batch by batch through onnxruntime: the readout, the inputs
-        clipped, the kept values in `recorded`."""
-        x = check_input(self.art, x)
+        sim.results.check_input: shape and dtype here, finiteness by the model), batch by batch
+        through onnxruntime: the readout, the inputs clipped, the kept values in `recorded`."""
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and
+                x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1):
+            x = check_input(self.art, x)
         stats = {name: LayerStats(neurons=k) for name, k in self.neurons}
-        accs, kept = [], [[] for _ in self.keep]
+        accs, logits, kept = [], [], [[] for _ in self.keep]
         clipped = 0
         for start in range(0, len(x), batch_size):
-            acc, c, values = self.run(x[start:start + batch_size], threads)
+            acc, lg, c, values = self.run(x[start:start + batch_size], threads)
             accs.append(acc)
+            logits.append(lg)
             clipped += c
             for k, v in zip(kept, values):
                 k.append(v)
             if progress is not None:
                 progress(len(acc))
         stats[self.art.input].clipped = clipped
-        acc = _joined(accs, (0,) + self.shape)
-        recorded = {name: _joined(k, (0,) + tuple(self.lowering.nodes[name].shape))
+        empty = (0,) + self.shape
+        recorded = {name: _joined(k, (0,) + tuple(self.lowering.nodes[name].shape), np.int64)
                     for name, k in zip(self.keep, kept)}
-        return SimResult(semantics.readout(acc, self.bias, self.scale, 1), acc, stats, len(x),
-                         1, recorded, self.softmax)
+        return SimResult(_joined(logits, empty, np.float32), _joined(accs, empty, np.int64),
+                         stats, len(x), 1, recorded, self.softmax)
 
 
-def _joined(parts: list, empty_shape: tuple) -> np.ndarray:
+def _joined(parts: list, empty_shape: tuple, dtype) -> np.ndarray:
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate(parts) if parts else np.zeros(empty_shape, np.int64)
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype)
 
 
 ENGINES: dict = {}

@@ -123,30 +123,86 @@ def _macs(art: Artifact, x, timesteps: int) -> int:
     return sum(n.macs() for n in art.nodes) * (shape[0] if shape else 0) * steps
 
 
-def _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs=None):
-    """The graph engine (sim.cpu.graph) when it is asked for, or by default when it serves the
-    run and the run is small (GRAPH_ROWS); None: the program."""
+def _check_engine(engine) -> None:
     if engine not in (None, *ENGINES):
         raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
+
+
+def _refusal(art, timesteps, binary, count) -> str | None:
+    """Why the graph engine cannot serve such a run, or None."""
+    if timesteps != 1 or binary or art.recurrent:
+        return "runs T = 1 graded feed-forward passes only"
+    if count:
+        return "does not count activity (run with count=False)"
+    return None
+
+
+def _small(rows: int, batch_size: int, macs: float) -> bool:
+    """A run the graph engine serves by default: GRAPH_ROWS and GRAPH_MACS."""
+    return min(rows, batch_size) <= GRAPH_ROWS and macs < GRAPH_MACS
+
+
+def _lowered(art, record, engine):
+    """The graph engine for `art` keeping `record`, or None (a ValueError saying why when
+    `engine` is "graph")."""
+    eng = graph.engine(art, tuple(record))
+    if isinstance(eng, graph.Engine):
+        return eng
+    if engine == "graph":
+        raise ValueError(f"the graph engine {eng}")
+    return None
+
+
+def _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs=None):
+    """The graph engine (sim.cpu.graph) when it is asked for, or by default when it serves the
+    run and the run is small (`_small`); None: the program."""
+    _check_engine(engine)
     if engine == "program":
         return None
-    why = None
-    if timesteps != 1 or binary or art.recurrent:
-        why = "runs T = 1 graded feed-forward passes only"
-    elif count:
-        why = "does not count activity (run with count=False)"
-    elif engine is None and (min(_rows(x), batch_size) > GRAPH_ROWS or
-                             (macs if macs is not None else _macs(art, x, 1))
-                             >= GRAPH_MACS):
+    why = _refusal(art, timesteps, binary, count)
+    if why is not None:
+        if engine == "graph":
+            raise ValueError(f"the graph engine {why}")
         return None
-    else:
-        eng = graph.engine(art, tuple(record))
-        if isinstance(eng, graph.Engine):
-            return eng
-        why = str(eng)
-    if engine == "graph":
-        raise ValueError(f"the graph engine {why}")
-    return None
+    if engine is None and not _small(_rows(x), batch_size,
+                                     macs if macs is not None else _macs(art, x, 1)):
+        return None
+    return _lowered(art, record, engine)
+
+
+class Session:
+    """Runs of one artifact with the same options, prepared once, as onnxruntime's
+    InferenceSession is: `Session(art, count=False).run(x)` returns what
+    `run(art, x, count=False)` returns, bit for bit, without the per-call lookups (which engine,
+    the compiled program or model, the run's size). For many small calls — one sample at a
+    time in a loop. The artifact must not change while a session holds it."""
+
+    def __init__(self, art: Artifact, timesteps: int = 1, binary: bool = False,
+                 batch_size: int = 1024, count: bool = True, record: tuple[str, ...] = (),
+                 threads: int | None = None, engine: str | None = None):
+        _check_engine(engine)
+        self.art, self.engine, self.threads = art, engine, threads
+        self.options = dict(timesteps=timesteps, binary=binary, batch_size=batch_size,
+                            count=count, record=tuple(record))
+        self.macs = sum(n.macs() for n in art.nodes)       # per sample and step
+        self.graph = None
+        if engine != "program" and _refusal(art, timesteps, binary, count) is None:
+            self.graph = _lowered(art, record, engine)
+        elif engine == "graph":
+            raise ValueError(f"the graph engine {_refusal(art, timesteps, binary, count)}")
+
+    def run(self, x: np.ndarray, progress=None) -> SimResult:
+        """The run of `art` on x (`run`'s result)."""
+        rows, batch_size = _rows(x), self.options["batch_size"]
+        macs = self.macs * rows
+        if self.graph is not None and (self.engine == "graph" or
+                                       _small(rows, batch_size, macs)):
+            threads = self.threads
+            if threads is None and USE_TORCH and torch_ops.available():
+                threads = torch_ops.default_threads(macs, len(self.art.nodes))
+            return self.graph.simulate(x, threads or _cores(), batch_size, progress)
+        return run(self.art, x, progress=progress, threads=self.threads, engine="program",
+                   **self.options)
 
 
 def _cores() -> int:
