@@ -175,3 +175,24 @@ def test_onnxruntime_keeps_the_fires_multiplication(tmp_path):
     names = [n.name for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     for mul in eng.lowering.reciprocals:
         assert any(n == mul or n.startswith(mul + "_") for n in names), mul
+
+
+def test_a_model_onnxruntime_refuses_runs_in_the_program(monkeypatch):
+    """A lowered model onnxruntime will not load: the default runs the program (and does not
+    try again), engine="graph" says why."""
+    art = _fire_net(np.array([3, 5]), np.array([1, -1]), 1000)
+    x = np.random.default_rng(0).uniform(-1200, 1200, (4, 2, 8)).astype(np.float32)
+    tries = []
+
+    def refuse(*args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("no kernel for this op\nsecond line")
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    want = sim.reference.run(art, x, count=False)
+    assert_same(sim.cpu.run(art, x, count=False), want)
+    assert_same(sim.cpu.run(art, x, count=False), want)
+    assert_same(sim.cpu.Session(art, count=False).run(x), want)
+    assert tries == [1]
+    with pytest.raises(ValueError, match="onnxruntime refused the lowered model: RuntimeError: "
+                                         "no kernel for this op$"):
+        _graph(art, x)

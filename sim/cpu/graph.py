@@ -41,7 +41,7 @@ from sim import emit, semantics
 from sim.artifact import Artifact
 from sim.cpu import program
 from sim.cpu.kernels import Fire, FirePlan, encode_input_exact
-from sim.errors import UnsupportedOpError
+from sim.errors import SimulationError, UnsupportedOpError
 from sim.kernels import F32_EXACT
 from sim.ops.base import batched
 from sim.results import LayerStats, SimResult, check_input
@@ -370,11 +370,14 @@ class Engine:
         self.neurons = [(n.name, math.prod(n.shape) if n.role == "neuron" else 0)
                         for n in art.nodes]
         self._sessions: dict[int, object] = {}
+        self.refused: NotLowered | None = None     # onnxruntime would not load the model
         self._lock = threading.Lock()
 
     def session(self, threads: int):
         import onnxruntime as ort
         with self._lock:
+            if self.refused is not None:
+                raise self.refused
             if threads not in self._sessions:
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = threads
@@ -382,15 +385,25 @@ class Engine:
                 opts.log_severity_level = 3
                 if threads > 1:     # wait passively, as sim's OpenMP policy (sim/__init__.py)
                     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                self._sessions[threads] = ort.InferenceSession(
-                    self.bytes, opts, providers=["CPUExecutionProvider"],
-                    disabled_optimizers=UNSAFE)
+                try:
+                    self._sessions[threads] = ort.InferenceSession(
+                        self.bytes, opts, providers=["CPUExecutionProvider"],
+                        disabled_optimizers=UNSAFE)
+                except Exception as exc:  # noqa: BLE001 - any refusal: the program runs it
+                    self.refused = NotLowered("onnxruntime refused the lowered model: "
+                                              f"{_first_line(exc)}")
+                    raise self.refused from exc
             return self._sessions[threads]
 
     def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, int, list]:
         """(accumulator int64, logits, inputs clipped, [kept values, int64]) of one float32
         batch of finite values (a ShapeError from sim.results.check_input otherwise)."""
-        acc, logits, flag, *kept = self.session(threads).run(self.names, {"input": x})
+        sess = self.session(threads)
+        try:
+            acc, logits, flag, *kept = sess.run(self.names, {"input": x})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+            raise SimulationError(f"the graph engine's onnxruntime run failed: "
+                                  f"{_first_line(exc)}") from exc
         clipped = 0
         if flag != 0:      # a non-finite input (refused here) or clipped ones (counted)
             check_input(self.art, x)
@@ -424,6 +437,11 @@ class Engine:
                     for name, k in zip(self.keep, kept)}
         return SimResult(_joined(logits, empty, np.float32), _joined(accs, empty, np.int64),
                          stats, len(x), 1, recorded, self.softmax)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _joined(parts: list, empty_shape: tuple, dtype) -> np.ndarray:

@@ -84,7 +84,9 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
         threads = torch_ops.default_threads(macs, len(art.nodes))
     eng = _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs)
     if eng is not None:
-        return eng.simulate(x, threads or _cores(), batch_size, progress)
+        result = _simulate(eng, x, threads, batch_size, progress, engine)
+        if result is not None:
+            return result
     with torch_ops.session(threads if USE_TORCH else None):
         return driver.execute(art, x, _step(art), timesteps, binary, batch_size, count,
                               progress, record)
@@ -200,9 +202,23 @@ class Session:
             threads = self.threads
             if threads is None and USE_TORCH and torch_ops.available():
                 threads = torch_ops.default_threads(macs, len(self.art.nodes))
-            return self.graph.simulate(x, threads or _cores(), batch_size, progress)
+            result = _simulate(self.graph, x, threads, batch_size, progress, self.engine)
+            if result is not None:
+                return result
+            self.graph = None
         return run(self.art, x, progress=progress, threads=self.threads, engine="program",
                    **self.options)
+
+
+def _simulate(eng, x, threads, batch_size, progress, engine) -> SimResult | None:
+    """The graph engine's run, or None when onnxruntime refuses its model and the program may
+    run instead (the default engine; a ValueError naming why when "graph" was asked for)."""
+    try:
+        return eng.simulate(x, threads or _cores(), batch_size, progress)
+    except graph.NotLowered as exc:
+        if engine == "graph":
+            raise ValueError(f"the graph engine: {exc}") from exc
+        return None
 
 
 def _cores() -> int:
