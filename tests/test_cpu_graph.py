@@ -17,6 +17,7 @@ from sim import ir, semantics
 from sim.artifact import Artifact
 from sim.cpu import graph, runner
 from sim.errors import ShapeError
+from toolchain.reference import emit_reference
 
 V = semantics.V_MAX
 
@@ -123,8 +124,8 @@ def test_table_neurons_and_products():
     art = Artifact(nodes, "x", "y")
     art.validate()
     x = rng.uniform(-600, 600, (33,) + shape).astype(np.float32)
-    assert_same(_graph(art, x, record=("t", "p", "m")),       # m: the readout's input
-                sim.reference.run(art, x, count=False, record=("t", "p", "m")))
+    kept = ("x", "t", "p", "m", "y")        # m: the readout's input, y: the readout
+    assert_same(_graph(art, x, record=kept), sim.reference.run(art, x, count=False, record=kept))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -196,3 +197,98 @@ def test_a_model_onnxruntime_refuses_runs_in_the_program(monkeypatch):
     with pytest.raises(ValueError, match="onnxruntime refused the lowered model: RuntimeError: "
                                          "no kernel for this op$"):
         _graph(art, x)
+
+
+def _wide_nets(rng):
+    """Products and sums whose unshifted values float32 does not hold (positive weights: every
+    partial sum grows) and whose shifted results it does: a dense layer of 4096 inputs, a
+    convolution over 600 channels, an Add with gains near 2²⁰."""
+    def net(shape, synapse, x_levels, neuron_shape=None):
+        shape_n = neuron_shape or synapse.shape
+        ones = np.ones((1,) * len(shape_n), np.int64)
+        return Artifact([ir.Input("x", (), shape, inv_scale=1.0, lo=x_levels[0],
+                                  hi=x_levels[1]),
+                         synapse,
+                         ir.Neuron("n", (synapse.name,), shape_n, threshold=3 * ones,
+                                   bias=0 * ones, lo=-10 ** 6, hi=10 ** 6),
+                         _readout("n", shape_n)], "x", "y")
+    dense = net((4096,), ir.Dense("d", ("x",), (8,), weight_exp=-8,
+                                  weight=rng.integers(100, 128, (8, 4096)).astype(np.int16)),
+                (0, 255))
+    conv = net((600, 5, 5), ir.Conv("c", ("x",), (4, 5, 5), weight_exp=-12, stride=(1, 1),
+                                    pads=(1, 1, 1, 1), dilation=(1, 1), groups=1,
+                                    weight=rng.integers(100, 128, (4, 600, 3, 3))
+                                    .astype(np.int16)), (0, 255))
+    gains = np.array([[2 ** 20 - 3], [-(2 ** 19) + 7]]) * np.ones((2, 64), np.int64)
+    add = net((64,), ir.Add("a", ("x", "x"), (64,), gains=gains, exps=(-19, -20)),
+              (-2 ** 20, 2 ** 20))
+    return {"dense": (dense, rng.integers(0, 256, (400, 4096))),
+            "conv": (conv, rng.integers(0, 256, (60, 600, 5, 5))),
+            "add": (add, rng.integers(-2 ** 20, 2 ** 20, (400, 64)))}
+
+
+@pytest.mark.parametrize("name", ["dense", "conv", "add"])
+def test_products_beyond_float32_stay_exact(name):
+    """The kinds' ONNX forms compute such values in float64 (the convolution in channel slices
+    whose partial sums float32 holds): the reference ONNX and the graph engine equal the int64
+    oracle."""
+    art, x = _wide_nets(np.random.default_rng(2))[name]
+    art.validate()
+    x = x.astype(np.float32)
+    want = sim.reference.run(art, x, count=False)
+    sess = ort.InferenceSession(emit_reference(art).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    acc = sess.run(["accumulator"], {"input": x})[0]
+    np.testing.assert_array_equal(acc.astype(np.int64), want.accumulator)
+    assert_same(_graph(art, x, batch_size=len(x)), want)
+
+
+def test_a_current_beyond_float32_saturates_its_neuron_alike():
+    """A current beyond 2²⁴ (a dense layer without a right shift): the reference ONNX rounds it
+    to float32, which the neuron's saturation makes harmless; the graph engine takes no such
+    artifact and leaves the run to the program."""
+    w = np.full((4, 2048), 127, np.int16)
+    art = Artifact([ir.Input("x", (), (2048,), inv_scale=1.0, lo=0, hi=255),
+                    ir.Dense("d", ("x",), (4,), weight=w, weight_exp=0),
+                    ir.Neuron("n", ("d",), (4,), threshold=np.full(4, 2 ** 10),
+                              bias=np.zeros(4, np.int64), lo=0, hi=2 ** 14),
+                    _readout("n", (4,))], "x", "y")
+    art.validate()
+    x = np.random.default_rng(0).uniform(0, 255, (30, 2048)).astype(np.float32)
+    x[:10] = 255.0                  # 2048·127·255 = 6.6·10⁷: saturated
+    want = sim.reference.run(art, x, count=False)
+    assert want.stats["n"].saturations > 0
+    sess = ort.InferenceSession(emit_reference(art).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    acc = sess.run(["accumulator"], {"input": x})[0]
+    np.testing.assert_array_equal(acc.astype(np.int64), want.accumulator)
+    assert_same(sim.cpu.run(art, x, count=False), want)
+    with pytest.raises(ValueError, match="dense 'd': values beyond float32's exact integers "
+                                         r"\(up to 6.6"):
+        _graph(art, x)
+
+
+def test_a_layernorm_sum_beyond_float32_runs_in_float64():
+    """x (17 tokens × 32 features, levels ±2²⁰) → the feature sum of each token (whole-row sum
+    pool, bound 3.4·10⁷) → broadcast back along the row (a select) → x·128 − 4·sum, both
+    shifted by 2⁻⁸ → a neuron: the sum and its broadcast are float64 tensors in the graph
+    engine, the centred value float32 again, and everything equals the int64 oracle (the data
+    reaches sums beyond 2²⁴)."""
+    shape = (1, 17, 32)
+    table = (np.arange(17)[:, None] * np.ones(32, np.int64)).reshape(-1)
+    art = Artifact([ir.Input("x", (), shape, inv_scale=1.0, lo=-2 ** 20, hi=2 ** 20),
+                    ir.SumPool("s", ("x",), (1, 17, 1), kernel=(1, 32), stride=(1, 32)),
+                    ir.Select("m", ("s",), shape, table=table),
+                    ir.Add("c", ("x", "m"), shape, exps=(-8, -8),
+                           gains=np.stack([np.full(shape, 128), np.full(shape, -4)])),
+                    ir.Neuron("n", ("c",), shape, threshold=np.full((1, 1, 1), 5),
+                              bias=np.zeros((1, 1, 1), np.int64), lo=-2 ** 20, hi=2 ** 20),
+                    _readout("n", shape)], "x", "y")
+    art.validate()
+    eng = graph.engine(art)
+    assert isinstance(eng, graph.Engine) and {"s", "m"} <= eng.lowering.double
+    x = np.random.default_rng(4).integers(2 ** 19, 2 ** 20, (30,) + shape).astype(np.float32)
+    x[::2] *= -1
+    want = sim.reference.run(art, x, count=False, record=("s", "c"))
+    assert np.abs(want.recorded["s"]).max() > 2 ** 24
+    assert_same(_graph(art, x, record=("s", "c")), want)

@@ -111,6 +111,7 @@ class Lowering:
             raise NotLowered("a recurrent artifact runs trials step by step")
         self.art, self.b = art, _Builder()
         self.bound = bounds(art)
+        self.double: set[str] = set()             # tensors held in float64 (`_wide`)
         self.nodes = {n.name: n for n in art.nodes}
         self.fused = program.fusions(art, keep)   # product/add → the one-pass neuron it feeds
         self.biased: dict[str, np.ndarray] = {}   # product → fl(1/θ') of the neuron it feeds
@@ -141,15 +142,48 @@ class Lowering:
         used = {i for n in b.nodes for i in n.input}
         b.inits = [t for t in b.inits if t.name in used]
         self.model = emit.model(b, art.input_shape, self.outputs, "sfn_cpu_graph",
-                                "sfn-toolchain sim.cpu graph engine")
+                                "sfn-toolchain sim.cpu graph engine",
+                                {f"keep/{k}" for k in keep if k in self.double})
 
     def _form(self, node, ins):
+        if self.bound[node.name] >= F32_EXACT or any(i in self.double for i in node.inputs):
+            return _wide(self, node, ins)
         fast = FORMS.get(node.kind)
         return fast(self, node, ins) if fast else None
 
     def fire_plan(self, node, src: str) -> FirePlan:
         return FirePlan(Fire(batched(node.bias), batched(node.threshold), node.lo, node.hi),
                         self.bound[src])
+
+
+def _wide(lw: Lowering, node, ins) -> str:
+    """A value whose static bound float32 does not hold (a LayerNorm's sum of many features,
+    say), or one computed from such a value, in float64 tensors: a whole-axis sum pool as
+    ReduceSum, a sum of shifted terms, and the index maps between them (which keep the dtype);
+    what comes out below 2²⁴ is cast back to float32. Anything else is left to the program."""
+    b, name = lw.b, node.name
+    wide_in = [i in lw.double for i in node.inputs]
+    double = lambda k: ins[k] if wide_in[k] else b.op("Cast", [ins[k]], to=b.DOUBLE)
+    if node.kind in ("select", "reshape", "transpose") and all(wide_in):
+        lw.double.add(name)
+        return node.emit(b, ins)
+    if node.kind == "sumpool" and node.whole_axes(b.in_shapes[0]):
+        out = b.op("ReduceSum", [double(0), b.const(node.whole_axes(b.in_shapes[0]), np.int64)],
+                   keepdims=1)
+    elif node.kind == "add" and all(float(np.abs(g).max(initial=0)) * lw.bound[i] < 2 ** 53
+                                    for g, i in zip(node.gains, node.inputs)):
+        out = None
+        for k, (gain, exp) in enumerate(zip(node.gains, node.exps)):
+            term = b.op("Mul", [double(k), b.const(batched(gain) * 2.0 ** exp, np.float64)])
+            term = b.floor_below_one(term, exp)
+            out = term if out is None else b.op("Add", [out, term])
+    else:
+        raise NotLowered(f"{node.kind} {name!r}: values beyond float32's exact integers "
+                         f"(up to {max([lw.bound[i] for i in node.inputs] + [lw.bound[name]]):.4g})")
+    if lw.bound[name] >= F32_EXACT:
+        lw.double.add(name)
+        return out
+    return b.op("Cast", [out], to=b.FLOAT)
 
 
 def _named(b, tensor: str, name: str) -> str:
@@ -328,9 +362,11 @@ def _product(lw: Lowering, node, ins):
 
 def _add(lw: Lowering, node, ins):
     """Σ shift(g·x, e) with the multiplication left out of gain-1, exponent-0 terms (float32:
-    the sum's bound below 2²⁴, as the reference's form)."""
-    if node.magnitude([lw.bound[i] for i in node.inputs]) >= F32_EXACT:
-        return None
+    every unshifted term and the sum below 2²⁴)."""
+    if node.magnitude([lw.bound[i] for i in node.inputs]) >= F32_EXACT or \
+            any(float(np.abs(g).max(initial=0)) * lw.bound[i] >= F32_EXACT
+                for g, i in zip(node.gains, node.inputs)):
+        return None            # the kind's own form: terms in float64 (or refused)
     b = lw.b
     terms = []
     for g, e, x in zip(node.gains, node.exps, ins):

@@ -67,9 +67,16 @@ class Add(Node):
         return self.gains
 
     def emit(self, b, ins):
-        terms = [b.floor_below_one(b.op("Mul", [x, b.const(batched(
-                     self.gains[i] * 2.0 ** self.exps[i]))]), self.exps[i])
-                 for i, x in enumerate(ins)]
+        """Each term shift(g·x, e) in float32 while |g|·max|x| < 2²⁴, else in float64 and cast
+        back; the sum in float32."""
+        terms = []
+        for i, x in enumerate(ins):
+            gain, exp = batched(self.gains[i]), self.exps[i]
+            if float(np.abs(gain).max(initial=0)) * b.in_bounds[i] < b.FLOAT_EXACT:
+                terms.append(b.floor_below_one(b.op("Mul", [x, b.const(gain * 2.0 ** exp)]),
+                                               exp))
+            else:
+                terms.append(b.wide(x, gain, exp))
         out = terms[0]
         for t in terms[1:]:
             out = b.op("Add", [out, t])

@@ -43,6 +43,7 @@ class Constant(Node):
         return (int(v.min()), int(v.max())) if v.size else (0, 0)
 
     def emit(self, b, ins):
+        b.exact(self.magnitude(b.in_bounds), self)        # a value float32 cannot hold
         # zeros of the batch's length (from the node it reads) plus the value, broadcast
         flat = b.op("Flatten", [ins[0]], axis=1)
         zero = b.op("Mul", [b.op("ReduceSum", [flat, b.const([1], np.int64)], keepdims=0),

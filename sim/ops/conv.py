@@ -11,7 +11,7 @@ import numpy as np
 from sim import kernels, semantics
 from sim.ops.base import (CHIP_SYNAPSE, SYNAPSE, WEIGHT_MAX, WEIGHT_MIN, Windowed, check_ints,
                           is_int, register, weighted_magnitude)
-from sim.ops.dense import _check_exp, _weighted_range
+from sim.ops.dense import _accumulator, _check_exp, _weighted_range
 
 
 @register
@@ -80,6 +80,30 @@ class Conv(Windowed):
         return self.weight
 
     def emit(self, b, ins):
-        out = b.op("Conv", [ins[0], b.const(self.weight)], strides=list(self.stride),
-                   pads=list(self.pads), dilations=list(self.dilation), group=self.groups)
-        return b.shift(out, self.weight_exp)
+        """In float32 while Σ|W|·max|n| < 2²⁴. Beyond (one group), the input channels are cut
+        into slices whose partial sums float32 holds, each slice's convolution is summed in
+        float64 (onnxruntime has no float64 convolution) and the shifted sum cast back; a
+        grouped convolution, or one input channel alone beyond 2²⁴, has no exact form."""
+        if _accumulator(self.weight, (1, 2, 3), b) < b.FLOAT_EXACT:
+            return b.shift(self._conv(b, ins[0], self.weight), self.weight_exp)
+        if self.groups != 1:
+            b.exact(float("inf"), self)
+        reach = np.abs(self.weight.astype(np.float64)).sum(axis=(2, 3)) * b.in_bounds[0]
+        total, start = None, 0
+        while start < reach.shape[1]:
+            stop, acc = start, np.zeros(reach.shape[0])
+            while stop < reach.shape[1] and (acc + reach[:, stop]).max() < b.FLOAT_EXACT:
+                acc += reach[:, stop]
+                stop += 1
+            if stop == start:          # one channel alone beyond float32
+                b.exact(float(reach[:, start].max()), self)
+            part = b.op("Slice", [ins[0], b.const([start], np.int64), b.const([stop], np.int64),
+                                  b.const([1], np.int64)])
+            part = b.op("Cast", [self._conv(b, part, self.weight[:, start:stop])], to=b.DOUBLE)
+            total = part if total is None else b.op("Add", [total, part])
+            start = stop
+        return b.op("Cast", [b.shift(total, self.weight_exp, np.float64)], to=b.FLOAT)
+
+    def _conv(self, b, x: str, weight: np.ndarray) -> str:
+        return b.op("Conv", [x, b.const(weight)], strides=list(self.stride),
+                    pads=list(self.pads), dilations=list(self.dilation), group=self.groups)

@@ -59,8 +59,14 @@ class Dense(Node):
         return self.weight
 
     def emit(self, b, ins):
-        out = b.op("MatMul", [ins[0], b.const(self.weight.T)])
-        return b.shift(out, self.weight_exp)
+        """In float32 while Σ|W|·max|n| < 2²⁴; beyond, the product in float64 and its shifted
+        result cast back (sim.emit's module docstring: a result beyond 2²⁴ rounds)."""
+        if _accumulator(self.weight, (1,), b) < b.FLOAT_EXACT:
+            return b.shift(b.op("MatMul", [ins[0], b.const(self.weight.T)]), self.weight_exp)
+        x = b.op("Cast", [ins[0]], to=b.DOUBLE)
+        out = b.shift(b.op("MatMul", [x, b.const(self.weight.T, np.float64)]), self.weight_exp,
+                      np.float64)
+        return b.op("Cast", [out], to=b.FLOAT)
 
 
 def _weighted_range(w: np.ndarray, exp: int, rng: tuple[int, int]) -> tuple[int, int]:
@@ -71,6 +77,12 @@ def _weighted_range(w: np.ndarray, exp: int, rng: tuple[int, int]) -> tuple[int,
     w_pos, w_neg = np.clip(w, 0, None).sum(1), np.clip(w, None, 0).sum(1)
     lo, hi = int((w_pos * a + w_neg * b).min()), int((w_pos * b + w_neg * a).max())
     return int(semantics.shift(np.int64(lo), exp)), int(semantics.shift(np.int64(hi), exp))
+
+
+def _accumulator(weight: np.ndarray, axes: tuple, b) -> float:
+    """A bound on every partial sum of Σ W·n before the shift (the builder's input bound)."""
+    rows = np.abs(weight.astype(np.float64)).sum(axis=axes) if weight.size else np.zeros(1)
+    return float(rows.max(initial=0.0)) * (b.in_bounds[0] if b.in_bounds else 0.0)
 
 
 def _check_exp(exp) -> str | None:
