@@ -167,9 +167,9 @@ def _wide(lw: Lowering, node, ins) -> str:
     if node.kind in ("select", "reshape", "transpose") and all(wide_in):
         lw.double.add(name)
         return node.emit(b, ins)
-    if node.kind == "sumpool" and node.whole_axes(b.in_shapes[0]):
-        out = b.op("ReduceSum", [double(0), b.const(node.whole_axes(b.in_shapes[0]), np.int64)],
-                   keepdims=1)
+    axes = node.whole_axes(b.in_shapes[0]) if hasattr(node, "whole_axes") else None
+    if axes:                    # a sum pool over whole rows
+        out = b.op("ReduceSum", [double(0), b.const(axes, np.int64)], keepdims=1)
     elif node.kind == "add" and all(float(np.abs(g).max(initial=0)) * lw.bound[i] < 2 ** 53
                                     for g, i in zip(node.gains, node.inputs)):
         out = None
