@@ -140,8 +140,10 @@ def test_a_non_finite_input_is_refused(bad):
 
 
 def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch):
+    """From an artifact's second small uncounted run on (the first does not repay lowering)."""
     compiled, _, test = nets.compiled("mlp")
-    art = compiled.artifact
+    art = Artifact(list(compiled.artifact.nodes), compiled.artifact.input,
+                   compiled.artifact.output)          # an artifact no test has run yet
     calls = []
     real = graph.Engine.simulate
 
@@ -149,7 +151,8 @@ def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch
         calls.append(len(args[0]))
         return real(self, *args, **kwargs)
     monkeypatch.setattr(graph.Engine, "simulate", spy)
-    for rows, count, expect in ((1, False, [1]), (runner.GRAPH_ROWS, False, [runner.GRAPH_ROWS]),
+    for rows, count, expect in ((1, False, []), (1, False, [1]),
+                                (runner.GRAPH_ROWS, False, [runner.GRAPH_ROWS]),
                                 (runner.GRAPH_ROWS + 1, False, []), (4, True, [])):
         calls.clear()
         sim.cpu.run(art, test[:rows], count=count)
@@ -160,6 +163,8 @@ def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch
     calls.clear()
     sim.cpu.run(art, test[:4], count=False, engine="program")
     assert calls == []
+    assert sim.cpu.engine_for(art, test[:4], count=False) == "graph"
+    assert sim.cpu.engine_for(art, test[:40], count=False) == "program"
 
 
 def test_onnxruntime_keeps_the_fires_multiplication(tmp_path):

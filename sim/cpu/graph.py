@@ -489,12 +489,24 @@ def _joined(parts: list, empty_shape: tuple, dtype) -> np.ndarray:
 ENGINES: dict = {}
 
 
-def engine(art: Artifact, keep=()) -> Engine | NotLowered:
+class _Slot:
+    """An artifact's entry in ENGINES: how often it was asked for, and its engine once made."""
+
+    def __init__(self):
+        self.asked = 0
+        self.engine: Engine | NotLowered | None = None
+
+
+def engine(art: Artifact, keep=(), now: bool = True) -> Engine | NotLowered | None:
     """The engine for `art` (keeping the values of `keep`), or why it has none; made once per
-    artifact (program.cached)."""
-    def build():
+    artifact (program.cached). now=False (sim.cpu.run's default choice): None the first time
+    — lowering and onnxruntime's session cost more than a single small run gains (a compile's
+    one check of its calibration batch, say) — and the engine from the second time on."""
+    slot = program.cached(ENGINES, (id(art), tuple(keep)), art, _Slot)
+    slot.asked += 1
+    if slot.engine is None and (now or slot.asked > 1):
         try:
-            return Engine(art, keep)
+            slot.engine = Engine(art, keep)
         except NotLowered as exc:
-            return exc
-    return program.cached(ENGINES, (id(art), tuple(keep)), art, build)
+            slot.engine = exc
+    return slot.engine

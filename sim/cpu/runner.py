@@ -72,8 +72,9 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     pass lowered once to an ONNX model of exact float operations, one onnxruntime call per
     batch; count=False only, a ValueError saying why where it does not apply) or None (the
     default): the graph engine for a small run it serves — count=False, at most GRAPH_ROWS
-    rows a batch and below GRAPH_MACS multiply-accumulates — else the program. Both give the
-    same integers.
+    rows a batch and below GRAPH_MACS multiply-accumulates — from the artifact's second such
+    run on (a single run does not repay the lowering), else the program. Both give the same
+    integers.
     """
     if (timesteps > 1 or binary) and not art.recurrent:
         largest = max((math.prod(n.shape) for n in art.nodes), default=1)
@@ -107,9 +108,10 @@ GRAPH_MACS = 2 ** 26
 def engine_for(art: Artifact, x, timesteps: int = 1, binary: bool = False,
                batch_size: int = 1024, count: bool = True, record: tuple[str, ...] = (),
                engine: str | None = None) -> str:
-    """"graph" or "program": the engine `run` with these arguments uses (a ValueError where
-    `engine` asks for one that does not apply)."""
-    found = _engine(art, x, timesteps, binary, batch_size, count, record, engine)
+    """"graph" or "program": the engine `run` with these arguments takes once the artifact
+    has run before (the first small run of an artifact takes the program); a ValueError where
+    `engine` asks for one that does not apply."""
+    found = _engine(art, x, timesteps, binary, batch_size, count, record, engine, warm=True)
     return "program" if found is None else "graph"
 
 
@@ -144,10 +146,10 @@ def _small(rows: int, batch_size: int, macs: float) -> bool:
     return min(rows, batch_size) <= GRAPH_ROWS and macs < GRAPH_MACS
 
 
-def _lowered(art, record, engine):
+def _lowered(art, record, engine, now: bool = True):
     """The graph engine for `art` keeping `record`, or None (a ValueError saying why when
-    `engine` is "graph")."""
-    eng = graph.engine(art, tuple(record))
+    `engine` is "graph"); now=False: not on an artifact's first small run (graph.engine)."""
+    eng = graph.engine(art, tuple(record), now)
     if isinstance(eng, graph.Engine):
         return eng
     if engine == "graph":
@@ -155,7 +157,8 @@ def _lowered(art, record, engine):
     return None
 
 
-def _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs=None):
+def _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs=None,
+            warm: bool = False):
     """The graph engine (sim.cpu.graph) when it is asked for, or by default when it serves the
     run and the run is small (`_small`); None: the program."""
     _check_engine(engine)
@@ -169,7 +172,7 @@ def _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs=N
     if engine is None and not _small(_rows(x), batch_size,
                                      macs if macs is not None else _macs(art, x, 1)):
         return None
-    return _lowered(art, record, engine)
+    return _lowered(art, record, engine, now=warm or engine == "graph")
 
 
 class Session:
