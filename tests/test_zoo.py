@@ -120,6 +120,7 @@ def test_shipped_trained_models_convert_within_one_point(name):
     assert zoo.accuracy_of(res.output, y_te) >= float_acc - 0.010 + 1e-9
 
 
+@pytest.mark.slow
 def test_trained_resnet18_converts_within_one_point(tmp_path):
     """The ResNet-18 (0.7 MB of weights, not shipped) trains here: 8 epochs, about 8 s."""
     model, float_acc, _ = zoo.train("resnet18", zoo.EPOCHS)
