@@ -575,6 +575,7 @@ def test_debug_hint_only_without_debug(files, tmp_path, monkeypatch):
     assert r.stderr.splitlines()[-1] == "internal error: RuntimeError: a bug"
 
 
+@pytest.mark.slow      # ~15 s: every command once
 def test_every_command_writes_files_with_the_umask_mode(files, tmp_path):
     umask = 0o027      # not the usual 022: the mode follows the umask, not a constant
     mode = 0o666 & ~umask

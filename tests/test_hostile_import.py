@@ -339,6 +339,7 @@ def test_100k_node_cycle_is_named_briefly(tmp_path):
     assert time.process_time() - start < 10
 
 
+@pytest.mark.slow      # ~9 s
 def test_100k_graph_outputs_are_refused_in_linear_time(tmp_path):
     m = _model([_relu("x", f"o{k}", f"r{k}") for k in range(100_000)])
     del m.graph.output[:]

@@ -53,7 +53,8 @@ def _trials(n: int = 11, steps: int = 25, inputs: int = 3, seed: int = 5) -> np.
     return (rng.uniform(0, 1, (n, steps, inputs)) * scale).astype(np.float32)
 
 
-@pytest.mark.parametrize("per_channel", [False, True], ids=["per-layer", "per-unit"])
+@pytest.mark.parametrize("per_channel", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["per-layer", "per-unit"])     # per-layer: make test-all
 def test_shipped_tanh_cell_equals_cpu_either_scale(per_channel):
     """A trained 100-unit tanh cell with Dale's law, both activation-scale choices: per unit the
     leaky thresholds differ unit by unit (they absorb the gain rounding); fixed_pt is sim.cpu."""

@@ -115,6 +115,7 @@ def test_custom_task_rejects_mismatch():
     assert t.mask.shape == (4, 50) and decision(t.targets, t) is None
 
 
+@pytest.mark.slow      # ~12 s of training
 def test_short_go_nogo_training():
     m = EIRNN(3, 1, n_units=32, activation="relu", rec_noise=0.05, input_noise=0.05)
     res = train(m, "go_nogo", steps=200, progress=False)
