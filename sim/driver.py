@@ -72,14 +72,14 @@ def execute(art: Artifact, x: np.ndarray, step: StepFn, timesteps: int = 1,
     readout = art.node(art.output)
     shape = (0,) + ((x.shape[1],) if recurrent else ()) + tuple(readout.shape)
     lead = shape[:-len(readout.shape)] if readout.shape else shape
-    recorded = {r: _joined(v, lambda r=r: np.zeros(lead + tuple(art.node(r).shape), np.int64))
+    recorded = {r: joined(v, lambda r=r: np.zeros(lead + tuple(art.node(r).shape), np.int64))
                 for r, v in kept.items()}
-    return SimResult(_joined(outs, lambda: np.zeros(shape, np.float32)),
-                     _joined(accs, lambda: np.zeros(shape, np.int64)),
+    return SimResult(joined(outs, lambda: np.zeros(shape, np.float32)),
+                     joined(accs, lambda: np.zeros(shape, np.int64)),
                      stats, len(x), timesteps, recorded, readout.softmax)
 
 
-def _joined(parts: list[np.ndarray], empty) -> np.ndarray:
+def joined(parts: list[np.ndarray], empty) -> np.ndarray:
     """The batches' arrays end to end (one batch: itself, no copy; none: `empty()`)."""
     if len(parts) == 1:
         return parts[0]

@@ -36,6 +36,7 @@ class Builder:
         self.nodes, self.inits, self.count = [], [], 0
         self.in_shapes: list[tuple] = []   # per-sample shapes of the inputs of the node written
         self.in_bounds: list[float] = []   # bounds on their magnitudes (the kinds' `magnitude`)
+        self.bounds: dict[str, float] = {}  # every node's bound, as `write` reaches it
         self.rank = 1                      # the rank of its output, batch axis included
 
     def const(self, value, dtype=np.float32) -> str:
@@ -92,7 +93,7 @@ def write(b: Builder, nodes, form=None) -> dict[str, str]:
     node's own `emit`). Returns {node: its output tensor}."""
     values: dict[str, str] = {}
     shapes: dict[str, tuple] = {}
-    bounds: dict[str, float] = {}
+    bounds = b.bounds
     for node in nodes:
         ins = [values[i] for i in node.inputs]
         b.in_shapes = [shapes[i] for i in node.inputs]

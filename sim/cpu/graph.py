@@ -6,8 +6,8 @@ lowers the artifact once into an ONNX model of float operations on exact integer
 whole batch to onnxruntime, whose executor runs it without returning to Python.
 
 The model is the reference's (sim.emit: every kind's own `emit`, exact by the integer contract)
-with faster forms wherever a static bound (`bounds`: every value's magnitude from the inputs'
-levels, sim.ops' `magnitude`) proves them exact:
+with faster forms wherever a static bound (every value's magnitude from the inputs' levels,
+sim.ops' `magnitude`, as sim.emit.write reaches it) proves them exact:
 
 - the one-pass neuron as clip(floor((v + b + θ//2 + ½) · fl(1/θ)), lo, hi) in float32
   (kernels.Fire.reciprocal: exact for |v| + ½ < 2²²), or floor of the float32 quotient
@@ -41,9 +41,11 @@ from sim import emit, semantics
 from sim.artifact import Artifact
 from sim.cpu import program
 from sim.cpu.kernels import Fire, FirePlan, encode_input_exact
+from sim.driver import joined
 from sim.errors import SimulationError, UnsupportedOpError
 from sim.kernels import F32_EXACT
 from sim.ops.base import batched
+from sim.ops.dense import _accumulator
 from sim.results import LayerStats, SimResult, check_input
 
 # onnxruntime rewrites that multiply a kernel's weights by a following constant: exact only for
@@ -53,14 +55,6 @@ UNSAFE = ["ConvMulFusion", "MatMulScaleFusion"]
 
 class NotLowered(Exception):
     """The artifact (or a node of it) is outside what the graph engine serves."""
-
-
-def bounds(art: Artifact) -> dict[str, float]:
-    """A bound on |value| of every node in one T = 1 step (the kinds' `magnitude`)."""
-    out: dict[str, float] = {}
-    for node in art.nodes:
-        out[node.name] = float(node.magnitude([out[i] for i in node.inputs]))
-    return out
 
 
 def _readers(art: Artifact) -> dict[str, int]:
@@ -110,7 +104,7 @@ class Lowering:
         if art.recurrent:
             raise NotLowered("a recurrent artifact runs trials step by step")
         self.art, self.b = art, _Builder()
-        self.bound = bounds(art)
+        self.bound = self.b.bounds                # every node's static bound (sim.emit.write)
         self.double: set[str] = set()             # tensors held in float64 (`_wide`)
         self.nodes = {n.name: n for n in art.nodes}
         self.fused = program.fusions(art, keep)   # product/add → the one-pass neuron it feeds
@@ -308,8 +302,7 @@ def _weighted(lw: Lowering, node, ins, conv: bool):
     2^e goes into the weights (exact: the partial sums are multiples of 2^e below 2²⁴·2^e),
     floored after when e < 0."""
     w = node.weight.astype(np.float64)
-    acc = float(np.abs(w).sum(axis=(1, 2, 3) if conv else 1).max(initial=0)) * \
-        lw.bound[node.inputs[0]]
+    acc = _accumulator(node.weight, (1, 2, 3) if conv else (1,), lw.b)
     if acc >= F32_EXACT:
         return None
     exp = int(node.weight_exp)
@@ -468,22 +461,17 @@ class Engine:
             if progress is not None:
                 progress(len(acc))
         stats[self.art.input].clipped = clipped
-        empty = (0,) + self.shape
-        recorded = {name: _joined(k, (0,) + tuple(self.lowering.nodes[name].shape), np.int64)
+        empty = lambda shape, dtype: (lambda: np.zeros((0,) + tuple(shape), dtype))
+        recorded = {name: joined(k, empty(self.lowering.nodes[name].shape, np.int64))
                     for name, k in zip(self.keep, kept)}
-        return SimResult(_joined(logits, empty, np.float32), _joined(accs, empty, np.int64),
-                         stats, len(x), 1, recorded, self.softmax)
+        return SimResult(joined(logits, empty(self.shape, np.float32)),
+                         joined(accs, empty(self.shape, np.int64)), stats, len(x), 1, recorded,
+                         self.softmax)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _joined(parts: list, empty_shape: tuple, dtype) -> np.ndarray:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype)
 
 
 ENGINES: dict = {}
