@@ -7,11 +7,12 @@ bounds say so) is computed in float64 — a convolution in input-channel slices,
 having no float64 convolution — and its result cast back. A result itself beyond 2²⁴ rounds in
 that cast; read by a neuron, whose 24-bit state saturates beyond it, that changes nothing, but
 anywhere else the ONNX form is exact only while the values stay below 2²⁴ (the compiler's
-networks keep them there; sim.cpu's graph engine takes no artifact whose static bounds pass
-it). Two writers use it: the integer
-reference (toolchain.reference: the nodes' own forms, an oracle independent of both
-simulators) and sim.cpu's graph engine (sim/cpu/graph.py: faster forms where a static bound
-proves them exact, the nodes' own forms elsewhere).
+networks keep them there; sim.cpu's graph engine keeps such values in float64 tensors or
+leaves the run to its program).
+
+Two writers use it: the integer reference (toolchain.reference: the nodes' own forms, an oracle
+independent of both simulators) and sim.cpu's graph engine (sim/cpu/graph.py: faster forms
+where a static bound proves them exact, the nodes' own forms elsewhere).
 """
 from __future__ import annotations
 

@@ -204,10 +204,8 @@ def _input(lw: Lowering, node, ins):
     b = lw.b
     if max(abs(node.lo), abs(node.hi)) >= F32_EXACT:
         raise NotLowered(f"input {node.name!r}: levels beyond float32")
-    z = b.op("Floor", [b.op("Add", [b.op("Mul", [b.model_input,
-                                                 b.const(np.float32(node.inv_scale))]),
-                                    b.const(0.5)])])
-    out = b.op("Clip", [z, b.const(np.float32(node.lo)), b.const(np.float32(node.hi))])
+    z = node.encoded(b)
+    out = node.clipped(b, z)
     b.output("flag", "ReduceL1", [b.op("Sub", [z, out])], keepdims=0)
     lw.encoder = node
     return out
@@ -319,13 +317,11 @@ def _weighted(lw: Lowering, node, ins, conv: bool):
             scale = 2.0 ** max(exp, 0)
             bias = b.const((offset + 0.5).astype(np.float32))
             lw.biased[node.name] = (1.0 / (plan.fire.theta * up)).astype(np.float32)
-    weight = b.const((w * scale).astype(np.float32))
+    weight = (w * scale).astype(np.float32)
     if conv:
-        out = b.op("Conv", [ins[0], weight] + ([bias] if bias else []),
-                   strides=list(node.stride), pads=list(node.pads),
-                   dilations=list(node.dilation), group=node.groups)
+        out = node._conv(b, ins[0], weight, bias)
     else:
-        out = b.op("Gemm", [ins[0], weight] + ([bias] if bias else []), transB=1)
+        out = b.op("Gemm", [ins[0], b.const(weight)] + ([bias] if bias else []), transB=1)
     return b.op("Floor", [out]) if exp < 0 and bias is None else out
 
 

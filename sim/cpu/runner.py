@@ -191,10 +191,11 @@ class Session:
                             count=count, record=tuple(record))
         self.macs = sum(n.macs() for n in art.nodes)       # per sample and step
         self.graph = None
-        if engine != "program" and _refusal(art, timesteps, binary, count) is None:
+        why = _refusal(art, timesteps, binary, count)
+        if engine == "graph" and why is not None:
+            raise ValueError(f"the graph engine {why}")
+        if engine != "program" and why is None:
             self.graph = _lowered(art, record, engine)
-        elif engine == "graph":
-            raise ValueError(f"the graph engine {_refusal(art, timesteps, binary, count)}")
 
     def run(self, x: np.ndarray, progress=None) -> SimResult:
         """The run of `art` on x (`run`'s result)."""

@@ -104,6 +104,8 @@ class Conv(Windowed):
             start = stop
         return b.op("Cast", [b.shift(total, self.weight_exp, np.float64)], to=b.FLOAT)
 
-    def _conv(self, b, x: str, weight: np.ndarray) -> str:
-        return b.op("Conv", [x, b.const(weight)], strides=list(self.stride),
-                    pads=list(self.pads), dilations=list(self.dilation), group=self.groups)
+    def _conv(self, b, x: str, weight: np.ndarray, bias: str | None = None) -> str:
+        """This node's convolution of `x` by `weight` (float32 constants), plus `bias`."""
+        return b.op("Conv", [x, b.const(weight)] + ([bias] if bias else []),
+                    strides=list(self.stride), pads=list(self.pads),
+                    dilations=list(self.dilation), group=self.groups)

@@ -48,6 +48,12 @@ class Input(Node):
         return self.lo, self.hi
 
     def emit(self, b, ins):
+        return self.clipped(b, self.encoded(b))
+
+    def encoded(self, b) -> str:
+        """floor(x·inv_scale + 1/2) in float32, before the clip to the levels."""
         x = b.op("Mul", [b.model_input, b.const(np.float32(self.inv_scale))])
-        x = b.op("Floor", [b.op("Add", [x, b.const(0.5)])])
-        return b.op("Clip", [x, b.const(self.lo), b.const(self.hi)])
+        return b.op("Floor", [b.op("Add", [x, b.const(0.5)])])
+
+    def clipped(self, b, z: str) -> str:
+        return b.op("Clip", [z, b.const(self.lo), b.const(self.hi)])
