@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.ops import Node, node_from_record
-from sim.ops.base import EDGE, SINK, SOURCE, VALUE_LIMIT
+from sim.ops.base import EDGE, SINK, SOURCE, VALUE_LIMIT, counted_setattr
 from sim.errors import ArtifactError
 from sim.files import atomic_write, read_npy_header, read_user_file  # noqa: F401  (re-exported)
 
@@ -53,6 +53,8 @@ class Artifact:
     output: str
     meta: dict = field(default_factory=dict)
     record: dict[str, np.ndarray] = field(default_factory=dict)
+
+    __setattr__ = counted_setattr      # runtimes' caches notice a replaced field
 
     def node(self, name: str) -> Node:
         if self.nodes and self.nodes[-1].name == name:     # the readout, asked for most

@@ -13,6 +13,7 @@ from sim import kernels as contract
 from sim import semantics
 from sim.cpu import kernels, program, runner, torch_ops
 from sim.ir import Conv, Dense, SumPool
+from sim.ops import base
 from toolchain.compiler import compile_onnx
 
 DIGITS = Path(__file__).resolve().parents[1] / "toolchain" / "data" / "digits_cnn_relu.onnx"
@@ -501,6 +502,33 @@ def test_program_follows_replaced_parameters_and_is_dropped_with_its_artifact():
     del art
     gc.collect()
     assert not [k for k in program.PROGRAMS if k[0] == key]
+
+
+@pytest.mark.parametrize("engine", ["program", "graph"])
+def test_cached_runs_follow_a_node_swapped_in_the_list(engine):
+    """A run trusts its cached program or lowered model while no node or artifact field was
+    assigned (sim.ops.base.edits): a node replaced by another object inside the artifact's own
+    list — no field assignment anywhere — is still noticed, for both engines."""
+    import copy
+    compiled, _, test = nets.compiled("avgpool_cnn")
+    art = copy.deepcopy(compiled.artifact)
+    i, neuron = next((i, n) for i, n in enumerate(art.nodes) if n.kind == "neuron")
+    swapped = copy.copy(neuron)
+    swapped.bias = neuron.bias + 3 * np.asarray(neuron.threshold)     # three levels up
+    count = engine == "program"
+    before = sim.cpu.run(art, test, count=count, engine=engine)
+    again = sim.cpu.run(art, test, count=count, engine=engine)   # the cache's quick path
+    assert again.accumulator.tobytes() == before.accumulator.tobytes()
+    edits = base.edits()
+    art.nodes[i] = swapped
+    assert base.edits() == edits
+    after = sim.cpu.run(art, test, count=count, engine=engine)
+    assert not np.array_equal(after.accumulator, before.accumulator)
+    assert after.accumulator.tobytes() == sim.reference.run(art, test).accumulator.tobytes()
+    swapped.bias = neuron.bias                    # a field assigned: counted, noticed
+    assert base.edits() == edits + 1
+    back = sim.cpu.run(art, test, count=count, engine=engine)
+    assert back.accumulator.tobytes() == before.accumulator.tobytes()
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -380,7 +380,7 @@ FORMS = {"input": _input, "neuron": _neuron, "conv": _conv, "dense": _dense,
 
 class Engine:
     """The lowered model of one artifact with its onnxruntime sessions (one per thread count,
-    made on first use), and what a run needs besides (`simulate`), prepared once."""
+    made on first use, `caller`), and what a run needs besides (`simulate`), prepared once."""
 
     def __init__(self, art: Artifact, keep=()):
         self.art = art
@@ -398,7 +398,10 @@ class Engine:
         self.refused: NotLowered | None = None     # onnxruntime would not load the model
         self._lock = threading.Lock()
 
-    def session(self, threads: int):
+    def caller(self, threads: int):
+        """The call that runs the model on `threads` threads: run(names, feeds, options) of
+        an onnxruntime session made on first use (NotLowered where onnxruntime refuses the
+        model)."""
         import onnxruntime as ort
         with self._lock:
             if self.refused is not None:
@@ -411,26 +414,31 @@ class Engine:
                 if threads > 1:     # wait passively, as sim's OpenMP policy (sim/__init__.py)
                     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
-                    self._sessions[threads] = ort.InferenceSession(
+                    sess = ort.InferenceSession(
                         self.bytes, opts, providers=["CPUExecutionProvider"],
                         disabled_optimizers=UNSAFE)
                 except Exception as exc:  # noqa: BLE001 - any refusal: the program runs it
                     self.refused = NotLowered("onnxruntime refused the lowered model: "
                                               f"{_first_line(exc)}")
                     raise self.refused from exc
+                # the binding's own run(names, feeds, options): InferenceSession.run checks the
+                # feed's names against the model's at every call (a few µs at one sample),
+                # which this engine's fixed feed does not need
+                binding = getattr(sess, "_sess", None)
+                self._sessions[threads] = binding.run if hasattr(binding, "run") else sess.run
             return self._sessions[threads]
 
     def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, int, list]:
         """(accumulator int64, logits, inputs clipped, [kept values, int64]) of one float32
         batch of finite values (a ShapeError from sim.results.check_input otherwise)."""
-        sess = self.session(threads)
+        run = self._sessions.get(threads) or self.caller(threads)
         try:
-            acc, logits, flag, *kept = sess.run(self.names, {"input": x})
+            acc, logits, flag, *kept = run(self.names, {"input": x}, None)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
             raise SimulationError(f"the graph engine's onnxruntime run failed: "
                                   f"{_first_line(exc)}") from exc
         clipped = 0
-        if flag != 0:      # a non-finite input (refused here) or clipped ones (counted)
+        if flag.item() != 0:      # a non-finite input (refused here) or clipped ones (counted)
             check_input(self.art, x)
             enc = self.lowering.encoder
             clipped = encode_input_exact(x, enc.inv_scale, enc.lo, enc.hi)[1]
@@ -445,24 +453,26 @@ class Engine:
                 x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1):
             x = check_input(self.art, x)
         stats = {name: LayerStats(neurons=k) for name, k in self.neurons}
-        accs, logits, kept = [], [], [[] for _ in self.keep]
-        clipped = 0
-        for start in range(0, len(x), batch_size):
-            acc, lg, c, values = self.run(x[start:start + batch_size], threads)
-            accs.append(acc)
-            logits.append(lg)
-            clipped += c
-            for k, v in zip(kept, values):
-                k.append(v)
+        if 0 < len(x) <= batch_size:        # one batch, the common case: nothing to join
+            acc, logits, clipped, kept = self.run(x, threads)
             if progress is not None:
                 progress(len(acc))
+            recorded = dict(zip(self.keep, kept))
+        else:
+            parts = []
+            for start in range(0, len(x), batch_size):
+                parts.append(self.run(x[start:start + batch_size], threads))
+                if progress is not None:
+                    progress(len(parts[-1][0]))
+            empty = lambda shape, dtype: (lambda: np.zeros((0,) + tuple(shape), dtype))
+            acc = joined([p[0] for p in parts], empty(self.shape, np.int64))
+            logits = joined([p[1] for p in parts], empty(self.shape, np.float32))
+            clipped = sum(p[2] for p in parts)
+            recorded = {name: joined([p[3][i] for p in parts],
+                                     empty(self.lowering.nodes[name].shape, np.int64))
+                        for i, name in enumerate(self.keep)}
         stats[self.art.input].clipped = clipped
-        empty = lambda shape, dtype: (lambda: np.zeros((0,) + tuple(shape), dtype))
-        recorded = {name: joined(k, empty(self.lowering.nodes[name].shape, np.int64))
-                    for name, k in zip(self.keep, kept)}
-        return SimResult(joined(logits, empty(self.shape, np.float32)),
-                         joined(accs, empty(self.shape, np.int64)), stats, len(x), 1, recorded,
-                         self.softmax)
+        return SimResult(logits, acc, stats, len(x), 1, recorded, self.softmax)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ from sim.cpu.kernels import (Fire, FirePlan, StatePlan, conv2d_exact, dense_exac
                              encode_input_exact, encode_input_u8, sum_pool_exact)
 from sim.cpu.weights import Weights
 from sim.driver import as_int
-from sim.ops.base import batched
+from sim.ops.base import batched, edits
 from sim.results import LayerStats
 
 BUILDERS: dict = {}
@@ -799,15 +799,33 @@ def program(art: Artifact, keep, mode: str, use_torch: bool) -> Program:
                   art, lambda: Program(art, keep, mode, use_torch))
 
 
+class _Entry:
+    """What `cached` keeps: the artifact (weakly), the objects the value was built from, the
+    value, and the edit count (sim.ops.base.edits) at its last full comparison."""
+    __slots__ = ("art", "signature", "nodes", "value", "edits")
+
+    def __init__(self, art, signature: list, value, edits: int):
+        self.art, self.signature, self.value, self.edits = art, signature, value, edits
+        self.nodes = signature[0][:]
+
+
 def cached(store: dict, key: tuple, art: Artifact, build):
     """store[key]'s object, made by `build()` for `art` and reused while the artifact holds the
     very same objects (the entry keeps them alive, so their ids cannot be reused while it
-    stands; it goes when the artifact does)."""
-    sig = _signature(art)
+    stands; it goes when the artifact does). While no node or artifact field was assigned
+    since the last comparison (sim.ops.base.edits), the node list alone is compared."""
     hit = store.get(key)
-    if hit is not None and hit[0]() is art and len(hit[1]) == len(sig) \
-            and all(map(operator.is_, hit[1], sig)):
-        return hit[2]
+    now = edits()
+    if hit is not None and hit.art() is art:
+        nodes = art.nodes
+        if hit.edits == now and len(hit.nodes) == len(nodes) \
+                and all(map(operator.is_, hit.nodes, nodes)):
+            return hit.value
+        sig = _signature(art)
+        if len(hit.signature) == len(sig) and all(map(operator.is_, hit.signature, sig)):
+            hit.edits = now
+            return hit.value
+    sig = _signature(art)
     built = build()
-    store[key] = (weakref.ref(art, lambda _r, k=key: store.pop(k, None)), sig, built)
+    store[key] = _Entry(weakref.ref(art, lambda _r, k=key: store.pop(k, None)), sig, built, now)
     return built

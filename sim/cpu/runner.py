@@ -76,13 +76,13 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     run on (a single run does not repay the lowering), else the program. Both give the same
     integers.
     """
-    if (timesteps > 1 or binary) and not art.recurrent:
-        largest = max((math.prod(n.shape) for n in art.nodes), default=1)
-        batch_size = min(batch_size, max(1, LAYERED_ELEMENTS // (timesteps * largest)))
+    facts = _facts(art)
+    if (timesteps > 1 or binary) and not facts.recurrent:
+        batch_size = min(batch_size, max(1, LAYERED_ELEMENTS // (timesteps * facts.largest)))
     macs = None
     if threads is None and USE_TORCH and torch_ops.available():
         macs = _macs(art, x, timesteps)
-        threads = torch_ops.default_threads(macs, len(art.nodes))
+        threads = torch_ops.default_threads(macs, facts.nodes)
     eng = _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs)
     if eng is not None:
         result = _simulate(eng, x, threads, batch_size, progress, engine)
@@ -120,11 +120,29 @@ def _rows(x) -> int:
     return shape[0] if shape else 0
 
 
+class _Facts:
+    """What every run asks of an artifact, found once per artifact (program.cached)."""
+
+    def __init__(self, art: Artifact):
+        self.macs = sum(n.macs() for n in art.nodes)       # per sample and step
+        self.nodes = len(art.nodes)
+        self.recurrent = art.recurrent
+        self.largest = max((math.prod(n.shape) for n in art.nodes), default=1)
+
+
+FACTS: dict = {}
+
+
+def _facts(art: Artifact) -> _Facts:
+    return program.cached(FACTS, (id(art),), art, lambda: _Facts(art))
+
+
 def _macs(art: Artifact, x, timesteps: int) -> int:
     """Multiply-accumulates of a run on x (every step of it)."""
     shape = np.shape(x)
-    steps = (shape[1] if len(shape) > 1 else 1) if art.recurrent else timesteps
-    return sum(n.macs() for n in art.nodes) * (shape[0] if shape else 0) * steps
+    facts = _facts(art)
+    steps = (shape[1] if len(shape) > 1 else 1) if facts.recurrent else timesteps
+    return facts.macs * (shape[0] if shape else 0) * steps
 
 
 def _check_engine(engine) -> None:
@@ -134,7 +152,7 @@ def _check_engine(engine) -> None:
 
 def _refusal(art, timesteps, binary, count) -> str | None:
     """Why the graph engine cannot serve such a run, or None."""
-    if timesteps != 1 or binary or art.recurrent:
+    if timesteps != 1 or binary or _facts(art).recurrent:
         return "runs T = 1 graded feed-forward passes only"
     if count:
         return "does not count activity (run with count=False)"
@@ -189,7 +207,7 @@ class Session:
         self.art, self.engine, self.threads = art, engine, threads
         self.options = dict(timesteps=timesteps, binary=binary, batch_size=batch_size,
                             count=count, record=tuple(record))
-        self.macs = sum(n.macs() for n in art.nodes)       # per sample and step
+        self.macs = _facts(art).macs
         self.graph = None
         why = _refusal(art, timesteps, binary, count)
         if engine == "graph" and why is not None:

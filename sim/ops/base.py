@@ -34,6 +34,23 @@ MAX_WINDOW_OPS = 2 ** 34       # multiply-accumulates (or window taps) of one wi
 VALUE_LIMIT = 2 ** 40          # |value| any node can reach in one step (magnitude bound): the
 #                                sums of T ≤ 4096 steps stay exact in int64 and float64
 
+# Every assignment to a field of a node or an artifact counts here (`counted_setattr`): what a
+# runtime built from an artifact (sim.cpu.program.cached) trusts its last full comparison of
+# the artifact's objects for as long as the count stands still.
+_EDITS = [0]
+
+
+def edits() -> int:
+    """Assignments to node and artifact fields so far in this process."""
+    return _EDITS[0]
+
+
+def counted_setattr(obj, name: str, value) -> None:
+    """object.__setattr__, counted in `edits()`."""
+    _EDITS[0] += 1
+    object.__setattr__(obj, name, value)
+
+
 # roles: what a node is to the runtimes
 SOURCE, SYNAPSE, INDEX, NEURON, SINK, EDGE = "source", "synapse", "index", "neuron", "sink", "edge"
 
@@ -88,6 +105,8 @@ class Node:
     array_dtypes: ClassVar[dict[str, type]] = {}
     # how many inputs it reads: an int, or None for one or more
     arity: ClassVar[int | None] = 1
+
+    __setattr__ = counted_setattr
 
     # --- serialization --------------------------------------------------------------------
     def params(self) -> dict:
