@@ -11,7 +11,7 @@ import sim.reference
 from compare import assert_same
 from sim import ir, semantics
 from sim.artifact import Artifact
-from sim.cpu import graph, kernels, program, torch_ops
+from sim.cpu import graph, kernels, ort_ops, program, torch_ops
 
 
 def _fire_or_skip():
@@ -121,6 +121,47 @@ def test_dense_stack_takes_the_kernel_fire():
     # the first layer reads pixels ≤ 255 with 8-bit weights: int8 only with VNNI
     assert len(calls) >= 2
     assert_same(got, sim.reference.run(art, x, count=False))
+
+
+def test_wide_dense_is_exact_at_the_extremes_iff_the_probe_says_so():
+    """onnxruntime's u8·u8 product (ort_ops.WideDense) on 8-bit pixels and full int8 weights:
+    x = 255 against w = 127, w = −128 and alternating signs, at the largest fan-in it takes and
+    a random one, equals int64 exactly when the once-per-process probe turned the path on; a
+    fan-in beyond MAX_FAN_IN or weights beyond int8 are refused."""
+    rng = np.random.default_rng(3)
+    for k in (ort_ops.MAX_FAN_IN, 777):
+        w = np.stack([np.full(k, 127), np.full(k, -128), np.resize([127, -128], k),
+                      rng.integers(-128, 128, k)])
+        x = np.stack([np.full(k, 255), np.resize([255, 0], k), rng.integers(0, 256, k)])
+        got = ort_ops.WideDense(w)(x.astype(np.uint8), 2)
+        want = x @ w.T           # at the largest fan-in, sums beyond float32's 2²⁴
+        assert np.array_equal(got.astype(np.int64), want) == ort_ops.usable()
+    with pytest.raises(ValueError):
+        ort_ops.WideDense(np.ones((2, ort_ops.MAX_FAN_IN + 1), np.int64))
+    with pytest.raises(ValueError):
+        ort_ops.WideDense(np.full((2, 3), 128))
+
+
+@pytest.mark.parametrize("exps", [(1, 0), (-2, 0)])
+def test_pixel_dense_layer_takes_the_wide_product(exps):
+    """A first dense layer of 255-level pixels and full 8-bit weights (outside the int16 pair
+    class without VNNI) runs as onnxruntime's exact u8·u8 product where the probe allows (the
+    neuron's offset added after it, or the right shift floored after it), on one thread and two,
+    counted and not: equal to the int64 runner."""
+    rng = np.random.default_rng(11)
+    art = _dense_stack(rng, [300, 64, 10], [15, 15], [100, 1], list(exps))
+    x = rng.uniform(0, 12, (40, 300)).astype(np.float32)
+    calls = []
+    real = ort_ops.WideDense.__call__
+    try:
+        ort_ops.WideDense.__call__ = lambda *a: calls.append(1) or real(*a)
+        for threads in (1, 2):
+            assert_same(sim.cpu.run(art, x, count=False, threads=threads, engine="program"),
+                        sim.reference.run(art, x, count=False))
+        assert_same(sim.cpu.run(art, x), sim.reference.run(art, x))
+    finally:
+        ort_ops.WideDense.__call__ = real
+    assert len(calls) == (3 if ort_ops.usable() else 0)
 
 
 @pytest.mark.parametrize("binary", [False, True])

@@ -32,7 +32,7 @@ import numpy as np
 
 from sim import driver, kernels, ops, semantics
 from sim.artifact import Artifact
-from sim.cpu import torch_ops
+from sim.cpu import ort_ops, torch_ops
 from sim.cpu.kernels import (Fire, FirePlan, StatePlan, conv2d_exact, dense_exact,
                              encode_input_exact, encode_input_u8, sum_pool_exact)
 from sim.cpu.weights import Weights
@@ -408,6 +408,17 @@ def _product(p: Program, node):
     int8 = use_torch and nonneg and w.int8() is not None
     static8 = int8 and fixed is not None and fixed[0].dtype == np.float32 and \
         w.int8().usable(bx)
+    # an 8-bit payload times 8-bit weights outside that class (pixels into a dense layer, on
+    # a CPU without VNNI): onnxruntime's exact u8·u8 product (sim.cpu.ort_ops), its int32
+    # accumulator exact in float32 under the static float32 bound
+    wide = None
+    if dense and use_torch and nonneg and not static8 and fixed is not None and \
+            fixed[0].dtype == np.float32 and bx <= 255 and \
+            node.weight.shape[1] <= ort_ops.MAX_FAN_IN and ort_ops.usable():
+        m = torch_ops.mantissas(node.weight, node.weight_exp)
+        if m is not None:
+            wide = (ort_ops.WideDense(m[0]), 2.0 ** m[1])
+            p.u8.add(src)
     if static8:
         p.u8.add(src)
     min_rows = 1 if node.macs() >= INT8_ONE_ROW_MACS else INT8_MIN_ROWS
@@ -450,6 +461,9 @@ def _product(p: Program, node):
             if bias is not None and id(bias) not in biases:
                 biases[id(bias)] = torch_ops.tensor(np.asarray(bias, np.float32).reshape(-1))
             out = torch_ops.product_int8(x, w.int8(), None if bias is None else biases[id(bias)])
+        if out is None and wide is not None and x.shape[0] >= min_rows:
+            out = torch_ops.scaled(wide[0](_np(x).reshape(x.shape[0], -1),
+                                           torch_ops.threads()), wide[1], bias)
         if out is None and use_torch:
             out = torch_ops.dense(x, wf, wf.dtype, bias) if dense else \
                 torch_ops.conv2d(x, wf, node.stride, node.pads, node.dilation, node.groups,

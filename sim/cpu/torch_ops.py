@@ -223,6 +223,25 @@ def _tensor(torch, a, dtype=None):
     return tensor(a, dtype)
 
 
+def threads() -> int:
+    """torch's intra-op thread count (the run's, inside `session`)."""
+    torch = _torch()
+    return torch.get_num_threads() if torch else 1
+
+
+def scaled(acc: np.ndarray, scale: float, bias=None):
+    """float32(acc) · scale + bias as a float32 tensor, for integer accumulators the caller
+    bounded below 2²⁴ (exact conversion), a power-of-two `scale` and a float32 `bias`
+    broadcasting against it whose sums the caller bounded below 2²⁴ (exact additions)."""
+    torch = _torch()
+    out = torch.from_numpy(acc).to(torch.float32)
+    if scale != 1.0:
+        out.mul_(scale)
+    if bias is not None:
+        out.add_(tensor(bias, np.float32))
+    return out
+
+
 def conv2d(x, weight: np.ndarray, stride, pads, dilation, groups, dtype,
            bias: np.ndarray | None = None):
     """conv2d of (B, C, H, W) exact integers (any dtype, array or tensor) by float `weight`
@@ -592,7 +611,7 @@ class Int8:
         return xmax <= 255 and xmax * self.wmax <= _INT8_LIMIT
 
 
-def _mantissas(weight: np.ndarray, exp: int):
+def mantissas(weight: np.ndarray, exp: int):
     """(int8 mantissas, exponent, max|w|) with a common power of two moved into the exponent
     (Lava's 8-bit mixed-sign weights are stored as even 9-bit values 2·k, |k| ≤ 127), or None
     beyond int8."""
@@ -621,7 +640,7 @@ def pack_int8_conv(weight: np.ndarray, exp: int, stride, pads, dilation, groups)
                                                   + weight.shape[2:], np.int64)], axis=1)
     if cin * int(np.prod(weight.shape[2:])) < INT8_MIN_TAPS:
         return None
-    m = _mantissas(weight, exp)
+    m = mantissas(weight, exp)
     if m is None:
         return None
     params = ([int(s) for s in stride], [top, left], [int(d) for d in dilation], int(groups))
@@ -639,7 +658,7 @@ def pack_int8_dense(weight: np.ndarray, exp: int) -> Int8 | None:
     torch = _torch()
     if not torch or weight.ndim != 2 or not int8_limit(torch):
         return None
-    m = _mantissas(weight, exp)
+    m = mantissas(weight, exp)
     if m is None:
         return None
     try:

@@ -1,0 +1,100 @@
+"""onnxruntime's integer matrix product for sim.cpu's program: a dense layer of 8-bit payloads
+(0…255, pixels) and 8-bit weights, exact, where torch has no fast exact kernel.
+
+oneDNN's u8·s8 kernels (torch_ops' int8 path) sum pairs of products in saturating int16 on CPUs
+without VNNI, exact only while max x · max |w| ≤ 2¹⁴ − 1: an 8-bit input times full 8-bit weights
+is outside that class and would run in float32. onnxruntime's MatMulInteger with *unsigned*
+weights takes MLAS's u8·u8 kernel, which widens both operands to 16 bits and sums pairs into
+int32 (no saturating step): the weights are stored as w + 128 with zero point 128, and MLAS
+subtracts 128·Σx per row in int32. Exact while every partial sum fits int32:
+K · 255 · 255 < 2³¹ (K the fan-in), which `WideDense` requires. A probe with the extreme operands
+(`usable`) checks that once per process; any failure or exception turns the path off and the
+float32 kernel runs instead.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+# the fan-in up to which K · 255 · 255 (the largest partial sum of u8·u8 products, zero point
+# included) stays below 2³¹
+MAX_FAN_IN = (2 ** 31 - 1) // (255 * 255)
+
+_STATE: dict[str, bool] = {}
+
+
+def _model(weight_u8: np.ndarray) -> bytes:
+    """MatMulInteger(x uint8 (N, K), W + 128 uint8 (K, F), 0, 128) → int32 (N, F)."""
+    from onnx import TensorProto, helper, numpy_helper
+    k, f = weight_u8.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["x", "w", "x_zero", "w_zero"], ["y"])],
+        "sfn_cpu_wide_dense",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [None, f])],
+        [numpy_helper.from_array(weight_u8, "w"),
+         numpy_helper.from_array(np.array(0, np.uint8), "x_zero"),
+         numpy_helper.from_array(np.array(128, np.uint8), "w_zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                             producer_name="sfn-toolchain sim.cpu").SerializeToString()
+
+
+class WideDense:
+    """x @ Wᵀ for uint8 x (N, K) and int8 mantissas W (F, K), as int32 (N, F), by onnxruntime
+    (module docstring); one onnxruntime session per thread count, made on first use."""
+
+    def __init__(self, mantissas: np.ndarray):
+        m = np.asarray(mantissas, np.int16)
+        if m.ndim != 2 or m.shape[1] > MAX_FAN_IN or m.min(initial=0) < -128 or \
+                m.max(initial=0) > 127:
+            raise ValueError("WideDense takes int8 weights (F, K) with K ≤ MAX_FAN_IN")
+        self.bytes = _model(np.ascontiguousarray((m.T + 128).astype(np.uint8)))
+        self._runs: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def _run(self, threads: int):
+        import onnxruntime as ort
+        with self._lock:
+            if threads not in self._runs:
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                if threads > 1:       # wait passively, as sim's OpenMP policy (sim/__init__.py)
+                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                sess = ort.InferenceSession(self.bytes, opts,
+                                            providers=["CPUExecutionProvider"])
+                # the binding's own run: InferenceSession.run checks the feed's names at every
+                # call, which this fixed feed does not need
+                binding = getattr(sess, "_sess", None)
+                self._runs[threads] = binding.run if hasattr(binding, "run") else sess.run
+            return self._runs[threads]
+
+    def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        run = self._runs.get(threads) or self._run(threads)
+        return run(["y"], {"x": np.ascontiguousarray(x, np.uint8)}, None)[0]
+
+
+def usable() -> bool:
+    """onnxruntime's u8·u8 product is exact on this machine: extreme operands (x = 255 with
+    w = 127, w = −128 and alternating signs, at the largest fan-in) and random ones against
+    int64, once per process; False when onnxruntime is missing or refuses."""
+    if "usable" not in _STATE:
+        _STATE["usable"] = _probe()
+    return _STATE["usable"]
+
+
+def _probe() -> bool:
+    try:
+        rng = np.random.default_rng(0)
+        k = MAX_FAN_IN
+        w = np.stack([np.full(k, 127), np.full(k, -128), np.resize([127, -128], k),
+                      rng.integers(-128, 128, k)]).astype(np.int8)
+        x = np.stack([np.full(k, 255), rng.integers(0, 256, k),
+                      np.resize([255, 0], k)]).astype(np.uint8)
+        got = WideDense(w)(x, 1)
+        return got.dtype == np.int32 and np.array_equal(
+            got.astype(np.int64), x.astype(np.int64) @ w.astype(np.int64).T)
+    except Exception:  # noqa: BLE001 - any failure: the float32 path runs
+        return False
