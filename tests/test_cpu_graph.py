@@ -248,6 +248,41 @@ def test_products_beyond_float32_stay_exact(name):
     assert_same(_graph(art, x, batch_size=len(x)), want)
 
 
+@pytest.mark.parametrize("conv", [False, True])
+def test_one_sided_bound_keeps_pixel_layers_in_float32(conv):
+    """8-bit pixels (never negative) into weights whose Σ|w|·255 passes 2²⁴ but whose larger
+    one-sided sum Σw⁺·255 stays below (a right shift keeps the neuron's state within 24 bits):
+    every partial sum lies within the one-sided bounds, so
+    the graph engine multiplies in float32 (no float64 cast in its model) and equals the int64
+    oracle at the extremes (all pixels 255, the positive and the negative weights' halves
+    lit)."""
+    fan = 2048
+    w = np.resize(np.array([64, -64], np.int16), (4, fan))      # Σw⁺·255 = 1.67·10⁷
+    w[1:] = np.resize(np.array([60, -60, 3], np.int16), (3, fan))
+    if conv:
+        shape, kernel = (fan // 16, 4, 4), w.reshape(4, fan // 16, 4, 4)
+        layer = ir.Conv("p", ("x",), (4, 1, 1), weight=kernel, weight_exp=-2,
+                        stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1)
+    else:
+        shape = (fan,)
+        layer = ir.Dense("p", ("x",), (4,), weight=w, weight_exp=-2)
+    out = (4, 1, 1) if conv else (4,)
+    art = Artifact([ir.Input("x", (), shape, inv_scale=1.0, lo=0, hi=255), layer,
+                    ir.Neuron("n", ("p",), out, threshold=np.full(out, 2 ** 12),
+                              bias=np.zeros(out, np.int64), lo=-2 ** 11, hi=2 ** 11),
+                    _readout("n", out)], "x", "y")
+    art.validate()
+    assert float(np.abs(w.astype(np.int64)).sum(axis=1).max()) * 255 >= 2 ** 24
+    x = np.random.default_rng(4).uniform(0, 255, (40, fan)).astype(np.float32)
+    x[:3] = 255.0
+    x[3:6] = np.resize(np.array([255.0, 0.0], np.float32), fan)
+    x[6:9] = np.resize(np.array([0.0, 255.0], np.float32), fan)
+    x = x.reshape((40,) + shape)
+    model = graph.Lowering(art).model
+    assert not [n for n in model.graph.node if n.op_type == "Cast"]
+    assert_same(_graph(art, x), sim.reference.run(art, x, count=False))
+
+
 def test_a_current_beyond_float32_saturates_its_neuron_alike():
     """A current beyond 2²⁴ (a dense layer without a right shift): the reference ONNX rounds it
     to float32, which the neuron's saturation makes harmless; the graph engine takes no such

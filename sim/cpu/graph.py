@@ -37,7 +37,7 @@ import threading
 
 import numpy as np
 
-from sim import emit, semantics
+from sim import emit, ops, semantics
 from sim.artifact import Artifact
 from sim.cpu import program
 from sim.cpu.kernels import Fire, FirePlan, encode_input_exact
@@ -107,6 +107,7 @@ class Lowering:
         self.bound = self.b.bounds                # every node's static bound (sim.emit.write)
         self.double: set[str] = set()             # tensors held in float64 (`_wide`)
         self.nodes = {n.name: n for n in art.nodes}
+        self.nonneg = ops.nonnegative(art.nodes)  # never-negative values: one-sided bounds
         self.fused = program.fusions(art, keep)   # product/add → the one-pass neuron it feeds
         self.biased: dict[str, np.ndarray] = {}   # product → fl(1/θ') of the neuron it feeds
         self.reciprocals: list[str] = []          # the fires' multiplications by fl(1/θ)
@@ -289,7 +290,8 @@ def _compact(a: np.ndarray) -> np.ndarray:
 
 
 def _weighted(lw: Lowering, node, ins, conv: bool):
-    """A convolution or dense layer in float32 (every partial sum below Σ|w|·max|x| < 2²⁴).
+    """A convolution or dense layer in float32 (every partial sum below Σ|w|·max|x| < 2²⁴, or
+    below the larger one-sided sum max(Σw⁺, Σ|w⁻|)·max x for a never-negative input).
 
     When it alone feeds a one-pass neuron, the neuron's offset is its bias and the neuron
     multiplies by fl(1/θ') (`Lowering.biased`): with exponent e ≥ 0 the weights carry 2^e and
@@ -300,7 +302,8 @@ def _weighted(lw: Lowering, node, ins, conv: bool):
     2^e goes into the weights (exact: the partial sums are multiples of 2^e below 2²⁴·2^e),
     floored after when e < 0."""
     w = node.weight.astype(np.float64)
-    acc = _accumulator(node.weight, (1, 2, 3) if conv else (1,), lw.b)
+    acc = _accumulator(node.weight, (1, 2, 3) if conv else (1,), lw.b,
+                       node.inputs[0] in lw.nonneg)
     if acc >= F32_EXACT:
         return None
     exp = int(node.weight_exp)
