@@ -531,6 +531,44 @@ def test_cached_runs_follow_a_node_swapped_in_the_list(engine):
     assert back.accumulator.tobytes() == before.accumulator.tobytes()
 
 
+@pytest.mark.parametrize("kernel,stride,pads", [((3, 3), (1, 1), (1, 1, 1, 1)),
+                                                ((2, 5), (2, 1), (0, 2, 1, 0)),
+                                                ((4, 1), (3, 2), (2, 0, 2, 0)),
+                                                ((1, 1), (2, 2), (0, 0, 0, 0))])
+def test_one_channel_convolution_as_one_matrix_product(kernel, stride, pads):
+    """A grey first layer runs as one matrix product over its stacked taps
+    (torch_ops._conv_one_channel): non-square kernels, unequal strides and asymmetric padding,
+    with and without its neuron's offset, equal to the int64 runner."""
+    from sim import ir
+    from sim.artifact import Artifact
+    rng = np.random.default_rng(sum(kernel) + 10 * sum(stride))
+    kh, kw = kernel
+    h, w = 11, 9
+    ho = (h + pads[0] + pads[2] - kh) // stride[0] + 1
+    wo = (w + pads[1] + pads[3] - kw) // stride[1] + 1
+    co = 6
+    nodes = [ir.Input("x", (), (1, h, w), inv_scale=20.0, lo=0, hi=255),
+             ir.Conv("c", ("x",), (co, ho, wo), weight=rng.integers(-127, 128, (co, 1, kh, kw))
+                     .astype(np.int16), weight_exp=0, stride=stride, pads=pads, dilation=(1, 1)),
+             ir.Neuron("n", ("c",), (co, ho, wo), threshold=rng.integers(1, 900, (co, 1, 1)),
+                       bias=rng.integers(-500, 500, (co, 1, 1)), lo=0, hi=15),
+             ir.Readout("y", ("n",), (co, ho, wo), scale=np.ones((co, ho, wo), np.float32),
+                        bias=np.zeros((co, ho, wo), np.int64))]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    x = rng.uniform(0, 14, (40, 1, h, w)).astype(np.float32)
+    calls = []
+    real = torch_ops._conv_one_channel
+    try:
+        torch_ops._conv_one_channel = lambda *a: calls.append(1) or real(*a)
+        _same(sim.cpu.run(art, x, engine="program"), sim.reference.run(art, x))
+        _same(sim.cpu.run(art, x, count=False, threads=1, engine="program"),
+              sim.reference.run(art, x, count=False))
+    finally:
+        torch_ops._conv_one_channel = real
+    assert calls
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_program_equals_reference_on_random_conv_stacks(seed):
     """Random two-conv stacks with few input channels (the int8 path pads them to four), random

@@ -306,9 +306,13 @@ def _conv_one_channel(torch, xt, wt, stride, padding, bias, dtype):
     img = xt[:, 0]
     if ph or pw:
         img = torch.nn.functional.pad(img, (pw, pw, ph, ph))
-    taps = img.unfold(1, kh, sh).unfold(2, kw, sw)          # (B, Ho, Wo, kh, kw)
-    b, ho, wo = taps.shape[:3]
-    cols = taps.reshape(b * ho * wo, kh * kw)
+    b = img.shape[0]
+    ho, wo = (img.shape[1] - kh) // sh + 1, (img.shape[2] - kw) // sw + 1
+    # the taps stacked last, (B, Ho, Wo, kh·kw): one strided copy per tap is several times
+    # faster than copying an unfold's (…, kh, kw) windows
+    cols = torch.stack([img[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+                        for i in range(kh) for j in range(kw)], dim=-1).reshape(b * ho * wo,
+                                                                               kh * kw)
     w2 = wt.reshape(co, kh * kw).T
     out = torch.mm(cols, w2) if bias is None else \
         torch.addmm(const(bias, dtype).reshape(-1), cols, w2)
