@@ -39,7 +39,7 @@ import numpy as np
 
 from sim import emit, ops, semantics
 from sim.artifact import Artifact
-from sim.cpu import program
+from sim.cpu import ort_ops, program
 from sim.cpu.kernels import Fire, FirePlan, encode_input_exact
 from sim.driver import joined
 from sim.errors import SimulationError, UnsupportedOpError
@@ -405,30 +405,16 @@ class Engine:
         """The call that runs the model on `threads` threads: run(names, feeds, options) of
         an onnxruntime session made on first use (NotLowered where onnxruntime refuses the
         model)."""
-        import onnxruntime as ort
         with self._lock:
             if self.refused is not None:
                 raise self.refused
             if threads not in self._sessions:
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
-                opts.log_severity_level = 3
-                if threads > 1:     # wait passively, as sim's OpenMP policy (sim/__init__.py)
-                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
-                    sess = ort.InferenceSession(
-                        self.bytes, opts, providers=["CPUExecutionProvider"],
-                        disabled_optimizers=UNSAFE)
+                    self._sessions[threads] = ort_ops.session_run(self.bytes, threads, UNSAFE)
                 except Exception as exc:  # noqa: BLE001 - any refusal: the program runs it
                     self.refused = NotLowered("onnxruntime refused the lowered model: "
                                               f"{_first_line(exc)}")
                     raise self.refused from exc
-                # the binding's own run(names, feeds, options): InferenceSession.run checks the
-                # feed's names against the model's at every call (a few µs at one sample),
-                # which this engine's fixed feed does not need
-                binding = getattr(sess, "_sess", None)
-                self._sessions[threads] = binding.run if hasattr(binding, "run") else sess.run
             return self._sessions[threads]
 
     def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, int, list]:

@@ -1,5 +1,7 @@
-"""onnxruntime's integer matrix product for sim.cpu's program: a dense layer of 8-bit payloads
-(0…255, pixels) and 8-bit weights, exact, where torch has no fast exact kernel.
+"""sim.cpu's onnxruntime pieces: a session as sim.cpu runs one (`session_run`, for the graph
+engine's model and the product below), and the integer matrix product of the program's dense
+layers of 8-bit payloads (0…255, pixels) and 8-bit weights, exact, where torch has no fast
+exact kernel (`WideDense`).
 
 oneDNN's u8·s8 kernels (torch_ops' int8 path) sum pairs of products in saturating int16 on CPUs
 without VNNI, exact only while max x · max |w| ≤ 2¹⁴ − 1: an 8-bit input times full 8-bit weights
@@ -54,26 +56,34 @@ class WideDense:
         self._lock = threading.Lock()
 
     def _run(self, threads: int):
-        import onnxruntime as ort
         with self._lock:
             if threads not in self._runs:
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
-                opts.log_severity_level = 3
-                if threads > 1:       # wait passively, as sim's OpenMP policy (sim/__init__.py)
-                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                sess = ort.InferenceSession(self.bytes, opts,
-                                            providers=["CPUExecutionProvider"])
-                # the binding's own run: InferenceSession.run checks the feed's names at every
-                # call, which this fixed feed does not need
-                binding = getattr(sess, "_sess", None)
-                self._runs[threads] = binding.run if hasattr(binding, "run") else sess.run
+                self._runs[threads] = session_run(self.bytes, threads)
             return self._runs[threads]
 
     def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
         run = self._runs.get(threads) or self._run(threads)
         return run(["y"], {"x": np.ascontiguousarray(x, np.uint8)}, None)[0]
+
+
+def session_run(model: bytes, threads: int, disabled_optimizers=()):
+    """run(names, feeds, options) of a new onnxruntime CPU session of `model` on `threads`
+    intra-op threads (waiting passively between operations when more than one, as sim's
+    OpenMP policy does, sim/__init__.py); onnxruntime's own exception when it refuses the
+    model. The binding's run is returned where the session has one: InferenceSession.run
+    checks the feed's names against the model's at every call (a few µs at one sample), which
+    sim.cpu's fixed feeds do not need."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if threads > 1:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
+    binding = getattr(sess, "_sess", None)
+    return binding.run if hasattr(binding, "run") else sess.run
 
 
 def usable() -> bool:
