@@ -33,7 +33,6 @@ then uses the program. The input encoder's clipped count is an output of the mod
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
@@ -397,30 +396,26 @@ class Engine:
         self.shape = tuple(readout.shape)
         self.neurons = [(n.name, math.prod(n.shape) if n.role == "neuron" else 0)
                         for n in art.nodes]
-        self._sessions: dict[int, object] = {}
+        self.sessions = ort_ops.Sessions(self.bytes, UNSAFE)
         self.refused: NotLowered | None = None     # onnxruntime would not load the model
-        self._lock = threading.Lock()
 
     def caller(self, threads: int):
         """The call that runs the model on `threads` threads: run(names, feeds, options) of
         an onnxruntime session made on first use (NotLowered where onnxruntime refuses the
-        model)."""
-        with self._lock:
-            if self.refused is not None:
-                raise self.refused
-            if threads not in self._sessions:
-                try:
-                    self._sessions[threads] = ort_ops.session_run(self.bytes, threads, UNSAFE)
-                except Exception as exc:  # noqa: BLE001 - any refusal: the program runs it
-                    self.refused = NotLowered("onnxruntime refused the lowered model: "
-                                              f"{_first_line(exc)}")
-                    raise self.refused from exc
-            return self._sessions[threads]
+        model, remembered)."""
+        if self.refused is not None:
+            raise self.refused
+        try:
+            return self.sessions.for_threads(threads)
+        except Exception as exc:  # noqa: BLE001 - any refusal: the program runs it
+            self.refused = NotLowered("onnxruntime refused the lowered model: "
+                                      f"{_first_line(exc)}")
+            raise self.refused from exc
 
     def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, int, list]:
         """(accumulator int64, logits, inputs clipped, [kept values, int64]) of one float32
         batch of finite values (a ShapeError from sim.results.check_input otherwise)."""
-        run = self._sessions.get(threads) or self.caller(threads)
+        run = self.caller(threads)
         try:
             acc, logits, flag, *kept = run(self.names, {"input": x}, None)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types

@@ -42,27 +42,38 @@ def _model(weight_u8: np.ndarray) -> bytes:
                              producer_name="sfn-toolchain sim.cpu").SerializeToString()
 
 
+class Sessions:
+    """One model's onnxruntime sessions, one per thread count, each made on first use
+    (`session_run`); `for_threads(n)` returns its run(names, feeds, options)."""
+
+    def __init__(self, model: bytes, disabled_optimizers=()):
+        self.model, self.disabled = model, tuple(disabled_optimizers)
+        self._runs: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def for_threads(self, threads: int):
+        run = self._runs.get(threads)
+        if run is None:
+            with self._lock:
+                if threads not in self._runs:
+                    self._runs[threads] = session_run(self.model, threads, self.disabled)
+                run = self._runs[threads]
+        return run
+
+
 class WideDense:
     """x @ Wᵀ for uint8 x (N, K) and int8 mantissas W (F, K), as int32 (N, F), by onnxruntime
-    (module docstring); one onnxruntime session per thread count, made on first use."""
+    (module docstring)."""
 
     def __init__(self, mantissas: np.ndarray):
         m = np.asarray(mantissas, np.int16)
         if m.ndim != 2 or m.shape[1] > MAX_FAN_IN or m.min(initial=0) < -128 or \
                 m.max(initial=0) > 127:
             raise ValueError("WideDense takes int8 weights (F, K) with K ≤ MAX_FAN_IN")
-        self.bytes = _model(np.ascontiguousarray((m.T + 128).astype(np.uint8)))
-        self._runs: dict[int, object] = {}
-        self._lock = threading.Lock()
-
-    def _run(self, threads: int):
-        with self._lock:
-            if threads not in self._runs:
-                self._runs[threads] = session_run(self.bytes, threads)
-            return self._runs[threads]
+        self.sessions = Sessions(_model(np.ascontiguousarray((m.T + 128).astype(np.uint8))))
 
     def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
-        run = self._runs.get(threads) or self._run(threads)
+        run = self.sessions.for_threads(threads)
         return run(["y"], {"x": np.ascontiguousarray(x, np.uint8)}, None)[0]
 
 

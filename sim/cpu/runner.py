@@ -79,11 +79,10 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     facts = _facts(art)
     if (timesteps > 1 or binary) and not facts.recurrent:
         batch_size = min(batch_size, max(1, LAYERED_ELEMENTS // (timesteps * facts.largest)))
-    macs = None
+    macs = _macs(facts, x, timesteps)
     if threads is None and USE_TORCH and torch_ops.available():
-        macs = _macs(art, x, timesteps)
         threads = torch_ops.default_threads(macs, facts.nodes)
-    eng = _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs)
+    eng = _engine(art, facts, x, timesteps, binary, batch_size, count, record, engine, macs)
     if eng is not None:
         result = _simulate(eng, x, threads, batch_size, progress, engine)
         if result is not None:
@@ -111,7 +110,9 @@ def engine_for(art: Artifact, x, timesteps: int = 1, binary: bool = False,
     """"graph" or "program": the engine `run` with these arguments takes once the artifact
     has run before (the first small run of an artifact takes the program); a ValueError where
     `engine` asks for one that does not apply."""
-    found = _engine(art, x, timesteps, binary, batch_size, count, record, engine, warm=True)
+    facts = _facts(art)
+    found = _engine(art, facts, x, timesteps, binary, batch_size, count, record, engine,
+                    _macs(facts, x, timesteps), warm=True)
     return "program" if found is None else "graph"
 
 
@@ -137,10 +138,9 @@ def _facts(art: Artifact) -> _Facts:
     return program.cached(FACTS, (id(art),), art, lambda: _Facts(art))
 
 
-def _macs(art: Artifact, x, timesteps: int) -> int:
+def _macs(facts: _Facts, x, timesteps: int) -> int:
     """Multiply-accumulates of a run on x (every step of it)."""
     shape = np.shape(x)
-    facts = _facts(art)
     steps = (shape[1] if len(shape) > 1 else 1) if facts.recurrent else timesteps
     return facts.macs * (shape[0] if shape else 0) * steps
 
@@ -150,9 +150,9 @@ def _check_engine(engine) -> None:
         raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
 
 
-def _refusal(art, timesteps, binary, count) -> str | None:
+def _refusal(facts: _Facts, timesteps, binary, count) -> str | None:
     """Why the graph engine cannot serve such a run, or None."""
-    if timesteps != 1 or binary or _facts(art).recurrent:
+    if timesteps != 1 or binary or facts.recurrent:
         return "runs T = 1 graded feed-forward passes only"
     if count:
         return "does not count activity (run with count=False)"
@@ -175,20 +175,19 @@ def _lowered(art, record, engine, now: bool = True):
     return None
 
 
-def _engine(art, x, timesteps, binary, batch_size, count, record, engine, macs=None,
+def _engine(art, facts, x, timesteps, binary, batch_size, count, record, engine, macs: int,
             warm: bool = False):
     """The graph engine (sim.cpu.graph) when it is asked for, or by default when it serves the
-    run and the run is small (`_small`); None: the program."""
+    run and the run (of `macs` multiply-accumulates) is small (`_small`); None: the program."""
     _check_engine(engine)
     if engine == "program":
         return None
-    why = _refusal(art, timesteps, binary, count)
+    why = _refusal(facts, timesteps, binary, count)
     if why is not None:
         if engine == "graph":
             raise ValueError(f"the graph engine {why}")
         return None
-    if engine is None and not _small(_rows(x), batch_size,
-                                     macs if macs is not None else _macs(art, x, 1)):
+    if engine is None and not _small(_rows(x), batch_size, macs):
         return None
     return _lowered(art, record, engine, now=warm or engine == "graph")
 
@@ -207,9 +206,10 @@ class Session:
         self.art, self.engine, self.threads = art, engine, threads
         self.options = dict(timesteps=timesteps, binary=binary, batch_size=batch_size,
                             count=count, record=tuple(record))
-        self.macs = _facts(art).macs
+        facts = _facts(art)
+        self.macs = facts.macs       # per sample and step
         self.graph = None
-        why = _refusal(art, timesteps, binary, count)
+        why = _refusal(facts, timesteps, binary, count)
         if engine == "graph" and why is not None:
             raise ValueError(f"the graph engine {why}")
         if engine != "program" and why is None:

@@ -6,6 +6,7 @@ import numpy as np
 from sim import kernels
 from sim.cpu import torch_ops
 from sim.cpu.kernels import Fire
+from sim.ops.dense import weight_sum
 
 
 class Weights:
@@ -21,15 +22,10 @@ class Weights:
         self.node = node
         self.scale = 2.0 ** int(node.weight_exp)
         self.floor = node.weight_exp < 0
-        self.absum_int = float(np.abs(node.weight.astype(np.int64)).sum(axis=axes)
-                               .max(initial=0))
+        self.absum_int = weight_sum(node.weight, axes)
         self.absum = self.absum_int * self.scale       # bounds the (shifted) output
-        # for non-negative inputs every partial sum of w·x (in any order) lies between
-        # −Σ|w⁻|·max x and Σw⁺·max x: the larger of the two sums bounds them all
-        w = node.weight.astype(np.int64)
-        self.onesided_int = float(np.maximum(np.clip(w, 0, None).sum(axis=axes),
-                                             -np.clip(w, None, 0).sum(axis=axes))
-                                  .max(initial=0))
+        # for non-negative inputs the larger one-sided sum bounds every partial sum
+        self.onesided_int = weight_sum(node.weight, axes, nonneg=True)
         self.onesided = self.onesided_int * self.scale
         self.weight, self._cast = node.weight, {}
         self._int8: tuple | None = None          # (packed or None,) once made

@@ -79,18 +79,22 @@ def _weighted_range(w: np.ndarray, exp: int, rng: tuple[int, int]) -> tuple[int,
     return int(semantics.shift(np.int64(lo), exp)), int(semantics.shift(np.int64(hi), exp))
 
 
-def _accumulator(weight: np.ndarray, axes: tuple, b, nonneg: bool = False) -> float:
-    """A bound on every partial sum of Σ W·n before the shift (the builder's input bound). For
-    an input known to be non-negative every partial sum, in any order, lies between
-    −Σ|W⁻|·max n and ΣW⁺·max n: the larger one-sided sum bounds them."""
-    w = weight.astype(np.float64)
+def weight_sum(weight: np.ndarray, axes: tuple, nonneg: bool = False) -> float:
+    """The largest Σ|W| over output units (summing `axes`): with the input's bound, a bound on
+    every partial sum of Σ W·n. For an input known to be non-negative every partial sum, in any
+    order, lies between −Σ|W⁻|·max n and ΣW⁺·max n: `nonneg` gives the larger one-sided sum."""
+    w = np.asarray(weight, dtype=np.int64)
     if not w.size:
-        rows = np.zeros(1)
-    elif nonneg:
-        rows = np.maximum(np.clip(w, 0, None).sum(axis=axes), -np.clip(w, None, 0).sum(axis=axes))
-    else:
-        rows = np.abs(w).sum(axis=axes)
-    return float(rows.max(initial=0.0)) * (b.in_bounds[0] if b.in_bounds else 0.0)
+        return 0.0
+    rows = np.maximum(np.clip(w, 0, None).sum(axis=axes), -np.clip(w, None, 0).sum(axis=axes)) \
+        if nonneg else np.abs(w).sum(axis=axes)
+    return float(rows.max(initial=0))
+
+
+def _accumulator(weight: np.ndarray, axes: tuple, b, nonneg: bool = False) -> float:
+    """A bound on every partial sum of Σ W·n before the shift (the builder's input bound;
+    `weight_sum`)."""
+    return weight_sum(weight, axes, nonneg) * (b.in_bounds[0] if b.in_bounds else 0.0)
 
 
 def _check_exp(exp) -> str | None:
