@@ -38,7 +38,7 @@ def test_a_kind_lives_in_at_most_four_files(kind):
 
 def test_every_kind_is_complete():
     """Each registered kind has a module of its own, a role, a docstring equation, a check, an
-    integer evaluation, and (feed-forward kinds) a reference ONNX form."""
+    integer evaluation, its SynOps rule, and (feed-forward kinds) a reference ONNX form."""
     assert set(ops.KINDS) >= {"input", "dense", "conv", "sumpool", "maxpool", "add", "neuron",
                               "delay", "concat", "reshape", "transpose", "readout"}
     for kind, cls in ops.KINDS.items():
@@ -52,6 +52,8 @@ def test_every_kind_is_complete():
             assert cls.emit is not Node.emit, kind
         if cls.role in ("index", "edge"):
             assert hasattr(cls, "index_tables"), kind
+        # how it counts synaptic operations, for backends that count outside `apply`
+        assert cls.synops in ("", "outputs", "window", "inputs", "pairs", "inner"), kind
 
 
 def _imports(path: Path) -> list[str]:

@@ -124,8 +124,28 @@ def test_table_neurons_and_products():
     art = Artifact(nodes, "x", "y")
     art.validate()
     x = rng.uniform(-600, 600, (33,) + shape).astype(np.float32)
+    x[::4] = 0.0                            # rows of zeros: products with a silent operand
     kept = ("x", "t", "p", "m", "y")        # m: the readout's input, y: the readout
     assert_same(_graph(art, x, record=kept), sim.reference.run(art, x, count=False, record=kept))
+    counted = sim.cpu.run(art, x, engine="graph", batch_size=10)
+    assert_same(counted, sim.reference.run(art, x))
+    assert counted.stats["p"].synops > 0 and counted.stats["m"].synops > 0
+
+
+@pytest.mark.parametrize("name", sorted(nets.NETS))
+def test_counted_runs_equal_the_oracle(name):
+    """The activity counts computed in the model (spikes, payload, SynOps of dense,
+    convolution, sum pool and add nodes, clipped inputs), summed over batches, equal the int64
+    runner's, on the test networks (inputs clipped on both sides)."""
+    compiled, _, test = nets.compiled(name)
+    art = compiled.artifact
+    x = test[:30].copy()
+    x[::3] *= -4.0
+    x[1::5] *= 9.0
+    want = sim.reference.run(art, x)
+    assert sum(s.synops for s in want.stats.values()) > 0
+    assert_same(sim.cpu.run(art, x, engine="graph", batch_size=7), want)
+    assert_same(sim.cpu.Session(art, engine="graph").run(x[:1]), sim.reference.run(art, x[:1]))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -139,8 +159,28 @@ def test_a_non_finite_input_is_refused(bad):
     assert_same(_graph(art, x), sim.reference.run(art, x, count=False))
 
 
-def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch):
-    """From an artifact's second small uncounted run on (the first does not repay lowering)."""
+def test_counted_payload_sums_beyond_float32():
+    """A neuron of 64 payloads up to ±2²⁰: its per-sample Σ|payload| passes 2²⁴, so the model
+    sums it in float64; the counts equal the int64 runner's."""
+    rng = np.random.default_rng(8)
+    level = 2 ** 20
+    nodes = [ir.Input("x", (), (64,), inv_scale=1.0, lo=-level, hi=level),
+             ir.Dense("d", ("x",), (64,), weight=np.eye(64, dtype=np.int16), weight_exp=0),
+             ir.Neuron("n", ("d",), (64,), threshold=np.ones(64, np.int64),
+                       bias=np.zeros(64, np.int64), lo=-level, hi=level),
+             _readout("n", (64,))]
+    art = Artifact(nodes, "x", "y")
+    art.validate()
+    x = rng.uniform(-level, level, (12, 64)).astype(np.float32)
+    x[:, ::7] = 0.0
+    want = sim.reference.run(art, x)
+    assert want.stats["n"].payload > 12 * 2 ** 24
+    assert_same(sim.cpu.run(art, x, engine="graph"), want)
+
+
+def test_the_default_takes_the_graph_engine_for_small_runs(monkeypatch):
+    """From an artifact's second small run on (the first does not repay lowering), counted or
+    not (one engine each)."""
     compiled, _, test = nets.compiled("mlp")
     art = Artifact(list(compiled.artifact.nodes), compiled.artifact.input,
                    compiled.artifact.output)          # an artifact no test has run yet
@@ -153,7 +193,8 @@ def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch
     monkeypatch.setattr(graph.Engine, "simulate", spy)
     for rows, count, expect in ((1, False, []), (1, False, [1]),
                                 (runner.GRAPH_ROWS, False, [runner.GRAPH_ROWS]),
-                                (runner.GRAPH_ROWS + 1, False, []), (4, True, [])):
+                                (runner.GRAPH_ROWS + 1, False, []), (4, True, []),
+                                (4, True, [4])):
         calls.clear()
         sim.cpu.run(art, test[:rows], count=count)
         assert calls == expect, (rows, count)
@@ -164,6 +205,7 @@ def test_the_default_takes_the_graph_engine_for_small_uncounted_runs(monkeypatch
     sim.cpu.run(art, test[:4], count=False, engine="program")
     assert calls == []
     assert sim.cpu.engine_for(art, test[:4], count=False) == "graph"
+    assert sim.cpu.engine_for(art, test[:4]) == "graph"
     assert sim.cpu.engine_for(art, test[:40], count=False) == "program"
 
 

@@ -25,10 +25,12 @@ onnxruntime's graph rewrites that would fold a non-power-of-two constant into a 
 weights (Conv·Mul, MatMul·scale fusions) are switched off (`UNSAFE`); every other rewrite
 keeps exact integers exact (layout changes, bias folding, activation fusion into a kernel).
 
-What it serves: `sim.cpu.run` with T = 1, graded spikes, no recurrence, `count=False` (the
-activity counts are the program's), and no neuron that could saturate its 24-bit state (the
-saturation count is the program's). `lower` says why an artifact does not qualify; the runner
-then uses the program. The input encoder's clipped count is an output of the model.
+What it serves: `sim.cpu.run` with T = 1, graded spikes, no recurrence, and no neuron that
+could saturate its 24-bit state (the saturation count is the program's). A counted run's
+activity statistics are computed in the model too (`_Counts`: one output of per-node totals),
+for the kinds whose counts it knows. `Lowering` says why an artifact does not qualify
+(NotLowered); the runner then uses the program. The input encoder's clipped count comes from
+the model's `flag` output.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from sim.cpu.kernels import Fire, FirePlan, encode_input_exact
 from sim.driver import joined
 from sim.errors import SimulationError, UnsupportedOpError
 from sim.kernels import F32_EXACT
-from sim.ops.base import batched
+from sim.ops.base import NEURON, batched
 from sim.ops.dense import _accumulator
 from sim.results import LayerStats, SimResult, check_input
 
@@ -99,7 +101,7 @@ class _Builder(emit.Builder):
 class Lowering:
     """One artifact written as the engine's ONNX model (module docstring)."""
 
-    def __init__(self, art: Artifact, keep=()):
+    def __init__(self, art: Artifact, keep=(), count: bool = False):
         if art.recurrent:
             raise NotLowered("a recurrent artifact runs trials step by step")
         self.art, self.b = art, _Builder()
@@ -123,6 +125,10 @@ class Lowering:
             out = f"keep/{name}"
             b.output(out, "Identity", [values[name]])
             self.outputs[out] = tuple(self.nodes[name].shape)
+        # activity counts: the model's output `counts`, entry k adding to node, field (× factor)
+        self.counts = _Counts(self, values).outputs if count else []
+        if self.counts:
+            self.outputs["counts"] = ()
         acc = _named(b, values[readout.inputs[0]], "accumulator")
         # semantics.readout at T = 1: float32(A + b) · float32(scale), the sum rounded once as
         # the int64 sum's cast is (b exact in float32)
@@ -137,7 +143,8 @@ class Lowering:
         b.inits = [t for t in b.inits if t.name in used]
         self.model = emit.model(b, art.input_shape, self.outputs, "sfn_cpu_graph",
                                 "sfn-toolchain sim.cpu graph engine",
-                                {f"keep/{k}" for k in keep if k in self.double})
+                                {f"keep/{k}" for k in keep if k in self.double} |
+                                ({"counts"} if self.counts else set()))
 
     def _form(self, node, ins):
         if self.bound[node.name] >= F32_EXACT or any(i in self.double for i in node.inputs):
@@ -148,6 +155,105 @@ class Lowering:
     def fire_plan(self, node, src: str) -> FirePlan:
         return FirePlan(Fire(batched(node.bias), batched(node.threshold), node.lo, node.hi),
                         self.bound[src])
+
+
+class _Counts:
+    """The activity statistics of a counted run, computed in the model as what each kind's
+    `apply` counts (sim.ops; the program counts the same): a neuron's nonzero payloads and
+    Σ|payload|; a dense layer's nonzero inputs (times its outputs); a convolution's or sum
+    pool's nonzero inputs per position times the positions each reaches (fan-out map), times
+    the output channels per input channel; an add's nonzero inputs; an elementwise product's
+    pairs of nonzero operands; an activation matrix product's Σ_k (nonzero a in column k)·
+    (nonzero b in row k). Kinds that count nothing (index maps, pools of maxima, constants, the
+    readout) add nothing; each kind says which rule is its own (`Node.synops`); a kind that
+    does not say leaves counted runs to the program (NotLowered).
+
+    Every count is first a per-sample sum in float32 (exact: a node holds at most 2²²
+    elements, a payload sum is taken in float64 where its bound passes 2²⁴), then float64;
+    the per-sample columns are summed over the batch in one reduction, output `counts`, and
+    `outputs` says which node and LayerStats field each entry adds to, with which factor."""
+    def __init__(self, lw: Lowering, values: dict):
+        self.lw, self.values, self.b = lw, values, lw.b
+        self.masks: dict[str, str] = {}
+        self.nonzero: dict[str, str] = {}
+        self.columns: list[str] = []
+        self.outputs: list[tuple[str, str, int]] = []
+        for node in lw.art.nodes:
+            self._node(node)
+        b = self.b
+        if self.columns:
+            table = self.columns[0] if len(self.columns) == 1 else \
+                b.op("Concat", self.columns, axis=1)
+            b.output("counts", "ReduceSum", [table, b.const([0], np.int64)], keepdims=0)
+
+    def _rank(self, name: str) -> int:
+        return 1 + len(self.lw.nodes[name].shape)
+
+    def _sample_sum(self, x: str, rank: int) -> str:
+        """Σ over every axis but the batch's, float64, as a (B, 1) column."""
+        b = self.b
+        if rank > 1:
+            x = b.op("ReduceSum", [x, b.const(list(range(1, rank)), np.int64)], keepdims=0)
+        return b.op("Unsqueeze", [b.op("Cast", [x], to=b.DOUBLE), b.const([1], np.int64)])
+
+    def _mask(self, name: str) -> str:
+        """1 where node `name`'s value is nonzero, else 0 (its float dtype): Sign(|v|)."""
+        if name not in self.masks:
+            v = self.values[name]
+            self.masks[name] = self.b.op("Sign", [v if name in self.lw.nonneg else
+                                                  self.b.op("Abs", [v])])
+        return self.masks[name]
+
+    def _nonzero(self, name: str) -> str:
+        if name not in self.nonzero:
+            self.nonzero[name] = self._sample_sum(self._mask(name), self._rank(name))
+        return self.nonzero[name]
+
+    def _add(self, column: str, node: str, field: str, factor: int = 1) -> None:
+        self.columns.append(column)
+        self.outputs.append((node, field, int(factor)))
+
+    def _node(self, node) -> None:
+        b, rule, name = self.b, node.synops, node.name
+        if rule is None or (rule == "window" and self._rank(node.inputs[0]) < 3):
+            raise NotLowered(f"counting {node.kind} {name!r} is the program's")
+        if node.role == NEURON:
+            self._add(self._nonzero(name), name, "spikes")
+            v = self.values[name]
+            size = math.prod(node.shape)
+            if name not in self.lw.double and size * self.lw.bound[name] >= F32_EXACT:
+                v = b.op("Cast", [v], to=b.DOUBLE)
+            self._add(self._sample_sum(b.op("Abs", [v]), self._rank(name)), name, "payload")
+        elif rule == "outputs":
+            self._add(self._nonzero(node.inputs[0]), name, "synops", node.shape[0])
+        elif rule == "window":
+            src = node.inputs[0]
+            rank = self._rank(src)
+            per_position = b.op("ReduceSum", [self._mask(src), b.const([1], np.int64)],
+                                keepdims=0)              # (B, *rest): exact in float32
+            fan = node.fanout(tuple(self.lw.nodes[src].shape[-2:])).astype(np.float64)
+            if fan.ndim > rank - 2:        # rest shorter than the map: its leading axes summed
+                fan = fan.sum(axis=tuple(range(fan.ndim - (rank - 2))))
+            weighted = b.op("Mul", [b.op("Cast", [per_position], to=b.DOUBLE),
+                                    b.const(fan, np.float64)])
+            self._add(b.op("Unsqueeze", [b.op("ReduceSum", [
+                weighted, b.const(list(range(1, rank - 1)), np.int64)], keepdims=0),
+                b.const([1], np.int64)]), name, "synops", node.shape[0] // node.window()[0])
+        elif rule == "inputs":
+            for i in node.inputs:
+                self._add(self._nonzero(i), name, "synops")
+        elif rule == "pairs":
+            both = b.op("Mul", [self._mask(i) for i in node.inputs])
+            self._add(self._sample_sum(both, 1 + len(node.shape)), name, "synops")
+        elif rule == "inner":
+            a, c = (self._mask(i) for i in node.inputs)
+            cols = b.op("ReduceSum", [a, b.const([-2], np.int64)], keepdims=0)
+            rows = b.op("ReduceSum", [c, b.const([-1], np.int64)], keepdims=0)
+            pairs = b.op("Mul", [b.op("Cast", [cols], to=b.DOUBLE),
+                                 b.op("Cast", [rows], to=b.DOUBLE)])
+            self._add(self._sample_sum(pairs, len(node.shape)), name, "synops")
+        elif rule:
+            raise NotLowered(f"counting {node.kind} {name!r} ({rule!r}) is the program's")
 
 
 def _wide(lw: Lowering, node, ins) -> str:
@@ -384,12 +490,13 @@ class Engine:
     """The lowered model of one artifact with its onnxruntime sessions (one per thread count,
     made on first use, `caller`), and what a run needs besides (`simulate`), prepared once."""
 
-    def __init__(self, art: Artifact, keep=()):
+    def __init__(self, art: Artifact, keep=(), count: bool = False):
         self.art = art
-        self.lowering = Lowering(art, keep)
+        self.lowering = Lowering(art, keep, count)
         self.bytes = self.lowering.model.SerializeToString()
         self.keep = tuple(keep)
-        self.names = ["accumulator", "logits", "flag"] + [f"keep/{k}" for k in self.keep]
+        self.names = ["accumulator", "logits", "flag"] + [f"keep/{k}" for k in self.keep] + \
+            (["counts"] if self.lowering.counts else [])
         self.input_shape = tuple(art.input_shape)
         readout = art.node(art.output)
         self.softmax = readout.softmax
@@ -412,12 +519,13 @@ class Engine:
                                       f"{_first_line(exc)}")
             raise self.refused from exc
 
-    def run(self, x: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, int, list]:
-        """(accumulator int64, logits, inputs clipped, [kept values, int64]) of one float32
-        batch of finite values (a ShapeError from sim.results.check_input otherwise)."""
+    def run(self, x: np.ndarray, threads: int) -> tuple:
+        """(accumulator int64, logits, inputs clipped, [kept values, int64], [count totals])
+        of one float32 batch of finite values (a ShapeError from sim.results.check_input
+        otherwise)."""
         run = self.caller(threads)
         try:
-            acc, logits, flag, *kept = run(self.names, {"input": x}, None)
+            acc, logits, flag, *rest = run(self.names, {"input": x}, None)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
             raise SimulationError(f"the graph engine's onnxruntime run failed: "
                                   f"{_first_line(exc)}") from exc
@@ -426,22 +534,26 @@ class Engine:
             check_input(self.art, x)
             enc = self.lowering.encoder
             clipped = encode_input_exact(x, enc.inv_scale, enc.lo, enc.hi)[1]
-        return acc.astype(np.int64), logits, clipped, [v.astype(np.int64) for v in kept]
+        kept, totals = rest[:len(self.keep)], (rest[len(self.keep)] if self.lowering.counts
+                                               else ())
+        return acc.astype(np.int64), logits, clipped, [v.astype(np.int64) for v in kept], totals
 
     def simulate(self, x: np.ndarray, threads: int, batch_size: int = 1024,
                  progress=None) -> SimResult:
         """What sim.cpu.run returns for float inputs x (checked as every backend checks them,
         sim.results.check_input: shape and dtype here, finiteness by the model), batch by batch
-        through onnxruntime: the readout, the inputs clipped, the kept values in `recorded`."""
+        through onnxruntime: the readout, the inputs clipped, the kept values in `recorded`,
+        the activity counts of a counted engine."""
         if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and
                 x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1):
             x = check_input(self.art, x)
         stats = {name: LayerStats(neurons=k) for name, k in self.neurons}
         if 0 < len(x) <= batch_size:        # one batch, the common case: nothing to join
-            acc, logits, clipped, kept = self.run(x, threads)
+            acc, logits, clipped, kept, totals = self.run(x, threads)
             if progress is not None:
                 progress(len(acc))
             recorded = dict(zip(self.keep, kept))
+            self._count(stats, totals)
         else:
             parts = []
             for start in range(0, len(x), batch_size):
@@ -455,8 +567,16 @@ class Engine:
             recorded = {name: joined([p[3][i] for p in parts],
                                      empty(self.lowering.nodes[name].shape, np.int64))
                         for i, name in enumerate(self.keep)}
+            for p in parts:
+                self._count(stats, p[4])
         stats[self.art.input].clipped = clipped
         return SimResult(logits, acc, stats, len(x), 1, recorded, self.softmax)
+
+
+    def _count(self, stats: dict, totals: list) -> None:
+        for (node, field, factor), total in zip(self.lowering.counts, totals):
+            st = stats[node]
+            setattr(st, field, getattr(st, field) + int(total) * factor)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -475,16 +595,18 @@ class _Slot:
         self.engine: Engine | NotLowered | None = None
 
 
-def engine(art: Artifact, keep=(), now: bool = True) -> Engine | NotLowered | None:
-    """The engine for `art` (keeping the values of `keep`), or why it has none; made once per
-    artifact (program.cached). now=False (sim.cpu.run's default choice): None the first time
-    — lowering and onnxruntime's session cost more than a single small run gains (a compile's
-    one check of its calibration batch, say) — and the engine from the second time on."""
-    slot = program.cached(ENGINES, (id(art), tuple(keep)), art, _Slot)
+def engine(art: Artifact, keep=(), now: bool = True,
+           count: bool = False) -> Engine | NotLowered | None:
+    """The engine for `art` (keeping the values of `keep`, counting activity when `count`), or
+    why it has none; made once per artifact (program.cached). now=False (sim.cpu.run's default
+    choice): None the first time — lowering and onnxruntime's session cost more than a single
+    small run gains (a compile's one check of its calibration batch, say) — and the engine from
+    the second time on."""
+    slot = program.cached(ENGINES, (id(art), tuple(keep), bool(count)), art, _Slot)
     slot.asked += 1
     if slot.engine is None and (now or slot.asked > 1):
         try:
-            slot.engine = Engine(art, keep)
+            slot.engine = Engine(art, keep, count)
         except NotLowered as exc:
             slot.engine = exc
     return slot.engine

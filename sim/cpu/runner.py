@@ -69,12 +69,12 @@ def run(art: Artifact, x: np.ndarray, timesteps: int = 1, binary: bool = False,
     cores alone (docs/performance.md, "Threads").
 
     `engine`: "program" (the compiled program above), "graph" (sim.cpu.graph: the whole T = 1
-    pass lowered once to an ONNX model of exact float operations, one onnxruntime call per
-    batch; count=False only, a ValueError saying why where it does not apply) or None (the
-    default): the graph engine for a small run it serves — count=False, at most GRAPH_ROWS
-    rows a batch and below GRAPH_MACS multiply-accumulates — from the artifact's second such
-    run on (a single run does not repay the lowering), else the program. Both give the same
-    integers.
+    pass lowered once to an ONNX model of exact float operations, the activity counts
+    included when counting, one onnxruntime call per batch; a ValueError saying why where it
+    does not apply) or None (the default): the graph engine for a small run it serves — at
+    most GRAPH_ROWS rows a batch and below GRAPH_MACS multiply-accumulates — from the
+    artifact's second such run on (a single run does not repay the lowering), else the
+    program. Both give the same integers and statistics.
     """
     facts = _facts(art)
     if (timesteps > 1 or binary) and not facts.recurrent:
@@ -150,12 +150,10 @@ def _check_engine(engine) -> None:
         raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
 
 
-def _refusal(facts: _Facts, timesteps, binary, count) -> str | None:
+def _refusal(facts: _Facts, timesteps, binary) -> str | None:
     """Why the graph engine cannot serve such a run, or None."""
     if timesteps != 1 or binary or facts.recurrent:
         return "runs T = 1 graded feed-forward passes only"
-    if count:
-        return "does not count activity (run with count=False)"
     return None
 
 
@@ -164,10 +162,11 @@ def _small(rows: int, batch_size: int, macs: float) -> bool:
     return min(rows, batch_size) <= GRAPH_ROWS and macs < GRAPH_MACS
 
 
-def _lowered(art, record, engine, now: bool = True):
-    """The graph engine for `art` keeping `record`, or None (a ValueError saying why when
-    `engine` is "graph"); now=False: not on an artifact's first small run (graph.engine)."""
-    eng = graph.engine(art, tuple(record), now)
+def _lowered(art, record, count: bool, engine, now: bool = True):
+    """The graph engine for `art` keeping `record` (counting activity when `count`), or None
+    (a ValueError saying why when `engine` is "graph"); now=False: not on an artifact's first
+    small run (graph.engine)."""
+    eng = graph.engine(art, tuple(record), now, count)
     if isinstance(eng, graph.Engine):
         return eng
     if engine == "graph":
@@ -182,14 +181,14 @@ def _engine(art, facts, x, timesteps, binary, batch_size, count, record, engine,
     _check_engine(engine)
     if engine == "program":
         return None
-    why = _refusal(facts, timesteps, binary, count)
+    why = _refusal(facts, timesteps, binary)
     if why is not None:
         if engine == "graph":
             raise ValueError(f"the graph engine {why}")
         return None
     if engine is None and not _small(_rows(x), batch_size, macs):
         return None
-    return _lowered(art, record, engine, now=warm or engine == "graph")
+    return _lowered(art, record, count, engine, now=warm or engine == "graph")
 
 
 class Session:
@@ -209,11 +208,11 @@ class Session:
         facts = _facts(art)
         self.macs = facts.macs       # per sample and step
         self.graph = None
-        why = _refusal(facts, timesteps, binary, count)
+        why = _refusal(facts, timesteps, binary)
         if engine == "graph" and why is not None:
             raise ValueError(f"the graph engine {why}")
         if engine != "program" and why is None:
-            self.graph = _lowered(art, record, engine)
+            self.graph = _lowered(art, record, count, engine)
 
     def run(self, x: np.ndarray, progress=None) -> SimResult:
         """The run of `art` on x (`run`'s result)."""

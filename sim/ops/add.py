@@ -25,6 +25,7 @@ class Add(Node):
     role: ClassVar[str] = SYNAPSE
     sums_inputs: ClassVar[bool] = True
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = "inputs"
     array_dtypes: ClassVar[dict] = {"gains": np.int64}
     arity: ClassVar[int | None] = None
 

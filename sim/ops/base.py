@@ -98,6 +98,14 @@ class Node:
     fixed: ClassVar[bool] = False
     # how it reaches Loihi 2 by default (`hardware_case` refines it)
     hardware: ClassVar[str] = UNMAPPED
+    # what `apply` counts as synaptic operations, for a backend that counts them its own way
+    # (sim.cpu's graph engine): "" none; "outputs" each nonzero input times the node's outputs
+    # (a weight matrix's rows); "window" each nonzero input times the outputs its window
+    # reaches times the output channels per input channel (`window_synops`); "inputs" each
+    # nonzero input once; "pairs" each output's pair of nonzero operands; "inner" the nonzero
+    # pairs a_mk·b_kn of a matrix product. None: not declared (such a backend leaves counting
+    # to the kind's own evaluation). A neuron's spikes and payload follow from its role.
+    synops: ClassVar[str | None] = None
     # the Lava/Loihi 2 primitive closest to the kind where the case alone does not say it
     # (docs/hardware.md); "" where the case says all
     primitive: ClassVar[str] = ""

@@ -20,6 +20,7 @@ class Constant(Node):
     role: ClassVar[str] = SYNAPSE
     fixed: ClassVar[bool] = True
     hardware: ClassVar[str] = HOST
+    synops: ClassVar[str | None] = ""
     array_dtypes: ClassVar[dict] = {"value": np.int64}
 
     def _check(self, inputs):

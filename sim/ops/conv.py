@@ -32,6 +32,7 @@ class Conv(Windowed):
     role: ClassVar[str] = SYNAPSE
     new_current: ClassVar[bool] = True
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = "window"
     array_dtypes: ClassVar[dict] = {"weight": np.int16}
 
     def window(self):

@@ -20,6 +20,7 @@ class Delay(Node):
     kind: ClassVar[str] = "delay"
     role: ClassVar[str] = EDGE
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = ""
     arity: ClassVar[int | None] = 0
 
     def _check(self, inputs):

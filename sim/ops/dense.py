@@ -26,6 +26,7 @@ class Dense(Node):
     connectivity: ClassVar[str | None] = "full"
     new_current: ClassVar[bool] = True
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = "outputs"
     array_dtypes: ClassVar[dict] = {"weight": np.int16}
 
     def _check(self, inputs):

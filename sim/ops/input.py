@@ -21,6 +21,7 @@ class Input(Node):
     kind: ClassVar[str] = "input"
     role: ClassVar[str] = SOURCE
     hardware: ClassVar[str] = HOST
+    synops: ClassVar[str | None] = ""
     arity: ClassVar[int | None] = 0
 
     def _check(self, inputs):

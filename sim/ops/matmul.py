@@ -27,6 +27,7 @@ class MatMul(Node):
     compartment: ClassVar[str | None] = "product"
     new_current: ClassVar[bool] = True
     hardware: ClassVar[str] = MICROCODE
+    synops: ClassVar[str | None] = "inner"
     primitive: ClassVar[str] = "ProdNeuron-like per term (M·N·K), a Dense summing each K"
     arity: ClassVar[int | None] = 2
 

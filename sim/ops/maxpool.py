@@ -24,6 +24,7 @@ class MaxPool(Windowed):
     keeps_sign: ClassVar[bool] = True
     # no chip-supported connection computes a maximum
     hardware: ClassVar[str] = MICROCODE
+    synops: ClassVar[str | None] = ""
 
     def _check(self, inputs):
         (x,) = inputs

@@ -37,6 +37,7 @@ class Neuron(Node):
     role: ClassVar[str] = NEURON
     compartment: ClassVar[str | None] = "neuron"
     hardware: ClassVar[str] = MICROCODE
+    synops: ClassVar[str | None] = ""
     array_dtypes: ClassVar[dict] = {"threshold": np.int64, "bias": np.int64,
                                     "thresholds": np.int64, "payload": np.int64}
 

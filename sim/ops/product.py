@@ -36,6 +36,7 @@ class Product(Node):
     compartment: ClassVar[str | None] = "product"
     new_current: ClassVar[bool] = True
     hardware: ClassVar[str] = MICROCODE
+    synops: ClassVar[str | None] = "pairs"
     primitive: ClassVar[str] = "ProdNeuron-like: (a·b) rounded half up >> shift, then a threshold"
     arity: ClassVar[int | None] = 2
 

@@ -24,6 +24,7 @@ class Readout(Node):
     role: ClassVar[str] = SINK
     compartment: ClassVar[str | None] = "readout"
     hardware: ClassVar[str] = HOST
+    synops: ClassVar[str | None] = ""
     array_dtypes: ClassVar[dict] = {"scale": np.float32, "bias": np.int64}
 
     def _check(self, inputs):

@@ -17,6 +17,7 @@ class Reshape(Node):
     role: ClassVar[str] = INDEX
     keeps_sign: ClassVar[bool] = True
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = ""
 
     def _check(self, inputs):
         (x,) = inputs

@@ -22,6 +22,7 @@ class Select(Node):
     role: ClassVar[str] = INDEX
     keeps_sign: ClassVar[bool] = True
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = ""
     array_dtypes: ClassVar[dict] = {"table": np.int32}
 
     def __post_init__(self):

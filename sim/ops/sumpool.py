@@ -25,6 +25,7 @@ class SumPool(Windowed):
     new_current: ClassVar[bool] = True
     keeps_sign: ClassVar[bool] = True
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = "window"
 
     def _check(self, inputs):
         (x,) = inputs

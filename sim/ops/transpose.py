@@ -18,6 +18,7 @@ class Transpose(Node):
     role: ClassVar[str] = INDEX
     keeps_sign: ClassVar[bool] = True
     hardware: ClassVar[str] = CHIP_SYNAPSE
+    synops: ClassVar[str | None] = ""
 
     def _check(self, inputs):
         (x,) = inputs
