@@ -1,9 +1,10 @@
 """sim.cpu's two engines against each other and against onnxruntime's float model, by batch size.
 
     .venv/bin/python benchmarks/graph_engine.py [--nets digits,mlp,resnet18_q,vit,se]
-        [--batches 1,4,16,32,64,128] [--rounds 5] [--runs 3] [--cache DIR]
+        [--batches 1,4,16,32,64,128] [--rounds 5] [--runs 3] [--count] [--cache DIR]
 
-For every network and batch: sim.cpu (`count=False`, one thread) on the graph engine (the T = 1
+For every network and batch: sim.cpu (`count=False`, or counting the activity with `--count`;
+one thread) on the graph engine (the T = 1
 pass as one onnxruntime call, sim/cpu/graph.py) and on the program (sim/cpu/program.py), and
 onnxruntime on the float model, timed in interleaved rounds (benchmarks/cpu_sim.py's
 `timed_rounds`); ratios are medians over rounds [quartiles]. The last column is the engine the
@@ -51,10 +52,14 @@ def main():
     ap.add_argument("--batches", default="1,4,16,32,64,128")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--count", action="store_true",
+                    help="time counted runs (count=True: the activity statistics) on both engines")
     ap.add_argument("--cache", default=None, help="folder for the exported and compiled models")
     args = ap.parse_args()
     folder = Path(args.cache or tempfile.mkdtemp(prefix="sfn_graph_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
+    count = args.count
+    print(f"count={count}\n")
     print("| network | batch | graph ms | program ms | ORT float ms | graph ÷ program | "
           "graph ÷ ORT float | program ÷ ORT float | default |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -65,8 +70,8 @@ def main():
             s = _session(path, 1)
             feed = {s.get_inputs()[0].name: x}
             cases = {
-                "graph": lambda x=x: sim.cpu.run(art, x, count=False, threads=1, engine="graph"),
-                "program": lambda x=x: sim.cpu.run(art, x, count=False, threads=1,
+                "graph": lambda x=x: sim.cpu.run(art, x, count=count, threads=1, engine="graph"),
+                "program": lambda x=x: sim.cpu.run(art, x, count=count, threads=1,
                                                    engine="program"),
                 "ort": lambda s=s, feed=feed: s.run(None, feed),
             }
@@ -76,7 +81,7 @@ def main():
                   f"{ms['ort']:.3f} | {fmt(ratio(got['graph'][0], got['program'][0]))} | "
                   f"{fmt(ratio(got['graph'][0], got['ort'][0]))} | "
                   f"{fmt(ratio(got['program'][0], got['ort'][0]))} | "
-                  f"{sim.cpu.engine_for(art, x, count=False)} |", flush=True)
+                  f"{sim.cpu.engine_for(art, x, count=count)} |", flush=True)
 
 
 if __name__ == "__main__":
