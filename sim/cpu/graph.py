@@ -172,6 +172,7 @@ class _Counts:
     elements, a payload sum is taken in float64 where its bound passes 2²⁴), then float64;
     the per-sample columns are summed over the batch in one reduction, output `counts`, and
     `outputs` says which node and LayerStats field each entry adds to, with which factor."""
+
     def __init__(self, lw: Lowering, values: dict):
         self.lw, self.values, self.b = lw, values, lw.b
         self.masks: dict[str, str] = {}
