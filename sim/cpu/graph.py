@@ -190,12 +190,14 @@ class _Counts:
     def _rank(self, name: str) -> int:
         return 1 + len(self.lw.nodes[name].shape)
 
-    def _sample_sum(self, x: str, rank: int) -> str:
-        """Σ over every axis but the batch's, float64, as a (B, 1) column."""
+    def _sample_sum(self, x: str, rank: int, double: bool = False) -> str:
+        """Σ over every axis but the batch's of x (of that rank), as a (B, 1) float64 column;
+        `double`: x is float64 already."""
         b = self.b
         if rank > 1:
             x = b.op("ReduceSum", [x, b.const(list(range(1, rank)), np.int64)], keepdims=0)
-        return b.op("Unsqueeze", [b.op("Cast", [x], to=b.DOUBLE), b.const([1], np.int64)])
+        return b.op("Unsqueeze", [x if double else b.op("Cast", [x], to=b.DOUBLE),
+                                  b.const([1], np.int64)])
 
     def _mask(self, name: str) -> str:
         """1 where node `name`'s value is nonzero, else 0 (its float dtype): Sign(|v|)."""
@@ -221,10 +223,12 @@ class _Counts:
         if node.role == NEURON:
             self._add(self._nonzero(name), name, "spikes")
             v = self.values[name]
-            size = math.prod(node.shape)
-            if name not in self.lw.double and size * self.lw.bound[name] >= F32_EXACT:
+            double = name in self.lw.double or \
+                math.prod(node.shape) * self.lw.bound[name] >= F32_EXACT
+            if double and name not in self.lw.double:
                 v = b.op("Cast", [v], to=b.DOUBLE)
-            self._add(self._sample_sum(b.op("Abs", [v]), self._rank(name)), name, "payload")
+            self._add(self._sample_sum(b.op("Abs", [v]), self._rank(name), double), name,
+                      "payload")
         elif rule == "outputs":
             self._add(self._nonzero(node.inputs[0]), name, "synops", node.shape[0])
         elif rule == "window":
@@ -237,9 +241,8 @@ class _Counts:
                 fan = fan.sum(axis=tuple(range(fan.ndim - (rank - 2))))
             weighted = b.op("Mul", [b.op("Cast", [per_position], to=b.DOUBLE),
                                     b.const(fan, np.float64)])
-            self._add(b.op("Unsqueeze", [b.op("ReduceSum", [
-                weighted, b.const(list(range(1, rank - 1)), np.int64)], keepdims=0),
-                b.const([1], np.int64)]), name, "synops", node.shape[0] // node.window()[0])
+            self._add(self._sample_sum(weighted, rank - 1, double=True), name, "synops",
+                      node.shape[0] // node.window()[0])
         elif rule == "inputs":
             for i in node.inputs:
                 self._add(self._nonzero(i), name, "synops")
@@ -252,7 +255,7 @@ class _Counts:
             rows = b.op("ReduceSum", [c, b.const([-1], np.int64)], keepdims=0)
             pairs = b.op("Mul", [b.op("Cast", [cols], to=b.DOUBLE),
                                  b.op("Cast", [rows], to=b.DOUBLE)])
-            self._add(self._sample_sum(pairs, len(node.shape)), name, "synops")
+            self._add(self._sample_sum(pairs, len(node.shape), double=True), name, "synops")
         elif rule:
             raise NotLowered(f"counting {node.kind} {name!r} ({rule!r}) is the program's")
 
@@ -549,35 +552,23 @@ class Engine:
                 x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1):
             x = check_input(self.art, x)
         stats = {name: LayerStats(neurons=k) for name, k in self.neurons}
-        if 0 < len(x) <= batch_size:        # one batch, the common case: nothing to join
-            acc, logits, clipped, kept, totals = self.run(x, threads)
+        parts = []
+        for start in range(0, len(x), batch_size):
+            parts.append(self.run(x[start:start + batch_size], threads))
             if progress is not None:
-                progress(len(acc))
-            recorded = dict(zip(self.keep, kept))
-            self._count(stats, totals)
-        else:
-            parts = []
-            for start in range(0, len(x), batch_size):
-                parts.append(self.run(x[start:start + batch_size], threads))
-                if progress is not None:
-                    progress(len(parts[-1][0]))
-            empty = lambda shape, dtype: (lambda: np.zeros((0,) + tuple(shape), dtype))
-            acc = joined([p[0] for p in parts], empty(self.shape, np.int64))
-            logits = joined([p[1] for p in parts], empty(self.shape, np.float32))
-            clipped = sum(p[2] for p in parts)
-            recorded = {name: joined([p[3][i] for p in parts],
-                                     empty(self.lowering.nodes[name].shape, np.int64))
-                        for i, name in enumerate(self.keep)}
-            for p in parts:
-                self._count(stats, p[4])
-        stats[self.art.input].clipped = clipped
-        return SimResult(logits, acc, stats, len(x), 1, recorded, self.softmax)
-
-
-    def _count(self, stats: dict, totals: list) -> None:
-        for (node, field, factor), total in zip(self.lowering.counts, totals):
-            st = stats[node]
-            setattr(st, field, getattr(st, field) + int(total) * factor)
+                progress(len(parts[-1][0]))
+        for _, _, clipped, _, totals in parts:
+            stats[self.art.input].clipped += clipped
+            for (node, field, factor), total in zip(self.lowering.counts, totals):
+                setattr(stats[node], field, getattr(stats[node], field) + int(total) * factor)
+        # one batch (the common case): its arrays themselves, no copy (driver.joined)
+        empty = lambda shape, dtype: (lambda: np.zeros((0,) + tuple(shape), dtype))
+        recorded = {name: joined([p[3][i] for p in parts],
+                                 empty(self.lowering.nodes[name].shape, np.int64))
+                    for i, name in enumerate(self.keep)}
+        return SimResult(joined([p[1] for p in parts], empty(self.shape, np.float32)),
+                         joined([p[0] for p in parts], empty(self.shape, np.int64)), stats,
+                         len(x), 1, recorded, self.softmax)
 
 
 def _first_line(exc: BaseException) -> str:
