@@ -40,7 +40,7 @@ import numpy as np
 
 from sim import emit, ops, semantics
 from sim.artifact import Artifact
-from sim.cpu import ort_ops, program
+from sim.cpu import fused, ort_ops, program
 from sim.cpu.kernels import Fire, FirePlan, encode_input_exact
 from sim.driver import joined
 from sim.errors import SimulationError, UnsupportedOpError
@@ -378,7 +378,7 @@ def _table(lw: Lowering, node, ins):
         v = b.op("Max", [b.op("Min", [v, b.const(_compact(hi))]), b.const(_compact(lo))])
     offset = np.float32(off.flat[0]) if _uniform(off) else _compact(off)
     idx = b.op("Cast", [b.op("Add", [v, b.const(offset)])], to=b.INT64)
-    narrow = program._narrow(table)
+    narrow = fused.narrowest(table)
     out = b.op("Gather", [b.const(table.astype(narrow), narrow), idx], axis=0)
     return b.op("Cast", [out], to=b.FLOAT) if narrow is not np.float32 else out
 

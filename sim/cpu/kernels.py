@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim import semantics
-from sim.cpu import torch_ops
+from sim.cpu import fused, torch_ops
 from sim.kernels import F32_EXACT, F64_EXACT, conv2d_numpy, sum_pool
 
 
@@ -136,6 +136,7 @@ class FirePlan:
         if self.dtype is not None:
             self.offset, self.factor = fire.cast(self.dtype, self.reciprocal)
         self.saturate = self.vbound > semantics.V_MAX
+        self._kernels: dict = {}     # node shape → its fused.FireKernel
 
     def apply(self, current: np.ndarray, use_torch: bool = False):
         """(n, saturations); n a numpy array in the plan's float dtype (int64 without one). A
@@ -153,6 +154,16 @@ class FirePlan:
             return semantics.fire_once(np.asarray(torch_ops.numpy(current), dtype=np.int64),
                                        fire.bias, fire.theta, fire.lo, fire.hi)
         offset = None if self.biased else self.offset
+        if use_torch and fused.worth(current):    # the same IEEE operations in one pass
+            shape = tuple(current.shape[1:])
+            kernel = self._kernels.get(shape)
+            if kernel is None:
+                kernel = self._kernels[shape] = fused.FireKernel(
+                    shape, offset, self.factor, dtype, fire.lo, fire.hi, self.saturate,
+                    self.reciprocal)
+            done = kernel(current, u8 and fire.lo >= 0 and fire.hi <= 255)
+            if done is not None:
+                return torch_ops.tensor(done[0]), done[1]
         if use_torch:   # the same IEEE operations, in place, fewer passes over memory
             done = torch_ops.fire_once(current, offset, self.factor, fire.lo, fire.hi, dtype,
                                        self.saturate, self.reciprocal,

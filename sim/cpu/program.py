@@ -32,7 +32,7 @@ import numpy as np
 
 from sim import driver, kernels, ops, semantics
 from sim.artifact import Artifact
-from sim.cpu import ort_ops, torch_ops
+from sim.cpu import fused, ort_ops, torch_ops
 from sim.cpu.kernels import (Fire, FirePlan, StatePlan, conv2d_exact, dense_exact,
                              encode_input_exact, encode_input_u8, sum_pool_exact)
 from sim.cpu.weights import Weights
@@ -271,15 +271,6 @@ def table_bands(thresholds: np.ndarray, payload: np.ndarray):
     return table, start - low, low, high, row.reshape(t.shape[:-1])
 
 
-def _narrow(values: np.ndarray) -> type:
-    """The narrowest of uint8, int8, int16, float32 holding these integers exactly."""
-    lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
-    for dtype in (np.uint8, np.int8, np.int16):
-        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
-            return dtype
-    return np.float32
-
-
 def _table(p: Program, node):
     """A table neuron (adaptive fire: n = payload[#{k : sat(I + b) ≥ t_k}], T = 1 only, no
     state kept) as one gather from table_bands' table:
@@ -311,7 +302,9 @@ def _table(p: Program, node):
             consts[dtype] = [torch_ops.tensor(np.ascontiguousarray(a, dtype)) for a in params]
         return consts[dtype]
     bias64 = torch_ops.tensor(np.ascontiguousarray(bias, np.float64))
-    lut = torch_ops.tensor(table.astype(_narrow(table)))
+    lut = torch_ops.tensor(table.astype(fused.narrowest(table)))
+    one_pass = fused.TableKernel(table, start, low, high, row, node.shape, bias) \
+        if fused.available() else None
 
     def op(r):
         bound = r.bound(src)
@@ -320,13 +313,14 @@ def _table(p: Program, node):
             np.float64 if bound + bias_max + table.size < kernels.F64_EXACT else None
         if dtype is None:
             return generic(r)
-        xt = torch_ops.tensor(x, dtype)
         sat = 0
         if bound + bias_max > semantics.V_MAX:
-            sat = torch_ops.count_over(xt, bias64, semantics.V_MAX)
-        out = torch_ops.table(xt, *const(dtype), lut,
-                              np.uint8 if name in p.u8 and plo >= 0 and phi <= 255
-                              else np.float32)
+            sat = torch_ops.count_over(x, bias64, semantics.V_MAX)
+        out_dtype = np.uint8 if name in p.u8 and plo >= 0 and phi <= 255 else np.float32
+        out = one_pass(x, dtype, out_dtype) if one_pass is not None and fused.worth(x) \
+            else None
+        out = torch_ops.tensor(out) if out is not None else \
+            torch_ops.table(torch_ops.tensor(x, dtype), *const(dtype), lut, out_dtype)
         r.values[name] = out
         if sat or r.count:
             count_neuron(r.stats[name], _np(out), sat, plo, phi, r.count,
@@ -622,12 +616,50 @@ def _add(p: Program, node):
         if all(np.abs(g).max(initial=0) * 2.0 ** max(int(e), 0) < 2 ** 31
                for g, e in zip(gains, node.exps)) else None
     shifts = [max(-int(e), 0) for e in node.exps]
+    # one or two terms in one pass (sim.cpu.fused), the one-pass neuron this sum alone feeds
+    # fired in the same pass (its plan for the sum's own bound: the offset not added first)
+    one_pass: dict = {}       # None or (plan dtype, multiplying form) → fused.SumKernel
+    nname = neuron.name if neuron is not None else None
+    u8 = neuron is not None and nname in p.u8 and fire.lo >= 0 and fire.hi <= 255
+
+    def in_one_pass(r, ins, dtype, bound) -> bool:
+        if not (use_torch and dtype is not None and len(ins) <= 2 and fused.worth(ins[0])):
+            return False
+        if fire is not None:
+            plan = FirePlan(fire, sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)))
+            if plan.dtype is None:
+                return False
+            key = (plan.dtype, plan.reciprocal)
+            if key not in one_pass:
+                one_pass[key] = fused.SumKernel(node.shape, gains, node.exps, plan)
+            done = one_pass[key](ins, u8=u8)
+            if done is None:
+                return False
+            r.values[name] = r.values[nname] = torch_ops.tensor(done[0])
+            r.done.add(nname)    # the sum's value is the neuron's: nobody else reads it
+            if done[1] or r.count:
+                count_neuron(r.stats[nname], done[0], done[1], fire.lo, fire.hi, r.count,
+                             (lambda: r.spikes(nname)) if r.count else None)
+        else:
+            if None not in one_pass:
+                one_pass[None] = fused.SumKernel(node.shape, gains, node.exps)
+            done = one_pass[None](ins, dtype)
+            if done is None:
+                return False
+            r.values[name] = torch_ops.tensor(done[0])
+            r.bounds[name] = bound
+        if r.count:
+            r.stats[name].synops += sum(r.spikes(i) * (r.reps if i in r.steady else 1)
+                                        for i in srcs)
+        return True
 
     def op(r):
         dtype, bound, offset = static or forms(
             sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)),
             max(u * r.bound(i) for u, i in zip(unshifted, srcs)))
         ins = r.rows(srcs, name)
+        if in_one_pass(r, ins, dtype, bound):
+            return
         if use_torch and dtype is not np.float32 and int32 is not None and \
                 bound < kernels.F32_EXACT and \
                 max(u * r.bound(i) for u, i in zip(unshifted, srcs)) < 2 ** 31 and \

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from sim.cpu import fused
 from sim.semantics import V_MAX
 
 _TORCH = None          # the module once imported, False when unavailable or switched off
@@ -407,6 +408,10 @@ def sum_pool(x, kernel, stride, pads, out_hw, dtype):
         return None
     xt = _tensor(torch, x, dtype)
     axis = _whole_axis(xt, kernel, stride, pads, out_hw)
+    if axis == -1 and fused.worth(xt):
+        out = fused.last_axis(xt, "sum", dtype)
+        if out is not None:
+            return tensor(out)
     if axis is not None:
         return xt.sum(axis, keepdim=True)
     out = torch.nn.functional.avg_pool2d(xt, kernel, stride, [top, left],
@@ -445,6 +450,10 @@ def max_pool(x, kernel, stride, pads, dilation, out_hw, nonnegative: bool):
         return None
     axis = _whole_axis(xt, kernel, stride, pads, out_hw) if all(int(d) == 1 for d in dilation) \
         else None
+    if axis == -1 and fused.worth(xt):
+        out = fused.last_axis(xt, "max")
+        if out is not None:
+            return tensor(out)
     if axis is not None:
         return xt.amax(axis, keepdim=True)
     top, left, bottom, right = (int(p) for p in pads)
