@@ -82,7 +82,7 @@ class Layouts:
         self._made: dict = {}
 
     def __call__(self, perm: tuple, dtypes) -> list:
-        key = (perm, tuple(np.dtype(d).str for d in dtypes))
+        key = (perm, tuple(np.dtype(d) for d in dtypes))
         if key not in self._made:
             self._made[key] = [
                 np.ascontiguousarray(np.transpose(np.broadcast_to(c, self.shape), perm),
@@ -91,11 +91,42 @@ class Layouts:
         return self._made[key]
 
 
-def _empty_like(x: np.ndarray, perm: tuple, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(a new array shaped and laid out as x, its memory as C-contiguous rows (batch, rest))."""
-    flat = np.empty((x.shape[0], x[:1].size), dtype)
-    physical = flat.reshape(tuple(x.shape[a] for a in perm))
-    return np.transpose(physical, np.argsort(perm)), flat
+class Shaped:
+    """How a value of one shape and memory order is read and written as C-contiguous rows
+    (batch, rest): what a call repeats, worked out once per (shape, strides, dtype) and kept."""
+
+    def __init__(self, x: np.ndarray, perm: tuple):
+        self.perm = None if perm == tuple(range(x.ndim)) else perm
+        self.rows = (x.shape[0], x[:1].size)
+        self.physical = tuple(x.shape[a] for a in perm)
+        self.back = tuple(int(a) for a in np.argsort(perm))
+
+    def read(self, x: np.ndarray) -> np.ndarray:
+        return (x if self.perm is None else x.transpose(self.perm)).reshape(self.rows)
+
+    def new(self, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(a new array shaped and laid out as the value, its memory as rows)."""
+        flat = np.empty(self.rows, dtype)
+        if self.perm is None:
+            return flat.reshape(self.physical), flat
+        return flat.reshape(self.physical).transpose(self.back), flat
+
+
+def _key(x: np.ndarray) -> tuple:
+    return x.shape, x.strides, x.dtype
+
+
+class _Prepared(dict):
+    """A kernel's per-signature preparations, at most a handful (a run meets one or two
+    batch sizes)."""
+
+    def get_or(self, key, make):
+        value = self.get(key)
+        if value is None:
+            if len(self) >= 8:
+                self.clear()
+            value = self[key] = make()
+        return value
 
 
 if numba is not None:
@@ -127,12 +158,14 @@ if numba is not None:
         a power of two — every operation exact in float64 for the integers the callers bound
         below 2⁵³ — over x1 (batch, p, n) and x2 (batch or 1, p, n or 1: broadcast along
         what is 1) with gains and fire constants (p, n); out (batch, p, n) = s (fire False)
-        or the fire of s + off in fac's dtype (_fire's operations). Returns how many currents
-        lay beyond ±V_MAX."""
+        or the fire of s + off in fac's dtype (_fire's operations). Returns (how many
+        currents lay beyond ±V_MAX, max |s| when not firing: the sum's own bound, found in
+        the same pass)."""
         f = fac.dtype.type
         vmax, low, high = f(semantics.V_MAX), f(lo), f(hi)
         wide = x2.shape[2] > 1
         beyond = np.zeros(out.shape[1:], np.int32)
+        peak = np.zeros(out.shape[1:], np.float64)     # per position: a map, not a reduction
         for i in range(out.shape[0]):
             i2 = i if x2.shape[0] > 1 else 0
             for j in range(out.shape[1]):
@@ -144,13 +177,14 @@ if numba is not None:
                         s += np.floor(b * g2[j, k] * e2)
                     if not fire:
                         out[i, j, k] = s
+                        peak[j, k] = max(peak[j, k], abs(s))
                         continue
                     v = f(s) + off[j, k]
                     beyond[j, k] += (v > vmax) | (v < -vmax)
                     v = min(max(v, -vmax), vmax)
                     v = v * fac[j, k] if recip else v / fac[j, k]
                     out[i, j, k] = min(max(np.floor(v), low), high)
-        return beyond.sum()
+        return beyond.sum(), peak.max()
 
 
 class FireKernel:
@@ -162,6 +196,13 @@ class FireKernel:
         self.dtype = np.dtype(dtype)
         self.lo, self.hi, self.saturate, self.reciprocal = lo, hi, saturate, reciprocal
         self.consts = Layouts(shape, np.zeros(1) if offset is None else offset, factor)
+        self._prepared = _Prepared()
+
+    def _prepare(self, x: np.ndarray):
+        perm = order(x)
+        if perm is None:
+            return False
+        return Shaped(x, perm), self.consts(perm, (self.dtype, self.dtype))
 
     def __call__(self, current, u8: bool = False):
         """(payloads: a new array laid out as `current`, in the plan's dtype or uint8 (u8),
@@ -169,13 +210,13 @@ class FireKernel:
         if not _ENABLED:
             return None
         x = _array(current)
-        perm = order(x)
-        if perm is None:
+        prep = self._prepared.get_or(_key(x), lambda: self._prepare(x))
+        if prep is False:
             return None
-        off, fac = self.consts(perm, (self.dtype, self.dtype))
-        out, flat = _empty_like(x, perm, np.uint8 if u8 else self.dtype)
-        rows = np.transpose(x, perm).reshape(x.shape[0], -1)
-        sat = _fire(rows, off, fac, self.lo, self.hi, self.reciprocal, self.saturate, flat)
+        shaped, (off, fac) = prep
+        out, flat = shaped.new(np.uint8 if u8 else self.dtype)
+        sat = _fire(shaped.read(x), off, fac, self.lo, self.hi, self.reciprocal, self.saturate,
+                    flat)
         return out, int(sat)
 
 
@@ -206,59 +247,71 @@ class SumKernel:
             [np.zeros(1) if plan.offset is None or plan.biased else plan.offset, plan.factor]
         self.fdtype = np.dtype(fdtype)
         self.consts = Layouts(self.shape, *self.gains, *consts)
+        self._prepared = _Prepared()
 
     def __call__(self, xs, dtype=None, u8: bool = False):
-        """(the sum as a new array of `dtype`, or the plan's payloads (uint8 when u8), its
-        saturations), or None: more than two terms, the kernels off, or a layout they do not
+        """(the sum as a new array of `dtype` and its max |·|, or the plan's payloads (uint8
+        when u8) and their saturations), or None: more than two terms, the kernels off, or a
+        layout they do not
         take (both operands laid out alike and batch-major; or one C-contiguous and the other
         broadcast along the batch and/or trailing axes)."""
         if not _ENABLED or not 1 <= len(xs) <= 2:
             return None
         xs = [_array(x) for x in xs]
+        prep = self._prepared.get_or((tuple(_key(x) for x in xs), dtype, u8),
+                                     lambda: self._prepare(xs))
+        if prep is False:
+            return None
+        terms, shaped, split, core, g, e, off, fac = prep
+        a, b = xs[terms[0]], xs[terms[-1]]
+        batch, p, n = split
+        if core is None:           # b laid out as a (or a alone)
+            a3 = shaped.read(a).reshape(split)
+            b3 = shaped.read(b).reshape(split) if b is not a else a3
+        else:
+            a3 = a.reshape(split)
+            b3 = np.broadcast_to(b, (batch,) + self.shape)[core[0]].reshape(core[1])
+        plan = self.plan
+        out, flat = shaped.new((np.uint8 if u8 else plan.dtype) if plan is not None else dtype)
+        fire = plan.fire if plan is not None else None
+        sat, peak = _sum(a3, g[0], e[0], b3, g[-1], e[-1], len(xs) == 2, off, fac,
+                         fire.lo if fire else 0, fire.hi if fire else 0,
+                         bool(plan is not None and plan.reciprocal), plan is not None,
+                         flat.reshape(split))
+        return out, int(sat) if plan is not None else float(peak)
+
+    def _prepare(self, xs):
         batch = max(x.shape[0] for x in xs)
         shape = (batch,) + self.shape
         xs = [x if x.shape == shape else np.broadcast_to(x, shape) for x in xs]
         terms = list(range(len(xs)))
         if len(xs) == 2 and not xs[0].flags.c_contiguous and xs[1].flags.c_contiguous:
             terms.reverse()
-        a = xs[terms[0]]
-        b = xs[terms[-1]]
+        a, b = xs[terms[0]], xs[terms[-1]]
         perm = order(a)
         if perm is None:
-            return None
+            return False
+        core = None
         if len(xs) == 1 or b.strides == a.strides:
             p, n = 1, a[:1].size
-            a3 = np.transpose(a, perm).reshape(batch, 1, n)
-            b3 = np.transpose(b, perm).reshape(batch, 1, n)
         else:
             m = _trailing(b)
             if perm != tuple(range(a.ndim)) or m < 0:
-                return None
-            core = b[(slice(0, 1 if b.strides[0] == 0 else batch),) +
-                     tuple(slice(None) if k < m else slice(0, 1)
-                           for k in range(len(self.shape)))]
-            if not core.flags.c_contiguous:
-                return None
+                return False
+            take = (slice(0, 1 if b.strides[0] == 0 else batch),) + \
+                tuple(slice(None) if k < m else slice(0, 1) for k in range(len(self.shape)))
+            if not b[take].flags.c_contiguous:
+                return False
             # b varies along the first m axes: rows of p = their size, each broadcast along
             # its n entries (b whole, m = all axes: one row of n)
             p = 1 if m == len(self.shape) else int(np.prod(self.shape[:m], dtype=np.int64))
             n = a[:1].size // p
-            a3 = a.reshape(batch, p, n)
-            b3 = core.reshape(core.shape[0], p, n if p == 1 and m else 1)
-        plan = self.plan
+            core = (take, (b[take].shape[0], p, n if p == 1 and m else 1))
         consts = self.consts(perm, [np.float64] * len(self.gains) + [self.fdtype] * 2)
         g = [consts[t].reshape(p, n) for t in terms]
         off, fac = (c.reshape(p, n) for c in consts[len(self.gains):])
-        out_dtype = (np.uint8 if u8 else plan.dtype) if plan is not None else dtype
-        out, flat = _empty_like(a, perm, out_dtype)
-        e = [self.exps[t] for t in terms]
-        fire = plan.fire if plan is not None else None
-        sat = _sum(a3, g[0], 2.0 ** e[0], b3, g[-1], 2.0 ** e[-1], len(xs) == 2, off, fac,
-                   fire.lo if fire else 0,
-                   fire.hi if fire else 0, bool(plan is not None and plan.reciprocal),
-                   plan is not None,
-                   flat.reshape(batch, p, n))
-        return out, int(sat)
+        e = [2.0 ** self.exps[t] for t in terms]
+        return terms, Shaped(a, perm), (batch, p, n), core, g, e, off, fac
 
 
 if numba is not None:
@@ -392,6 +445,13 @@ class TableKernel:
             self.recast[4][row] - low[row] + bias
         self.consts = Layouts(shape, low[row] - bias, high[row] - bias, offset)
         self._payloads: dict = {}
+        self._prepared = _Prepared()
+
+    def _prepare(self, x: np.ndarray, dtype):
+        perm = order(x)
+        if perm is None:
+            return False
+        return Shaped(x, perm), self.consts(perm, (dtype,) * 3)
 
     def payloads(self, dtype) -> tuple:
         """The payloads as the gather reads them: the table in the narrowest dtype holding
@@ -412,12 +472,12 @@ class TableKernel:
         if not _ENABLED:
             return None
         x = _array(current)
-        perm = order(x)
-        if perm is None:
+        prep = self._prepared.get_or((_key(x), dtype), lambda: self._prepare(x, dtype))
+        if prep is False:
             return None
-        low, high, offset = self.consts(perm, (dtype,) * 3)
-        out, flat = _empty_like(x, perm, out_dtype)
-        rows = np.transpose(x, perm).reshape(x.shape[0], -1)
+        shaped, (low, high, offset) = prep
+        out, flat = shaped.new(out_dtype)
+        rows = shaped.read(x)
         if self.recast is None:
             _gather(rows, low, high, offset, self.payloads(out_dtype)[0], flat)
         else:

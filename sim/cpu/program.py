@@ -60,13 +60,29 @@ class Run(driver.Step):
     (T·B rows, step-major) or, for `steady` ones that no neuron precedes, the B rows every step
     shares; `reps` is T there (1 in a plain step)."""
     __slots__ = ("values", "bounds", "biased", "counts", "totals", "steady", "reps", "layered",
-                 "done")
+                 "done", "rules")
 
     def bound(self, name: str) -> float:
         b = self.bounds.get(name)
         if b is None:
-            b = self.bounds[name] = kernels.max_abs(_np(self.values[name]))
+            b = self.bounds[name] = self._derived(name)
         return b
+
+    def _derived(self, name: str) -> float:
+        """The bound a node's kept rule (Program.derived) gives from its inputs' bounds where
+        they are known this step (no pass over the data), else max |value|."""
+        rule = self.rules.get(name)
+        if rule is not None and all(i in self.bounds or i in self.rules for i in rule[1]):
+            found = [self.bounds.get(i) for i in rule[1]]
+            if None not in found or all(self._known(i) for i in rule[1]):
+                return rule[0]([self.bound(i) for i in rule[1]])
+        return kernels.max_abs(_np(self.values[name]))
+
+    def _known(self, name: str) -> bool:
+        if name in self.bounds:
+            return True
+        rule = self.rules.get(name)
+        return rule is not None and all(self._known(i) for i in rule[1])
 
     def nonzero(self, name: str) -> np.ndarray:
         """A value's nonzero_counts per position (what a windowed synapse needs), computed
@@ -117,6 +133,7 @@ class Program:
         self.afresh = mode in ("once", "trials")
         self.fused = fusions(art, keep) if self.afresh else {}
         self.static: dict[str, float] = {}
+        self.rules: dict[str, tuple] = {}     # bounds found at run time: Run.bound
         self.nonneg = ops.nonnegative(art.nodes)
         self.fires: dict[str, Fire] = {}
         self.biased: set[str] = set()     # products that add their neuron's offset, statically
@@ -147,6 +164,7 @@ class Program:
     def _run(self, s: driver.Step, reps: int = 1, layered: bool = False) -> Run:
         r = Run(s.x, s.previous, s.state, s.binary, s.count, s.stats)
         r.values, r.bounds, r.biased, r.done = {}, dict(self.static), set(), set()
+        r.rules = self.rules
         r.counts, r.totals = {}, {}
         r.steady, r.reps, r.layered = (self.steady if layered else ()), reps, layered
         for op, free in zip(self.ops, self.frees):
@@ -180,10 +198,16 @@ class Program:
                                          node.hi)
         return self.fires[node.name]
 
-    def derived(self, node, rule) -> None:
-        """A static bound for `node` by `rule(input bounds)` when every input has one."""
+    def derived(self, node, rule, kept: bool = False) -> None:
+        """A static bound for `node` by `rule(input bounds)` when every input has one; else,
+        for a rule that keeps its inputs' bound (`kept`: a value's entries moved, copied or
+        compared, never summed), the rule, for a step to apply to the bounds it finds
+        (Run.bound) instead of a pass over the data. A summing rule's bound would be looser
+        than the value's own and push its readers to wider dtypes: that value is measured."""
         if all(i in self.static for i in node.inputs):
             self.static[node.name] = rule([self.static[i] for i in node.inputs])
+        elif kept:
+            self.rules[node.name] = (rule, tuple(node.inputs))
 
 
 def _generic(p: Program, node):
@@ -554,7 +578,7 @@ def _sumpool(p: Program, node):
 @builds("maxpool")
 def _maxpool(p: Program, node):
     name, src, use_torch = node.name, node.inputs[0], p.use_torch
-    p.derived(node, lambda b: b[0])
+    p.derived(node, lambda b: b[0], kept=True)
     nonneg = src in p.nonneg
 
     def op(r):
@@ -643,11 +667,13 @@ def _add(p: Program, node):
         else:
             if None not in one_pass:
                 one_pass[None] = fused.SumKernel(node.shape, gains, node.exps)
-            done = one_pass[None](ins, dtype)
+            # the sum's own bound decides its dtype: the partial sums are exact in the
+            # kernel's float64 whatever that is
+            done = one_pass[None](ins, kernels.exact_dtype(bound))
             if done is None:
                 return False
             r.values[name] = torch_ops.tensor(done[0])
-            r.bounds[name] = bound
+            r.bounds[name] = done[1]     # the sum's max |·|: tighter than its proven bound
         if r.count:
             r.stats[name].synops += sum(r.spikes(i) * (r.reps if i in r.steady else 1)
                                         for i in srcs)
@@ -702,7 +728,7 @@ def _add(p: Program, node):
 def _identity(p: Program, node):
     """An add of one term with gain 1: its input's value itself (a view, as an index map's)."""
     name, src = node.name, node.inputs[0]
-    p.derived(node, lambda b: b[0])
+    p.derived(node, lambda b: b[0], kept=True)
 
     def op(r):
         r.values[name] = r.values[src]
@@ -717,7 +743,7 @@ def _identity(p: Program, node):
 @builds("concat")
 def _concat(p: Program, node):
     name, srcs, axis = node.name, node.inputs, node.axis + 1
-    p.derived(node, max)
+    p.derived(node, max, kept=True)
 
     def op(r):
         ins = r.rows(srcs, name)
@@ -738,7 +764,7 @@ def _concat(p: Program, node):
 def _index(p: Program, node):
     """Index maps of one input: the value's bound unchanged, its dtype kept."""
     name, src = node.name, node.inputs[0]
-    p.derived(node, lambda b: b[0])
+    p.derived(node, lambda b: b[0], kept=True)
     perm = (0,) + tuple(q + 1 for q in node.perm) if node.kind == "transpose" else None
 
     def op(r):
@@ -756,7 +782,7 @@ def _select(p: Program, node):
     """A constant gather on the float array as it is (its dtype kept, no int64 round trip); it
     copies values or writes 0, so its input's bound holds."""
     name, src = node.name, node.inputs[0]
-    p.derived(node, lambda b: b[0])
+    p.derived(node, lambda b: b[0], kept=True)
     shape, source = tuple(node.shape), p.shapes.get(src)
     if p.use_torch and source is not None and _broadcasts(node.table, source, shape):
         def expand(r):      # a broadcast (a row statistic sent back along its row): a view
