@@ -158,14 +158,12 @@ if numba is not None:
         a power of two — every operation exact in float64 for the integers the callers bound
         below 2⁵³ — over x1 (batch, p, n) and x2 (batch or 1, p, n or 1: broadcast along
         what is 1) with gains and fire constants (p, n); out (batch, p, n) = s (fire False)
-        or the fire of s + off in fac's dtype (_fire's operations). Returns (how many
-        currents lay beyond ±V_MAX, max |s| when not firing: the sum's own bound, found in
-        the same pass)."""
+        or the fire of s + off in fac's dtype (_fire's operations). Returns how many
+        currents lay beyond ±V_MAX."""
         f = fac.dtype.type
         vmax, low, high = f(semantics.V_MAX), f(lo), f(hi)
         wide = x2.shape[2] > 1
         beyond = np.zeros(out.shape[1:], np.int32)
-        peak = np.zeros(out.shape[1:], np.float64)     # per position: a map, not a reduction
         for i in range(out.shape[0]):
             i2 = i if x2.shape[0] > 1 else 0
             for j in range(out.shape[1]):
@@ -177,14 +175,41 @@ if numba is not None:
                         s += np.floor(b * g2[j, k] * e2)
                     if not fire:
                         out[i, j, k] = s
-                        peak[j, k] = max(peak[j, k], abs(s))
                         continue
                     v = f(s) + off[j, k]
                     beyond[j, k] += (v > vmax) | (v < -vmax)
                     v = min(max(v, -vmax), vmax)
                     v = v * fac[j, k] if recip else v / fac[j, k]
                     out[i, j, k] = min(max(np.floor(v), low), high)
-        return beyond.sum(), peak.max()
+        return beyond.sum()
+
+    @_jit
+    def _magnitude(bits, sign):
+        """max |x| of floats x given as their bit patterns (an integer view): with the sign
+        bit cleared the patterns of non-negative floats order as the floats do, and integer
+        maxima vectorize."""
+        m = bits.dtype.type(0)
+        for k in range(bits.shape[0]):
+            m = max(m, bits[k] & sign)
+        return m
+
+
+def measure(x) -> float | None:
+    """max |x| of a value (array or tensor) in one pass where the kernels take it: a large
+    enough C-contiguous float32 or float64 array; else None."""
+    a = _array(x)
+    if _ENABLED and a.size >= MIN_VALUES and a.dtype in (np.float32, np.float64) and \
+            a.flags.c_contiguous:
+        return max_abs(a)
+    return None
+
+
+def max_abs(values: np.ndarray) -> float:
+    """max |x| of a C-contiguous float32 or float64 array in one integer pass (_magnitude)."""
+    ints = np.int32 if values.dtype == np.float32 else np.int64
+    sign = ints(np.iinfo(ints).max)
+    m = _magnitude(values.reshape(-1).view(ints), sign) if values.size else ints(0)
+    return float(np.array([m], ints).view(values.dtype)[0])
 
 
 class FireKernel:
@@ -274,11 +299,11 @@ class SumKernel:
         plan = self.plan
         out, flat = shaped.new((np.uint8 if u8 else plan.dtype) if plan is not None else dtype)
         fire = plan.fire if plan is not None else None
-        sat, peak = _sum(a3, g[0], e[0], b3, g[-1], e[-1], len(xs) == 2, off, fac,
-                         fire.lo if fire else 0, fire.hi if fire else 0,
-                         bool(plan is not None and plan.reciprocal), plan is not None,
-                         flat.reshape(split))
-        return out, int(sat) if plan is not None else float(peak)
+        sat = _sum(a3, g[0], e[0], b3, g[-1], e[-1], len(xs) == 2, off, fac,
+                   fire.lo if fire else 0, fire.hi if fire else 0,
+                   bool(plan is not None and plan.reciprocal), plan is not None,
+                   flat.reshape(split))
+        return out, int(sat) if plan is not None else max_abs(flat)
 
     def _prepare(self, xs):
         batch = max(x.shape[0] for x in xs)

@@ -119,3 +119,61 @@ def _probe() -> bool:
             got.astype(np.int64), x.astype(np.int64) @ w.astype(np.int64).T)
     except Exception:  # noqa: BLE001 - any failure: the float32 path runs
         return False
+
+
+def _matmul_model(rank: int, shift: int) -> bytes:
+    """round_half_up(A·B / 2^shift) of float32 stacks of rank `rank`: MatMul, then (shift > 0)
+    + 2^(shift−1), · 2^−shift and Floor."""
+    from onnx import TensorProto, helper, numpy_helper
+    lead = [f"n{i}" for i in range(rank - 2)]
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["p" if shift else "y"])]
+    inits = []
+    if shift:
+        nodes += [helper.make_node("Add", ["p", "half"], ["q"]),
+                  helper.make_node("Mul", ["q", "scale"], ["r"]),
+                  helper.make_node("Floor", ["r"], ["y"])]
+        inits = [numpy_helper.from_array(np.array(2.0 ** (shift - 1), np.float32), "half"),
+                 numpy_helper.from_array(np.array(2.0 ** -shift, np.float32), "scale")]
+    graph = helper.make_graph(
+        nodes, "sfn_cpu_matmul",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, lead + ["m", "k"]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, lead + ["k", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, lead + ["m", "n"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                             producer_name="sfn-toolchain sim.cpu").SerializeToString()
+
+
+_MATMULS: dict[tuple, Sessions] = {}
+
+
+def matmul(a: np.ndarray, b: np.ndarray, shift: int, threads: int = 1) -> np.ndarray:
+    """round_half_up(A·B / 2^shift) for stacks a (…, M, K), b (…, K, N) of exact integers
+    (the same leading shape), in float32 by onnxruntime's MatMul (MLAS), for products whose
+    partial sums plus 2^(shift−1) the caller bounded below 2²⁴: every sum of them is exact in
+    any order, fused or not. MLAS takes small stacked matrices faster than torch's bmm (and
+    strided ones without torch's copy); `matmul_usable` probes it once."""
+    key = (a.ndim, int(shift))
+    if key not in _MATMULS:
+        _MATMULS[key] = Sessions(_matmul_model(*key))
+    run = _MATMULS[key].for_threads(threads)
+    return run(["y"], {"a": np.ascontiguousarray(a, np.float32),
+                       "b": np.ascontiguousarray(b, np.float32)}, None)[0]
+
+
+def matmul_usable() -> bool:
+    """onnxruntime's float32 MatMul gives the exact integers on this machine: operands at
+    the 2²⁴ edge and random ones against int64, once per process."""
+    if "matmul" not in _STATE:
+        try:
+            rng = np.random.default_rng(1)
+            k = 64
+            a = np.stack([np.full((5, k), 255), rng.integers(-255, 256, (5, k))])
+            b = np.stack([np.full((k, 7), 1023), rng.integers(-1023, 1024, (k, 7))])
+            want = a @ b
+            got = matmul(a, b, 0)
+            shifted = matmul(a, b, 5)
+            _STATE["matmul"] = bool(np.array_equal(got, want) and
+                                    np.array_equal(shifted, (want + 16) >> 5))
+        except Exception:  # noqa: BLE001 - any failure: torch's matmul runs
+            _STATE["matmul"] = False
+    return _STATE["matmul"]

@@ -76,7 +76,8 @@ class Run(driver.Step):
             found = [self.bounds.get(i) for i in rule[1]]
             if None not in found or all(self._known(i) for i in rule[1]):
                 return rule[0]([self.bound(i) for i in rule[1]])
-        return kernels.max_abs(_np(self.values[name]))
+        b = fused.measure(self.values[name])
+        return kernels.max_abs(_np(self.values[name])) if b is None else b
 
     def _known(self, name: str) -> bool:
         if name in self.bounds:
@@ -539,7 +540,15 @@ def _activation_product(p: Program, node):
         bounds = [r.bound(i) for i in srcs]
         dtype = kernels.exact_dtype(inner * bounds[0] * bounds[1] + half)
         a, b = r.rows(srcs, name)
-        out = None if dtype is None else torch_ops.product(a, b, dtype, shift, matmul)
+        out = None
+        # a float32 matrix product of stacked small matrices (attention's): onnxruntime's
+        # MatMul (ort_ops.matmul), faster there than torch's bmm and its copies of strided
+        # operands
+        if matmul and dtype is np.float32 and a.shape[:-2] == b.shape[:-2] and \
+                fused.worth(a) and ort_ops.matmul_usable():
+            out = torch_ops.tensor(ort_ops.matmul(_np(a), _np(b), shift, torch_ops.threads()))
+        if out is None and dtype is not None:
+            out = torch_ops.product(a, b, dtype, shift, matmul)
         if out is None:
             return generic(r)
         r.values[name] = out
