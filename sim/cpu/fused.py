@@ -20,6 +20,8 @@ only what an earlier one has not."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from sim import semantics
@@ -29,7 +31,8 @@ try:        # a declared dependency; the torch forms serve a process where it fa
 except Exception:          # pragma: no cover - depends on the installation
     numba = None
 
-_ENABLED = numba is not None
+# SFN_CPU_FUSED=0 turns the kernels off for a process (the torch forms run)
+_ENABLED = numba is not None and os.environ.get("SFN_CPU_FUSED", "1") != "0"
 
 
 def available() -> bool:
