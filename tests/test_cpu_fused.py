@@ -196,6 +196,23 @@ def test_table_gather_equals_counting_thresholds(recast, gap, monkeypatch):
         assert np.array_equal(got, want.astype(np.float32))
 
 
+@pytest.mark.parametrize("shift", [0, 1, 7])
+def test_onnxruntime_matrix_products_equal_int64(shift):
+    from sim.cpu import ort_ops
+    assert ort_ops.matmul_usable()
+    rng = np.random.default_rng(shift)
+    a = rng.integers(-255, 256, (3, 4, 17, 19))
+    b = rng.integers(-127, 128, (3, 4, 19, 9))
+    a[0, 0, 0] = 255
+    b[0, 0, :, 0] = 127                     # the largest partial sum: 19 · 255 · 127
+    want = a @ b
+    if shift:
+        want = (want + (1 << (shift - 1))) >> shift
+    strided = np.ascontiguousarray(a.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    got = ort_ops.matmul(strided, b.astype(np.float32), shift)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_blocks_hold_at_most_one_change_each():
     table = np.repeat(np.arange(10), [3, 1, 7, 20, 2, 2, 9, 30, 1, 5])
     start, width = np.array([0, 40]), np.array([40, table.size - 40])
@@ -243,11 +260,16 @@ def test_networks_through_the_kernels_equal_the_oracle(name, monkeypatch):
             runs.append(out is not None)
             return out
         monkeypatch.setattr(cls, "__call__", spy)
+    from sim.cpu import ort_ops
+    products = []
+    monkeypatch.setattr(ort_ops, "matmul", lambda *a, _f=ort_ops.matmul: products.append(1)
+                        or _f(*a))
     keep = tuple(n.name for n in art.nodes if n.kind == "neuron")[:3]
     for count in (False, True):
         got = sim.cpu.run(art, x, count=count, engine="program", record=keep)
         assert_same(got, sim.reference.run(art, x, count=count, record=keep))
     assert sum(runs) >= 2
+    assert (len(products) > 0) == (name == "vit")      # attention's ·V through onnxruntime
 
 
 def test_the_kernels_switch_off(monkeypatch):

@@ -207,10 +207,13 @@ def measure(x) -> float | None:
     return None
 
 
+# the integer view of a float's bits and the mask clearing its sign bit, by width
+_SIGNLESS = {4: (np.int32, np.int32(2 ** 31 - 1)), 8: (np.int64, np.int64(2 ** 63 - 1))}
+
+
 def max_abs(values: np.ndarray) -> float:
     """max |x| of a C-contiguous float32 or float64 array in one integer pass (_magnitude)."""
-    ints = np.int32 if values.dtype == np.float32 else np.int64
-    sign = ints(np.iinfo(ints).max)
+    ints, sign = _SIGNLESS[values.dtype.itemsize]
     m = _magnitude(values.reshape(-1).view(ints), sign) if values.size else ints(0)
     return float(np.array([m], ints).view(values.dtype)[0])
 

@@ -521,6 +521,11 @@ def _channelwise(param: np.ndarray, shape) -> np.ndarray | None:
     return full[:, 0].copy() if (full == full[:, :1]).all() else None
 
 
+# the inner dimension from which a stacked float32 matrix product goes to onnxruntime (the
+# measurement: docs/performance.md, "Transformer kinds")
+ORT_MATMUL_INNER = 16
+
+
 @builds("product", "matmul")
 def _activation_product(p: Program, node):
     """A product of two activations, elementwise with broadcasting or a batched matrix
@@ -541,11 +546,11 @@ def _activation_product(p: Program, node):
         dtype = kernels.exact_dtype(inner * bounds[0] * bounds[1] + half)
         a, b = r.rows(srcs, name)
         out = None
-        # a float32 matrix product of stacked small matrices (attention's): onnxruntime's
-        # MatMul (ort_ops.matmul), faster there than torch's bmm and its copies of strided
-        # operands
+        # a float32 product of stacked small matrices with an inner dimension of 16 or more
+        # (attention's ·V): onnxruntime's MatMul (ort_ops.matmul), faster there than torch's
+        # bmm; with fewer (Q·Kᵀ's head width) torch's strided bmm is the faster
         if matmul and dtype is np.float32 and a.shape[:-2] == b.shape[:-2] and \
-                fused.worth(a) and ort_ops.matmul_usable():
+                a.shape[-1] >= ORT_MATMUL_INNER and fused.worth(a) and ort_ops.matmul_usable():
             out = torch_ops.tensor(ort_ops.matmul(_np(a), _np(b), shift, torch_ops.threads()))
         if out is None and dtype is not None:
             out = torch_ops.product(a, b, dtype, shift, matmul)
