@@ -761,8 +761,14 @@ def _concat(p: Program, node):
 
     def op(r):
         ins = r.rows(srcs, name)
-        if p.use_torch and all(not isinstance(i, np.ndarray) for i in ins) and \
-                len({i.dtype for i in ins}) == 1:
+        mixed = len({str(i.dtype) for i in ins}) > 1
+        # inputs of mixed dtypes (a class token held as integers beside float tokens) join
+        # in the float dtype their bound is exact in, not in int64
+        common = kernels.exact_dtype(max(r.bound(i) for i in srcs)) \
+            if p.use_torch and mixed else None
+        if common is not None:
+            r.values[name] = torch_ops.cat([torch_ops.tensor(i, common) for i in ins], axis)
+        elif p.use_torch and all(not isinstance(i, np.ndarray) for i in ins) and not mixed:
             r.values[name] = torch_ops.cat(ins, axis)
         else:
             ins = [_np(i) for i in ins]
