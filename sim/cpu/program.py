@@ -72,14 +72,13 @@ class Run(driver.Step):
         """The bound a node's kept rule (Program.derived) gives from its inputs' bounds where
         they are known this step (no pass over the data), else max |value|."""
         rule = self.rules.get(name)
-        if rule is not None and all(i in self.bounds or i in self.rules for i in rule[1]):
-            found = [self.bounds.get(i) for i in rule[1]]
-            if None not in found or all(self._known(i) for i in rule[1]):
-                return rule[0]([self.bound(i) for i in rule[1]])
+        if rule is not None and all(self._known(i) for i in rule[1]):
+            return rule[0]([self.bound(i) for i in rule[1]])
         b = fused.measure(self.values[name])
         return kernels.max_abs(_np(self.values[name])) if b is None else b
 
     def _known(self, name: str) -> bool:
+        """Whether a bound for `name` is found this step or follows from found ones."""
         if name in self.bounds:
             return True
         rule = self.rules.get(name)
@@ -657,6 +656,7 @@ def _add(p: Program, node):
     # one or two terms in one pass (sim.cpu.fused), the one-pass neuron this sum alone feeds
     # fired in the same pass (its plan for the sum's own bound: the offset not added first)
     one_pass: dict = {}       # None or (plan dtype, multiplying form) → fused.SumKernel
+    plans: dict = {}          # the sum's bound → the neuron's plan (one kept)
     nname = neuron.name if neuron is not None else None
     u8 = neuron is not None and nname in p.u8 and fire.lo >= 0 and fire.hi <= 255
 
@@ -664,7 +664,11 @@ def _add(p: Program, node):
         if not (use_torch and dtype is not None and len(ins) <= 2 and fused.worth(ins[0])):
             return False
         if fire is not None:
-            plan = FirePlan(fire, sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)))
+            raw = sum(pk * r.bound(i) for pk, i in zip(peaks, srcs))
+            plan = plans.get(raw)
+            if plan is None:
+                plans.clear()
+                plan = plans[raw] = FirePlan(fire, raw)
             if plan.dtype is None:
                 return False
             key = (plan.dtype, plan.reciprocal)
