@@ -49,8 +49,8 @@ def enable(on: bool) -> bool:
     return before
 
 
-# below this many values a call's fixed cost (tens of µs of Python and dispatch) exceeds what
-# one pass saves over torch's several
+# below this many values a call's fixed cost (Python and numba's dispatch) exceeds what one
+# pass saves over torch's several
 MIN_VALUES = 2 ** 14
 
 
