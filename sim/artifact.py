@@ -264,8 +264,9 @@ def _read_member(data: bytes, entry: dict, what: str) -> np.ndarray:
         if len(data) - buf.tell() != math.prod(shape) * dtype.itemsize:
             raise ArtifactError(f"{what}: {len(data) - buf.tell()} bytes of array data for "
                                 f"{dtype.str}{list(shape)}")
-        buf.seek(0)
-        return np.load(buf, allow_pickle=False)
+        # the data after the header just read (np.load would parse the header again, with
+        # ast outside read_npy_header's lock); a writable copy, as np.load returns
+        return np.frombuffer(data, dtype, offset=buf.tell()).reshape(shape).copy()
     except (KeyError, TypeError, ValueError, EOFError, SyntaxError, tokenize.TokenError) as exc:
         # numpy parses the header's dict literal with tokenize/ast, which raise their own errors
         raise ArtifactError(f"{what}: unreadable array ({exc})") from None
