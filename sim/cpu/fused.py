@@ -56,8 +56,7 @@ MIN_VALUES = 2 ** 14
 
 def worth(x) -> bool:
     """Whether the kernels run and x (an array or a tensor) is large enough to repay a call."""
-    return _ENABLED and x.numel() >= MIN_VALUES if hasattr(x, "numel") else \
-        _ENABLED and x.size >= MIN_VALUES
+    return _ENABLED and (x.numel() if hasattr(x, "numel") else x.size) >= MIN_VALUES
 
 
 def _array(v) -> np.ndarray:
@@ -119,6 +118,15 @@ def _key(x: np.ndarray) -> tuple:
     return x.shape, x.strides, x.dtype
 
 
+def _laid_out(x: np.ndarray, consts: Layouts, dtypes):
+    """(Shaped of x, its constants in x's memory order), or False for a layout that is not
+    batch-major: an elementwise kernel's preparation for one signature."""
+    perm = order(x)
+    if perm is None:
+        return False
+    return Shaped(x, perm), consts(perm, dtypes)
+
+
 class _Prepared(dict):
     """A kernel's per-signature preparations, at most a handful (a run meets one or two
     batch sizes)."""
@@ -136,6 +144,14 @@ if numba is not None:
     _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
     @_jit
+    def _fired(v, fac, recip, vmax, low, high):
+        """One payload: clip(floor(clip(v, ±vmax) ⊙ fac), low, high), ⊙ a multiply (recip) or
+        a division, in fac's dtype (the fire of kernels.FirePlan)."""
+        v = min(max(v, -vmax), vmax)
+        v = v * fac if recip else v / fac
+        return min(max(np.floor(v), low), high)
+
+    @_jit
     def _fire(x, off, fac, lo, hi, recip, clip, out):
         """out = clip(floor(clip(x + off, ±V_MAX) ⊙ fac), lo, hi) over rows x (batch, n) with
         per-neuron offset and factor (n,), ⊙ a multiply (recip) or a division, in fac's
@@ -150,9 +166,7 @@ if numba is not None:
                     v = f(x[i, k]) + off[k]
                     beyond[k] += (v > vmax) | (v < -vmax)
             for k in range(out.shape[1]):
-                v = min(max(f(x[i, k]) + off[k], -vmax), vmax)
-                v = v * fac[k] if recip else v / fac[k]
-                out[i, k] = min(max(np.floor(v), low), high)
+                out[i, k] = _fired(f(x[i, k]) + off[k], fac[k], recip, vmax, low, high)
         return beyond.sum()
 
     @_jit
@@ -181,9 +195,7 @@ if numba is not None:
                         continue
                     v = f(s) + off[j, k]
                     beyond[j, k] += (v > vmax) | (v < -vmax)
-                    v = min(max(v, -vmax), vmax)
-                    v = v * fac[j, k] if recip else v / fac[j, k]
-                    out[i, j, k] = min(max(np.floor(v), low), high)
+                    out[i, j, k] = _fired(v, fac[j, k], recip, vmax, low, high)
         return beyond.sum()
 
     @_jit
@@ -229,19 +241,14 @@ class FireKernel:
         self.consts = Layouts(shape, np.zeros(1) if offset is None else offset, factor)
         self._prepared = _Prepared()
 
-    def _prepare(self, x: np.ndarray):
-        perm = order(x)
-        if perm is None:
-            return False
-        return Shaped(x, perm), self.consts(perm, (self.dtype, self.dtype))
-
     def __call__(self, current, u8: bool = False):
         """(payloads: a new array laid out as `current`, in the plan's dtype or uint8 (u8),
         saturations), or None where the kernels are off or the layout is not batch-major."""
         if not _ENABLED:
             return None
         x = _array(current)
-        prep = self._prepared.get_or(_key(x), lambda: self._prepare(x))
+        prep = self._prepared.get_or(
+            _key(x), lambda: _laid_out(x, self.consts, (self.dtype, self.dtype)))
         if prep is False:
             return None
         shaped, (off, fac) = prep
@@ -283,9 +290,8 @@ class SumKernel:
     def __call__(self, xs, dtype=None, u8: bool = False):
         """(the sum as a new array of `dtype` and its max |·|, or the plan's payloads (uint8
         when u8) and their saturations), or None: more than two terms, the kernels off, or a
-        layout they do not
-        take (both operands laid out alike and batch-major; or one C-contiguous and the other
-        broadcast along the batch and/or trailing axes)."""
+        layout they do not take (both operands laid out alike and batch-major; or one
+        C-contiguous and the other broadcast along the batch and/or trailing axes)."""
         if not _ENABLED or not 1 <= len(xs) <= 2:
             return None
         xs = [_array(x) for x in xs]
@@ -467,9 +473,11 @@ class TableKernel:
 
     def __init__(self, table, start, low, high, row, shape: tuple, bias):
         """table_bands' (table, start − l, l, h, row) for a node of `shape` with biases
-        `bias` broadcasting against (1, *shape)."""
+        `bias` broadcasting against (1, *shape); a table given in its narrowest dtype
+        (`narrowest`) is kept as it is, not copied."""
         low, high = np.asarray(low, np.int64), np.asarray(high, np.int64)
-        self.table = np.asarray(table)
+        table = np.asarray(table)
+        self.table = table.astype(narrowest(table), copy=False)     # no copy if it is
         self.recast = None if self.table.size <= DIRECT_ENTRIES else \
             blocks(table, np.asarray(start, np.int64) + low, high - low + 1)
         offset = np.asarray(start)[row] + bias if self.recast is None else \
@@ -478,23 +486,17 @@ class TableKernel:
         self._payloads: dict = {}
         self._prepared = _Prepared()
 
-    def _prepare(self, x: np.ndarray, dtype):
-        perm = order(x)
-        if perm is None:
-            return False
-        return Shaped(x, perm), self.consts(perm, (dtype,) * 3)
-
     def payloads(self, dtype) -> tuple:
         """The payloads as the gather reads them: the table in the narrowest dtype holding
-        its payloads exactly (a smaller table stays in cache; the store converts to the
-        output's dtype), or the blocks' (first, last) value pairs in the output's dtype and
-        their change points."""
+        its payloads exactly, whatever the output's (a smaller table stays in cache; the store
+        converts), or the blocks' (first, last) value pairs in the output's dtype and their
+        change points."""
+        if self.recast is None:
+            return (self.table,)
         key = np.dtype(dtype).str
         if key not in self._payloads:
-            self._payloads[key] = (self.table.astype(narrowest(self.table)),) \
-                if self.recast is None else \
-                (np.stack(self.recast[1:3], 1).reshape(-1).astype(dtype),
-                 self.recast[3].astype(np.int32))
+            self._payloads[key] = (np.stack(self.recast[1:3], 1).reshape(-1).astype(dtype),
+                                   self.recast[3].astype(np.int32))
         return self._payloads[key]
 
     def __call__(self, current, dtype, out_dtype):
@@ -503,7 +505,8 @@ class TableKernel:
         if not _ENABLED:
             return None
         x = _array(current)
-        prep = self._prepared.get_or((_key(x), dtype), lambda: self._prepare(x, dtype))
+        prep = self._prepared.get_or((_key(x), dtype),
+                                     lambda: _laid_out(x, self.consts, (dtype,) * 3))
         if prep is False:
             return None
         shaped, (low, high, offset) = prep

@@ -326,8 +326,9 @@ def _table(p: Program, node):
             consts[dtype] = [torch_ops.tensor(np.ascontiguousarray(a, dtype)) for a in params]
         return consts[dtype]
     bias64 = torch_ops.tensor(np.ascontiguousarray(bias, np.float64))
-    lut = torch_ops.tensor(table.astype(fused.narrowest(table)))
-    one_pass = fused.TableKernel(table, start, low, high, row, node.shape, bias) \
+    narrow = table.astype(fused.narrowest(table))
+    lut = torch_ops.tensor(narrow)      # the same memory as the kernel's table
+    one_pass = fused.TableKernel(narrow, start, low, high, row, node.shape, bias) \
         if fused.available() else None
 
     def op(r):
@@ -660,6 +661,10 @@ def _add(p: Program, node):
     nname = neuron.name if neuron is not None else None
     u8 = neuron is not None and nname in p.u8 and fire.lo >= 0 and fire.hi <= 255
 
+    def count_synops(r):       # one operation per nonzero input (T times a steady one)
+        r.stats[name].synops += sum(r.spikes(i) * (r.reps if i in r.steady else 1)
+                                    for i in srcs)
+
     def in_one_pass(r, ins, dtype, bound) -> bool:
         if not (use_torch and dtype is not None and len(ins) <= 2 and fused.worth(ins[0])):
             return False
@@ -693,8 +698,7 @@ def _add(p: Program, node):
             r.values[name] = torch_ops.tensor(done[0])
             r.bounds[name] = done[1]     # the sum's max |·|: tighter than its proven bound
         if r.count:
-            r.stats[name].synops += sum(r.spikes(i) * (r.reps if i in r.steady else 1)
-                                        for i in srcs)
+            count_synops(r)
         return True
 
     def op(r):
@@ -713,9 +717,7 @@ def _add(p: Program, node):
                 r.values[name] = total
                 r.bounds[name] = bound
                 if r.count:
-                    r.stats[name].synops += sum(r.spikes(i) *
-                                                (r.reps if i in r.steady else 1)
-                                                for i in srcs)
+                    count_synops(r)
                 return
         if dtype is None:
             r.values[name] = node.evaluate([as_int(_np(i)) for i in ins], r)
@@ -738,8 +740,7 @@ def _add(p: Program, node):
         if offset is not None:
             r.biased.add(name)
         if r.count:
-            r.stats[name].synops += sum(r.spikes(i) *
-                                        (r.reps if i in r.steady else 1) for i in srcs)
+            count_synops(r)
     return op
 
 
