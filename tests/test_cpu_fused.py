@@ -281,3 +281,25 @@ def test_the_kernels_switch_off(monkeypatch):
     finally:
         fused.enable(before)
     assert_same(got, sim.reference.run(art, x))
+
+
+def test_a_neurons_kernels_outlive_its_plans(monkeypatch):
+    """A neuron whose input bound is found at run time makes a FirePlan per run; its one-pass
+    kernels (their constants laid out per memory order) are kept on the neuron's Fire, so a
+    second run of the ViT prepares nothing again, and the payloads stay the oracle's."""
+    art, x = _artifact("vit")
+    sim.cpu.run(art, x, count=False, engine="program")
+    prepared = []
+    monkeypatch.setattr(fused, "_laid_out", lambda *a, _f=fused._laid_out:
+                        prepared.append(1) or _f(*a))
+    got = sim.cpu.run(art, x, count=False, engine="program")
+    assert prepared == []
+    assert_same(got, sim.reference.run(art, x, count=False))
+    # the plans themselves are made again: measured bounds decide their form per run
+    plan = FirePlan(Fire(np.zeros((1, 4)), np.full((1, 4), 9), 0, 15), 100.0)
+    again = FirePlan(plan.fire, 100.0)
+    current = np.arange(2 ** 14 * 4, dtype=np.float32).reshape(-1, 4) % 97
+    a, _ = plan.run(current, use_torch=True)
+    b, _ = again.run(current, use_torch=True)
+    assert np.array_equal(torch.as_tensor(a).numpy(), torch.as_tensor(b).numpy())
+    assert len(plan.fire.kernels) == 1

@@ -80,6 +80,9 @@ class Fire:
         self.theta_max = int(self.theta.max(initial=1))
         self.levels = float(max(abs(self.lo), abs(self.hi)))
         self._cast: dict = {}
+        # one-pass kernels by (shape, dtype, form, saturation, offset added): shared by every
+        # plan of this neuron (a plan is made per bound, which may change from run to run)
+        self.kernels: dict = {}
 
     def dtype(self, vbound: float):
         """The float dtype in which the fire is exact for |I + b + θ//2| ≤ vbound, or None.
@@ -136,7 +139,6 @@ class FirePlan:
         if self.dtype is not None:
             self.offset, self.factor = fire.cast(self.dtype, self.reciprocal)
         self.saturate = self.vbound > semantics.V_MAX
-        self._kernels: dict = {}     # node shape → its fused.FireKernel
 
     def apply(self, current: np.ndarray, use_torch: bool = False):
         """(n, saturations); n a numpy array in the plan's float dtype (int64 without one). A
@@ -155,11 +157,12 @@ class FirePlan:
                                        fire.bias, fire.theta, fire.lo, fire.hi)
         offset = None if self.biased else self.offset
         if use_torch and fused.worth(current):    # the same IEEE operations in one pass
-            shape = tuple(current.shape[1:])
-            kernel = self._kernels.get(shape)
+            key = (tuple(current.shape[1:]), np.dtype(dtype), self.reciprocal, self.saturate,
+                   offset is None)
+            kernel = fire.kernels.get(key)
             if kernel is None:
-                kernel = self._kernels[shape] = fused.FireKernel(
-                    shape, offset, self.factor, dtype, fire.lo, fire.hi, self.saturate,
+                kernel = fire.kernels[key] = fused.FireKernel(
+                    key[0], offset, self.factor, dtype, fire.lo, fire.hi, self.saturate,
                     self.reciprocal)
             done = kernel(current, u8 and fire.lo >= 0 and fire.hi <= 255)
             if done is not None:
