@@ -307,7 +307,11 @@ class SumKernel:
             b3 = shaped.read(b).reshape(split) if b is not a else a3
         else:
             a3 = a.reshape(split)
-            b3 = np.broadcast_to(b, (batch,) + self.shape)[core[0]].reshape(core[1])
+            # b's varying core by basic indexing (a view); np.broadcast_to, a Python-level
+            # call of several µs, only where b has fewer axes than the node
+            full = b if b.ndim == len(self.shape) + 1 else \
+                np.broadcast_to(b, (batch,) + self.shape)
+            b3 = full[core[0]].reshape(core[1])
         plan = self.plan
         out, flat = shaped.new((np.uint8 if u8 else plan.dtype) if plan is not None else dtype)
         fire = plan.fire if plan is not None else None
