@@ -638,11 +638,11 @@ def _add(p: Program, node):
             offsets[key] = fire.cast(dtype, key[1])[0]
         return dtype, vbound, offsets[key]
 
-    static = None
+    static = static_raw = None     # the forms and the sum's bound (before any offset)
     if all(i in p.static for i in srcs):
         bounds = [p.static[i] for i in srcs]
-        static = forms(sum(pk * b for pk, b in zip(peaks, bounds)),
-                       max(u * b for u, b in zip(unshifted, bounds)))
+        static_raw = sum(pk * b for pk, b in zip(peaks, bounds))
+        static = forms(static_raw, max(u * b for u, b in zip(unshifted, bounds)))
         p.static[name] = static[1]
         if static[2] is not None:
             p.biased.add(name)
@@ -665,11 +665,10 @@ def _add(p: Program, node):
         r.stats[name].synops += sum(r.spikes(i) * (r.reps if i in r.steady else 1)
                                     for i in srcs)
 
-    def in_one_pass(r, ins, dtype, bound) -> bool:
+    def in_one_pass(r, ins, dtype, bound, raw) -> bool:
         if not (use_torch and dtype is not None and len(ins) <= 2 and fused.worth(ins[0])):
             return False
         if fire is not None:
-            raw = sum(pk * r.bound(i) for pk, i in zip(peaks, srcs))
             plan = plans.get(raw)
             if plan is None:
                 plans.clear()
@@ -702,11 +701,11 @@ def _add(p: Program, node):
         return True
 
     def op(r):
+        raw = static_raw if static else sum(pk * r.bound(i) for pk, i in zip(peaks, srcs))
         dtype, bound, offset = static or forms(
-            sum(pk * r.bound(i) for pk, i in zip(peaks, srcs)),
-            max(u * r.bound(i) for u, i in zip(unshifted, srcs)))
+            raw, max(u * r.bound(i) for u, i in zip(unshifted, srcs)))
         ins = r.rows(srcs, name)
-        if in_one_pass(r, ins, dtype, bound):
+        if in_one_pass(r, ins, dtype, bound, raw):
             return
         if use_torch and dtype is not np.float32 and int32 is not None and \
                 bound < kernels.F32_EXACT and \
